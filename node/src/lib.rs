@@ -1,1 +1,180 @@
+//! The media node: signaling over WebSocket, room/peer/transport actors, SFU forwarding.
+//!
+//! Threads: actix arbiters run the actors and HTTP; one multi-thread tokio runtime runs
+//! webrtc-rs and the per-packet forwarding loops. Actors hand work to that runtime with
+//! `Handle::spawn` and get results back as messages (TOOLS.md).
+#![forbid(unsafe_code)]
 
+pub mod actors;
+pub mod config;
+pub mod counters;
+pub mod http;
+pub mod media;
+pub mod metrics;
+
+pub use config::Config;
+
+use actix::{Actor, Addr};
+use actors::rooms::{RoomRegistry, SetContext};
+use actors::router::SessionRouter;
+use actors::NodeCtx;
+use counters::{Counters, CountersSnapshot};
+use media::MediaContext;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Everything an operator or a test can see of a node, from the actors' own snapshots.
+pub async fn snapshot(node: &NodeCtx) -> serde_json::Value {
+    let (rooms, router) = http::observe_all(node).await;
+    serde_json::json!({
+        "node": node.config.node_id,
+        "region": node.config.region,
+        "counters": node.counters.snapshot(),
+        "router": router,
+        "rooms": rooms["rooms"],
+    })
+}
+
+/// Builds the media runtime a node's webrtc work runs on.
+pub fn media_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("media")
+        .enable_all()
+        .build()
+}
+
+/// Starts the actors and the HTTP server inside the current actix `System`.
+pub fn start_in_system(
+    config: Config,
+    media_rt: tokio::runtime::Handle,
+) -> std::io::Result<(actix_web::dev::Server, SocketAddr, NodeCtx)> {
+    metrics::install();
+    let counters = Arc::new(Counters::default());
+    let media = Arc::new(MediaContext::new(
+        media_rt,
+        counters.clone(),
+        config.udp_ip,
+        config.udp_ports,
+        config.public_ip.clone(),
+    ));
+    let router = SessionRouter::default().start();
+    let rooms: Addr<RoomRegistry> = RoomRegistry::new().start();
+    let ctx = NodeCtx {
+        config: Arc::new(config),
+        media,
+        counters,
+        router,
+        rooms: rooms.clone(),
+    };
+    rooms.do_send(SetContext(ctx.clone()));
+    let data = actix_web::web::Data::new(ctx.clone());
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(data.clone())
+            .configure(http::routes)
+    })
+    .workers(ctx.config.http_workers.max(1))
+    .disable_signals()
+    .shutdown_timeout(2)
+    .bind(ctx.config.listen)?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("server bound no address"))?;
+    tracing::info!(node = %ctx.config.node_id, %addr, "node listening");
+    Ok((server.run(), addr, ctx))
+}
+
+/// A node running on its own threads, for tests and embedding.
+pub struct NodeHandle {
+    http_addr: SocketAddr,
+    ctx: NodeCtx,
+    server: actix_web::dev::ServerHandle,
+    system: actix::System,
+    thread: Option<std::thread::JoinHandle<()>>,
+    media_rt: Option<tokio::runtime::Runtime>,
+}
+
+/// Starts a node in this process: an actix system on a new thread and a media runtime.
+pub fn spawn(config: Config) -> anyhow::Result<NodeHandle> {
+    let media_rt = media_runtime(config.media_threads)?;
+    let rt_handle = media_rt.handle().clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("node-actix".into())
+        .spawn(move || {
+            let system = actix::System::new();
+            let started = system.block_on(async { start_in_system(config, rt_handle) });
+            match started {
+                Ok((server, addr, ctx)) => {
+                    let _ = tx.send(Ok((addr, ctx, server.handle(), actix::System::current())));
+                    system.block_on(async move {
+                        let _ = server.await;
+                    });
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        })?;
+    let (http_addr, ctx, server, system) = rx
+        .recv()
+        .map_err(|_| anyhow::anyhow!("node thread ended before starting"))??;
+    Ok(NodeHandle {
+        http_addr,
+        ctx,
+        server,
+        system,
+        thread: Some(thread),
+        media_rt: Some(media_rt),
+    })
+}
+
+impl NodeHandle {
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http_addr)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.ctx.config
+    }
+
+    pub fn counters(&self) -> CountersSnapshot {
+        self.ctx.counters.snapshot()
+    }
+
+    /// The actors' snapshots (rooms, members, tracks, fanouts) and the counters.
+    pub async fn snapshot(&self) -> serde_json::Value {
+        snapshot(&self.ctx).await
+    }
+
+    /// Stops the server, the actors and the media runtime.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let server = self.server.clone();
+        let system = self.system.clone();
+        if let Some(t) = self.thread.take() {
+            futures::executor::block_on(server.stop(false));
+            system.stop();
+            let _ = t.join();
+        }
+        if let Some(rt) = self.media_rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

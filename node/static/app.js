@@ -911,6 +911,10 @@
     join,
     leave,
     send,
+    // Tests: drop the signaling socket as a network failure would (the page then resumes).
+    dropConnection() {
+      if (s.ws) s.ws.close(4000, 'dropped by test');
+    },
   };
 
   if (params.get('autojoin') === '1') join(ui.room.value, ui.name.value);

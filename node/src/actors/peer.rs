@@ -1,0 +1,451 @@
+//! `Peer`: one participant. Owns its two transports (publisher: the client offers;
+//! subscriber: the node offers), keeps what it should receive in step with what its
+//! subscriber connection has negotiated, and outlives a dropped socket for the resume grace
+//! period.
+
+use super::room::{DownTrackReady, PeerGone, Room, TrackEnded, TrackPublished};
+use super::router::Deliver;
+use super::transport::{self, SubSlot, Transport, TransportError, TransportEvent};
+use super::{NodeCtx, Observe};
+use crate::counters::{Kind, Live};
+use crate::media::forward::{run_feedback_loop, DownTrack, TrackSource};
+use actix::prelude::*;
+use protocol::signal::{IceCandidate, PcKind, ServerMessage};
+use protocol::{ErrorCode, TrackId, UserId};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+pub struct Peer {
+    user: UserId,
+    can_publish: bool,
+    can_subscribe: bool,
+    room: Addr<Room>,
+    node: NodeCtx,
+    publisher: Option<Addr<Transport>>,
+    subscriber: Option<Addr<Transport>>,
+    /// What this participant should receive.
+    wanted: BTreeMap<TrackId, Arc<TrackSource>>,
+    /// What its subscriber connection carries (negotiated or offered).
+    current: HashMap<TrackId, SubSlot>,
+    /// Slots added by the outstanding offer, bound when the answer arrives.
+    offered: Option<Vec<SubSlot>>,
+    /// A subscribe offer is being built or awaits its answer.
+    negotiating: bool,
+    /// `wanted` changed while negotiating.
+    dirty: bool,
+    /// Counts socket attachments so a stale grace timer does nothing.
+    attach_epoch: u64,
+    detached: bool,
+    _live: Live,
+}
+
+impl Peer {
+    pub fn new(
+        user: UserId,
+        can_publish: bool,
+        can_subscribe: bool,
+        room: Addr<Room>,
+        node: NodeCtx,
+    ) -> Self {
+        let live = Live::new(&node.counters, Kind::Peer);
+        Peer {
+            user,
+            can_publish,
+            can_subscribe,
+            room,
+            node,
+            publisher: None,
+            subscriber: None,
+            wanted: BTreeMap::new(),
+            current: HashMap::new(),
+            offered: None,
+            negotiating: false,
+            dirty: false,
+            attach_epoch: 0,
+            detached: false,
+            _live: live,
+        }
+    }
+
+    fn tell(&self, msg: ServerMessage) {
+        self.node.router.do_send(Deliver {
+            to: self.user.clone(),
+            msg,
+        });
+    }
+
+    fn error(&self, code: ErrorCode, message: impl Into<String>) {
+        self.tell(ServerMessage::error(code, message));
+    }
+
+    fn transport_error(&self, what: &str, e: TransportError) {
+        let code = match e {
+            TransportError::InvalidSdp(_) => ErrorCode::BadRequest,
+            TransportError::Webrtc(_) => ErrorCode::Internal,
+            TransportError::Gone => ErrorCode::Unavailable,
+        };
+        tracing::info!(user = %self.user, error = %e, "{what} failed");
+        self.error(code, format!("{what}: {e}"));
+    }
+
+    /// Starts building the next subscribe offer if one is due and none is outstanding.
+    fn negotiate(&mut self, ctx: &mut Context<Self>) {
+        if self.negotiating || self.detached {
+            self.dirty = true;
+            return;
+        }
+        let to_remove: Vec<TrackId> = self
+            .current
+            .keys()
+            .filter(|id| !self.wanted.contains_key(*id))
+            .cloned()
+            .collect();
+        let to_add: Vec<Arc<TrackSource>> = self
+            .wanted
+            .iter()
+            .filter(|(id, _)| !self.current.contains_key(*id))
+            .map(|(_, s)| s.clone())
+            .collect();
+        if to_remove.is_empty() && to_add.is_empty() {
+            return;
+        }
+        self.negotiating = true;
+        self.dirty = false;
+        let removed: Vec<_> = to_remove
+            .iter()
+            .filter_map(|id| self.current.remove(id))
+            .map(|slot| slot.sender)
+            .collect();
+        let existing = self.subscriber.clone();
+        let (user, media, me) = (
+            self.user.clone(),
+            self.node.media.clone(),
+            ctx.address().recipient(),
+        );
+        async move {
+            let (addr, fresh) = match existing {
+                Some(a) => (None, a),
+                None => {
+                    let t = Transport::connect(PcKind::Subscriber, user, me, media).await?;
+                    let a = t.start();
+                    (Some(a.clone()), a)
+                }
+            };
+            let sub = fresh;
+            for sender in removed {
+                sub.send(transport::RemoveTrack(sender))
+                    .await
+                    .map_err(|_| TransportError::Gone)??;
+            }
+            let mut slots = Vec::with_capacity(to_add.len());
+            for source in to_add {
+                slots.push(
+                    sub.send(transport::AddTrack(source))
+                        .await
+                        .map_err(|_| TransportError::Gone)??,
+                );
+            }
+            let sdp = sub
+                .send(transport::CreateOffer)
+                .await
+                .map_err(|_| TransportError::Gone)??;
+            Ok::<_, TransportError>((addr, slots, sdp))
+        }
+        .into_actor(self)
+        .map(|res, act, ctx| match res {
+            Ok((new_transport, slots, sdp)) => {
+                if let Some(t) = new_transport {
+                    act.subscriber = Some(t);
+                }
+                for s in &slots {
+                    act.current.insert(s.source.id.clone(), s.clone());
+                }
+                act.offered = Some(slots);
+                act.tell(ServerMessage::SubscribeOffer { sdp });
+            }
+            Err(e) => {
+                act.negotiating = false;
+                act.transport_error("subscribe offer", e);
+                if act.dirty {
+                    act.negotiate(ctx);
+                }
+            }
+        })
+        .wait(ctx);
+    }
+
+    fn stop_transports(&mut self) {
+        for t in [self.publisher.take(), self.subscriber.take()]
+            .into_iter()
+            .flatten()
+        {
+            t.do_send(transport::Close);
+        }
+        self.current.clear();
+        self.offered = None;
+        self.negotiating = false;
+    }
+}
+
+impl Actor for Peer {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, ctx: &mut Context<Self>) {
+        self.stop_transports();
+        self.room.do_send(PeerGone {
+            user: self.user.clone(),
+            peer: ctx.address(),
+        });
+    }
+}
+
+/// The client's `publish` offer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish {
+    pub sdp: String,
+}
+
+impl Handler<Publish> for Peer {
+    type Result = ();
+    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) {
+        if !self.can_publish {
+            return self.error(ErrorCode::Forbidden, "token does not allow publishing");
+        }
+        let existing = self.publisher.clone();
+        let (user, media, me) = (
+            self.user.clone(),
+            self.node.media.clone(),
+            ctx.address().recipient(),
+        );
+        async move {
+            let (fresh, t) = match existing {
+                Some(t) => (None, t),
+                None => {
+                    let t = Transport::connect(PcKind::Publisher, user, me, media)
+                        .await?
+                        .start();
+                    (Some(t.clone()), t)
+                }
+            };
+            let answer = t
+                .send(transport::ApplyOffer(msg.sdp))
+                .await
+                .map_err(|_| TransportError::Gone)?;
+            Ok::<_, TransportError>((fresh, answer))
+        }
+        .into_actor(self)
+        .map(|res, act, _| match res {
+            Ok((fresh, answer)) => {
+                if let Some(t) = fresh {
+                    act.publisher = Some(t);
+                }
+                match answer {
+                    Ok(sdp) => act.tell(ServerMessage::PublishAnswer { sdp }),
+                    Err(e) => act.transport_error("publish", e),
+                }
+            }
+            Err(e) => act.transport_error("publish", e),
+        })
+        .wait(ctx);
+    }
+}
+
+/// The client's answer to the latest `subscribe_offer`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SubscribeAnswer {
+    pub sdp: String,
+}
+
+impl Handler<SubscribeAnswer> for Peer {
+    type Result = ();
+    fn handle(&mut self, msg: SubscribeAnswer, ctx: &mut Context<Self>) {
+        let (Some(sub), Some(slots)) = (self.subscriber.clone(), self.offered.clone()) else {
+            return self.error(ErrorCode::BadRequest, "no subscribe_offer is outstanding");
+        };
+        let apply = transport::ApplyAnswer {
+            sdp: msg.sdp,
+            slots: slots.clone(),
+        };
+        async move { sub.send(apply).await.map_err(|_| TransportError::Gone)? }
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                let pts = match res {
+                    Ok(pts) => pts,
+                    // The offer stays outstanding: the client may answer again.
+                    Err(e) => return act.transport_error("subscribe answer", e),
+                };
+                act.offered = None;
+                act.negotiating = false;
+                let counters = &act.node.counters;
+                for (slot, pt) in slots.into_iter().zip(pts) {
+                    let Some(pt) = pt else {
+                        tracing::info!(user = %act.user, track = %slot.source.id, "subscriber refused the codec");
+                        continue;
+                    };
+                    let dt = DownTrack::new(
+                        act.user.clone(),
+                        slot.source.id.clone(),
+                        slot.track.clone(),
+                        slot.ssrc,
+                        pt,
+                        counters,
+                    );
+                    act.node.media.rt.spawn(run_feedback_loop(
+                        dt.clone(),
+                        slot.source.clone(),
+                        act.node.media.rt.clone(),
+                        counters.clone(),
+                    ));
+                    act.room.do_send(DownTrackReady(dt));
+                }
+                act.negotiate(ctx);
+            })
+            .wait(ctx);
+    }
+}
+
+/// A trickled candidate from the client.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RemoteCandidate {
+    pub pc: PcKind,
+    pub candidate: IceCandidate,
+}
+
+impl Handler<RemoteCandidate> for Peer {
+    type Result = ();
+    fn handle(&mut self, msg: RemoteCandidate, _: &mut Context<Self>) {
+        let t = match msg.pc {
+            PcKind::Publisher => &self.publisher,
+            PcKind::Subscriber => &self.subscriber,
+        };
+        match t {
+            Some(t) => t.do_send(transport::AddCandidate(msg.candidate)),
+            None => self.error(
+                ErrorCode::BadRequest,
+                "candidate for a connection that does not exist yet",
+            ),
+        }
+    }
+}
+
+/// The room wants this participant to receive a track.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe(pub Arc<TrackSource>);
+
+impl Handler<Subscribe> for Peer {
+    type Result = ();
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+        if self.can_subscribe && msg.0.owner != self.user {
+            self.wanted.insert(msg.0.id.clone(), msg.0);
+            self.negotiate(ctx);
+        }
+    }
+}
+
+/// The track is gone from the room.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    pub track_id: TrackId,
+}
+
+impl Handler<Unsubscribe> for Peer {
+    type Result = ();
+    fn handle(&mut self, msg: Unsubscribe, ctx: &mut Context<Self>) {
+        if self.wanted.remove(&msg.track_id).is_some() {
+            self.negotiate(ctx);
+        }
+    }
+}
+
+impl Handler<TransportEvent> for Peer {
+    type Result = ();
+    fn handle(&mut self, msg: TransportEvent, ctx: &mut Context<Self>) {
+        match msg {
+            TransportEvent::TrackArrived(source) => self.room.do_send(TrackPublished(source)),
+            TransportEvent::TrackEnded(track_id) => self.room.do_send(TrackEnded {
+                owner: self.user.clone(),
+                track_id,
+            }),
+            TransportEvent::Failed(pc) => {
+                tracing::info!(user = %self.user, ?pc, "connection failed; removing participant");
+                ctx.stop();
+            }
+        }
+    }
+}
+
+/// The participant's socket closed. `leaving` (the client sent `leave`) ends the participant
+/// now; otherwise it waits the resume grace period.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionGone {
+    pub session_id: u64,
+    pub leaving: bool,
+}
+
+impl Handler<SessionGone> for Peer {
+    type Result = ();
+    fn handle(&mut self, msg: SessionGone, ctx: &mut Context<Self>) {
+        let grace = self.node.config.resume_grace;
+        if msg.leaving || grace.is_zero() {
+            return ctx.stop();
+        }
+        self.detached = true;
+        let epoch = self.attach_epoch;
+        tracing::debug!(user = %self.user, session = msg.session_id, "socket gone; waiting for resume");
+        ctx.run_later(grace, move |act, ctx| {
+            if act.detached && act.attach_epoch == epoch {
+                tracing::info!(user = %act.user, "resume grace expired");
+                ctx.stop();
+            }
+        });
+    }
+}
+
+/// A new socket resumed this participant. Its media connections start afresh: the client
+/// publishes again and answers a new subscribe offer (PROTOCOL.md "A join, end to end" 5).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionAttached;
+
+impl Handler<SessionAttached> for Peer {
+    type Result = ();
+    fn handle(&mut self, _: SessionAttached, ctx: &mut Context<Self>) {
+        self.attach_epoch += 1;
+        self.detached = false;
+        self.stop_transports();
+        self.negotiate(ctx);
+    }
+}
+
+/// The room removed this participant.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Close;
+
+impl Handler<Close> for Peer {
+    type Result = ();
+    fn handle(&mut self, _: Close, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<Observe> for Peer {
+    type Result = MessageResult<Observe>;
+    fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(serde_json::json!({
+            "user": self.user,
+            "publisher": self.publisher.is_some(),
+            "subscriber": self.subscriber.is_some(),
+            "wanted": self.wanted.keys().collect::<Vec<_>>(),
+            "negotiated": self.current.keys().collect::<Vec<_>>(),
+            "negotiating": self.negotiating,
+            "detached": self.detached,
+        }))
+    }
+}

@@ -1,0 +1,404 @@
+//! `Room`: the members of one room on this node, their published tracks, and who receives
+//! what. It owns the forwarding tables: every change of membership or subscription ends in
+//! an update of the affected sources' fanout.
+
+use super::peer::{self, Peer};
+use super::rooms::{JoinedInfo, MemberLeft, RoomRegistry};
+use super::router::Deliver;
+use super::{NodeCtx, Observe};
+use crate::counters::{Kind, Live};
+use crate::media::forward::{DownTrack, TrackSource};
+use actix::prelude::*;
+use base64::Engine;
+use protocol::signal::{IceServer, ParticipantInfo, ParticipantState, ServerMessage, TrackInfo};
+use protocol::token::Claims;
+use protocol::{ErrorCode, RoomId, TrackId, UserId};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+struct Member {
+    info: ParticipantInfo,
+    peer: Addr<Peer>,
+    can_subscribe: bool,
+    resume_token: String,
+    /// Join order, so `joined` lists participants as they arrived.
+    seq: u64,
+}
+
+pub struct Room {
+    id: RoomId,
+    node: NodeCtx,
+    registry: Addr<RoomRegistry>,
+    members: HashMap<UserId, Member>,
+    tracks: BTreeMap<TrackId, Arc<TrackSource>>,
+    next_seq: u64,
+    _live: Live,
+}
+
+impl Room {
+    pub fn new(id: RoomId, node: NodeCtx, registry: Addr<RoomRegistry>) -> Self {
+        let live = Live::new(&node.counters, Kind::Room);
+        Room {
+            id,
+            node,
+            registry,
+            members: HashMap::new(),
+            tracks: BTreeMap::new(),
+            next_seq: 0,
+            _live: live,
+        }
+    }
+
+    fn broadcast(&self, except: &UserId, msg: &ServerMessage) {
+        for id in self.members.keys().filter(|id| *id != except) {
+            self.node.router.do_send(Deliver {
+                to: id.clone(),
+                msg: msg.clone(),
+            });
+        }
+    }
+
+    fn tracks_of(&self, user: &UserId) -> Vec<TrackInfo> {
+        self.tracks
+            .values()
+            .filter(|t| &t.owner == user)
+            .map(|t| TrackInfo {
+                id: t.id.clone(),
+                kind: t.kind,
+            })
+            .collect()
+    }
+
+    fn participants(&self, except: &UserId) -> Vec<ParticipantState> {
+        let mut members: Vec<&Member> = self
+            .members
+            .values()
+            .filter(|m| &m.info.id != except)
+            .collect();
+        members.sort_by_key(|m| m.seq);
+        members
+            .into_iter()
+            .map(|m| ParticipantState {
+                id: m.info.id.clone(),
+                name: m.info.name.clone(),
+                tracks: self.tracks_of(&m.info.id),
+            })
+            .collect()
+    }
+
+    fn ice_servers(&self, user: &UserId) -> Vec<IceServer> {
+        let cfg = &self.node.config;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        cfg.ice_servers
+            .iter()
+            .map(|s| {
+                let is_turn = s.urls.iter().any(|u| u.starts_with("turn"));
+                match (&cfg.turn_secret, is_turn) {
+                    (Some(secret), true) => {
+                        let c = protocol::turn::credentials(
+                            secret.as_bytes(),
+                            user.as_str(),
+                            now,
+                            cfg.turn_ttl.as_secs(),
+                        );
+                        IceServer {
+                            urls: s.urls.clone(),
+                            username: Some(c.username),
+                            credential: Some(c.password),
+                        }
+                    }
+                    _ => s.clone(),
+                }
+            })
+            .collect()
+    }
+
+    fn unpublish(&mut self, track_id: &TrackId) {
+        let Some(source) = self.tracks.remove(track_id) else {
+            return;
+        };
+        source.clear_fanout();
+        let msg = ServerMessage::TrackUnpublished {
+            participant: source.owner.clone(),
+            track_id: track_id.clone(),
+        };
+        self.broadcast(&source.owner, &msg);
+        for (id, m) in &self.members {
+            if id != &source.owner {
+                m.peer.do_send(peer::Unsubscribe {
+                    track_id: track_id.clone(),
+                });
+            }
+        }
+    }
+
+    fn remove_member(&mut self, user: &UserId) {
+        let Some(member) = self.members.remove(user) else {
+            return;
+        };
+        let owned: Vec<TrackId> = self
+            .tracks
+            .values()
+            .filter(|t| &t.owner == user)
+            .map(|t| t.id.clone())
+            .collect();
+        for id in owned {
+            self.unpublish(&id);
+        }
+        for source in self.tracks.values() {
+            source.remove_subscriber(user);
+        }
+        self.broadcast(user, &ServerMessage::ParticipantLeft { id: user.clone() });
+        member.peer.do_send(peer::Close);
+        self.registry.do_send(MemberLeft {
+            room: self.id.clone(),
+            resume_token: member.resume_token,
+        });
+        tracing::info!(room = %self.id, %user, "participant left");
+    }
+}
+
+impl Actor for Room {
+    type Context = Context<Self>;
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<JoinedInfo, ErrorCode>")]
+pub struct RoomJoin {
+    pub claims: Claims,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<JoinedInfo, ErrorCode>")]
+pub struct RoomResume {
+    pub user: UserId,
+    pub resume_token: String,
+}
+
+/// A publisher's connection delivered a new track.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TrackPublished(pub Arc<TrackSource>);
+
+/// A published track ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TrackEnded {
+    pub owner: UserId,
+    pub track_id: TrackId,
+}
+
+/// A subscriber's connection negotiated a down track: start forwarding to it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DownTrackReady(pub Arc<DownTrack>);
+
+/// A peer ended (leave, connection failure, resume grace over).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerGone {
+    pub user: UserId,
+    pub peer: Addr<Peer>,
+}
+
+/// From the registry: the room is empty and forgotten; stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<RoomJoin> for Room {
+    type Result = Result<JoinedInfo, ErrorCode>;
+
+    fn handle(&mut self, msg: RoomJoin, ctx: &mut Context<Self>) -> Self::Result {
+        let claims = msg.claims;
+        let user = claims.sub.clone();
+        // The same user joining again replaces the old participant.
+        self.remove_member(&user);
+        if self.members.len() >= self.node.config.max_room_size {
+            return Err(ErrorCode::RoomFull);
+        }
+        let info = ParticipantInfo {
+            id: user.clone(),
+            name: claims.display_name(),
+        };
+        let peer = Peer::new(
+            user.clone(),
+            claims.can_publish,
+            claims.can_subscribe,
+            ctx.address(),
+            self.node.clone(),
+        )
+        .start();
+        let participants = self.participants(&user);
+        self.broadcast(
+            &user,
+            &ServerMessage::ParticipantJoined {
+                participant: info.clone(),
+            },
+        );
+        let mut raw = [0u8; 24];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut raw);
+        let resume_token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        self.next_seq += 1;
+        self.members.insert(
+            user.clone(),
+            Member {
+                info: info.clone(),
+                peer: peer.clone(),
+                can_subscribe: claims.can_subscribe,
+                resume_token: resume_token.clone(),
+                seq: self.next_seq,
+            },
+        );
+        if claims.can_subscribe {
+            for source in self.tracks.values() {
+                peer.do_send(peer::Subscribe(source.clone()));
+            }
+        }
+        tracing::info!(room = %self.id, %user, members = self.members.len(), "participant joined");
+        Ok(JoinedInfo {
+            room: self.id.clone(),
+            participant: info,
+            peer,
+            resume_token,
+            ice_servers: self.ice_servers(&user),
+            participants,
+        })
+    }
+}
+
+impl Handler<RoomResume> for Room {
+    type Result = Result<JoinedInfo, ErrorCode>;
+
+    fn handle(&mut self, msg: RoomResume, _: &mut Context<Self>) -> Self::Result {
+        let member = self
+            .members
+            .get(&msg.user)
+            .filter(|m| m.resume_token == msg.resume_token)
+            .ok_or(ErrorCode::NotFound)?;
+        let (info, peer, token) = (
+            member.info.clone(),
+            member.peer.clone(),
+            member.resume_token.clone(),
+        );
+        Ok(JoinedInfo {
+            room: self.id.clone(),
+            participants: self.participants(&msg.user),
+            ice_servers: self.ice_servers(&msg.user),
+            participant: info,
+            peer,
+            resume_token: token,
+        })
+    }
+}
+
+impl Handler<TrackPublished> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: TrackPublished, _: &mut Context<Self>) {
+        let source = msg.0;
+        if !self.members.contains_key(&source.owner) {
+            source.clear_fanout();
+            return;
+        }
+        let announce = ServerMessage::TrackPublished {
+            participant: source.owner.clone(),
+            track: TrackInfo {
+                id: source.id.clone(),
+                kind: source.kind,
+            },
+        };
+        self.broadcast(&source.owner, &announce);
+        for (id, m) in &self.members {
+            if id != &source.owner && m.can_subscribe {
+                m.peer.do_send(peer::Subscribe(source.clone()));
+            }
+        }
+        tracing::info!(room = %self.id, owner = %source.owner, track = %source.id, kind = ?source.kind, codec = %source.codec.mime_type, "track published");
+        self.tracks.insert(source.id.clone(), source);
+    }
+}
+
+impl Handler<TrackEnded> for Room {
+    type Result = ();
+    fn handle(&mut self, msg: TrackEnded, _: &mut Context<Self>) {
+        if self
+            .tracks
+            .get(&msg.track_id)
+            .is_some_and(|t| t.owner == msg.owner)
+        {
+            self.unpublish(&msg.track_id);
+        }
+    }
+}
+
+impl Handler<DownTrackReady> for Room {
+    type Result = ();
+    fn handle(&mut self, msg: DownTrackReady, _: &mut Context<Self>) {
+        let dt = msg.0;
+        let (Some(source), true) = (
+            self.tracks.get(&dt.source),
+            self.members.contains_key(&dt.subscriber),
+        ) else {
+            return;
+        };
+        source.add_downtrack(dt);
+        // A new subscriber can decode nothing until the next keyframe.
+        source.request_keyframe(&self.node.media.rt);
+    }
+}
+
+impl Handler<PeerGone> for Room {
+    type Result = ();
+    fn handle(&mut self, msg: PeerGone, _: &mut Context<Self>) {
+        if self
+            .members
+            .get(&msg.user)
+            .is_some_and(|m| m.peer == msg.peer)
+        {
+            self.remove_member(&msg.user);
+        }
+    }
+}
+
+impl Handler<Shutdown> for Room {
+    type Result = ();
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        let users: Vec<UserId> = self.members.keys().cloned().collect();
+        for u in users {
+            self.remove_member(&u);
+        }
+        ctx.stop();
+    }
+}
+
+impl Handler<Observe> for Room {
+    type Result = MessageResult<Observe>;
+    fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> Self::Result {
+        let tracks: Vec<serde_json::Value> = self
+            .tracks
+            .values()
+            .map(|t| {
+                let fanout = t.fanout.load();
+                serde_json::json!({
+                    "id": t.id,
+                    "owner": t.owner,
+                    "kind": t.kind,
+                    "codec": t.codec.mime_type,
+                    "subscribers": fanout.iter().map(|d| d.subscriber.to_string()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let mut members: Vec<&Member> = self.members.values().collect();
+        members.sort_by_key(|m| m.seq);
+        MessageResult(serde_json::json!({
+            "id": self.id,
+            "members": members.iter().map(|m| serde_json::json!({"id": m.info.id, "name": m.info.name})).collect::<Vec<_>>(),
+            "tracks": tracks,
+        }))
+    }
+}

@@ -1,0 +1,541 @@
+//! `SignalingSession`: one actor per WebSocket. Parses and validates client frames, verifies
+//! the join token, polices rate and size, and talks to its `Peer`. Nothing a client sends can
+//! panic it or reach another session except through the router.
+
+use super::peer::{self, Peer};
+use super::rooms::{JoinRoom, JoinedInfo, ResumeRoom};
+use super::router::{Register, RouteUserMessage, Unregister};
+use super::NodeCtx;
+use crate::counters::{Kind, Live};
+use actix::prelude::*;
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
+use protocol::signal::{parse_client_message, ClientMessage, ParseError, ServerMessage};
+use protocol::token::{self, TokenError};
+use protocol::{ErrorCode, RoomId, UserId, MAX_FRAME_BYTES};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+
+/// Frames up to this size are read and refused with an error; larger ones close the socket.
+pub const MAX_READ_FRAME: usize = 2 * 1024 * 1024;
+/// Invalid messages tolerated before the socket is closed with 1008.
+const MAX_BAD_MESSAGES: u32 = 20;
+/// A socket must join or resume within this time.
+const JOIN_DEADLINE: Duration = Duration::from_secs(30);
+/// Without any frame from the client for this long the socket is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Server messages queued for a slow client before it is disconnected.
+const OUTBOX: usize = 1024;
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A server message for this session's client.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ToClient(pub ServerMessage);
+
+/// The router gave this user's route to a newer session.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Kick {
+    pub reason: &'static str,
+}
+
+enum Out {
+    Text(String),
+    Ping,
+    Close(CloseReason),
+}
+
+enum State {
+    AwaitingJoin,
+    Joining,
+    Joined {
+        user: UserId,
+        room: RoomId,
+        peer: Addr<Peer>,
+    },
+    Closing,
+}
+
+pub struct SignalingSession {
+    id: u64,
+    ctx: NodeCtx,
+    out: mpsc::Sender<Out>,
+    state: State,
+    started: Instant,
+    last_seen: Instant,
+    bucket: TokenBucket,
+    dropped: u64,
+    last_rate_error: Option<Instant>,
+    bad_messages: u32,
+    _live: Live,
+}
+
+impl SignalingSession {
+    /// Starts a session on the current arbiter, writing through `ws`.
+    pub fn start(
+        ctx: NodeCtx,
+        ws: actix_ws::Session,
+        stream: actix_ws::MessageStream,
+    ) -> Addr<Self> {
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        actix::spawn(write_loop(ws, rx));
+        let rate = ctx.config.msg_rate.max(1);
+        let live = Live::new(&ctx.counters, Kind::Session);
+        let stream = stream
+            .max_frame_size(MAX_READ_FRAME)
+            .aggregate_continuations()
+            .max_continuation_size(MAX_READ_FRAME);
+        SignalingSession::create(move |c| {
+            c.add_stream(stream);
+            SignalingSession {
+                id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+                ctx,
+                out: tx,
+                state: State::AwaitingJoin,
+                started: Instant::now(),
+                last_seen: Instant::now(),
+                bucket: TokenBucket::new(f64::from(rate), f64::from(rate) * 2.0),
+                dropped: 0,
+                last_rate_error: None,
+                bad_messages: 0,
+                _live: live,
+            }
+        })
+    }
+
+    fn send(&mut self, msg: &ServerMessage, ctx: &mut Context<Self>) {
+        if self.out.try_send(Out::Text(msg.to_json())).is_err() {
+            tracing::info!(session = self.id, "client too slow to read; closing");
+            self.close(CloseCode::Policy, "outbox full", ctx);
+        }
+    }
+
+    fn error(&mut self, code: ErrorCode, message: impl Into<String>, ctx: &mut Context<Self>) {
+        self.send(&ServerMessage::error(code, message), ctx);
+    }
+
+    fn close(&mut self, code: CloseCode, why: &str, ctx: &mut Context<Self>) {
+        if matches!(self.state, State::Closing) {
+            return;
+        }
+        self.detach_from_peer(false);
+        self.state = State::Closing;
+        let _ = self.out.try_send(Out::Close(CloseReason {
+            code,
+            description: Some(why.to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    /// Tells the peer its socket is gone: a `leave` ends it, anything else starts the
+    /// resume grace period.
+    fn detach_from_peer(&mut self, leaving: bool) {
+        if let State::Joined { user, peer, .. } = &self.state {
+            peer.do_send(peer::SessionGone {
+                session_id: self.id,
+                leaving,
+            });
+            self.ctx.router.do_send(Unregister {
+                user: user.clone(),
+                session_id: self.id,
+            });
+        }
+    }
+
+    fn bad_message(&mut self, message: String, ctx: &mut Context<Self>) {
+        self.bad_messages += 1;
+        metrics::counter!("signaling_bad_messages_total").increment(1);
+        self.error(ErrorCode::BadRequest, message, ctx);
+        if self.bad_messages >= MAX_BAD_MESSAGES {
+            self.close(CloseCode::Policy, "too many invalid messages", ctx);
+        }
+    }
+
+    /// Token bucket per socket. A flood gets one `rate_limited` error a second, and a
+    /// sustained one (ten seconds' worth of messages dropped) closes the socket with 1008.
+    fn admit(&mut self, ctx: &mut Context<Self>) -> bool {
+        if self.bucket.take(Instant::now()) {
+            return true;
+        }
+        self.dropped += 1;
+        metrics::counter!("signaling_rate_limited_total").increment(1);
+        let now = Instant::now();
+        if self
+            .last_rate_error
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.last_rate_error = Some(now);
+            self.error(
+                ErrorCode::RateLimited,
+                format!("more than {} messages per second", self.ctx.config.msg_rate),
+                ctx,
+            );
+        }
+        if self.dropped > u64::from(self.ctx.config.msg_rate) * 10 + 100 {
+            self.close(CloseCode::Policy, "message flood", ctx);
+        }
+        false
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        if !self.admit(ctx) {
+            return;
+        }
+        let msg = match parse_client_message(text) {
+            Ok(m) => m,
+            Err(ParseError::TooLarge(n)) => {
+                return self.bad_message(
+                    format!("frame of {n} bytes exceeds the {MAX_FRAME_BYTES} byte limit"),
+                    ctx,
+                )
+            }
+            Err(e) => return self.bad_message(e.to_string(), ctx),
+        };
+        match (&self.state, msg) {
+            (_, ClientMessage::Ping) => self.send(&ServerMessage::Pong, ctx),
+            (
+                State::AwaitingJoin,
+                ClientMessage::Join {
+                    room,
+                    token,
+                    region,
+                },
+            ) => self.join(room, token, region, ctx),
+            (State::AwaitingJoin, ClientMessage::Resume { resume_token }) => {
+                self.resume(resume_token, ctx)
+            }
+            (State::AwaitingJoin | State::Joining, _) => {
+                self.bad_message("the first message must be `join` or `resume`".into(), ctx)
+            }
+            (State::Joined { .. }, ClientMessage::Join { .. } | ClientMessage::Resume { .. }) => {
+                self.bad_message("already joined".into(), ctx)
+            }
+            (State::Joined { peer, .. }, ClientMessage::Publish { sdp }) => {
+                peer.do_send(peer::Publish { sdp })
+            }
+            (State::Joined { peer, .. }, ClientMessage::SubscribeAnswer { sdp }) => {
+                peer.do_send(peer::SubscribeAnswer { sdp })
+            }
+            (State::Joined { peer, .. }, ClientMessage::Candidate { pc, candidate }) => {
+                if let Some(candidate) = candidate {
+                    peer.do_send(peer::RemoteCandidate { pc, candidate })
+                }
+            }
+            (State::Joined { user, room, .. }, ClientMessage::Message { to, data }) => {
+                let route = RouteUserMessage {
+                    from: user.clone(),
+                    room: room.clone(),
+                    to: to.clone(),
+                    data,
+                };
+                self.ctx
+                    .router
+                    .send(route)
+                    .into_actor(self)
+                    .map(move |res, act, ctx| {
+                        if !matches!(res, Ok(Ok(()))) {
+                            act.error(
+                                ErrorCode::NotFound,
+                                format!("no user `{to}` in this room"),
+                                ctx,
+                            );
+                        }
+                    })
+                    .wait(ctx);
+            }
+            (State::Joined { .. }, ClientMessage::Leave) => {
+                self.detach_from_peer(true);
+                self.state = State::Closing;
+                let _ = self.out.try_send(Out::Close(CloseReason {
+                    code: CloseCode::Normal,
+                    description: Some("left".into()),
+                }));
+                ctx.stop();
+            }
+            (State::Closing, _) => {}
+        }
+    }
+
+    fn join(
+        &mut self,
+        room: RoomId,
+        token: String,
+        region: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let claims = match token::verify(self.ctx.config.api_secret.as_bytes(), &token, &room, now)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let code = match e {
+                    TokenError::WrongRoom => ErrorCode::Forbidden,
+                    TokenError::Invalid | TokenError::Expired => ErrorCode::Unauthorized,
+                };
+                metrics::counter!("signaling_auth_failures_total").increment(1);
+                self.error(code, e.to_string(), ctx);
+                return;
+            }
+        };
+        let _ = region; // placement by region arrives with the coordinator
+        self.state = State::Joining;
+        let user = claims.sub.clone();
+        let register = Register {
+            user: user.clone(),
+            room: room.clone(),
+            session_id: self.id,
+            addr: ctx.address(),
+        };
+        let join = JoinRoom {
+            room: room.clone(),
+            claims,
+        };
+        let router = self.ctx.router.clone();
+        let rooms = self.ctx.rooms.clone();
+        // The route exists before the room knows the user, so nothing sent to the new
+        // participant is lost; `wait` holds this session's mailbox until `joined` is out.
+        async move {
+            router.send(register).await.ok();
+            rooms.send(join).await
+        }
+        .into_actor(self)
+        .map(move |res, act, ctx| act.finish_join(user, room, res, ctx))
+        .wait(ctx);
+    }
+
+    fn resume(&mut self, resume_token: String, ctx: &mut Context<Self>) {
+        self.state = State::Joining;
+        let rooms = self.ctx.rooms.clone();
+        let router = self.ctx.router.clone();
+        let me = ctx.address();
+        let id = self.id;
+        async move {
+            let info = rooms.send(ResumeRoom { resume_token }).await;
+            if let Ok(Ok(info)) = &info {
+                router
+                    .send(Register {
+                        user: info.participant.id.clone(),
+                        room: info.room.clone(),
+                        session_id: id,
+                        addr: me,
+                    })
+                    .await
+                    .ok();
+                info.peer.do_send(peer::SessionAttached);
+            }
+            info
+        }
+        .into_actor(self)
+        .map(move |res, act, ctx| {
+            let (user, room) = match &res {
+                Ok(Ok(i)) => (i.participant.id.clone(), i.room.clone()),
+                _ => {
+                    act.state = State::AwaitingJoin;
+                    let code = match res {
+                        Ok(Err(code)) => code,
+                        Err(_) => ErrorCode::Unavailable,
+                        Ok(Ok(_)) => ErrorCode::Internal,
+                    };
+                    act.error(code, "resume token unknown or expired", ctx);
+                    return;
+                }
+            };
+            act.finish_join(user, room, res, ctx)
+        })
+        .wait(ctx);
+    }
+
+    fn finish_join(
+        &mut self,
+        user: UserId,
+        room: RoomId,
+        res: Result<Result<JoinedInfo, ErrorCode>, MailboxError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let info = match res {
+            Ok(Ok(info)) => info,
+            Ok(Err(code)) => {
+                self.ctx.router.do_send(Unregister {
+                    user,
+                    session_id: self.id,
+                });
+                self.state = State::AwaitingJoin;
+                let text = match code {
+                    ErrorCode::RoomFull => "room is full",
+                    _ => "join failed",
+                };
+                return self.error(code, text, ctx);
+            }
+            Err(_) => {
+                self.state = State::AwaitingJoin;
+                return self.error(ErrorCode::Unavailable, "node is shutting down", ctx);
+            }
+        };
+        metrics::histogram!("join_latency_seconds").record(self.started.elapsed().as_secs_f64());
+        tracing::info!(session = self.id, %user, %room, "joined");
+        self.state = State::Joined {
+            user,
+            room,
+            peer: info.peer.clone(),
+        };
+        let joined = ServerMessage::Joined {
+            room: info.room,
+            participant: info.participant,
+            node: self.ctx.config.node_id.clone(),
+            resume_token: info.resume_token,
+            ice_servers: info.ice_servers,
+            participants: info.participants,
+        };
+        self.send(&joined, ctx);
+    }
+}
+
+impl Actor for SignalingSession {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(HEARTBEAT, |act, ctx| {
+            if act.last_seen.elapsed() > IDLE_TIMEOUT {
+                return act.close(CloseCode::Policy, "idle timeout", ctx);
+            }
+            if matches!(act.state, State::AwaitingJoin) && act.started.elapsed() > JOIN_DEADLINE {
+                return act.close(CloseCode::Policy, "no join", ctx);
+            }
+            let _ = act.out.try_send(Out::Ping);
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.detach_from_peer(false);
+    }
+}
+
+impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for SignalingSession {
+    fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Context<Self>) {
+        self.last_seen = Instant::now();
+        match item {
+            Ok(AggregatedMessage::Text(text)) => self.on_text(&text, ctx),
+            Ok(AggregatedMessage::Binary(_)) => {
+                if self.admit(ctx) {
+                    self.bad_message("binary frames are not part of the protocol".into(), ctx)
+                }
+            }
+            Ok(AggregatedMessage::Ping(_) | AggregatedMessage::Pong(_)) => {}
+            Ok(AggregatedMessage::Close(_)) => {
+                self.detach_from_peer(false);
+                self.state = State::Closing;
+                ctx.stop();
+            }
+            Err(e) => {
+                // The stream cannot be resynchronised after a protocol error.
+                let (code, why) = match e {
+                    ProtocolError::Overflow => (CloseCode::Size, "frame too large"),
+                    _ => (CloseCode::Protocol, "websocket protocol error"),
+                };
+                self.error(ErrorCode::BadRequest, why, ctx);
+                self.close(code, why, ctx);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<ToClient> for SignalingSession {
+    type Result = ();
+    fn handle(&mut self, msg: ToClient, ctx: &mut Context<Self>) {
+        if !matches!(self.state, State::Closing) {
+            self.send(&msg.0, ctx);
+        }
+    }
+}
+
+impl Handler<Kick> for SignalingSession {
+    type Result = ();
+    fn handle(&mut self, msg: Kick, ctx: &mut Context<Self>) {
+        // The newer session owns the participant now: do not detach it.
+        self.state = State::Closing;
+        let _ = self.out.try_send(Out::Text(
+            ServerMessage::error(ErrorCode::Unauthorized, msg.reason).to_json(),
+        ));
+        let _ = self.out.try_send(Out::Close(CloseReason {
+            code: CloseCode::Policy,
+            description: Some(msg.reason.into()),
+        }));
+        ctx.stop();
+    }
+}
+
+/// Owns the socket's write half so that frames leave in order and a Close frame is the last
+/// thing written (TOOLS.md: stopping right after writing Close loses the frame).
+async fn write_loop(mut ws: actix_ws::Session, mut rx: mpsc::Receiver<Out>) {
+    while let Some(out) = rx.recv().await {
+        let ok = match out {
+            Out::Text(t) => ws.text(t).await.is_ok(),
+            Out::Ping => ws.ping(b"").await.is_ok(),
+            Out::Close(reason) => {
+                let _ = ws.close(Some(reason)).await;
+                return;
+            }
+        };
+        if !ok {
+            return;
+        }
+    }
+    let _ = ws.close(None).await;
+}
+
+/// Refills `rate` tokens a second up to `burst`.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: f64) -> Self {
+        TokenBucket {
+            rate,
+            burst,
+            tokens: burst,
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_allows_burst_then_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0, 20.0);
+        b.at = t0;
+        let admitted = (0..100).filter(|_| b.take(t0)).count();
+        assert_eq!(admitted, 20);
+        assert!(b.take(t0 + Duration::from_millis(100)));
+        assert!(!b.take(t0 + Duration::from_millis(100)));
+    }
+}

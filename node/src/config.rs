@@ -1,0 +1,260 @@
+//! Node configuration: a TOML file, overridden by environment (`NODE_*`), overridden by flags.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use protocol::signal::IceServer;
+use protocol::NodeId;
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything a node needs to run. Build it with [`Config::from_sources`] or
+/// [`Config::local_dev`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: NodeId,
+    pub region: String,
+    /// HTTP and WebSocket listen address. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Address the media UDP sockets bind to. webrtc 0.21 expands a wildcard to every
+    /// non-loopback interface, so local clusters bind 127.0.0.1.
+    pub udp_ip: IpAddr,
+    /// Inclusive UDP port range; each peer connection takes one port.
+    pub udp_ports: (u16, u16),
+    /// The public address announced in ICE candidates (1:1 NAT), instead of `udp_ip`.
+    pub public_ip: Option<String>,
+    /// HS256 secret of join tokens.
+    pub api_secret: String,
+    /// STUN/TURN servers handed to clients in `joined`.
+    pub ice_servers: Vec<IceServer>,
+    /// With a TURN shared secret, `turn:`/`turns:` entries get time-limited credentials.
+    pub turn_secret: Option<String>,
+    pub turn_ttl: Duration,
+    /// Serves `/dev/token` so the demo page can join without a backend. Never in production.
+    pub dev_tokens: bool,
+    pub log_json: bool,
+    /// How long a participant outlives its signaling socket, waiting for `resume`.
+    pub resume_grace: Duration,
+    /// Signaling messages per second a socket may send (burst: twice that).
+    pub msg_rate: u32,
+    /// Participants per room on this node.
+    pub max_room_size: usize,
+    /// Worker threads of the media runtime (webrtc, forwarding).
+    pub media_threads: usize,
+    /// actix-web worker threads (signaling).
+    pub http_workers: usize,
+}
+
+impl Config {
+    /// A config for tests and the local demo: loopback only, free ports, dev tokens on.
+    pub fn local_dev() -> Self {
+        Config {
+            node_id: NodeId::new(format!("node-{}", rand::random::<u16>())).expect("valid id"),
+            region: "local".into(),
+            listen: "127.0.0.1:0".parse().expect("valid addr"),
+            udp_ip: "127.0.0.1".parse().expect("valid ip"),
+            udp_ports: (0, 0),
+            public_ip: None,
+            api_secret: "devsecret".into(),
+            ice_servers: Vec::new(),
+            turn_secret: None,
+            turn_ttl: Duration::from_secs(6 * 3600),
+            dev_tokens: true,
+            log_json: false,
+            resume_grace: Duration::from_secs(10),
+            msg_rate: 50,
+            max_room_size: 500,
+            media_threads: 2,
+            http_workers: 1,
+        }
+    }
+
+    /// Layers file < environment < flags over [`Config::local_dev`]'s defaults, except that a
+    /// production-shaped run must name its secret (`dev_tokens` off means a real deployment).
+    pub fn from_sources(flags: &NodeArgs) -> anyhow::Result<Self> {
+        let file: FileConfig = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let mut c = Config::local_dev();
+        c.listen = "127.0.0.1:7880".parse()?;
+        c.udp_ports = (50000, 50999);
+        c.dev_tokens = false;
+
+        macro_rules! layer {
+            ($field:ident) => {
+                if let Some(v) = flags.$field.clone().or(file.$field.clone()) {
+                    c.$field = v.into();
+                }
+            };
+        }
+        if let Some(id) = flags.node_id.clone().or(file.node_id.clone()) {
+            c.node_id = NodeId::new(id).context("node id")?;
+        }
+        layer!(region);
+        layer!(listen);
+        layer!(udp_ip);
+        if let Some(r) = flags.udp_ports.clone().or(file.udp_ports.clone()) {
+            c.udp_ports = parse_port_range(&r)?;
+        }
+        if let Some(ip) = flags.public_ip.clone().or(file.public_ip.clone()) {
+            c.public_ip = Some(ip);
+        }
+        layer!(api_secret);
+        if let Some(urls) = flags.ice_servers.clone().or(file.ice_servers.clone()) {
+            c.ice_servers = urls
+                .iter()
+                .filter(|u| !u.is_empty())
+                .map(|u| IceServer {
+                    urls: vec![u.clone()],
+                    ..Default::default()
+                })
+                .collect();
+        }
+        if let Some(s) = flags.turn_secret.clone().or(file.turn_secret.clone()) {
+            c.turn_secret = Some(s);
+        }
+        if let Some(s) = flags.turn_ttl_secs.or(file.turn_ttl_secs) {
+            c.turn_ttl = Duration::from_secs(s);
+        }
+        c.dev_tokens = flags.dev_tokens || file.dev_tokens.unwrap_or(false);
+        c.log_json = flags.log_json || file.log_json.unwrap_or(false);
+        if let Some(s) = flags.resume_grace_secs.or(file.resume_grace_secs) {
+            c.resume_grace = Duration::from_secs(s);
+        }
+        layer!(msg_rate);
+        layer!(max_room_size);
+        layer!(media_threads);
+        layer!(http_workers);
+
+        if !c.dev_tokens && c.api_secret == "devsecret" {
+            bail!(
+                "set --api-secret (or NODE_API_SECRET) to a real secret, or run with --dev-tokens"
+            );
+        }
+        if c.udp_ports.0 > c.udp_ports.1 {
+            bail!("udp port range is empty");
+        }
+        Ok(c)
+    }
+}
+
+/// `50000-50999` → (50000, 50999); `0` means "any free port".
+pub fn parse_port_range(s: &str) -> anyhow::Result<(u16, u16)> {
+    match s.split_once('-') {
+        Some((a, b)) => Ok((a.trim().parse()?, b.trim().parse()?)),
+        None => {
+            let p: u16 = s.trim().parse()?;
+            Ok((p, p))
+        }
+    }
+}
+
+/// The flags of `node run`; each also reads an environment variable.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NodeArgs {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "NODE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+    #[arg(long, env = "NODE_REGION")]
+    pub region: Option<String>,
+    /// HTTP/WebSocket listen address [default: 127.0.0.1:7880].
+    #[arg(long, env = "NODE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// IP the media UDP sockets bind to [default: 127.0.0.1].
+    #[arg(long, env = "NODE_UDP_IP")]
+    pub udp_ip: Option<IpAddr>,
+    /// UDP port range for media, e.g. 50000-50999 [default: 50000-50999].
+    #[arg(long, env = "NODE_UDP_PORTS")]
+    pub udp_ports: Option<String>,
+    /// Public IP announced in ICE candidates (1:1 NAT).
+    #[arg(long, env = "NODE_PUBLIC_IP")]
+    pub public_ip: Option<String>,
+    /// HS256 secret for join tokens.
+    #[arg(long, env = "NODE_API_SECRET", hide_env_values = true)]
+    pub api_secret: Option<String>,
+    /// ICE server URLs for clients (stun:…, turn:…), comma separated.
+    #[arg(long, env = "NODE_ICE_SERVERS", value_delimiter = ',')]
+    pub ice_servers: Option<Vec<String>>,
+    /// Shared secret of the TURN server (coturn `static-auth-secret`).
+    #[arg(long, env = "NODE_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+    #[arg(long, env = "NODE_TURN_TTL_SECS")]
+    pub turn_ttl_secs: Option<u64>,
+    /// Serve /dev/token for the demo page. Development only.
+    #[arg(long, env = "NODE_DEV_TOKENS")]
+    pub dev_tokens: bool,
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "NODE_LOG_JSON")]
+    pub log_json: bool,
+    #[arg(long, env = "NODE_RESUME_GRACE_SECS")]
+    pub resume_grace_secs: Option<u64>,
+    /// Signaling messages per second per socket.
+    #[arg(long, env = "NODE_MSG_RATE")]
+    pub msg_rate: Option<u32>,
+    #[arg(long, env = "NODE_MAX_ROOM_SIZE")]
+    pub max_room_size: Option<usize>,
+    #[arg(long, env = "NODE_MEDIA_THREADS")]
+    pub media_threads: Option<usize>,
+    #[arg(long, env = "NODE_HTTP_WORKERS")]
+    pub http_workers: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<String>,
+    region: Option<String>,
+    listen: Option<SocketAddr>,
+    udp_ip: Option<IpAddr>,
+    udp_ports: Option<String>,
+    public_ip: Option<String>,
+    api_secret: Option<String>,
+    ice_servers: Option<Vec<String>>,
+    turn_secret: Option<String>,
+    turn_ttl_secs: Option<u64>,
+    dev_tokens: Option<bool>,
+    log_json: Option<bool>,
+    resume_grace_secs: Option<u64>,
+    msg_rate: Option<u32>,
+    max_room_size: Option<usize>,
+    media_threads: Option<usize>,
+    http_workers: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_secret_is_required() {
+        let dir = std::env::temp_dir().join(format!("nodecfg-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        std::fs::write(
+            &path,
+            "region = \"eu\"\napi_secret = \"s3\"\nudp_ports = \"40000-40010\"\n",
+        )
+        .unwrap();
+        let flags = NodeArgs {
+            config: Some(path.clone()),
+            region: Some("us".into()),
+            ..Default::default()
+        };
+        let c = Config::from_sources(&flags).unwrap();
+        assert_eq!(c.region, "us");
+        assert_eq!(c.api_secret, "s3");
+        assert_eq!(c.udp_ports, (40000, 40010));
+        assert!(!c.dev_tokens);
+        assert!(Config::from_sources(&NodeArgs::default()).is_err());
+        std::fs::write(&path, "nonsense = 1\n").unwrap();
+        assert!(Config::from_sources(&flags).is_err());
+    }
+}

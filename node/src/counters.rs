@@ -1,0 +1,118 @@
+//! Live object counts and forwarding totals of one node, read by snapshots and `/metrics`.
+//!
+//! Each counted object holds a [`Live`] guard, so the counts cannot drift from reality when
+//! an actor or task ends by any path.
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub rooms: AtomicI64,
+    pub peers: AtomicI64,
+    pub transports: AtomicI64,
+    pub tracks: AtomicI64,
+    pub downtracks: AtomicI64,
+    /// Media tasks: publisher read loops and subscriber RTCP loops.
+    pub forwarding_tasks: AtomicI64,
+    pub sessions: AtomicI64,
+    pub packets_in: AtomicU64,
+    pub packets_forwarded: AtomicU64,
+    pub bytes_forwarded: AtomicU64,
+    /// A subscriber's send queue was full (slow subscriber).
+    pub dropped_congested: AtomicU64,
+    /// A retransmission or duplicate arrived twice from the publisher.
+    pub dropped_duplicate: AtomicU64,
+    /// webrtc refused the packet (track unbound or closed).
+    pub dropped_write_error: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct CountersSnapshot {
+    pub rooms: i64,
+    pub peers: i64,
+    pub transports: i64,
+    pub tracks: i64,
+    pub downtracks: i64,
+    pub forwarding_tasks: i64,
+    pub sessions: i64,
+    pub packets_in: u64,
+    pub packets_forwarded: u64,
+    pub bytes_forwarded: u64,
+    pub dropped_congested: u64,
+    pub dropped_duplicate: u64,
+    pub dropped_write_error: u64,
+    pub keyframe_requests: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> CountersSnapshot {
+        let g = |a: &AtomicI64| a.load(Ordering::Relaxed);
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CountersSnapshot {
+            rooms: g(&self.rooms),
+            peers: g(&self.peers),
+            transports: g(&self.transports),
+            tracks: g(&self.tracks),
+            downtracks: g(&self.downtracks),
+            forwarding_tasks: g(&self.forwarding_tasks),
+            sessions: g(&self.sessions),
+            packets_in: c(&self.packets_in),
+            packets_forwarded: c(&self.packets_forwarded),
+            bytes_forwarded: c(&self.bytes_forwarded),
+            dropped_congested: c(&self.dropped_congested),
+            dropped_duplicate: c(&self.dropped_duplicate),
+            dropped_write_error: c(&self.dropped_write_error),
+            keyframe_requests: c(&self.keyframe_requests),
+        }
+    }
+}
+
+/// Which live count a [`Live`] guard holds.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Room,
+    Peer,
+    Transport,
+    Track,
+    DownTrack,
+    ForwardingTask,
+    Session,
+}
+
+/// Increments a live count on creation and decrements it on drop.
+#[derive(Debug)]
+pub struct Live {
+    counters: Arc<Counters>,
+    kind: Kind,
+}
+
+impl Live {
+    pub fn new(counters: &Arc<Counters>, kind: Kind) -> Self {
+        Self::cell(counters, kind).fetch_add(1, Ordering::Relaxed);
+        Live {
+            counters: counters.clone(),
+            kind,
+        }
+    }
+
+    fn cell(c: &Counters, kind: Kind) -> &AtomicI64 {
+        match kind {
+            Kind::Room => &c.rooms,
+            Kind::Peer => &c.peers,
+            Kind::Transport => &c.transports,
+            Kind::Track => &c.tracks,
+            Kind::DownTrack => &c.downtracks,
+            Kind::ForwardingTask => &c.forwarding_tasks,
+            Kind::Session => &c.sessions,
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        Self::cell(&self.counters, self.kind).fetch_sub(1, Ordering::Relaxed);
+    }
+}

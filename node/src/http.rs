@@ -1,0 +1,112 @@
+//! HTTP surface of a node: `/ws` signaling, health, metrics, the demo page, the dev token
+//! endpoint and `/debug/snapshot`.
+
+use crate::actors::session::SignalingSession;
+use crate::actors::{NodeCtx, Observe};
+use actix_web::{web, HttpRequest, HttpResponse, Responder};
+use protocol::token::{self, Claims};
+use protocol::{RoomId, UserId};
+use serde::Deserialize;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ws", web::get().to(ws))
+        .route("/healthz", web::get().to(|| async { "ok" }))
+        .route("/readyz", web::get().to(|| async { "ready" }))
+        .route("/metrics", web::get().to(metrics))
+        .route("/debug/snapshot", web::get().to(snapshot))
+        .route("/dev/token", web::get().to(dev_token))
+        .route(
+            "/",
+            web::get().to(|| static_file("text/html; charset=utf-8", INDEX)),
+        )
+        .route(
+            "/app.js",
+            web::get().to(|| static_file("text/javascript; charset=utf-8", APP_JS)),
+        )
+        .route(
+            "/style.css",
+            web::get().to(|| static_file("text/css; charset=utf-8", STYLE)),
+        );
+}
+
+const INDEX: &str = include_str!("../static/index.html");
+const APP_JS: &str = include_str!("../static/app.js");
+const STYLE: &str = include_str!("../static/style.css");
+
+async fn static_file(content_type: &'static str, body: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header(("cache-control", "no-cache"))
+        .body(body)
+}
+
+async fn ws(
+    req: HttpRequest,
+    body: web::Payload,
+    node: web::Data<NodeCtx>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    SignalingSession::start(node.get_ref().clone(), session, stream);
+    Ok(response)
+}
+
+async fn metrics(node: web::Data<NodeCtx>) -> impl Responder {
+    crate::metrics::publish(&node.counters);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::metrics::render())
+}
+
+/// Operators' view: every actor's snapshot. Needs the API secret as a bearer token unless
+/// the node runs with dev tokens.
+async fn snapshot(req: HttpRequest, node: web::Data<NodeCtx>) -> HttpResponse {
+    if !node.config.dev_tokens {
+        let expected = format!("Bearer {}", node.config.api_secret);
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if given != expected {
+            return HttpResponse::Unauthorized().body("bearer api secret required");
+        }
+    }
+    HttpResponse::Ok().json(crate::snapshot(&node).await)
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    room: String,
+    user: String,
+    name: Option<String>,
+}
+
+/// Mints join tokens for the demo page. Off unless the node runs with `--dev-tokens`.
+async fn dev_token(q: web::Query<TokenQuery>, node: web::Data<NodeCtx>) -> HttpResponse {
+    if !node.config.dev_tokens {
+        return HttpResponse::NotFound().body("dev tokens are off");
+    }
+    let (Ok(room), Ok(user)) = (RoomId::new(q.room.clone()), UserId::new(q.user.clone())) else {
+        return HttpResponse::BadRequest()
+            .body("room and user must match [A-Za-z0-9._~@:-]{1,128}");
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut claims = Claims::new(room, user, now, 3600);
+    claims.name = q
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .map(|n| n.chars().take(64).collect());
+    let token = token::mint(node.config.api_secret.as_bytes(), &claims);
+    HttpResponse::Ok().json(serde_json::json!({ "token": token }))
+}
+
+pub(crate) async fn observe_all(node: &NodeCtx) -> (serde_json::Value, serde_json::Value) {
+    let rooms = node.rooms.send(Observe).await.unwrap_or_default();
+    let router = node.router.send(Observe).await.unwrap_or_default();
+    (rooms, router)
+}

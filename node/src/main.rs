@@ -1,0 +1,98 @@
+//! `node`: run a media node, or mint a join token.
+
+use clap::{Parser, Subcommand};
+use node::config::{Config, NodeArgs};
+use protocol::token::{self, Claims};
+use protocol::{RoomId, UserId};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Parser)]
+#[command(name = "node", about = "Media node of the cluster", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: NodeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node (the default).
+    Run(NodeArgs),
+    /// Print a join token for a room and user, signed with the API secret.
+    Token {
+        #[arg(long)]
+        room: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, env = "NODE_API_SECRET", hide_env_values = true)]
+        api_secret: String,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        #[arg(long)]
+        no_publish: bool,
+        #[arg(long)]
+        no_subscribe: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token {
+            room,
+            user,
+            name,
+            api_secret,
+            ttl,
+            no_publish,
+            no_subscribe,
+        }) => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+            let mut claims = Claims::new(RoomId::new(room)?, UserId::new(user)?, now, ttl);
+            claims.name = name;
+            claims.can_publish = !no_publish;
+            claims.can_subscribe = !no_subscribe;
+            println!("{}", token::mint(api_secret.as_bytes(), &claims));
+            Ok(())
+        }
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+    }
+}
+
+fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let config = Config::from_sources(&args)?;
+    init_tracing(config.log_json);
+    let media_rt = node::media_runtime(config.media_threads)?;
+    let handle = media_rt.handle().clone();
+    let system = actix::System::new();
+    system.block_on(async move {
+        let (server, addr, _ctx) = node::start_in_system(config, handle)?;
+        let stopper = server.handle();
+        actix::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutting down");
+            stopper.stop(true).await;
+        });
+        tracing::info!(%addr, "demo page at http://{addr}/");
+        server.await?;
+        anyhow::Ok(())
+    })?;
+    media_rt.shutdown_background();
+    Ok(())
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,webrtc=warn,rtc=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,384 @@
+//! The per-packet path: a publisher track's read loop rewrites each RTP packet for each
+//! subscriber and writes it to that subscriber's own outgoing track.
+//!
+//! The `Room` actor decides who receives what and publishes it as each source's forwarding
+//! table (an `ArcSwap` of down tracks). The read loop only loads that table: no actor
+//! mailbox, no lock held across an await, one packet clone per subscriber.
+
+use crate::counters::{Counters, Kind, Live};
+use arc_swap::ArcSwap;
+use futures::FutureExt;
+use protocol::signal::TrackKind;
+use protocol::{TrackId, UserId};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+
+/// The fewest milliseconds between two keyframe requests sent to one publisher track.
+pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+
+/// One published track: what the read loop needs, shared with the actors.
+pub struct TrackSource {
+    pub id: TrackId,
+    pub owner: UserId,
+    pub kind: TrackKind,
+    pub codec: RTCRtpCodec,
+    /// The forwarding table, replaced whole by the `Room` on every change.
+    pub fanout: ArcSwap<Vec<Arc<DownTrack>>>,
+    remote: Arc<dyn TrackRemote>,
+    media_ssrc: u32,
+    created: Instant,
+    last_keyframe_request_ms: AtomicU64,
+    counters: Arc<Counters>,
+    _live: Live,
+}
+
+impl TrackSource {
+    pub fn new(
+        id: TrackId,
+        owner: UserId,
+        kind: TrackKind,
+        codec: RTCRtpCodec,
+        remote: Arc<dyn TrackRemote>,
+        media_ssrc: u32,
+        counters: &Arc<Counters>,
+    ) -> Arc<Self> {
+        Arc::new(TrackSource {
+            id,
+            owner,
+            kind,
+            codec,
+            fanout: ArcSwap::from_pointee(Vec::new()),
+            remote,
+            media_ssrc,
+            created: Instant::now(),
+            last_keyframe_request_ms: AtomicU64::new(0),
+            counters: counters.clone(),
+            _live: Live::new(counters, Kind::Track),
+        })
+    }
+
+    /// Asks the publisher for a keyframe, at most once per [`KEYFRAME_REQUEST_INTERVAL`]
+    /// however many subscribers ask. Audio has no keyframes.
+    pub fn request_keyframe(self: &Arc<Self>, rt: &tokio::runtime::Handle) {
+        if self.kind != TrackKind::Video {
+            return;
+        }
+        // +1 so that the first request, at 0 ms, is never mistaken for "sent at 0".
+        let now_ms = self.created.elapsed().as_millis() as u64 + 1;
+        let last = self.last_keyframe_request_ms.load(Ordering::Relaxed);
+        if last != 0 && now_ms.saturating_sub(last) < KEYFRAME_REQUEST_INTERVAL.as_millis() as u64 {
+            return;
+        }
+        if self
+            .last_keyframe_request_ms
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        self.counters
+            .keyframe_requests
+            .fetch_add(1, Ordering::Relaxed);
+        let me = self.clone();
+        rt.spawn(async move {
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: me.media_ssrc,
+            };
+            if let Err(e) = me.remote.write_rtcp(vec![Box::new(pli)]).await {
+                tracing::debug!(track = %me.id, error = %e, "keyframe request not sent");
+            }
+        });
+    }
+
+    pub fn add_downtrack(&self, dt: Arc<DownTrack>) {
+        self.fanout.rcu(|cur| {
+            let mut next: Vec<Arc<DownTrack>> = cur
+                .iter()
+                .filter(|d| d.subscriber != dt.subscriber)
+                .cloned()
+                .collect();
+            next.push(dt.clone());
+            next
+        });
+    }
+
+    pub fn remove_subscriber(&self, subscriber: &UserId) {
+        self.fanout.rcu(|cur| {
+            cur.iter()
+                .filter(|d| &d.subscriber != subscriber)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+    }
+
+    pub fn clear_fanout(&self) {
+        self.fanout.store(Arc::new(Vec::new()));
+    }
+}
+
+/// One subscriber's outgoing copy of a source: its own SSRC, and the payload type its peer
+/// connection negotiated for the source's codec.
+pub struct DownTrack {
+    pub subscriber: UserId,
+    pub source: TrackId,
+    pub track: Arc<TrackLocalStaticRTP>,
+    pub ssrc: u32,
+    pub payload_type: u8,
+    pub forwarded: AtomicU64,
+    pub congested: AtomicU64,
+    _live: Live,
+}
+
+impl DownTrack {
+    pub fn new(
+        subscriber: UserId,
+        source: TrackId,
+        track: Arc<TrackLocalStaticRTP>,
+        ssrc: u32,
+        payload_type: u8,
+        counters: &Arc<Counters>,
+    ) -> Arc<Self> {
+        Arc::new(DownTrack {
+            subscriber,
+            source,
+            track,
+            ssrc,
+            payload_type,
+            forwarded: AtomicU64::new(0),
+            congested: AtomicU64::new(0),
+            _live: Live::new(counters, Kind::DownTrack),
+        })
+    }
+}
+
+/// Drops duplicates (retransmissions webrtc delivered twice) and keeps sequence numbers
+/// contiguous when the node drops padding-only packets, so subscribers see no false gaps.
+#[derive(Debug, Default)]
+pub struct SeqFilter {
+    started: bool,
+    /// Highest extended sequence number seen.
+    highest: u64,
+    /// Bit i set = `highest - i` was seen. Covers the last 128 packets.
+    seen: u128,
+    /// Padding packets dropped so far, subtracted from every later sequence number.
+    skipped: u16,
+}
+
+/// What to do with one incoming packet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SeqVerdict {
+    Forward(u16),
+    Duplicate,
+    /// Padding only: nothing to forward, and later numbers close the gap.
+    Skip,
+}
+
+impl SeqFilter {
+    pub fn accept(&mut self, seq: u16, padding_only: bool) -> SeqVerdict {
+        let ext = self.extend(seq);
+        if !self.started {
+            self.started = true;
+            self.highest = ext;
+            self.seen = 1;
+        } else if ext > self.highest {
+            let shift = ext - self.highest;
+            self.seen = if shift >= 128 { 0 } else { self.seen << shift };
+            self.seen |= 1;
+            self.highest = ext;
+        } else {
+            let back = self.highest - ext;
+            if back >= 128 {
+                // Too old to tell; forwarding a stale packet is harmless, a gap is not.
+                return SeqVerdict::Forward(seq.wrapping_sub(self.skipped));
+            }
+            let bit = 1u128 << back;
+            if self.seen & bit != 0 {
+                return SeqVerdict::Duplicate;
+            }
+            self.seen |= bit;
+        }
+        if padding_only {
+            self.skipped = self.skipped.wrapping_add(1);
+            return SeqVerdict::Skip;
+        }
+        SeqVerdict::Forward(seq.wrapping_sub(self.skipped))
+    }
+
+    /// Extends a 16-bit number to the 64-bit one closest to the highest seen.
+    fn extend(&self, seq: u16) -> u64 {
+        if !self.started {
+            return (1u64 << 16) + u64::from(seq);
+        }
+        let cycle = self.highest & !0xFFFF;
+        let candidates = [
+            cycle.wrapping_sub(1 << 16) | u64::from(seq),
+            cycle | u64::from(seq),
+            (cycle + (1 << 16)) | u64::from(seq),
+        ];
+        candidates
+            .into_iter()
+            .min_by_key(|c| c.abs_diff(self.highest))
+            .unwrap_or(cycle | u64::from(seq))
+    }
+}
+
+/// Counts batched locally and added to the node's totals every so often, so the hot loop
+/// does not bounce a shared cache line per packet.
+#[derive(Default)]
+struct LocalCounts {
+    packets_in: u64,
+    forwarded: u64,
+    bytes: u64,
+    congested: u64,
+    duplicate: u64,
+    write_error: u64,
+}
+
+impl LocalCounts {
+    fn flush(&mut self, c: &Counters) {
+        c.packets_in.fetch_add(self.packets_in, Ordering::Relaxed);
+        c.packets_forwarded
+            .fetch_add(self.forwarded, Ordering::Relaxed);
+        c.bytes_forwarded.fetch_add(self.bytes, Ordering::Relaxed);
+        c.dropped_congested
+            .fetch_add(self.congested, Ordering::Relaxed);
+        c.dropped_duplicate
+            .fetch_add(self.duplicate, Ordering::Relaxed);
+        c.dropped_write_error
+            .fetch_add(self.write_error, Ordering::Relaxed);
+        *self = LocalCounts::default();
+    }
+}
+
+/// Reads a publisher track until it ends, forwarding each packet to the current fanout.
+/// Returns when the remote track ends (the publisher's connection closed or dropped it).
+pub async fn run_read_loop(source: Arc<TrackSource>) {
+    let _live = Live::new(&source.counters, Kind::ForwardingTask);
+    let mut filter = SeqFilter::default();
+    let mut counts = LocalCounts::default();
+    while let Some(event) = source.remote.poll().await {
+        let TrackRemoteEvent::OnRtpPacket(mut packet) = event else {
+            if matches!(event, TrackRemoteEvent::OnEnded) {
+                break;
+            }
+            continue;
+        };
+        counts.packets_in += 1;
+        let padding_only = packet.payload.is_empty();
+        let seq = match filter.accept(packet.header.sequence_number, padding_only) {
+            SeqVerdict::Forward(seq) => seq,
+            SeqVerdict::Duplicate => {
+                counts.duplicate += 1;
+                continue;
+            }
+            SeqVerdict::Skip => continue,
+        };
+        // Header extension ids are negotiated per connection; forwarding the publisher's
+        // ids would make webrtc drop the packet on the subscriber side.
+        packet.header.sequence_number = seq;
+        packet.header.extension = false;
+        packet.header.extension_profile = 0;
+        packet.header.extensions.clear();
+        packet.header.extensions_padding = 0;
+        packet.header.padding = false;
+
+        let fanout = source.fanout.load();
+        for dt in fanout.iter() {
+            let mut out = packet.clone();
+            out.header.ssrc = dt.ssrc;
+            out.header.payload_type = dt.payload_type;
+            let len = out.payload.len() as u64;
+            // A subscriber whose connection cannot take the packet right now loses it;
+            // waiting would stall every other subscriber of this track.
+            match dt.track.write_rtp(out).now_or_never() {
+                Some(Ok(())) => {
+                    counts.forwarded += 1;
+                    counts.bytes += len;
+                    dt.forwarded.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Err(_)) => counts.write_error += 1,
+                None => {
+                    counts.congested += 1;
+                    dt.congested.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if counts.packets_in >= 64 {
+            counts.flush(&source.counters);
+        }
+    }
+    counts.flush(&source.counters);
+    source.clear_fanout();
+    tracing::debug!(track = %source.id, "publisher track ended");
+}
+
+/// Relays a subscriber's keyframe requests for one down track to its source. Ends when the
+/// subscriber's connection unbinds the track.
+pub async fn run_feedback_loop(
+    dt: Arc<DownTrack>,
+    source: Arc<TrackSource>,
+    rt: tokio::runtime::Handle,
+    counters: Arc<Counters>,
+) {
+    let _live = Live::new(&counters, Kind::ForwardingTask);
+    while let Some(TrackLocalEvent::OnRtcpPacket(packets)) = dt.track.poll().await {
+        if packets
+            .iter()
+            .any(|p| super::interceptor::is_keyframe_request(p.as_ref()))
+        {
+            source.request_keyframe(&rt);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_are_dropped_and_reordering_kept() {
+        let mut f = SeqFilter::default();
+        assert_eq!(f.accept(10, false), SeqVerdict::Forward(10));
+        assert_eq!(f.accept(12, false), SeqVerdict::Forward(12));
+        assert_eq!(f.accept(11, false), SeqVerdict::Forward(11));
+        assert_eq!(f.accept(11, false), SeqVerdict::Duplicate);
+        assert_eq!(f.accept(12, false), SeqVerdict::Duplicate);
+        assert_eq!(f.accept(13, false), SeqVerdict::Forward(13));
+    }
+
+    #[test]
+    fn wraparound_is_continuous() {
+        let mut f = SeqFilter::default();
+        assert_eq!(f.accept(65534, false), SeqVerdict::Forward(65534));
+        assert_eq!(f.accept(65535, false), SeqVerdict::Forward(65535));
+        assert_eq!(f.accept(0, false), SeqVerdict::Forward(0));
+        assert_eq!(f.accept(65535, false), SeqVerdict::Duplicate);
+        assert_eq!(f.accept(1, false), SeqVerdict::Forward(1));
+    }
+
+    #[test]
+    fn padding_is_removed_without_a_gap() {
+        let mut f = SeqFilter::default();
+        assert_eq!(f.accept(100, false), SeqVerdict::Forward(100));
+        assert_eq!(f.accept(101, true), SeqVerdict::Skip);
+        assert_eq!(f.accept(102, true), SeqVerdict::Skip);
+        assert_eq!(f.accept(103, false), SeqVerdict::Forward(101));
+        assert_eq!(f.accept(102, true), SeqVerdict::Duplicate);
+    }
+
+    #[test]
+    fn a_large_jump_resets_the_window() {
+        let mut f = SeqFilter::default();
+        assert_eq!(f.accept(1, false), SeqVerdict::Forward(1));
+        assert_eq!(f.accept(1000, false), SeqVerdict::Forward(1000));
+        assert_eq!(f.accept(1, false), SeqVerdict::Forward(1));
+        assert_eq!(f.accept(1000, false), SeqVerdict::Duplicate);
+    }
+}
