@@ -94,6 +94,7 @@ async function until(what, timeoutMs, probe) {
       if (r.done) return r;
       last = r.why;
     } catch (e) {
+      if (e instanceof Failure) throw e;
       last = `probe failed: ${e.message.split('\n')[0]}`;
     }
     if (Date.now() >= deadline) throw new Failure(`${what}: not reached within ${timeoutMs} ms: ${last}`);
@@ -145,6 +146,8 @@ async function snapshot(p) {
       state: d.state,
       participantId: d.participantId,
       publishState: d.publishState,
+      publisher: d.publisherPc ? d.publisherPc.connectionState : 'none',
+      subscriber: d.subscriberPc ? d.subscriberPc.connectionState : 'none (no subscribe_offer yet)',
       errors: d.errors.map((e) => `${e.code}: ${e.message}`),
       remotes: d.remoteParticipants(),
       stats: await d.stats(),
@@ -159,7 +162,12 @@ async function join(p) {
   url.searchParams.set('name', p.name);
   if (trickleFor(p.who)) url.searchParams.set('trickle', '1');
   log(`${p.who}: open ${url}`);
-  const res = await p.page.goto(url.toString(), { waitUntil: 'load', timeout: STEP_TIMEOUT_MS });
+  let res;
+  try {
+    res = await p.page.goto(url.toString(), { waitUntil: 'load', timeout: STEP_TIMEOUT_MS });
+  } catch (e) {
+    throw new Failure(`${p.who}: cannot load ${url}: ${e.message.split('\n')[0]}`);
+  }
   if (!res || !res.ok()) throw new Failure(`${p.who}: GET ${url} answered ${res ? res.status() : 'nothing'}`);
   await until(`${p.who}: page script loaded`, STEP_TIMEOUT_MS, async () => {
     const ready = await p.page.evaluate(() => Boolean(window.demo) && window.demo.state === 'idle');
@@ -201,7 +209,7 @@ function missing(viewer, other, s) {
   else if (!(tile.videoWidth > 0)) problems.push(`tile video not rendering (readyState ${tile.readyState})`);
   if (problems.length) {
     return `${viewer.who} from ${other.who}: ${problems.join(', ')}; media tracks [${remote.media.map((m) => m.kind).join(', ')}]; ` +
-      `publish=${s.publishState}; errors=[${s.errors.join(' | ')}]`;
+      `publish=${s.publishState}; publisher pc ${s.publisher}; subscriber pc ${s.subscriber}; errors=[${s.errors.join(' | ')}]`;
   }
   if (remote.name !== other.name || !tile.label.includes(other.name)) {
     return `${viewer.who} labels ${other.who} as ${JSON.stringify(remote.name)} / tile ${JSON.stringify(tile.label)}, expected ${JSON.stringify(other.name)}`;
@@ -305,6 +313,8 @@ function summarize(last) {
       state: s.state,
       id: s.participantId,
       publish: s.publishState,
+      publisher: s.publisher,
+      subscriber: s.subscriber,
       errors: s.errors,
       remotes: s.remotes.map((r) => ({ id: r.id, name: r.name, media: r.media.map((m) => m.kind) })),
       stats: s.stats,
