@@ -1,1 +1,91 @@
-//! Cross-crate integration and end-to-end tests live in `tests/tests/`.
+//! Shared harness of the cross-crate tests in `tests/tests/`: start real nodes, mint
+//! tokens, connect synthetic clients, and wait on conditions (never on sleeps).
+
+use chaos::Client;
+use protocol::token::{self, Claims};
+use protocol::{RoomId, UserId};
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use node::{Config, NodeHandle};
+
+/// Polls `check` until it returns `Ok`, or fails after `timeout` with the last reason.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let reason = match check().await {
+            Ok(()) => return Ok(()),
+            Err(r) => r,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}: {reason}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A node on loopback with free ports, the dev secret, and no resume grace (a dropped socket
+/// ends its participant at once) unless the test changes it.
+pub fn start_node(tweak: impl FnOnce(&mut Config)) -> NodeHandle {
+    let mut config = Config::local_dev();
+    config.resume_grace = Duration::ZERO;
+    tweak(&mut config);
+    node::spawn(config).expect("node starts")
+}
+
+pub fn claims(room: &str, user: &str, ttl: u64) -> Claims {
+    Claims::new(
+        RoomId::new(room).expect("room id"),
+        UserId::new(user).expect("user id"),
+        now_unix(),
+        ttl,
+    )
+}
+
+pub fn mint(node: &NodeHandle, claims: &Claims) -> String {
+    token::mint(node.config().api_secret.as_bytes(), claims)
+}
+
+/// Connects and joins `room` as `user` with every permission.
+pub async fn join(node: &NodeHandle, room: &str, user: &str) -> anyhow::Result<Client> {
+    let client = Client::connect(&node.ws_url()).await?;
+    client
+        .join(room, &mint(node, &claims(room, user, 600)))
+        .await?;
+    Ok(client)
+}
+
+/// A random room name, so tests sharing a process never meet.
+pub fn room_name(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// Waits until the node holds no room, peer, transport, track or media task.
+pub async fn wait_node_idle(node: &NodeHandle, timeout: Duration) -> anyhow::Result<()> {
+    wait_until(timeout, "node to release everything", || async {
+        let c = node.counters();
+        if c.rooms == 0
+            && c.peers == 0
+            && c.transports == 0
+            && c.tracks == 0
+            && c.downtracks == 0
+            && c.forwarding_tasks == 0
+        {
+            Ok(())
+        } else {
+            Err(format!("{c:?}"))
+        }
+    })
+    .await
+}

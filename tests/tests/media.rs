@@ -1,0 +1,209 @@
+//! One node, synthetic WebRTC clients: every participant receives every other participant's
+//! audio and video, late joiners get existing tracks, departures are announced, and the node
+//! releases everything once the room empties.
+
+use chaos::{Client, PublishOpts};
+use protocol::signal::{ServerMessage, TrackKind};
+use std::time::Duration;
+use tests::{join, room_name, start_node, wait_node_idle, wait_until};
+
+const MEDIA_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until `client` receives both tracks of each publisher in `from`, with at least
+/// `min_packets` video packets from each.
+async fn wait_media(client: &Client, from: &[&str], min_packets: u64) -> anyhow::Result<()> {
+    wait_until(MEDIA_WAIT, "media from every publisher", || async {
+        let stats = client.track_stats();
+        for p in from {
+            for kind in [TrackKind::Audio, TrackKind::Video] {
+                let got = stats
+                    .iter()
+                    .filter(|t| t.publisher == *p && t.kind == kind)
+                    .map(|t| t.received)
+                    .sum::<u64>();
+                let need = if kind == TrackKind::Video {
+                    min_packets
+                } else {
+                    min_packets / 2
+                };
+                if got < need {
+                    return Err(format!(
+                        "{kind:?} from {p}: {got} < {need}; stats {stats:?}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Loss over every received track stays under 1 %.
+fn assert_delivery(who: &str, client: &Client) {
+    for t in client.track_stats() {
+        let expected = t.received - t.duplicates + t.lost;
+        let ratio = (t.received - t.duplicates) as f64 / expected.max(1) as f64;
+        assert!(
+            ratio >= 0.99,
+            "{who} got {:.2}% of {:?} track {} from {} ({t:?})",
+            ratio * 100.0,
+            t.kind,
+            t.track_id,
+            t.publisher
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_publishers_late_joiner_and_departures() -> anyhow::Result<()> {
+    let node = start_node(|_| {});
+    let room = room_name("media");
+    let names = ["alice", "bob", "carol"];
+    let mut clients = Vec::new();
+    for name in names {
+        let c = join(&node, &room, name).await?;
+        c.publish(PublishOpts::default()).await?;
+        clients.push(c);
+    }
+    // Each receives both tracks of the other two (2 s of video at 100 packets/s).
+    for (i, c) in clients.iter().enumerate() {
+        let others: Vec<&str> = names
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| *n)
+            .collect();
+        wait_media(c, &others, 200).await?;
+    }
+    for (c, name) in clients.iter().zip(names) {
+        assert_delivery(name, c);
+    }
+
+    // A late joiner receives every existing track, and is announced to the others.
+    let cursor = clients[0].message_count();
+    let dave = join(&node, &room, "dave").await?;
+    let joined = dave.joined().expect("joined");
+    let listed: Vec<String> = joined
+        .participants
+        .iter()
+        .map(|p| p.id.to_string())
+        .collect();
+    assert_eq!(listed, names, "joined lists the participants in join order");
+    assert!(
+        joined.participants.iter().all(|p| p.tracks.len() == 2),
+        "{joined:?}"
+    );
+    wait_media(&dave, &names, 100).await?;
+    assert_delivery("dave", &dave);
+    clients[0]
+        .wait_for_since(cursor, MEDIA_WAIT, |m| {
+            matches!(m, ServerMessage::ParticipantJoined { participant } if participant.id.as_str() == "dave")
+        })
+        .await?;
+
+    // `leave` and an abrupt disconnect are both announced with the departed tracks.
+    let cursor: Vec<usize> = clients.iter().map(|c| c.message_count()).collect();
+    let bob_tracks: Vec<String> = joined.participants[1]
+        .tracks
+        .iter()
+        .map(|t| t.id.to_string())
+        .collect();
+    clients[1].leave().await?;
+    for (i, c) in [(0, &clients[0]), (2, &clients[2])] {
+        c.wait_for_since(
+            cursor[i],
+            MEDIA_WAIT,
+            |m| matches!(m, ServerMessage::ParticipantLeft { id } if id.as_str() == "bob"),
+        )
+        .await?;
+        for t in &bob_tracks {
+            c.wait_for_since(cursor[i], MEDIA_WAIT, |m| {
+                matches!(m, ServerMessage::TrackUnpublished { participant, track_id } if participant.as_str() == "bob" && track_id.as_str() == t)
+            })
+            .await?;
+        }
+    }
+    let cursor = clients[0].message_count();
+    clients[2].close_abruptly().await;
+    clients[0]
+        .wait_for_since(
+            cursor,
+            MEDIA_WAIT,
+            |m| matches!(m, ServerMessage::ParticipantLeft { id } if id.as_str() == "carol"),
+        )
+        .await?;
+    clients[0]
+        .wait_for_since(cursor, MEDIA_WAIT, |m| matches!(m, ServerMessage::TrackUnpublished { participant, .. } if participant.as_str() == "carol"))
+        .await?;
+
+    // The room's snapshot agrees: two members left, each with its two tracks.
+    wait_until(MEDIA_WAIT, "snapshot with alice and dave", || async {
+        let snap = node.snapshot().await;
+        let members: Vec<String> = snap["rooms"][0]["members"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| m["id"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if members == ["alice", "dave"] {
+            Ok(())
+        } else {
+            Err(format!("{snap}"))
+        }
+    })
+    .await?;
+
+    clients[0].leave().await?;
+    dave.leave().await?;
+    wait_node_idle(&node, MEDIA_WAIT).await?;
+    let c = node.counters();
+    assert!(c.packets_forwarded > 1000, "{c:?}");
+    node.stop();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_messages_reach_the_user_in_order() -> anyhow::Result<()> {
+    let node = start_node(|_| {});
+    let room = room_name("msg");
+    let a = join(&node, &room, "a").await?;
+    let b = join(&node, &room, "b").await?;
+    for i in 0..20 {
+        a.send_message("b", serde_json::json!({ "n": i })).await?;
+    }
+    wait_until(MEDIA_WAIT, "20 messages at b", || async {
+        let got: Vec<i64> = b
+            .messages()
+            .iter()
+            .filter_map(|m| match m {
+                ServerMessage::Message { from, data } if from.as_str() == "a" => data["n"].as_i64(),
+                _ => None,
+            })
+            .collect();
+        if got == (0..20).collect::<Vec<_>>() {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await?;
+    // A user who is not in the room is `not_found`.
+    let cursor = a.message_count();
+    a.send_message("nobody", serde_json::json!(1)).await?;
+    a.wait_for_since(cursor, MEDIA_WAIT, |m| {
+        matches!(
+            m,
+            ServerMessage::Error {
+                code: protocol::ErrorCode::NotFound,
+                ..
+            }
+        )
+    })
+    .await?;
+    a.leave().await?;
+    b.leave().await?;
+    wait_node_idle(&node, MEDIA_WAIT).await?;
+    Ok(())
+}
