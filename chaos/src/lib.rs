@@ -1,1 +1,38 @@
+//! Outside-in harness for the media cluster: a synthetic client that speaks PROTOCOL.md v1
+//! over a WebSocket and WebRTC (webrtc-rs 0.21), publishes synthetic Opus/VP8 RTP whose
+//! payloads carry a sequence number and a send time, and measures what it receives.
+//!
+//! ```no_run
+//! # async fn demo() -> chaos::Result<()> {
+//! use chaos::{Client, PublishOpts};
+//! let alice = Client::connect("ws://127.0.0.1:7880/ws").await?;
+//! alice.join("room-1", "<jwt>").await?;
+//! alice.publish(PublishOpts::default()).await?;
+//! for t in alice.track_stats() {
+//!     println!("{} {} received {} lost {}", t.publisher, t.track_id, t.received, t.lost);
+//! }
+//! alice.leave().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Everything runs on the caller's multi-thread tokio runtime (webrtc's tokio runtime
+//! spawns its drivers with `tokio::spawn`).
+#![forbid(unsafe_code)]
 
+mod client;
+mod error;
+mod events;
+pub mod payload;
+mod peer;
+mod publisher;
+pub mod stats;
+mod subscriber;
+pub mod view;
+mod ws;
+
+pub use client::{Client, ClientConfig, Joined};
+pub use error::{Error, Result};
+pub use events::CloseInfo;
+pub use publisher::{PublishOpts, SentStats};
+pub use stats::TrackStats;

@@ -1,0 +1,618 @@
+//! [`Client`]: one synthetic participant speaking PROTOCOL.md v1.
+
+use crate::error::{Error, Result};
+use crate::events::{CloseInfo, EventLog, TaskSet};
+use crate::peer::{build_peer, to_rtc_candidate, Peer};
+use crate::publisher::{self, LocalTrack, PublishOpts, SentStats};
+use crate::stats::TrackStats;
+use crate::subscriber::{self, StatsBook, SubscriberCmd, SubscriberCtx, TrackReaders};
+use crate::ws::{next_incoming, Incoming, WsRead, WsWriter};
+use futures::StreamExt;
+use protocol::signal::{
+    ClientMessage, IceServer, ParticipantInfo, ParticipantState, PcKind, ServerMessage, TrackKind,
+};
+use protocol::{NodeId, RoomId, UserId};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use webrtc::peer_connection::{RTCIceCandidateInit, RTCSessionDescription};
+
+/// How a client behaves. Every wait it does is bounded by one of these.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Local IP the peer connections bind their UDP sockets to.
+    pub bind_ip: IpAddr,
+    /// Bound on each request/response exchange (`join`, `publish`, connecting).
+    pub request_timeout: Duration,
+    /// Bound on ICE gathering before an SDP is sent with the candidates found so far.
+    pub gather_timeout: Duration,
+    /// Use the `ice_servers` of `joined` (TURN) in the peer connections.
+    pub use_ice_servers: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            request_timeout: Duration::from_secs(10),
+            gather_timeout: Duration::from_secs(5),
+            use_ice_servers: true,
+        }
+    }
+}
+
+/// The node's `joined` answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Joined {
+    pub room: RoomId,
+    pub participant: ParticipantInfo,
+    pub node: NodeId,
+    pub resume_token: String,
+    pub ice_servers: Vec<IceServer>,
+    pub participants: Vec<ParticipantState>,
+}
+
+/// Candidates from the node for the publisher connection, held until its answer is applied.
+#[derive(Default)]
+struct PublisherIce {
+    peer: Option<Peer>,
+    pending: Vec<RTCIceCandidateInit>,
+}
+
+struct Publisher {
+    peer: Peer,
+    tracks: Vec<LocalTrack>,
+}
+
+/// A synthetic participant: a WebSocket to a node, a publisher and a subscriber peer
+/// connection, and statistics of everything it receives.
+///
+/// Background tasks (socket reader, subscriber negotiation, RTP senders and readers) stop
+/// and peer connections close on [`Client::leave`], [`Client::close_abruptly`] or drop.
+pub struct Client {
+    config: ClientConfig,
+    writer: Arc<WsWriter>,
+    events: Arc<EventLog>,
+    tasks: Arc<TaskSet>,
+    stats: Arc<StatsBook>,
+    /// Started once `joined` arrives (the subscriber needs the ICE servers).
+    subscriber_tx: Arc<Mutex<Option<mpsc::Sender<SubscriberCmd>>>>,
+    /// Every peer connection this client built, closed on the way out.
+    peers: Arc<Mutex<Vec<Peer>>>,
+    publisher_ice: Arc<Mutex<PublisherIce>>,
+    publisher: tokio::sync::Mutex<Option<Publisher>>,
+    joined: Arc<Mutex<Option<Joined>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Client {
+    /// Opens the WebSocket with the default [`ClientConfig`].
+    pub async fn connect(ws_url: &str) -> Result<Client> {
+        Self::connect_with(ws_url, ClientConfig::default()).await
+    }
+
+    /// Opens the WebSocket (bounded by `request_timeout`) and starts reading from it.
+    pub async fn connect_with(ws_url: &str, config: ClientConfig) -> Result<Client> {
+        let (ws, _response) = tokio::time::timeout(
+            config.request_timeout,
+            tokio_tungstenite::connect_async(ws_url),
+        )
+        .await
+        .map_err(|_| Error::timeout(format!("websocket to {ws_url}"), config.request_timeout))??;
+        let (sink, read) = ws.split();
+        let client = Client {
+            config,
+            writer: Arc::new(WsWriter::new(sink)),
+            events: Arc::new(EventLog::new()),
+            tasks: Arc::new(TaskSet::default()),
+            stats: Arc::new(StatsBook::default()),
+            subscriber_tx: Arc::new(Mutex::new(None)),
+            peers: Arc::new(Mutex::new(Vec::new())),
+            publisher_ice: Arc::new(Mutex::new(PublisherIce::default())),
+            publisher: tokio::sync::Mutex::new(None),
+            joined: Arc::new(Mutex::new(None)),
+        };
+        client.tasks.spawn(client.reader(read));
+        Ok(client)
+    }
+
+    /// The reader loop: logs every message and routes negotiation to the peer connections.
+    fn reader(&self, mut read: WsRead) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let events = self.events.clone();
+        let tasks = self.tasks.clone();
+        let subscriber_tx = self.subscriber_tx.clone();
+        let publisher_ice = self.publisher_ice.clone();
+        let joined = self.joined.clone();
+        let start_subscriber = self.subscriber_starter();
+        async move {
+            loop {
+                let text = match next_incoming(&mut read).await {
+                    Incoming::Text(t) => t,
+                    Incoming::Binary(b) => {
+                        events.push_unparsed(format!("binary frame of {} bytes", b.len()));
+                        continue;
+                    }
+                    Incoming::Closed(info) => {
+                        events.set_closed(info);
+                        break;
+                    }
+                };
+                let msg = match serde_json::from_str::<ServerMessage>(&text) {
+                    Ok(m) => m,
+                    Err(_) => {
+                        events.push_unparsed(text);
+                        continue;
+                    }
+                };
+                let to_subscriber = match &msg {
+                    ServerMessage::Joined {
+                        room,
+                        participant,
+                        node,
+                        resume_token,
+                        ice_servers,
+                        participants,
+                    } => {
+                        let j = Joined {
+                            room: room.clone(),
+                            participant: participant.clone(),
+                            node: node.clone(),
+                            resume_token: resume_token.clone(),
+                            ice_servers: ice_servers.clone(),
+                            participants: participants.clone(),
+                        };
+                        start_subscriber(&j, &tasks);
+                        *lock(&joined) = Some(j);
+                        None
+                    }
+                    ServerMessage::SubscribeOffer { sdp } => {
+                        Some(SubscriberCmd::Offer(sdp.clone()))
+                    }
+                    ServerMessage::Candidate {
+                        pc: PcKind::Subscriber,
+                        candidate,
+                    } => Some(SubscriberCmd::Candidate(candidate.clone())),
+                    ServerMessage::Candidate {
+                        pc: PcKind::Publisher,
+                        candidate: Some(c),
+                    } => {
+                        publisher_candidate(&publisher_ice, &events, to_rtc_candidate(c.clone()))
+                            .await;
+                        None
+                    }
+                    _ => None,
+                };
+                if let Some(cmd) = to_subscriber {
+                    let tx = lock(&subscriber_tx).clone();
+                    match tx {
+                        Some(tx) => {
+                            if tx.send(cmd).await.is_err() {
+                                events.push_local_error("subscriber task is gone".into());
+                            }
+                        }
+                        None => {
+                            events.push_local_error("subscriber negotiation before joined".into())
+                        }
+                    }
+                }
+                events.push(msg);
+            }
+        }
+    }
+
+    /// A closure that starts the subscriber task once, with the ICE servers of `joined`.
+    fn subscriber_starter(&self) -> impl Fn(&Joined, &TaskSet) + Send + 'static {
+        let config = self.config.clone();
+        let slot_tx = self.subscriber_tx.clone();
+        let writer = self.writer.clone();
+        let events = self.events.clone();
+        let readers = Arc::new(TrackReaders {
+            stats: self.stats.clone(),
+            tasks: self.tasks.clone(),
+        });
+        let peers = self.peers.clone();
+        move |joined: &Joined, tasks: &TaskSet| {
+            let mut tx_slot = lock(&slot_tx);
+            if tx_slot.is_some() {
+                return;
+            }
+            let (tx, rx) = mpsc::channel(256);
+            *tx_slot = Some(tx);
+            let ctx = SubscriberCtx {
+                bind_ip: config.bind_ip,
+                ice_servers: if config.use_ice_servers {
+                    joined.ice_servers.clone()
+                } else {
+                    Vec::new()
+                },
+                gather_timeout: config.gather_timeout,
+                writer: writer.clone(),
+                events: events.clone(),
+                readers: readers.clone(),
+                peers: peers.clone(),
+            };
+            tasks.spawn(subscriber::run(ctx, rx));
+        }
+    }
+
+    async fn request(
+        &self,
+        msg: &ClientMessage,
+        what: &str,
+        pred: impl FnMut(&ServerMessage) -> bool,
+    ) -> Result<ServerMessage> {
+        let from = self.events.len();
+        self.writer.send(msg).await?;
+        let (_, reply) = self
+            .events
+            .wait_for(from, self.config.request_timeout, what, pred)
+            .await?;
+        match reply {
+            ServerMessage::Error { code, message } => Err(Error::Server { code, message }),
+            other => Ok(other),
+        }
+    }
+
+    async fn join_like(&self, msg: ClientMessage) -> Result<Joined> {
+        self.request(&msg, "joined", |m| {
+            matches!(
+                m,
+                ServerMessage::Joined { .. } | ServerMessage::Error { .. }
+            )
+        })
+        .await?;
+        self.joined()
+            .ok_or_else(|| Error::Usage("joined was not recorded".into()))
+    }
+
+    /// Sends `join` and waits for `joined`; a node `error` comes back as [`Error::Server`].
+    pub async fn join(&self, room: &str, token: &str) -> Result<Joined> {
+        let room = RoomId::new(room).map_err(|e| Error::Invalid(format!("room: {e}")))?;
+        self.join_like(ClientMessage::Join {
+            room,
+            token: token.to_owned(),
+            region: None,
+        })
+        .await
+    }
+
+    /// Sends `resume` (first message after a reconnect) and waits for `joined`.
+    pub async fn resume(&self, resume_token: &str) -> Result<Joined> {
+        self.join_like(ClientMessage::Resume {
+            resume_token: resume_token.to_owned(),
+        })
+        .await
+    }
+
+    /// The latest `joined`, if any.
+    pub fn joined(&self) -> Option<Joined> {
+        lock(&self.joined).clone()
+    }
+
+    /// Our participant id, once joined.
+    pub fn participant_id(&self) -> Option<UserId> {
+        self.joined().map(|j| j.participant.id)
+    }
+
+    /// Creates the publisher connection (client offers, sendonly), sends `publish` with an
+    /// offer that carries its candidates, applies `publish_answer`, waits for the connection
+    /// and starts the synthetic RTP senders.
+    pub async fn publish(&self, opts: PublishOpts) -> Result<()> {
+        let joined = self
+            .joined()
+            .ok_or_else(|| Error::Usage("publish before joined".into()))?;
+        if !opts.audio && !opts.video {
+            return Err(Error::Usage("publish needs audio or video".into()));
+        }
+        let mut slot = self.publisher.lock().await;
+        if slot.is_some() {
+            return Err(Error::Usage("already publishing".into()));
+        }
+        let ice = self.ice_servers(&joined);
+        let peer = build_peer(self.config.bind_ip, &ice, None).await?;
+        lock(&self.peers).push(peer.clone());
+        // From here on, the connection is closed on every path out.
+        let result = self.negotiate_publisher(&peer, &joined, &opts).await;
+        match result {
+            Ok(tracks) => {
+                *slot = Some(Publisher { peer, tracks });
+                Ok(())
+            }
+            Err(e) => {
+                lock(&self.publisher_ice).peer = None;
+                peer.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn negotiate_publisher(
+        &self,
+        peer: &Peer,
+        joined: &Joined,
+        opts: &PublishOpts,
+    ) -> Result<Vec<LocalTrack>> {
+        let stream_id = joined.participant.id.as_str();
+        let mut tracks = Vec::new();
+        if opts.audio {
+            tracks.push(publisher::add_track(peer, TrackKind::Audio, stream_id).await?);
+        }
+        if opts.video {
+            tracks.push(publisher::add_track(peer, TrackKind::Video, stream_id).await?);
+        }
+        let offer = peer.pc.create_offer(None).await?;
+        peer.pc.set_local_description(offer).await?;
+        let sdp = peer
+            .local_sdp_after_gathering(self.config.gather_timeout)
+            .await?;
+        let answer = self
+            .request(&ClientMessage::Publish { sdp }, "publish_answer", |m| {
+                matches!(
+                    m,
+                    ServerMessage::PublishAnswer { .. } | ServerMessage::Error { .. }
+                )
+            })
+            .await?;
+        let ServerMessage::PublishAnswer { sdp } = answer else {
+            return Err(Error::Usage("unexpected reply to publish".into()));
+        };
+        peer.pc
+            .set_remote_description(RTCSessionDescription::answer(sdp)?)
+            .await?;
+        let pending = {
+            let mut ice = lock(&self.publisher_ice);
+            ice.peer = Some(peer.clone());
+            std::mem::take(&mut ice.pending)
+        };
+        for c in pending {
+            if let Err(e) = peer.pc.add_ice_candidate(c).await {
+                self.events
+                    .push_local_error(format!("publisher add_ice_candidate: {e}"));
+            }
+        }
+        for t in &tracks {
+            publisher::start_sending(t, opts, peer.state_watch(), &self.tasks).await?;
+        }
+        peer.wait_connected(self.config.request_timeout).await?;
+        Ok(tracks)
+    }
+
+    fn ice_servers(&self, joined: &Joined) -> Vec<IceServer> {
+        if self.config.use_ice_servers {
+            joined.ice_servers.clone()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Stops publishing: the sender tasks end and the publisher connection closes, so the
+    /// node sees the tracks go away without any signaling message.
+    pub async fn unpublish(&self) -> Result<()> {
+        let publisher = self
+            .publisher
+            .lock()
+            .await
+            .take()
+            .ok_or_else(|| Error::Usage("not publishing".into()))?;
+        lock(&self.publisher_ice).peer = None;
+        publisher.peer.close().await;
+        Ok(())
+    }
+
+    /// Per published track: how many packets were handed to webrtc.
+    pub async fn sent_stats(&self) -> Vec<SentStats> {
+        match &*self.publisher.lock().await {
+            Some(p) => p.tracks.iter().map(LocalTrack::stats).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Per received track: counts, loss, duplicates and latency percentiles.
+    pub fn track_stats(&self) -> Vec<TrackStats> {
+        self.stats.snapshot()
+    }
+
+    /// Synthetic packets received from `publisher` over all its tracks (duplicates included).
+    pub fn received_from(&self, publisher: &str) -> u64 {
+        self.track_stats()
+            .iter()
+            .filter(|t| t.publisher == publisher)
+            .map(|t| t.received)
+            .sum()
+    }
+
+    /// Waits until at least `packets` synthetic packets from `publisher` have arrived.
+    pub async fn wait_received_from(
+        &self,
+        publisher: &str,
+        packets: u64,
+        timeout: Duration,
+    ) -> Result<u64> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let n = self.received_from(publisher);
+            if n >= packets {
+                return Ok(n);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::timeout(
+                    format!("{packets} packets from {publisher} (have {n})"),
+                    timeout,
+                ));
+            }
+            // Media arrives continuously; polling its counters is the wait.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every server message received so far, in order.
+    pub fn messages(&self) -> Vec<ServerMessage> {
+        self.events.messages()
+    }
+
+    /// Number of server messages received so far: a cursor for [`Client::wait_for_since`].
+    pub fn message_count(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Text frames that were not valid server messages, and binary frames.
+    pub fn unparsed_frames(&self) -> Vec<String> {
+        self.events.unparsed()
+    }
+
+    /// Failures of background work (subscriber negotiation, ICE candidates).
+    pub fn local_errors(&self) -> Vec<String> {
+        self.events.local_errors()
+    }
+
+    /// The first message received so far or later that `pred` accepts.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        pred: impl FnMut(&ServerMessage) -> bool,
+    ) -> Result<ServerMessage> {
+        self.wait_for_since(0, timeout, pred).await
+    }
+
+    /// Like [`Client::wait_for`], ignoring the first `cursor` messages.
+    pub async fn wait_for_since(
+        &self,
+        cursor: usize,
+        timeout: Duration,
+        pred: impl FnMut(&ServerMessage) -> bool,
+    ) -> Result<ServerMessage> {
+        self.events
+            .wait_for(cursor, timeout, "a matching server message", pred)
+            .await
+            .map(|(_, m)| m)
+    }
+
+    /// The other participants and their tracks, as the node's messages describe them.
+    pub fn participants(&self) -> Vec<ParticipantState> {
+        self.events.view().participants()
+    }
+
+    /// Sends an application message to `to` in the same room.
+    pub async fn send_message(&self, to: &str, data: serde_json::Value) -> Result<()> {
+        let to = UserId::new(to).map_err(|e| Error::Invalid(format!("to: {e}")))?;
+        self.writer.send(&ClientMessage::Message { to, data }).await
+    }
+
+    /// Sends `ping` and waits for `pong`.
+    pub async fn ping(&self) -> Result<()> {
+        self.request(&ClientMessage::Ping, "pong", |m| {
+            matches!(m, ServerMessage::Pong | ServerMessage::Error { .. })
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Sends any protocol message as is.
+    pub async fn send(&self, msg: &ClientMessage) -> Result<()> {
+        self.writer.send(msg).await
+    }
+
+    /// Sends a text frame as is (for malformed-input tests).
+    pub async fn send_raw_text(&self, text: String) -> Result<()> {
+        self.writer.send_frame(Message::text(text)).await
+    }
+
+    /// Sends a binary frame as is.
+    pub async fn send_raw_binary(&self, data: Vec<u8>) -> Result<()> {
+        self.writer.send_frame(Message::binary(data)).await
+    }
+
+    /// Whether the WebSocket has ended, by either side.
+    pub fn is_closed(&self) -> bool {
+        self.events.closed().is_some()
+    }
+
+    /// How the WebSocket ended, if it has.
+    pub fn close_info(&self) -> Option<CloseInfo> {
+        self.events.closed()
+    }
+
+    /// The close code the node sent, if it closed with a close frame.
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_info().and_then(|c| c.code())
+    }
+
+    /// Waits until the WebSocket ends.
+    pub async fn wait_closed(&self, timeout: Duration) -> Result<CloseInfo> {
+        self.events.wait_closed(timeout).await
+    }
+
+    /// Sends `leave`, closes the WebSocket (waiting a bounded time for the node's close)
+    /// and closes the peer connections.
+    pub async fn leave(&self) -> Result<()> {
+        let sent = self.writer.send(&ClientMessage::Leave).await;
+        if sent.is_ok() {
+            let _ = self.writer.close_gracefully().await;
+            let _ = self.events.wait_closed(Duration::from_secs(2)).await;
+        }
+        self.shutdown().await;
+        sent
+    }
+
+    /// Drops the WebSocket without `leave` or a close frame, and closes the peer connections,
+    /// as a crashed client would disappear. (webrtc 0.21 has no way to silence a connection
+    /// other than `close()`, which may send a DTLS close alert.)
+    pub async fn close_abruptly(&self) {
+        self.shutdown().await;
+    }
+
+    async fn shutdown(&self) {
+        self.tasks.abort_all();
+        self.writer.drop_sink().await;
+        self.events.set_closed(CloseInfo::Local);
+        lock(&self.subscriber_tx).take();
+        for peer in self.take_peers() {
+            peer.close().await;
+        }
+        self.publisher.lock().await.take();
+    }
+
+    fn take_peers(&self) -> Vec<Peer> {
+        lock(&self.publisher_ice).peer = None;
+        std::mem::take(&mut *lock(&self.peers))
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+        let peers = self.take_peers();
+        if peers.is_empty() {
+            return;
+        }
+        // Closing is async; without it each connection's driver would run on forever.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                for p in peers {
+                    p.close().await;
+                }
+            });
+        }
+    }
+}
+
+async fn publisher_candidate(ice: &Mutex<PublisherIce>, events: &EventLog, c: RTCIceCandidateInit) {
+    let peer = {
+        let mut ice = lock(ice);
+        match &ice.peer {
+            Some(p) => p.clone(),
+            None => {
+                ice.pending.push(c);
+                return;
+            }
+        }
+    };
+    if let Err(e) = peer.pc.add_ice_candidate(c).await {
+        events.push_local_error(format!("publisher add_ice_candidate: {e}"));
+    }
+}

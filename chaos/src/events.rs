@@ -1,0 +1,214 @@
+//! Everything a client has heard: the server messages in arrival order, how the WebSocket
+//! closed, and local failures of background work. Waiters block on a generation counter
+//! that moves whenever any of it changes.
+
+use crate::error::{Error, Result};
+use crate::view::RoomView;
+use protocol::signal::ServerMessage;
+use serde::Serialize;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How the WebSocket ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum CloseInfo {
+    /// The node sent a close frame (`code` 1005 when it carried none).
+    Remote { code: u16, reason: String },
+    /// The stream ended or failed without a close frame.
+    Dropped { error: Option<String> },
+    /// This client closed it (`leave`, `close_abruptly` or drop).
+    Local,
+}
+
+impl CloseInfo {
+    /// The close code the node sent, if it sent one.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            CloseInfo::Remote { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    messages: Vec<ServerMessage>,
+    /// Text frames that did not parse as a server message, and binary frames.
+    unparsed: Vec<String>,
+    /// Failures of background work (subscriber negotiation, candidates, ...).
+    local_errors: Vec<String>,
+    closed: Option<CloseInfo>,
+    view: RoomView,
+}
+
+/// The shared log of one client.
+pub(crate) struct EventLog {
+    state: Mutex<State>,
+    generation: watch::Sender<u64>,
+}
+
+impl EventLog {
+    pub fn new() -> Self {
+        EventLog {
+            state: Mutex::new(State::default()),
+            generation: watch::Sender::new(0),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    fn bump(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn push(&self, msg: ServerMessage) {
+        self.with(|s| {
+            s.view.apply(&msg);
+            s.messages.push(msg);
+        });
+        self.bump();
+    }
+
+    pub fn push_unparsed(&self, text: String) {
+        self.with(|s| s.unparsed.push(text));
+        self.bump();
+    }
+
+    pub fn push_local_error(&self, what: String) {
+        tracing::warn!(error = %what, "client background failure");
+        self.with(|s| s.local_errors.push(what));
+        self.bump();
+    }
+
+    /// Records the first way the connection ended; later ones are ignored.
+    pub fn set_closed(&self, info: CloseInfo) {
+        let changed = self.with(|s| {
+            if s.closed.is_none() {
+                s.closed = Some(info);
+                true
+            } else {
+                false
+            }
+        });
+        if changed {
+            self.bump();
+        }
+    }
+
+    pub fn closed(&self) -> Option<CloseInfo> {
+        self.with(|s| s.closed.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.with(|s| s.messages.len())
+    }
+
+    pub fn messages(&self) -> Vec<ServerMessage> {
+        self.with(|s| s.messages.clone())
+    }
+
+    pub fn unparsed(&self) -> Vec<String> {
+        self.with(|s| s.unparsed.clone())
+    }
+
+    pub fn local_errors(&self) -> Vec<String> {
+        self.with(|s| s.local_errors.clone())
+    }
+
+    pub fn view(&self) -> RoomView {
+        self.with(|s| s.view.clone())
+    }
+
+    /// The first message at index `from` or later that `pred` accepts. Fails with
+    /// [`Error::Closed`] once the connection is closed and nothing matched, and with
+    /// [`Error::Timeout`] after `timeout`.
+    pub async fn wait_for(
+        &self,
+        from: usize,
+        timeout: Duration,
+        what: &str,
+        mut pred: impl FnMut(&ServerMessage) -> bool,
+    ) -> Result<(usize, ServerMessage)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.generation.subscribe();
+        loop {
+            rx.borrow_and_update();
+            let found = self.with(|s| {
+                let hit = s
+                    .messages
+                    .iter()
+                    .enumerate()
+                    .skip(from)
+                    .find(|(_, m)| pred(m))
+                    .map(|(i, m)| (i, m.clone()));
+                (hit, s.closed.clone())
+            });
+            match found {
+                (Some(hit), _) => return Ok(hit),
+                (None, Some(closed)) => {
+                    return Err(Error::Closed(format!(
+                        "{closed:?} while waiting for {what}"
+                    )))
+                }
+                (None, None) => {}
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(Error::timeout(what, timeout));
+            }
+        }
+    }
+
+    /// Waits until the connection is closed.
+    pub async fn wait_closed(&self, timeout: Duration) -> Result<CloseInfo> {
+        let mut rx = self.generation.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            rx.borrow_and_update();
+            if let Some(c) = self.closed() {
+                return Ok(c);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(Error::timeout("the connection to close", timeout));
+            }
+        }
+    }
+}
+
+/// Aborts the client's background tasks when it goes away, so none outlives it.
+#[derive(Default)]
+pub(crate) struct TaskSet {
+    handles: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl TaskSet {
+    pub fn spawn<F>(&self, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handle = tokio::spawn(fut).abort_handle();
+        let mut hs = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        // Keeps the list as long as the live tasks, not as long as every task ever started.
+        if hs.len() >= 64 {
+            hs.retain(|h| !h.is_finished());
+        }
+        hs.push(handle);
+    }
+
+    pub fn abort_all(&self) {
+        let hs = std::mem::take(&mut *self.handles.lock().unwrap_or_else(|p| p.into_inner()));
+        for h in hs {
+            h.abort();
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The subscriber side: answers the node's `subscribe_offer`s on one recvonly peer
+//! connection and measures every remote track it delivers.
+
+use crate::error::Result;
+use crate::events::{EventLog, TaskSet};
+use crate::payload::unix_now_us;
+use crate::peer::{build_peer, to_rtc_candidate, Peer, TrackSink};
+use crate::stats::{TrackAccumulator, TrackStats};
+use crate::ws::WsWriter;
+use protocol::signal::{ClientMessage, IceCandidate, IceServer, TrackKind};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{RTCIceCandidateInit, RTCSessionDescription};
+
+type Key = (String, String);
+
+/// Per-track accumulators, keyed by (publisher, track id).
+#[derive(Default)]
+pub(crate) struct StatsBook {
+    tracks: Mutex<BTreeMap<Key, Arc<Mutex<TrackAccumulator>>>>,
+}
+
+impl StatsBook {
+    fn entry(&self, key: Key, kind: TrackKind) -> Arc<Mutex<TrackAccumulator>> {
+        let mut tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
+        tracks
+            .entry(key)
+            .or_insert_with(|| Arc::new(Mutex::new(TrackAccumulator::new(kind))))
+            .clone()
+    }
+
+    pub fn snapshot(&self) -> Vec<TrackStats> {
+        let tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
+        tracks
+            .iter()
+            .map(|((publisher, track), acc)| {
+                acc.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .snapshot(publisher, track)
+            })
+            .collect()
+    }
+}
+
+/// Starts a reader task per remote track.
+pub(crate) struct TrackReaders {
+    pub stats: Arc<StatsBook>,
+    pub tasks: Arc<TaskSet>,
+}
+
+impl TrackSink for TrackReaders {
+    fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let stats = self.stats.clone();
+        self.tasks.spawn(read_track(track, stats));
+    }
+}
+
+async fn read_track(track: Arc<dyn TrackRemote>, stats: Arc<StatsBook>) {
+    // The node's msid is `<publisher participant id> <track id>`.
+    let publisher = track.stream_id().await;
+    let track_id = track.track_id().await;
+    let kind = match track.kind().await {
+        RtpCodecKind::Audio => TrackKind::Audio,
+        _ => TrackKind::Video,
+    };
+    tracing::debug!(%publisher, %track_id, ?kind, "remote track");
+    let acc = stats.entry((publisher, track_id), kind);
+    while let Some(event) = track.poll().await {
+        match event {
+            TrackRemoteEvent::OnRtpPacket(pkt) => {
+                let now = unix_now_us();
+                acc.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record_payload(&pkt.payload, now);
+            }
+            TrackRemoteEvent::OnEnded => break,
+            _ => {}
+        }
+    }
+    acc.lock().unwrap_or_else(|p| p.into_inner()).mark_ended();
+}
+
+/// Work for the subscriber task, in the order the node sent it.
+pub(crate) enum SubscriberCmd {
+    Offer(String),
+    Candidate(Option<IceCandidate>),
+}
+
+/// What the subscriber task needs from its client.
+pub(crate) struct SubscriberCtx {
+    pub bind_ip: IpAddr,
+    pub ice_servers: Vec<IceServer>,
+    pub gather_timeout: Duration,
+    pub writer: Arc<WsWriter>,
+    pub events: Arc<EventLog>,
+    pub readers: Arc<TrackReaders>,
+    /// The client's registry of connections to close on the way out.
+    pub peers: Arc<Mutex<Vec<Peer>>>,
+}
+
+/// Handles offers and candidates one at a time until the channel closes.
+pub(crate) async fn run(ctx: SubscriberCtx, mut rx: mpsc::Receiver<SubscriberCmd>) {
+    let mut peer: Option<Peer> = None;
+    // Candidates that arrived before a remote description could take them.
+    let mut pending: Vec<RTCIceCandidateInit> = Vec::new();
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            SubscriberCmd::Offer(sdp) => match answer(&ctx, &mut peer, sdp).await {
+                Ok(()) => {
+                    if let Some(p) = &peer {
+                        for c in pending.drain(..) {
+                            add_candidate(&ctx, p, c).await;
+                        }
+                    }
+                }
+                Err(e) => ctx.events.push_local_error(format!("subscribe offer: {e}")),
+            },
+            // End of candidates: nothing to do, gathering on our side is independent.
+            SubscriberCmd::Candidate(None) => {}
+            SubscriberCmd::Candidate(Some(c)) => {
+                let c = to_rtc_candidate(c);
+                match &peer {
+                    Some(p) if p.pc.remote_description().await.is_some() => {
+                        add_candidate(&ctx, p, c).await
+                    }
+                    _ => pending.push(c),
+                }
+            }
+        }
+    }
+}
+
+async fn add_candidate(ctx: &SubscriberCtx, peer: &Peer, c: RTCIceCandidateInit) {
+    if let Err(e) = peer.pc.add_ice_candidate(c).await {
+        ctx.events
+            .push_local_error(format!("subscriber add_ice_candidate: {e}"));
+    }
+}
+
+async fn answer(ctx: &SubscriberCtx, peer: &mut Option<Peer>, sdp: String) -> Result<()> {
+    let p = match peer {
+        Some(p) => p.clone(),
+        None => {
+            let sink: Arc<dyn TrackSink> = ctx.readers.clone();
+            let p = build_peer(ctx.bind_ip, &ctx.ice_servers, Some(sink)).await?;
+            ctx.peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(p.clone());
+            *peer = Some(p.clone());
+            p
+        }
+    };
+    p.pc.set_remote_description(RTCSessionDescription::offer(sdp)?)
+        .await?;
+    let answer = p.pc.create_answer(None).await?;
+    p.pc.set_local_description(answer).await?;
+    let sdp = p.local_sdp_after_gathering(ctx.gather_timeout).await?;
+    ctx.writer
+        .send(&ClientMessage::SubscribeAnswer { sdp })
+        .await
+}
