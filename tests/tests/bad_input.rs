@@ -1,0 +1,217 @@
+//! Bad input from one client gets a clear error (or a closed socket) and never disturbs the
+//! other sessions of the room, which keep receiving media throughout.
+
+use chaos::{Client, PublishOpts};
+use protocol::signal::{ClientMessage, ServerMessage};
+use protocol::token::Claims;
+use protocol::ErrorCode;
+use std::time::Duration;
+use tests::{claims, join, mint, room_name, start_node, wait_until, NodeHandle};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Sends `frame` and waits for an `error` with `code` sent after it.
+async fn expect_error(
+    c: &Client,
+    code: ErrorCode,
+    send: impl std::future::Future<Output = chaos::Result<()>>,
+) -> anyhow::Result<()> {
+    let cursor = c.message_count();
+    send.await?;
+    let got = c
+        .wait_for_since(cursor, WAIT, |m| matches!(m, ServerMessage::Error { .. }))
+        .await?;
+    match got {
+        ServerMessage::Error { code: c2, message } => {
+            assert_eq!(c2, code, "error message: {message}");
+            assert!(!message.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    Ok(())
+}
+
+/// The two good clients still receive each other's media: both counts grow by `n` more.
+async fn still_flowing(good: &[Client; 2], n: u64) -> anyhow::Result<()> {
+    let before = [
+        good[0].received_from("good2"),
+        good[1].received_from("good1"),
+    ];
+    wait_until(
+        WAIT,
+        "media to keep flowing between the good clients",
+        || async {
+            let now = [
+                good[0].received_from("good2"),
+                good[1].received_from("good1"),
+            ];
+            if now[0] >= before[0] + n && now[1] >= before[1] + n {
+                Ok(())
+            } else {
+                Err(format!("before {before:?} now {now:?}"))
+            }
+        },
+    )
+    .await?;
+    assert!(!good[0].is_closed() && !good[1].is_closed());
+    Ok(())
+}
+
+async fn good_pair(node: &NodeHandle, room: &str) -> anyhow::Result<[Client; 2]> {
+    let a = join(node, room, "good1").await?;
+    let b = join(node, room, "good2").await?;
+    a.publish(PublishOpts::default()).await?;
+    b.publish(PublishOpts::default()).await?;
+    let pair = [a, b];
+    still_flowing(&pair, 100).await?;
+    Ok(pair)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_and_bad_tokens_get_errors() -> anyhow::Result<()> {
+    let node = start_node(|_| {});
+    let room = room_name("bad");
+    let good = good_pair(&node, &room).await?;
+
+    let x = Client::connect(&node.ws_url()).await?;
+    expect_error(
+        &x,
+        ErrorCode::BadRequest,
+        x.send_raw_text("{not json".into()),
+    )
+    .await?;
+    expect_error(
+        &x,
+        ErrorCode::BadRequest,
+        x.send_raw_text(r#"{"type":"dance"}"#.into()),
+    )
+    .await?;
+    expect_error(&x, ErrorCode::BadRequest, x.send_raw_binary(vec![1, 2, 3])).await?;
+    let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(1024 * 1024));
+    expect_error(&x, ErrorCode::BadRequest, x.send_raw_text(big)).await?;
+    expect_error(
+        &x,
+        ErrorCode::BadRequest,
+        x.send(&ClientMessage::Publish { sdp: "v=0".into() }),
+    )
+    .await?;
+    expect_error(&x, ErrorCode::BadRequest, x.send(&ClientMessage::Leave)).await?;
+
+    // Tokens: forged, expired, for another room.
+    let forged = protocol::token::mint(b"not-the-secret", &claims(&room, "mallory", 600));
+    let join_msg = |token: String| ClientMessage::Join {
+        room: protocol::RoomId::new(room.clone()).unwrap(),
+        token,
+        region: None,
+    };
+    expect_error(&x, ErrorCode::Unauthorized, x.send(&join_msg(forged))).await?;
+    let mut expired: Claims = claims(&room, "mallory", 600);
+    expired.exp = tests::now_unix() - 10;
+    expect_error(
+        &x,
+        ErrorCode::Unauthorized,
+        x.send(&join_msg(mint(&node, &expired))),
+    )
+    .await?;
+    let other_room = mint(&node, &claims("elsewhere", "mallory", 600));
+    expect_error(&x, ErrorCode::Forbidden, x.send(&join_msg(other_room))).await?;
+    expect_error(
+        &x,
+        ErrorCode::Unauthorized,
+        x.send(&join_msg("a.b.c".into())),
+    )
+    .await?;
+    // After all that the socket still works.
+    x.ping().await?;
+    assert!(!x.is_closed());
+
+    // Joined, but without `can_publish`; then garbage SDP from a publisher.
+    let mut viewer = claims(&room, "viewer", 600);
+    viewer.can_publish = false;
+    let v = Client::connect(&node.ws_url()).await?;
+    v.join(&room, &mint(&node, &viewer)).await?;
+    expect_error(
+        &v,
+        ErrorCode::Forbidden,
+        v.send(&ClientMessage::Publish {
+            sdp: "v=0\r\n".into(),
+        }),
+    )
+    .await?;
+    let m = join(&node, &room, "mallory").await?;
+    expect_error(
+        &m,
+        ErrorCode::BadRequest,
+        m.send(&ClientMessage::Publish {
+            sdp: "this is not sdp".into(),
+        }),
+    )
+    .await?;
+    expect_error(
+        &m,
+        ErrorCode::BadRequest,
+        m.send(&ClientMessage::SubscribeAnswer { sdp: "nope".into() }),
+    )
+    .await?;
+    expect_error(
+        &m,
+        ErrorCode::BadRequest,
+        m.send_raw_text(r#"{"type":"join","room":"x","token":"y"}"#.into()),
+    )
+    .await?;
+
+    still_flowing(&good, 100).await?;
+    // The viewer (can_subscribe) receives the good clients' media although it cannot publish.
+    wait_until(WAIT, "viewer receives media", || async {
+        if v.received_from("good1") > 50 {
+            Ok(())
+        } else {
+            Err(format!("{:?}", v.track_stats()))
+        }
+    })
+    .await?;
+    node.stop();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_is_rate_limited_and_closed_without_harming_others() -> anyhow::Result<()> {
+    let node = start_node(|_| {});
+    let room = room_name("flood");
+    let good = good_pair(&node, &room).await?;
+    let f = join(&node, &room, "flooder").await?;
+    let start = std::time::Instant::now();
+    for _ in 0..10_000 {
+        if f.send_raw_text(r#"{"type":"ping"}"#.into()).await.is_err() {
+            break; // the node closed the socket
+        }
+    }
+    let sent_in = start.elapsed();
+    f.wait_for(WAIT, |m| {
+        matches!(
+            m,
+            ServerMessage::Error {
+                code: ErrorCode::RateLimited,
+                ..
+            }
+        )
+    })
+    .await?;
+    let closed = f.wait_closed(WAIT).await?;
+    assert_eq!(
+        closed.code(),
+        Some(1008),
+        "closed with policy violation: {closed:?}"
+    );
+    still_flowing(&good, 100).await?;
+    // The flooder left the room; the good clients saw it go.
+    good[0]
+        .wait_for(
+            WAIT,
+            |m| matches!(m, ServerMessage::ParticipantLeft { id } if id.as_str() == "flooder"),
+        )
+        .await?;
+    eprintln!("10000 messages sent in {sent_in:?}");
+    node.stop();
+    Ok(())
+}
