@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node (the default).
-    Run(NodeArgs),
+    Run(Box<NodeArgs>),
     /// Print a join token for a room and user, signed with the API secret.
     Token {
         #[arg(long)]
@@ -59,7 +59,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", token::mint(api_secret.as_bytes(), &claims));
             Ok(())
         }
-        Some(Command::Run(args)) => run(args),
+        Some(Command::Run(args)) => run(*args),
         None => run(cli.run),
     }
 }
@@ -87,8 +87,11 @@ fn run(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,webrtc=warn,rtc=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,webrtc=warn,rtc=error,rtc_ice=warn,rtc_dtls=error,rtc_srtp=error",
+        )
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
         builder.json().init();
