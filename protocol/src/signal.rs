@@ -21,7 +21,11 @@ pub struct IceCandidate {
     pub candidate: String,
     #[serde(rename = "sdpMid", default, skip_serializing_if = "Option::is_none")]
     pub sdp_mid: Option<String>,
-    #[serde(rename = "sdpMLineIndex", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "sdpMLineIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub sdp_mline_index: Option<u16>,
     #[serde(
         rename = "usernameFragment",
@@ -275,7 +279,9 @@ mod tests {
             r#"{"type":"candidate","pc":"publisher","candidate":{"candidate":"c","sdpMid":"0","sdpMLineIndex":0},"extra":1}"#,
         )
         .unwrap();
-        assert!(matches!(m, ClientMessage::Candidate { pc: PcKind::Publisher, candidate: Some(c) } if c.sdp_mid.as_deref() == Some("0")));
+        assert!(
+            matches!(m, ClientMessage::Candidate { pc: PcKind::Publisher, candidate: Some(c) } if c.sdp_mid.as_deref() == Some("0"))
+        );
         assert_eq!(
             parse_client_message(r#"{"type":"leave"}"#).unwrap(),
             ClientMessage::Leave

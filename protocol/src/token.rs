@@ -78,8 +78,9 @@ pub fn verify(
     // Expiry is checked below against the caller's clock, without leeway.
     validation.validate_exp = false;
     validation.required_spec_claims.clear();
-    let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
-        .map_err(|_| TokenError::Invalid)?;
+    let data =
+        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
+            .map_err(|_| TokenError::Invalid)?;
     let claims = data.claims;
     if claims.exp <= now_unix {
         return Err(TokenError::Expired);
@@ -97,7 +98,12 @@ mod tests {
     const NOW: u64 = 1_700_000_000;
 
     fn claims() -> Claims {
-        Claims::new(RoomId::new("r1").unwrap(), UserId::new("alice").unwrap(), NOW, 60)
+        Claims::new(
+            RoomId::new("r1").unwrap(),
+            UserId::new("alice").unwrap(),
+            NOW,
+            60,
+        )
     }
 
     #[test]
@@ -113,12 +119,18 @@ mod tests {
         let room = RoomId::new("r1").unwrap();
         let t = mint(b"secret", &claims());
         assert_eq!(verify(b"other", &t, &room, NOW), Err(TokenError::Invalid));
-        assert_eq!(verify(b"secret", &t, &room, NOW + 60), Err(TokenError::Expired));
+        assert_eq!(
+            verify(b"secret", &t, &room, NOW + 60),
+            Err(TokenError::Expired)
+        );
         assert_eq!(
             verify(b"secret", &t, &RoomId::new("r2").unwrap(), NOW),
             Err(TokenError::WrongRoom)
         );
-        assert_eq!(verify(b"secret", "a.b.c", &room, NOW), Err(TokenError::Invalid));
+        assert_eq!(
+            verify(b"secret", "a.b.c", &room, NOW),
+            Err(TokenError::Invalid)
+        );
         assert_eq!(verify(b"secret", "", &room, NOW), Err(TokenError::Invalid));
     }
 
