@@ -188,7 +188,15 @@ impl EventLog {
 /// Aborts the client's background tasks when it goes away, so none outlives it.
 #[derive(Default)]
 pub(crate) struct TaskSet {
-    handles: Mutex<Vec<tokio::task::AbortHandle>>,
+    inner: Mutex<Tasks>,
+}
+
+#[derive(Default)]
+struct Tasks {
+    handles: Vec<tokio::task::AbortHandle>,
+    /// Finished tasks are pruned when the list reaches this length, so it stays
+    /// proportional to the live tasks at amortized constant cost.
+    prune_at: usize,
 }
 
 impl TaskSet {
@@ -197,17 +205,18 @@ impl TaskSet {
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         let handle = tokio::spawn(fut).abort_handle();
-        let mut hs = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-        // Keeps the list as long as the live tasks, not as long as every task ever started.
-        if hs.len() >= 64 {
-            hs.retain(|h| !h.is_finished());
+        let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if t.handles.len() >= t.prune_at {
+            t.handles.retain(|h| !h.is_finished());
+            t.prune_at = (t.handles.len() * 2).max(64);
         }
-        hs.push(handle);
+        t.handles.push(handle);
     }
 
     pub fn abort_all(&self) {
-        let hs = std::mem::take(&mut *self.handles.lock().unwrap_or_else(|p| p.into_inner()));
-        for h in hs {
+        let handles =
+            std::mem::take(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()).handles);
+        for h in handles {
             h.abort();
         }
     }

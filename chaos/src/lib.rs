@@ -31,6 +31,9 @@ mod subscriber;
 pub mod view;
 mod ws;
 
+#[cfg(test)]
+mod loopback_tests;
+
 pub use client::{Client, ClientConfig, Joined};
 pub use error::{Error, Result};
 pub use events::CloseInfo;

@@ -191,8 +191,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(
+                    // webrtc-rs warns about benign races (early STUN checks, DTLS server name).
+                    "warn,rtc=error,rtc_ice=error,rtc_dtls=error,webrtc=error",
+                )
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
