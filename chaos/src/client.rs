@@ -1,15 +1,17 @@
 //! [`Client`]: one synthetic participant speaking PROTOCOL.md v1.
 
+mod publish;
+
 use crate::error::{Error, Result};
 use crate::events::{CloseInfo, EventLog, TaskSet};
-use crate::peer::{build_peer, to_rtc_candidate, Peer};
-use crate::publisher::{self, LocalTrack, PublishOpts, SentStats};
+use crate::peer::{to_rtc_candidate, Peer};
+use crate::publisher::LocalTrack;
 use crate::stats::TrackStats;
 use crate::subscriber::{self, StatsBook, SubscriberCmd, SubscriberCtx, TrackReaders};
 use crate::ws::{next_incoming, Incoming, WsRead, WsWriter};
 use futures::StreamExt;
 use protocol::signal::{
-    ClientMessage, IceServer, ParticipantInfo, ParticipantState, PcKind, ServerMessage, TrackKind,
+    ClientMessage, IceServer, ParticipantInfo, ParticipantState, PcKind, ServerMessage,
 };
 use protocol::{NodeId, RoomId, UserId};
 use std::net::{IpAddr, Ipv4Addr};
@@ -17,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
-use webrtc::peer_connection::{RTCIceCandidateInit, RTCSessionDescription};
+use webrtc::peer_connection::RTCIceCandidateInit;
 
 /// How a client behaves. Every wait it does is bounded by one of these.
 #[derive(Debug, Clone)]
@@ -61,8 +63,11 @@ struct PublisherIce {
     pending: Vec<RTCIceCandidateInit>,
 }
 
+/// The publisher connection, kept for the client's life: adding or removing tracks is a
+/// new `publish` offer on it (PROTOCOL.md: "add or change published tracks").
 struct Publisher {
     peer: Peer,
+    /// Every track ever added, removed ones included (their counters stay readable).
     tracks: Vec<LocalTrack>,
 }
 
@@ -297,119 +302,6 @@ impl Client {
     /// Our participant id, once joined.
     pub fn participant_id(&self) -> Option<UserId> {
         self.joined().map(|j| j.participant.id)
-    }
-
-    /// Creates the publisher connection (client offers, sendonly), sends `publish` with an
-    /// offer that carries its candidates, applies `publish_answer`, waits for the connection
-    /// and starts the synthetic RTP senders.
-    pub async fn publish(&self, opts: PublishOpts) -> Result<()> {
-        let joined = self
-            .joined()
-            .ok_or_else(|| Error::Usage("publish before joined".into()))?;
-        if !opts.audio && !opts.video {
-            return Err(Error::Usage("publish needs audio or video".into()));
-        }
-        let mut slot = self.publisher.lock().await;
-        if slot.is_some() {
-            return Err(Error::Usage("already publishing".into()));
-        }
-        let ice = self.ice_servers(&joined);
-        let peer = build_peer(self.config.bind_ip, &ice, None).await?;
-        lock(&self.peers).push(peer.clone());
-        // From here on, the connection is closed on every path out.
-        let result = self.negotiate_publisher(&peer, &joined, &opts).await;
-        match result {
-            Ok(tracks) => {
-                *slot = Some(Publisher { peer, tracks });
-                Ok(())
-            }
-            Err(e) => {
-                lock(&self.publisher_ice).peer = None;
-                peer.close().await;
-                Err(e)
-            }
-        }
-    }
-
-    async fn negotiate_publisher(
-        &self,
-        peer: &Peer,
-        joined: &Joined,
-        opts: &PublishOpts,
-    ) -> Result<Vec<LocalTrack>> {
-        let stream_id = joined.participant.id.as_str();
-        let mut tracks = Vec::new();
-        if opts.audio {
-            tracks.push(publisher::add_track(peer, TrackKind::Audio, stream_id).await?);
-        }
-        if opts.video {
-            tracks.push(publisher::add_track(peer, TrackKind::Video, stream_id).await?);
-        }
-        let offer = peer.pc.create_offer(None).await?;
-        peer.pc.set_local_description(offer).await?;
-        let sdp = peer
-            .local_sdp_after_gathering(self.config.gather_timeout)
-            .await?;
-        let answer = self
-            .request(&ClientMessage::Publish { sdp }, "publish_answer", |m| {
-                matches!(
-                    m,
-                    ServerMessage::PublishAnswer { .. } | ServerMessage::Error { .. }
-                )
-            })
-            .await?;
-        let ServerMessage::PublishAnswer { sdp } = answer else {
-            return Err(Error::Usage("unexpected reply to publish".into()));
-        };
-        peer.pc
-            .set_remote_description(RTCSessionDescription::answer(sdp)?)
-            .await?;
-        let pending = {
-            let mut ice = lock(&self.publisher_ice);
-            ice.peer = Some(peer.clone());
-            std::mem::take(&mut ice.pending)
-        };
-        for c in pending {
-            if let Err(e) = peer.pc.add_ice_candidate(c).await {
-                self.events
-                    .push_local_error(format!("publisher add_ice_candidate: {e}"));
-            }
-        }
-        for t in &tracks {
-            publisher::start_sending(t, opts, peer.state_watch(), &self.tasks).await?;
-        }
-        peer.wait_connected(self.config.request_timeout).await?;
-        Ok(tracks)
-    }
-
-    fn ice_servers(&self, joined: &Joined) -> Vec<IceServer> {
-        if self.config.use_ice_servers {
-            joined.ice_servers.clone()
-        } else {
-            Vec::new()
-        }
-    }
-
-    /// Stops publishing: the sender tasks end and the publisher connection closes, so the
-    /// node sees the tracks go away without any signaling message.
-    pub async fn unpublish(&self) -> Result<()> {
-        let publisher = self
-            .publisher
-            .lock()
-            .await
-            .take()
-            .ok_or_else(|| Error::Usage("not publishing".into()))?;
-        lock(&self.publisher_ice).peer = None;
-        publisher.peer.close().await;
-        Ok(())
-    }
-
-    /// Per published track: how many packets were handed to webrtc.
-    pub async fn sent_stats(&self) -> Vec<SentStats> {
-        match &*self.publisher.lock().await {
-            Some(p) => p.tracks.iter().map(LocalTrack::stats).collect(),
-            None => Vec::new(),
-        }
     }
 
     /// Per received track: counts, loss, duplicates and latency percentiles.

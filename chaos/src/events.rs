@@ -200,17 +200,19 @@ struct Tasks {
 }
 
 impl TaskSet {
-    pub fn spawn<F>(&self, fut: F)
+    pub fn spawn<F>(&self, fut: F) -> tokio::task::AbortHandle
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         let handle = tokio::spawn(fut).abort_handle();
+        let ret = handle.clone();
         let mut t = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if t.handles.len() >= t.prune_at {
             t.handles.retain(|h| !h.is_finished());
             t.prune_at = (t.handles.len() * 2).max(64);
         }
         t.handles.push(handle);
+        ret
     }
 
     pub fn abort_all(&self) {

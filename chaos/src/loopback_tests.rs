@@ -70,21 +70,21 @@ async fn synthetic_rtp_crosses_a_loopback_pair() {
     let sender = build_peer(LOOPBACK, &[], None).await.unwrap();
     let receiver = build_peer(LOOPBACK, &[], Some(sink)).await.unwrap();
 
-    let audio = publisher::add_track(&sender, TrackKind::Audio, "alice")
+    let mut audio = publisher::add_track(&sender, TrackKind::Audio, "alice")
         .await
         .unwrap();
-    let video = publisher::add_track(&sender, TrackKind::Video, "alice")
+    let mut video = publisher::add_track(&sender, TrackKind::Video, "alice")
         .await
         .unwrap();
     negotiate(&sender, &receiver).await.unwrap();
 
     let opts = PublishOpts::default();
-    let tracks: [&LocalTrack; 2] = [&audio, &video];
-    for t in tracks {
+    for t in [&mut audio, &mut video] {
         publisher::start_sending(t, &opts, sender.state_watch(), &tasks)
             .await
             .unwrap();
     }
+    let tracks: [&LocalTrack; 2] = [&audio, &video];
     sender.wait_connected(WAIT).await.unwrap();
     receiver.wait_connected(WAIT).await.unwrap();
 

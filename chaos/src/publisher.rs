@@ -15,6 +15,7 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
+use tokio::task::AbortHandle;
 use tokio::time::MissedTickBehavior;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
@@ -59,16 +60,20 @@ pub struct SentStats {
     pub payload_type: u8,
     /// Packets handed to webrtc (`write_rtp` returned Ok).
     pub sent: u64,
+    /// Still published (not removed by `unpublish`).
+    pub active: bool,
 }
 
 pub(crate) struct LocalTrack {
     track: Arc<TrackLocalStaticRTP>,
     transceiver: Arc<dyn RtpTransceiver>,
-    kind: TrackKind,
+    pub kind: TrackKind,
     local_id: String,
     ssrc: u32,
     sent: Arc<AtomicU64>,
-    payload_type: std::sync::atomic::AtomicU8,
+    payload_type: u8,
+    sender_task: Option<AbortHandle>,
+    pub active: bool,
 }
 
 impl LocalTrack {
@@ -77,9 +82,23 @@ impl LocalTrack {
             local_track_id: self.local_id.clone(),
             kind: self.kind,
             ssrc: self.ssrc,
-            payload_type: self.payload_type.load(Ordering::Relaxed),
+            payload_type: self.payload_type,
             sent: self.sent.load(Ordering::Relaxed),
+            active: self.active,
         }
+    }
+
+    /// Stops the sender task and removes the track from the connection (its transceiver
+    /// stops sending); the caller renegotiates.
+    pub async fn remove(&mut self, peer: &Peer) -> Result<()> {
+        if let Some(task) = self.sender_task.take() {
+            task.abort();
+        }
+        self.active = false;
+        if let Some(sender) = self.transceiver.sender().await? {
+            peer.pc.remove_track(&sender).await?;
+        }
+        Ok(())
     }
 }
 
@@ -157,7 +176,9 @@ pub(crate) async fn add_track(peer: &Peer, kind: TrackKind, stream_id: &str) -> 
         local_id,
         ssrc,
         sent: Arc::new(AtomicU64::new(0)),
-        payload_type: std::sync::atomic::AtomicU8::new(default_payload_type(kind)),
+        payload_type: default_payload_type(kind),
+        sender_task: None,
+        active: true,
     })
 }
 
@@ -183,19 +204,19 @@ async fn negotiated_payload_type(t: &LocalTrack) -> Result<u8> {
 /// Starts the sender task of a negotiated track: it waits for the connection, then writes
 /// synthetic RTP at the requested rate until the connection or the client goes away.
 pub(crate) async fn start_sending(
-    t: &LocalTrack,
+    t: &mut LocalTrack,
     opts: &PublishOpts,
     state: watch::Receiver<RTCPeerConnectionState>,
     tasks: &TaskSet,
 ) -> Result<()> {
     let pt = negotiated_payload_type(t).await?;
-    t.payload_type.store(pt, Ordering::Relaxed);
+    t.payload_type = pt;
     let (kind, pps, len) = match t.kind {
         TrackKind::Audio => (MediaKind::Audio, opts.audio_pps, opts.audio_payload),
         TrackKind::Video => (MediaKind::Video, opts.video_pps, opts.video_payload),
     };
     let generator = Generator::new(kind, t.ssrc, pt, pps, len, rand::random(), rand::random());
-    tasks.spawn(send_loop(t.track.clone(), generator, state, t.sent.clone()));
+    t.sender_task = Some(tasks.spawn(send_loop(t.track.clone(), generator, state, t.sent.clone())));
     Ok(())
 }
 
