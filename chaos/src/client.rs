@@ -5,7 +5,7 @@ mod publish;
 use crate::error::{Error, Result};
 use crate::events::{CloseInfo, EventLog, TaskSet};
 use crate::peer::{to_rtc_candidate, Peer};
-use crate::publisher::LocalTrack;
+use crate::publisher::{LocalTrack, PublishOpts};
 use crate::stats::TrackStats;
 use crate::subscriber::{self, StatsBook, SubscriberCmd, SubscriberCtx, TrackReaders};
 use crate::ws::{next_incoming, Incoming, WsRead, WsWriter};
@@ -77,6 +77,7 @@ struct Publisher {
 /// Background tasks (socket reader, subscriber negotiation, RTP senders and readers) stop
 /// and peer connections close on [`Client::leave`], [`Client::close_abruptly`] or drop.
 pub struct Client {
+    url: String,
     config: ClientConfig,
     writer: Arc<WsWriter>,
     events: Arc<EventLog>,
@@ -88,6 +89,8 @@ pub struct Client {
     peers: Arc<Mutex<Vec<Peer>>>,
     publisher_ice: Arc<Mutex<PublisherIce>>,
     publisher: tokio::sync::Mutex<Option<Publisher>>,
+    /// What the last successful `publish` asked for, for [`Client::reconnect`].
+    published: Mutex<Option<PublishOpts>>,
     joined: Arc<Mutex<Option<Joined>>>,
 }
 
@@ -110,9 +113,11 @@ impl Client {
         .await
         .map_err(|_| Error::timeout(format!("websocket to {ws_url}"), config.request_timeout))??;
         let (sink, read) = ws.split();
+        let writer = Arc::new(WsWriter::new(sink, config.request_timeout));
         let client = Client {
+            url: ws_url.to_owned(),
             config,
-            writer: Arc::new(WsWriter::new(sink)),
+            writer,
             events: Arc::new(EventLog::new()),
             tasks: Arc::new(TaskSet::default()),
             stats: Arc::new(StatsBook::default()),
@@ -120,6 +125,7 @@ impl Client {
             peers: Arc::new(Mutex::new(Vec::new())),
             publisher_ice: Arc::new(Mutex::new(PublisherIce::default())),
             publisher: tokio::sync::Mutex::new(None),
+            published: Mutex::new(None),
             joined: Arc::new(Mutex::new(None)),
         };
         client.tasks.spawn(client.reader(read));
@@ -292,6 +298,30 @@ impl Client {
             resume_token: resume_token.to_owned(),
         })
         .await
+    }
+
+    /// Reconnects as PROTOCOL.md step 5 describes: drops this connection without `leave`,
+    /// opens a new one to `url` (default: the same address), sends `resume` with the latest
+    /// resume token, and publishes again what was published. The new client answers the
+    /// node's next `subscribe_offer` on its own.
+    pub async fn reconnect(&self, url: Option<&str>) -> Result<Client> {
+        let token = self
+            .joined()
+            .map(|j| j.resume_token)
+            .ok_or_else(|| Error::Usage("reconnect before joined".into()))?;
+        let republish = lock(&self.published).clone();
+        self.shutdown().await;
+        let next = Client::connect_with(url.unwrap_or(&self.url), self.config.clone()).await?;
+        next.resume(&token).await?;
+        if let Some(opts) = republish {
+            next.publish(opts).await?;
+        }
+        Ok(next)
+    }
+
+    /// The WebSocket address this client connected to.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// The latest `joined`, if any.

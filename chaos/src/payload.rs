@@ -1,7 +1,9 @@
 //! Synthetic media: RTP packets whose payload carries a header any subscriber can decode.
 //!
 //! The header is `magic (4) | sequence (u64 BE) | send time (u64 BE, µs since the Unix
-//! epoch)`, followed by padding up to the configured size. Audio payloads start with the
+//! epoch) | stream (u32 BE)`, followed by padding up to the configured size. `stream` is
+//! random per generator, so a receiver can tell a restarted sender (sequence from 0 again)
+//! from duplicates. Audio payloads start with the
 //! header. Video payloads start with a VP8 payload descriptor and a 10-byte area holding the
 //! VP8 frame header on the first packet of a frame, so a node that inspects VP8 (keyframe
 //! detection, frame boundaries) sees plausible video; the synthetic header follows at
@@ -16,7 +18,7 @@ use std::time::Duration;
 /// Marks a payload as ours. Packets without it are counted as foreign and otherwise ignored.
 pub const MAGIC: [u8; 4] = *b"CHS1";
 /// Size of the synthetic header.
-pub const HEADER_LEN: usize = 20;
+pub const HEADER_LEN: usize = 24;
 /// Bytes before the synthetic header in a VP8 payload: the 1-byte payload descriptor and
 /// room for a keyframe header (3-byte frame tag, start code, width, height).
 pub const VP8_PREFIX_LEN: usize = 11;
@@ -33,6 +35,8 @@ pub struct PayloadHeader {
     pub seq: u64,
     /// When the packet was built, µs since the Unix epoch.
     pub sent_unix_us: u64,
+    /// Random per sending stream; a new value means the sender started over.
+    pub stream: u32,
 }
 
 impl PayloadHeader {
@@ -44,6 +48,7 @@ impl PayloadHeader {
         dst[..4].copy_from_slice(&MAGIC);
         dst[4..12].copy_from_slice(&self.seq.to_be_bytes());
         dst[12..20].copy_from_slice(&self.sent_unix_us.to_be_bytes());
+        dst[20..24].copy_from_slice(&self.stream.to_be_bytes());
         true
     }
 
@@ -56,6 +61,7 @@ impl PayloadHeader {
         Some(PayloadHeader {
             seq: u64::from_be_bytes(src[4..12].try_into().ok()?),
             sent_unix_us: u64::from_be_bytes(src[12..20].try_into().ok()?),
+            stream: u32::from_be_bytes(src[20..24].try_into().ok()?),
         })
     }
 
@@ -86,23 +92,15 @@ pub struct Generator {
     tick_rate: u32,
     rtp_seq: u16,
     rtp_ts: u32,
+    stream: u32,
     next_seq: u64,
     tick: u64,
 }
 
 impl Generator {
     /// A generator of `pps` packets per second of `payload_len` bytes (raised to the minimum
-    /// that holds the headers). RTP sequence number and timestamp start at the given values,
-    /// which callers should randomize.
-    pub fn new(
-        kind: MediaKind,
-        ssrc: u32,
-        payload_type: u8,
-        pps: u32,
-        payload_len: usize,
-        rtp_seq_start: u16,
-        rtp_ts_start: u32,
-    ) -> Self {
+    /// that holds the headers), with random RTP sequence number, timestamp and stream id.
+    pub fn new(kind: MediaKind, ssrc: u32, payload_type: u8, pps: u32, payload_len: usize) -> Self {
         let pps = pps.max(1);
         let (tick_rate, min_len) = match kind {
             MediaKind::Audio => (pps, HEADER_LEN),
@@ -115,11 +113,20 @@ impl Generator {
             payload_len: payload_len.max(min_len),
             pps,
             tick_rate,
-            rtp_seq: rtp_seq_start,
-            rtp_ts: rtp_ts_start,
+            rtp_seq: rand::random(),
+            rtp_ts: rand::random(),
+            stream: rand::random(),
             next_seq: 0,
             tick: 0,
         }
+    }
+
+    /// Fixes the RTP sequence number, RTP timestamp and stream id to start from.
+    pub fn with_start(mut self, rtp_seq: u16, rtp_ts: u32, stream: u32) -> Self {
+        self.rtp_seq = rtp_seq;
+        self.rtp_ts = rtp_ts;
+        self.stream = stream;
+        self
     }
 
     /// How often [`Generator::next_tick`] should be called.
@@ -172,6 +179,7 @@ impl Generator {
             PayloadHeader {
                 seq: self.next_seq,
                 sent_unix_us: now_unix_us,
+                stream: self.stream,
             }
             .encode_into(&mut payload[header_at..]);
             let marker = match self.kind {
@@ -243,14 +251,15 @@ mod tests {
         let h = PayloadHeader {
             seq: 0x0102_0304_0506_0708,
             sent_unix_us: 1_700_000_000_123_456,
+            stream: 0xdead_beef,
         };
         let mut buf = [0u8; 32];
         assert!(h.encode_into(&mut buf));
         assert_eq!(&buf[..4], b"CHS1");
         assert_eq!(PayloadHeader::decode(&buf), Some(h));
         assert_eq!(PayloadHeader::find(&buf), Some(h));
-        assert!(!h.encode_into(&mut [0u8; 19]));
-        assert_eq!(PayloadHeader::decode(&buf[..19]), None);
+        assert!(!h.encode_into(&mut [0u8; HEADER_LEN - 1]));
+        assert_eq!(PayloadHeader::decode(&buf[..HEADER_LEN - 1]), None);
         buf[0] = b'X';
         assert_eq!(PayloadHeader::decode(&buf), None);
         assert_eq!(PayloadHeader::find(&[]), None);
@@ -259,7 +268,7 @@ mod tests {
 
     #[test]
     fn audio_ticks_are_single_packets_on_a_48khz_clock() {
-        let mut g = Generator::new(MediaKind::Audio, 7, 111, 50, 160, 65535, 1000);
+        let mut g = Generator::new(MediaKind::Audio, 7, 111, 50, 160).with_start(65535, 1000, 5);
         assert_eq!(g.tick_interval(), Duration::from_millis(20));
         let a = g.next_tick(10);
         let b = g.next_tick(20);
@@ -284,7 +293,7 @@ mod tests {
 
     #[test]
     fn video_frames_have_exact_rate_markers_and_a_keyframe_per_second() {
-        let mut g = Generator::new(MediaKind::Video, 9, 96, 100, 1200, 0, 0);
+        let mut g = Generator::new(MediaKind::Video, 9, 96, 100, 1200).with_start(0, 0, 6);
         assert_eq!(g.tick_interval(), Duration::from_millis(40));
         let mut total = 0;
         let mut keyframes = 0;
@@ -316,7 +325,7 @@ mod tests {
         assert_eq!(g.produced(), 200);
 
         // A rate that does not divide into frames still averages out exactly.
-        let mut g = Generator::new(MediaKind::Video, 9, 96, 37, 10, 0, 0);
+        let mut g = Generator::new(MediaKind::Video, 9, 96, 37, 10);
         let n: usize = (0..25).map(|_| g.next_tick(0).len()).sum();
         assert_eq!(n, 37);
         // Tiny payload sizes are raised to fit the headers.

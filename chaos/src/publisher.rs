@@ -215,7 +215,7 @@ pub(crate) async fn start_sending(
         TrackKind::Audio => (MediaKind::Audio, opts.audio_pps, opts.audio_payload),
         TrackKind::Video => (MediaKind::Video, opts.video_pps, opts.video_payload),
     };
-    let generator = Generator::new(kind, t.ssrc, pt, pps, len, rand::random(), rand::random());
+    let generator = Generator::new(kind, t.ssrc, pt, pps, len);
     t.sender_task = Some(tasks.spawn(send_loop(t.track.clone(), generator, state, t.sent.clone())));
     Ok(())
 }

@@ -189,11 +189,22 @@ impl LatencyHistogram {
     }
 }
 
+/// How many earlier stream ids of a track are remembered, so their late packets are not
+/// mistaken for yet another restart.
+const RETIRED_STREAMS: usize = 8;
+
 /// Everything one subscriber knows about one remote track.
 #[derive(Debug, Clone)]
 pub struct TrackAccumulator {
     pub kind: TrackKind,
+    /// The sending stream currently tracked; a new one (the publisher started over under
+    /// the same track id) starts a fresh [`SeqTracker`].
+    stream: Option<u32>,
+    retired: Vec<u32>,
     seq: SeqTracker,
+    /// Loss and duplicates of retired streams.
+    prior_lost: u64,
+    prior_duplicates: u64,
     latency: LatencyHistogram,
     received: u64,
     foreign: u64,
@@ -205,7 +216,11 @@ impl TrackAccumulator {
     pub fn new(kind: TrackKind) -> Self {
         TrackAccumulator {
             kind,
+            stream: None,
+            retired: Vec::new(),
             seq: SeqTracker::default(),
+            prior_lost: 0,
+            prior_duplicates: 0,
             latency: LatencyHistogram::default(),
             received: 0,
             foreign: 0,
@@ -222,9 +237,28 @@ impl TrackAccumulator {
         };
         self.received += 1;
         self.last_unix_us = now_unix_us;
+        let latency = now_unix_us.saturating_sub(h.sent_unix_us);
+        match self.stream {
+            Some(s) if s == h.stream => {}
+            None => self.stream = Some(h.stream),
+            // A straggler of a stream already replaced: counted, not tracked.
+            Some(_) if self.retired.contains(&h.stream) => {
+                self.latency.record(latency);
+                return;
+            }
+            Some(old) => {
+                if self.retired.len() == RETIRED_STREAMS {
+                    self.retired.remove(0);
+                }
+                self.retired.push(old);
+                self.prior_lost += self.seq.lost();
+                self.prior_duplicates += self.seq.duplicates();
+                self.seq = SeqTracker::default();
+                self.stream = Some(h.stream);
+            }
+        }
         if self.seq.record(h.seq) != Arrival::Duplicate {
-            self.latency
-                .record(now_unix_us.saturating_sub(h.sent_unix_us));
+            self.latency.record(latency);
         }
     }
 
@@ -238,9 +272,10 @@ impl TrackAccumulator {
             track_id: track_id.to_owned(),
             kind: self.kind,
             received: self.received,
-            lost: self.seq.lost(),
-            duplicates: self.seq.duplicates(),
+            lost: self.prior_lost + self.seq.lost(),
+            duplicates: self.prior_duplicates + self.seq.duplicates(),
             foreign: self.foreign,
+            restarts: self.retired.len() as u64,
             latency_p50_us: self.latency.percentile(50.0),
             latency_p99_us: self.latency.percentile(99.0),
             latency_max_us: self.latency.max(),
@@ -266,12 +301,16 @@ pub struct TrackStats {
     pub duplicates: u64,
     /// Packets without the synthetic header (ignored otherwise).
     pub foreign: u64,
+    /// Times the sender started over (new stream id) under this track id (at most 8 are
+    /// remembered).
+    pub restarts: u64,
     pub latency_p50_us: u64,
     pub latency_p99_us: u64,
     pub latency_max_us: u64,
     /// Wall-clock arrival of the latest synthetic packet, 0 before the first.
     pub last_packet_unix_us: u64,
-    /// The remote track ended (its peer connection closed or the node removed it).
+    /// The remote track ended (its connection closed, or webrtc reported it ended; a track
+    /// the node merely stops offering may stay `false`).
     pub ended: bool,
 }
 
@@ -406,6 +445,7 @@ mod tests {
             PayloadHeader {
                 seq,
                 sent_unix_us: sent,
+                stream: 1,
             }
             .encode_into(&mut buf);
             a.record_payload(&buf, now);
@@ -415,6 +455,7 @@ mod tests {
         PayloadHeader {
             seq: 3,
             sent_unix_us: 50_000,
+            stream: 1,
         }
         .encode_into(&mut buf);
         a.record_payload(&buf, 40_000);
@@ -424,5 +465,37 @@ mod tests {
         assert_eq!(s.latency_p50_us, 30);
         assert_eq!(s.last_packet_unix_us, 40_000);
         assert!(!s.ended);
+    }
+
+    fn packet(seq: u64, stream: u32) -> Vec<u8> {
+        let mut buf = vec![0u8; 64];
+        PayloadHeader {
+            seq,
+            sent_unix_us: 0,
+            stream,
+        }
+        .encode_into(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn a_restarted_sender_is_a_new_stream_not_duplicates() {
+        let mut a = TrackAccumulator::new(TrackKind::Video);
+        for seq in [0, 1, 2, 4] {
+            a.record_payload(&packet(seq, 7), 1);
+        }
+        // The sender starts over from 0 under the same track id.
+        for seq in 0..3 {
+            a.record_payload(&packet(seq, 8), 1);
+        }
+        // A straggler of the old stream neither restarts again nor counts as a duplicate.
+        a.record_payload(&packet(3, 7), 1);
+        a.record_payload(&packet(1, 8), 1);
+        let s = a.snapshot("p", "t");
+        assert_eq!(
+            (s.received, s.lost, s.duplicates, s.restarts),
+            (9, 1, 1, 1),
+            "{s:?}"
+        );
     }
 }

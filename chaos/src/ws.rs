@@ -5,6 +5,7 @@ use crate::events::CloseInfo;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use protocol::signal::ClientMessage;
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -18,12 +19,15 @@ pub(crate) type WsRead = SplitStream<Ws>;
 /// The sending half, shared by the client and its background tasks. `None` once closed.
 pub(crate) struct WsWriter {
     sink: Mutex<Option<SplitSink<Ws, Message>>>,
+    /// Bound on one send: a node that stops reading must not hang the client.
+    timeout: Duration,
 }
 
 impl WsWriter {
-    pub fn new(sink: SplitSink<Ws, Message>) -> Self {
+    pub fn new(sink: SplitSink<Ws, Message>, timeout: Duration) -> Self {
         WsWriter {
             sink: Mutex::new(Some(sink)),
+            timeout,
         }
     }
 
@@ -33,11 +37,16 @@ impl WsWriter {
     }
 
     pub async fn send_frame(&self, frame: Message) -> Result<()> {
-        let mut sink = self.sink.lock().await;
-        match sink.as_mut() {
-            Some(s) => Ok(s.send(frame).await?),
-            None => Err(Error::Closed("websocket closed locally".into())),
-        }
+        let send = async {
+            let mut sink = self.sink.lock().await;
+            match sink.as_mut() {
+                Some(s) => Ok(s.send(frame).await?),
+                None => Err(Error::Closed("websocket closed locally".into())),
+            }
+        };
+        tokio::time::timeout(self.timeout, send)
+            .await
+            .map_err(|_| Error::timeout("a websocket send", self.timeout))?
     }
 
     /// Sends a close frame (normal closure) and keeps the sink so the reader can still see

@@ -67,6 +67,16 @@ impl Client {
                 .await
         }
         .await;
+        if result.is_ok() {
+            let mut published = lock(&self.published);
+            let p = published.get_or_insert(PublishOpts {
+                audio: false,
+                video: false,
+                ..opts.clone()
+            });
+            p.audio |= opts.audio;
+            p.video |= opts.video;
+        }
         if result.is_err() && first {
             // A connection that never published is useless; the next call starts afresh.
             lock(&self.publisher_ice).peer = None;
@@ -127,6 +137,7 @@ impl Client {
             .as_mut()
             .filter(|p| p.tracks.iter().any(|t| t.active))
             .ok_or_else(|| Error::Usage("not publishing".into()))?;
+        lock(&self.published).take();
         for t in publisher.tracks.iter_mut().filter(|t| t.active) {
             t.remove(&publisher.peer).await?;
         }
@@ -143,6 +154,7 @@ impl Client {
             .take()
             .ok_or_else(|| Error::Usage("no publisher connection".into()))?;
         lock(&self.publisher_ice).peer = None;
+        lock(&self.published).take();
         publisher.peer.close().await;
         Ok(())
     }
