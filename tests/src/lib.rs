@@ -38,6 +38,7 @@ pub fn now_unix() -> u64 {
 /// A node on loopback with free ports, the dev secret, and no resume grace (a dropped socket
 /// ends its participant at once) unless the test changes it.
 pub fn start_node(tweak: impl FnOnce(&mut Config)) -> NodeHandle {
+    init_logs();
     let mut config = Config::local_dev();
     config.resume_grace = Duration::ZERO;
     tweak(&mut config);
@@ -118,4 +119,15 @@ pub async fn http_get(
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// Test logs: `RUST_LOG=node=debug cargo test …` shows the node's tracing output.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_test_writer()
+        .try_init();
 }

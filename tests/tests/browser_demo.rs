@@ -117,6 +117,7 @@ fn two_browsers_see_and_hear_each_other() -> anyhow::Result<()> {
     let node_js = node_js()?;
     ensure_npm_deps(&browser_dir)?;
 
+    tests::init_logs();
     let handle = node::spawn(node::Config::local_dev()).context("starting the node")?;
     let base = format!("http://{}", handle.http_addr());
     let screenshot = std::env::var("E2E_SCREENSHOT").unwrap_or_else(|_| {

@@ -29,6 +29,8 @@ use webrtc::rtp_transceiver::RtpSender;
 
 /// How long a local description may wait for ICE gathering before it is sent as it is.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No operation on a connection may hold its actor longer than this.
+const OP_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TransportError {
@@ -168,16 +170,28 @@ impl Transport {
 
     /// Runs `f` with the connection on the media runtime; the actor handles nothing else
     /// meanwhile (`AtomicResponse`), so operations on one connection never interleave.
-    fn run<T, F, Fut>(&self, f: F) -> AtomicResponse<Self, Result<T, TransportError>>
+    fn run<T, F, Fut>(
+        &self,
+        op: &'static str,
+        f: F,
+    ) -> AtomicResponse<Self, Result<T, TransportError>>
     where
         T: Send + 'static,
         F: FnOnce(Arc<dyn PeerConnection>, watch::Receiver<bool>) -> Fut,
         Fut: Future<Output = Result<T, TransportError>> + Send + 'static,
     {
-        let task = self
-            .media
-            .rt
-            .spawn(f(self.pc.clone(), self.gathered.clone()));
+        let fut = f(self.pc.clone(), self.gathered.clone());
+        let kind = self.kind;
+        let task = self.media.rt.spawn(async move {
+            let started = std::time::Instant::now();
+            let res = tokio::time::timeout(OP_TIMEOUT, fut).await;
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            tracing::debug!(pc = ?kind, op, elapsed_ms, ok = matches!(res, Ok(Ok(_))), "transport op");
+            res.unwrap_or_else(|_| {
+                tracing::warn!(pc = ?kind, op, "transport operation timed out");
+                Err(TransportError::Webrtc(format!("{op} timed out")))
+            })
+        });
         AtomicResponse::new(Box::pin(
             async move { task.await.map_err(|_| TransportError::Gone)? }.into_actor(self),
         ))
@@ -226,7 +240,7 @@ pub struct ApplyOffer(pub String);
 impl Handler<ApplyOffer> for Transport {
     type Result = AtomicResponse<Self, Result<String, TransportError>>;
     fn handle(&mut self, msg: ApplyOffer, _: &mut Context<Self>) -> Self::Result {
-        self.run(move |pc, gathered| async move {
+        self.run("apply_offer", move |pc, gathered| async move {
             let offer = RTCSessionDescription::offer(msg.0)
                 .map_err(|e| TransportError::InvalidSdp(e.to_string()))?;
             pc.set_remote_description(offer)
@@ -247,7 +261,7 @@ pub struct CreateOffer;
 impl Handler<CreateOffer> for Transport {
     type Result = AtomicResponse<Self, Result<String, TransportError>>;
     fn handle(&mut self, _: CreateOffer, _: &mut Context<Self>) -> Self::Result {
-        self.run(move |pc, gathered| async move {
+        self.run("create_offer", move |pc, gathered| async move {
             let offer = pc.create_offer(None).await.map_err(webrtc_err)?;
             pc.set_local_description(offer).await.map_err(webrtc_err)?;
             local_sdp(&pc, gathered).await
@@ -267,7 +281,7 @@ pub struct ApplyAnswer {
 impl Handler<ApplyAnswer> for Transport {
     type Result = AtomicResponse<Self, Result<Vec<Option<u8>>, TransportError>>;
     fn handle(&mut self, msg: ApplyAnswer, _: &mut Context<Self>) -> Self::Result {
-        self.run(move |pc, _| async move {
+        self.run("apply_answer", move |pc, _| async move {
             let answer = RTCSessionDescription::answer(msg.sdp)
                 .map_err(|e| TransportError::InvalidSdp(e.to_string()))?;
             pc.set_remote_description(answer)
@@ -320,7 +334,7 @@ pub struct AddTrack(pub Arc<TrackSource>);
 impl Handler<AddTrack> for Transport {
     type Result = AtomicResponse<Self, Result<SubSlot, TransportError>>;
     fn handle(&mut self, msg: AddTrack, _: &mut Context<Self>) -> Self::Result {
-        self.run(move |pc, _| async move {
+        self.run("add_track", move |pc, _| async move {
             let source = msg.0;
             let ssrc = rand::random::<u32>();
             let kind = match source.kind {
@@ -365,7 +379,9 @@ pub struct RemoveTrack(pub Arc<dyn RtpSender>);
 impl Handler<RemoveTrack> for Transport {
     type Result = AtomicResponse<Self, Result<(), TransportError>>;
     fn handle(&mut self, msg: RemoveTrack, _: &mut Context<Self>) -> Self::Result {
-        self.run(move |pc, _| async move { pc.remove_track(&msg.0).await.map_err(webrtc_err) })
+        self.run("remove_track", move |pc, _| async move {
+            pc.remove_track(&msg.0).await.map_err(webrtc_err)
+        })
     }
 }
 
@@ -377,7 +393,7 @@ pub struct AddCandidate(pub IceCandidate);
 impl Handler<AddCandidate> for Transport {
     type Result = AtomicResponse<Self, Result<(), TransportError>>;
     fn handle(&mut self, msg: AddCandidate, _: &mut Context<Self>) -> Self::Result {
-        self.run(move |pc, _| async move {
+        self.run("add_candidate", move |pc, _| async move {
             let c = msg.0;
             let init = RTCIceCandidateInit {
                 candidate: c.candidate,
