@@ -7,12 +7,13 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The WebSocket could not be opened, or failed while in use.
+    /// The WebSocket could not be opened, or failed while in use. (Displayed inline rather
+    /// than as a `source`, so a report shows it once.)
     #[error("websocket: {0}")]
-    WebSocket(#[from] Box<tokio_tungstenite::tungstenite::Error>),
+    WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
     /// webrtc-rs refused an operation.
     #[error("webrtc: {0}")]
-    WebRtc(#[from] webrtc::error::Error),
+    WebRtc(webrtc::error::Error),
     /// The node answered with an `error` message.
     #[error("node error {code:?}: {message}")]
     Server { code: ErrorCode, message: String },
@@ -36,6 +37,12 @@ pub enum Error {
 impl From<tokio_tungstenite::tungstenite::Error> for Error {
     fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
         Error::WebSocket(Box::new(e))
+    }
+}
+
+impl From<webrtc::error::Error> for Error {
+    fn from(e: webrtc::error::Error) -> Self {
+        Error::WebRtc(e)
     }
 }
 
