@@ -16,8 +16,15 @@
 //! # }
 //! ```
 //!
+//! The subscriber side is automatic: every `subscribe_offer` is answered on one recvonly
+//! connection, and each remote track (msid `<publisher id> <track id>`) is read into
+//! [`TrackStats`]. Every server message is kept; [`Client::wait_for`] and
+//! [`Client::wait_for_since`] wait on them with a timeout.
+//!
 //! Everything runs on the caller's multi-thread tokio runtime (webrtc's tokio runtime
-//! spawns its drivers with `tokio::spawn`).
+//! spawns its drivers with `tokio::spawn`). Every wait is bounded by [`ClientConfig`]'s
+//! timeouts; background tasks stop and peer connections close on `leave`,
+//! `close_abruptly` or drop.
 #![forbid(unsafe_code)]
 
 mod client;

@@ -10,7 +10,7 @@ const WINDOW: u64 = 4096;
 const WINDOW_WORDS: usize = (WINDOW / 64) as usize;
 
 /// Counts unique, duplicate and missing sequence numbers of one stream, tolerating
-/// reordering within [`WINDOW`].
+/// reordering within a window of 4096 sequence numbers.
 #[derive(Debug, Clone)]
 pub struct SeqTracker {
     first: Option<u64>,
