@@ -61,8 +61,12 @@
     subQueue: Promise.resolve(),
     pendingCandidates: { publisher: [], subscriber: [] },
     participants: new Map(), // id -> Participant (remote only)
+    // Who left: media of theirs still named in a late subscribe_offer must not bring their
+    // tile back.
+    departed: new Set(),
     pingTimer: null,
     lastPong: null,
+    joinedCount: 0, // `joined` messages this session: the first join and every resume
     reconnectAttempts: 0,
     reconnectTimer: null,
     firstMessage: null, // 'join' | 'resume' for the socket being opened
@@ -265,11 +269,15 @@
 
   // ---------------------------------------------------------------- remote participants
 
-  function ensureParticipant(id, name) {
+  // `fromMedia`: called because a track arrived, not because signaling named the participant.
+  function ensureParticipant(id, name, fromMedia) {
     let p = s.participants.get(id);
+    if (!p && fromMedia && s.departed.has(id)) return null;
+    if (!fromMedia) s.departed.delete(id);
     if (!p) {
       p = {
         id,
+        known: !fromMedia,
         name: name || id,
         tracks: new Map(), // server track id -> kind, as signalled
         media: new Map(), // MediaStreamTrack -> { serverTrackId, mid, kind }
@@ -286,6 +294,7 @@
       p.name = name;
       setTileName(p.view, name);
     }
+    if (!fromMedia) p.known = true;
     return p;
   }
 
@@ -304,7 +313,8 @@
     for (const other of s.participants.values()) {
       if (other.id !== pid && other.media.has(track)) detachTrack(other, track);
     }
-    const p = ensureParticipant(pid);
+    const p = ensureParticipant(pid, null, true);
+    if (!p) return;
     if (p.media.has(track)) {
       Object.assign(p.media.get(track), info);
       return;
@@ -355,6 +365,10 @@
     }
     for (const [track, info] of live) {
       attachTrack(info.pid, track, { serverTrackId: info.serverTrackId, mid: info.mid, kind: info.kind });
+    }
+    // Tiles that only media created go with their media.
+    for (const p of Array.from(s.participants.values())) {
+      if (!p.known && p.media.size === 0) removeParticipant(p.id);
     }
   }
 
@@ -626,9 +640,15 @@
   }
 
   function handle(msg, session) {
+    if (msg.type !== 'pong') {
+      const brief = Object.assign({}, msg);
+      if (brief.sdp) brief.sdp = `(${brief.sdp.length} bytes)`;
+      console.debug('[demo] <-', msg.type, JSON.stringify(brief));
+    }
     switch (msg.type) {
       case 'joined': {
         const resumed = s.state === 'reconnecting';
+        s.joinedCount += 1;
         if (s.pub || s.sub) closePeerConnections();
         s.participantId = msg.participant && msg.participant.id;
         if (msg.participant && msg.participant.name) s.name = msg.participant.name;
@@ -638,6 +658,7 @@
         s.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
         s.reconnectAttempts = 0;
         const present = new Set();
+        s.departed.clear();
         for (const p of msg.participants || []) {
           if (p.id === s.participantId) continue;
           present.add(p.id);
@@ -645,7 +666,10 @@
           rec.tracks = new Map((p.tracks || []).map((t) => [t.id, t.kind]));
         }
         for (const id of Array.from(s.participants.keys())) {
-          if (!present.has(id)) removeParticipant(id);
+          if (!present.has(id)) {
+            s.departed.add(id);
+            removeParticipant(id);
+          }
         }
         ui.roomLabel.textContent = s.room;
         if (s.localTile) setTileName(s.localTile, `${s.name} (you)`);
@@ -679,10 +703,11 @@
         }
         break;
       case 'participant_left':
+        s.departed.add(msg.id);
         removeParticipant(msg.id);
         break;
       case 'track_published': {
-        if (msg.participant === s.participantId || !msg.track) break;
+        if (msg.participant === s.participantId || !msg.track || s.departed.has(msg.participant)) break;
         const p = ensureParticipant(msg.participant);
         p.tracks.set(msg.track.id, msg.track.kind);
         break;
@@ -771,6 +796,7 @@
     s.resumeToken = null;
     s.reconnectAttempts = 0;
     s.publishState = 'none';
+    s.joinedCount = 0;
     ui.roomLabel.textContent = room;
     setState('connecting');
     ui.join.disabled = true;
@@ -803,6 +829,7 @@
     if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
     closePeerConnections();
     for (const id of Array.from(s.participants.keys())) removeParticipant(id);
+    s.departed.clear();
     const media = s.mediaPromise;
     s.mediaPromise = null;
     if (media) media.then((st) => st.getTracks().forEach((t) => t.stop())).catch(() => {});
@@ -897,6 +924,7 @@
     get publisherPc() { return s.pub; },
     get subscriberPc() { return s.sub; },
     get lastPong() { return s.lastPong; },
+    get joinedCount() { return s.joinedCount; },
     errors: s.errors,
     messages: s.messages,
     remoteParticipants() {

@@ -18,6 +18,8 @@
 //   E2E_TIMEOUT_MS   deadline for media to flow (default 90000)
 //   E2E_TRICKLE      mixed (default: alice trickles everything, bob waits for gathering),
 //                    all, or none
+//   E2E_RESUME=1     also drop alice's signaling socket once media flows; she must resume
+//                    and bob must decode her video again
 //   CHROMIUM_PATH    Chromium binary (default /usr/bin/chromium)
 
 import { chromium } from 'playwright-core';
@@ -31,6 +33,7 @@ const STEP_TIMEOUT_MS = 20000;
 const POLL_MS = 500;
 const SCREENSHOT = process.env.E2E_SCREENSHOT || '';
 const TRICKLE = process.env.E2E_TRICKLE || 'mixed';
+const RESUME = process.env.E2E_RESUME === '1';
 
 const FLAGS = [
   '--use-fake-device-for-media-stream',
@@ -273,6 +276,43 @@ async function main() {
     if (SCREENSHOT) {
       await screenshot(alice, SCREENSHOT);
       await screenshot(bob, SCREENSHOT.replace(/(\.png)?$/i, '.bob.png'));
+    }
+
+    if (RESUME) {
+      t = Date.now();
+      // What bob receives from alice: decoded frames and the m-lines they come on.
+      const fromAlice = (sb) => {
+        const remote = sb && sb.remotes.find((r) => r.id === alice.id);
+        return {
+          frames: sb && sb.stats[alice.id] ? sb.stats[alice.id].video.framesDecoded : 0,
+          mids: remote ? remote.media.map((m) => m.mid).sort().join(',') : '',
+        };
+      };
+      const joins = await alice.page.evaluate(() => window.demo.joinedCount);
+      await alice.page.evaluate(() => window.demo.dropConnection());
+      await until('alice resumes after losing her socket', STEP_TIMEOUT_MS, async () => {
+        const s = await alice.page.evaluate(() => ({
+          state: window.demo.state,
+          joins: window.demo.joinedCount,
+          errors: window.demo.errors.map((e) => `${e.code}: ${e.message}`),
+        }));
+        if (s.state === 'idle' || s.state === 'closed') {
+          throw new Failure(`alice gave up instead of resuming; errors: ${s.errors.join(' | ') || 'none'}`);
+        }
+        return { done: s.state === 'joined' && s.joins > joins, why: `alice is ${s.state}, ${s.joins - joins} new joined` };
+      });
+      // Alice's old peer connections are closed by now, so whatever bob decodes from here on
+      // comes through her new publisher: more frames on the same m-lines, or any on new ones.
+      const before = fromAlice(await snapshot(bob));
+      await until('media flowing again after the resume', MEDIA_TIMEOUT_MS, async () => {
+        const [sa, sb] = await Promise.all([snapshot(alice), snapshot(bob)]);
+        const why = [missing(alice, bob, sa), missing(bob, alice, sb)].filter(Boolean);
+        const now = fromAlice(sb);
+        const fresh = now.mids !== before.mids ? now.frames > 0 : now.frames > before.frames;
+        if (!fresh) why.push(`bob decodes no new frames from alice (${JSON.stringify(before)} -> ${JSON.stringify(now)})`);
+        return { done: why.length === 0, why: why.join('; ') };
+      });
+      result.phases.resume_ms = Date.now() - t;
     }
 
     t = Date.now();

@@ -1,7 +1,8 @@
 //! The demo page, end to end in real browsers: a node runs in-process with dev tokens on,
 //! and `tests/browser/demo.e2e.mjs` drives two headless Chromiums (Debian's `chromium`, fake
 //! camera and microphone) that join one room through the page and must each decode the
-//! other's video and receive the other's audio, then leave.
+//! other's video and receive the other's audio; then one loses its signaling socket and must
+//! resume with media flowing again, and the other leaves and must vanish from the first's page.
 //!
 //! Needs `/usr/bin/chromium` (or `CHROMIUM_PATH`), Node.js and npm (`npm ci` runs in
 //! `tests/browser` when its `node_modules` is missing). `SKIP_BROWSER_TESTS=1` skips it.
@@ -134,6 +135,10 @@ fn two_browsers_see_and_hear_each_other() -> anyhow::Result<()> {
         .current_dir(&browser_dir)
         .env("CHROMIUM_PATH", &chromium)
         .env("E2E_SCREENSHOT", &screenshot)
+        .env(
+            "E2E_RESUME",
+            std::env::var("E2E_RESUME").unwrap_or_else(|_| "1".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
