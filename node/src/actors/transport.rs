@@ -153,7 +153,13 @@ impl Transport {
         let m = media.clone();
         let built = media
             .rt
-            .spawn(async move { m.new_peer_connection(events).await })
+            .spawn(async move {
+                tokio::time::timeout(OP_TIMEOUT, m.new_peer_connection(events))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!("creating a peer connection timed out"))
+                    })
+            })
             .await
             .map_err(|e| TransportError::Webrtc(e.to_string()))?
             .map_err(|e| TransportError::Webrtc(e.to_string()))?;
