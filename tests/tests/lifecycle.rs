@@ -123,3 +123,52 @@ async fn http_surface_reports_health_metrics_and_snapshots() -> anyhow::Result<(
     node.stop();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joined_carries_time_limited_turn_credentials() -> anyhow::Result<()> {
+    let node = start_node(|c| {
+        c.ice_servers = vec![
+            protocol::signal::IceServer {
+                urls: vec!["stun:127.0.0.1:3478".into()],
+                ..Default::default()
+            },
+            protocol::signal::IceServer {
+                urls: vec!["turn:127.0.0.1:3478?transport=udp".into()],
+                ..Default::default()
+            },
+        ];
+        c.turn_secret = Some("north".into());
+        c.turn_ttl = Duration::from_secs(600);
+    });
+    let room = room_name("turn");
+    let client = chaos::Client::connect_with(
+        &node.ws_url(),
+        chaos::ClientConfig {
+            use_ice_servers: false,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let joined = client
+        .join(&room, &tests::mint(&node, &tests::claims(&room, "ann", 60)))
+        .await?;
+    let stun = &joined.ice_servers[0];
+    assert!(
+        stun.username.is_none() && stun.credential.is_none(),
+        "{stun:?}"
+    );
+    let turn = &joined.ice_servers[1];
+    let username = turn.username.clone().expect("turn username");
+    let (expiry, user) = username.split_once(':').expect("expiry:user");
+    assert_eq!(user, "ann");
+    let expiry: u64 = expiry.parse()?;
+    let now = tests::now_unix();
+    assert!(
+        expiry > now + 500 && expiry <= now + 601,
+        "{expiry} vs {now}"
+    );
+    let expected = protocol::turn::credentials(b"north", "ann", expiry - 600, 600);
+    assert_eq!(turn.credential.as_deref(), Some(expected.password.as_str()));
+    client.leave().await?;
+    Ok(())
+}
