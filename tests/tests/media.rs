@@ -207,3 +207,46 @@ async fn application_messages_reach_the_user_in_order() -> anyhow::Result<()> {
     wait_node_idle(&node, MEDIA_WAIT).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublishing_and_replacing_the_publisher_connection() -> anyhow::Result<()> {
+    let node = start_node(|_| {});
+    let room = room_name("unpub");
+    let a = join(&node, &room, "a").await?;
+    let b = join(&node, &room, "b").await?;
+    a.publish(PublishOpts::default()).await?;
+    b.wait_received_from("a", 100, MEDIA_WAIT).await?;
+
+    // Renegotiating with the transceivers inactive unpublishes both tracks.
+    let cursor = b.message_count();
+    a.unpublish().await?;
+    for kind in ["audio", "video"] {
+        b.wait_for_since(cursor, MEDIA_WAIT, |m| {
+            matches!(m, ServerMessage::TrackUnpublished { participant, .. } if participant.as_str() == "a")
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{kind}: {e}"))?;
+    }
+    wait_until(MEDIA_WAIT, "room without a's tracks", || async {
+        let snap = node.snapshot().await;
+        match snap["rooms"][0]["tracks"].as_array().map(Vec::len) {
+            Some(0) => Ok(()),
+            _ => Err(snap.to_string()),
+        }
+    })
+    .await?;
+
+    // A brand-new publisher connection (new ICE credentials) replaces the old one.
+    a.close_publisher().await?;
+    let before = b.received_from("a");
+    a.publish(PublishOpts::default()).await?;
+    b.wait_received_from("a", before + 100, MEDIA_WAIT).await?;
+    assert!(!b
+        .messages()
+        .iter()
+        .any(|m| matches!(m, ServerMessage::ParticipantLeft { .. })));
+    a.leave().await?;
+    b.leave().await?;
+    wait_node_idle(&node, MEDIA_WAIT).await?;
+    Ok(())
+}

@@ -9,6 +9,7 @@ use super::transport::{self, SubSlot, Transport, TransportError, TransportEvent}
 use super::{NodeCtx, Observe};
 use crate::counters::{Kind, Live};
 use crate::media::forward::{run_feedback_loop, DownTrack, TrackSource};
+use crate::media::sdp;
 use actix::prelude::*;
 use protocol::signal::{IceCandidate, PcKind, ServerMessage};
 use protocol::{ErrorCode, TrackId, UserId};
@@ -33,6 +34,16 @@ pub struct Peer {
     negotiating: bool,
     /// `wanted` changed while negotiating.
     dirty: bool,
+    /// Tracks this participant publishes, by id.
+    own_tracks: HashMap<TrackId, Arc<TrackSource>>,
+    /// ICE ufrag of the publisher connection's last offer: a new one means a new connection.
+    publisher_ufrag: Option<String>,
+    /// What each section of the last accepted publish offer sent.
+    publisher_sending: sdp::SendingByMid,
+    /// Packets written before the subscriber connection is up are lost, so down tracks wait
+    /// for it before they join the forwarding tables (and ask for a keyframe).
+    subscriber_connected: bool,
+    pending_ready: Vec<Arc<DownTrack>>,
     /// Counts socket attachments so a stale grace timer does nothing.
     attach_epoch: u64,
     detached: bool,
@@ -61,6 +72,11 @@ impl Peer {
             offered: None,
             negotiating: false,
             dirty: false,
+            own_tracks: HashMap::new(),
+            publisher_ufrag: None,
+            publisher_sending: sdp::SendingByMid::new(),
+            subscriber_connected: false,
+            pending_ready: Vec::new(),
             attach_epoch: 0,
             detached: false,
             _live: live,
@@ -184,6 +200,52 @@ impl Peer {
         self.current.clear();
         self.offered = None;
         self.negotiating = false;
+        self.subscriber_connected = false;
+        self.pending_ready.clear();
+        self.publisher_ufrag = None;
+        self.publisher_sending.clear();
+        self.unpublish_all();
+    }
+
+    /// Tells the room this participant's tracks are gone (their connection is closing).
+    fn unpublish_all(&mut self) {
+        for (track_id, source) in self.own_tracks.drain() {
+            source.clear_fanout();
+            self.room.do_send(TrackEnded {
+                owner: self.user.clone(),
+                track_id,
+            });
+        }
+    }
+
+    /// Unpublishes the tracks an accepted offer no longer sends (their section went
+    /// `inactive`/`recvonly`, or sends another SSRC now).
+    fn unpublish_stopped(&mut self, offer: &str) {
+        let (stopped, sending) = sdp::stopped_ssrcs(&self.publisher_sending, offer);
+        self.publisher_sending = sending;
+        let ended: Vec<TrackId> = self
+            .own_tracks
+            .iter()
+            .filter(|(_, s)| stopped.contains(&s.media_ssrc))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for track_id in ended {
+            if let Some(source) = self.own_tracks.remove(&track_id) {
+                source.clear_fanout();
+            }
+            self.room.do_send(TrackEnded {
+                owner: self.user.clone(),
+                track_id,
+            });
+        }
+    }
+
+    fn announce_ready(&mut self, dt: Arc<DownTrack>) {
+        if self.subscriber_connected {
+            self.room.do_send(DownTrackReady(dt));
+        } else {
+            self.pending_ready.push(dt);
+        }
     }
 }
 
@@ -212,12 +274,23 @@ impl Handler<Publish> for Peer {
         if !self.can_publish {
             return self.error(ErrorCode::Forbidden, "token does not allow publishing");
         }
+        let ufrag = sdp::ice_ufrag(&msg.sdp).map(str::to_owned);
+        if self.publisher.is_some() && ufrag.is_some() && ufrag != self.publisher_ufrag {
+            // The client made a new publisher connection: the old one and its tracks go.
+            tracing::info!(user = %self.user, "new publisher connection replaces the old one");
+            if let Some(old) = self.publisher.take() {
+                old.do_send(transport::Close);
+            }
+            self.publisher_sending.clear();
+            self.unpublish_all();
+        }
         let existing = self.publisher.clone();
         let (user, media, me) = (
             self.user.clone(),
             self.node.media.clone(),
             ctx.address().recipient(),
         );
+        let offer = msg.sdp.clone();
         async move {
             let (fresh, t) = match existing {
                 Some(t) => (None, t),
@@ -235,13 +308,17 @@ impl Handler<Publish> for Peer {
             Ok::<_, TransportError>((fresh, answer))
         }
         .into_actor(self)
-        .map(|res, act, _| match res {
+        .map(move |res, act, _| match res {
             Ok((fresh, answer)) => {
                 if let Some(t) = fresh {
                     act.publisher = Some(t);
                 }
                 match answer {
-                    Ok(sdp) => act.tell(ServerMessage::PublishAnswer { sdp }),
+                    Ok(sdp) => {
+                        act.publisher_ufrag = ufrag;
+                        act.unpublish_stopped(&offer);
+                        act.tell(ServerMessage::PublishAnswer { sdp });
+                    }
                     Err(e) => act.transport_error("publish", e),
                 }
             }
@@ -278,7 +355,7 @@ impl Handler<SubscribeAnswer> for Peer {
                 };
                 act.offered = None;
                 act.negotiating = false;
-                let counters = &act.node.counters;
+                let counters = act.node.counters.clone();
                 for (slot, pt) in slots.into_iter().zip(pts) {
                     let Some(pt) = pt else {
                         tracing::info!(user = %act.user, track = %slot.source.id, "subscriber refused the codec");
@@ -290,7 +367,7 @@ impl Handler<SubscribeAnswer> for Peer {
                         slot.track.clone(),
                         slot.ssrc,
                         pt,
-                        counters,
+                        &counters,
                     );
                     act.node.media.rt.spawn(run_feedback_loop(
                         dt.clone(),
@@ -298,7 +375,7 @@ impl Handler<SubscribeAnswer> for Peer {
                         act.node.media.rt.clone(),
                         counters.clone(),
                     ));
-                    act.room.do_send(DownTrackReady(dt));
+                    act.announce_ready(dt);
                 }
                 act.negotiate(ctx);
             })
@@ -366,11 +443,25 @@ impl Handler<TransportEvent> for Peer {
     type Result = ();
     fn handle(&mut self, msg: TransportEvent, ctx: &mut Context<Self>) {
         match msg {
-            TransportEvent::TrackArrived(source) => self.room.do_send(TrackPublished(source)),
-            TransportEvent::TrackEnded(track_id) => self.room.do_send(TrackEnded {
-                owner: self.user.clone(),
-                track_id,
-            }),
+            TransportEvent::TrackArrived(source) => {
+                self.own_tracks.insert(source.id.clone(), source.clone());
+                self.room.do_send(TrackPublished(source));
+            }
+            TransportEvent::TrackEnded(track_id) => {
+                if self.own_tracks.remove(&track_id).is_some() {
+                    self.room.do_send(TrackEnded {
+                        owner: self.user.clone(),
+                        track_id,
+                    });
+                }
+            }
+            TransportEvent::Connected(PcKind::Subscriber) => {
+                self.subscriber_connected = true;
+                for dt in std::mem::take(&mut self.pending_ready) {
+                    self.room.do_send(DownTrackReady(dt));
+                }
+            }
+            TransportEvent::Connected(PcKind::Publisher) => {}
             TransportEvent::Failed(pc) => {
                 tracing::info!(user = %self.user, ?pc, "connection failed; removing participant");
                 ctx.stop();

@@ -50,6 +50,8 @@ pub enum TransportEvent {
     TrackArrived(Arc<TrackSource>),
     /// A published track's read loop ended.
     TrackEnded(TrackId),
+    /// ICE and DTLS are up: media written from now on arrives.
+    Connected(PcKind),
     /// ICE or DTLS failed for good.
     Failed(PcKind),
 }
@@ -91,8 +93,12 @@ impl PeerConnectionEventHandler for Events {
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         tracing::debug!(user = %self.owner, pc = ?self.kind, %state, "connection state");
-        if state == RTCPeerConnectionState::Failed {
-            self.peer.do_send(TransportEvent::Failed(self.kind));
+        match state {
+            RTCPeerConnectionState::Failed => self.peer.do_send(TransportEvent::Failed(self.kind)),
+            RTCPeerConnectionState::Connected => {
+                self.peer.do_send(TransportEvent::Connected(self.kind))
+            }
+            _ => {}
         }
     }
 

@@ -31,7 +31,7 @@ pub struct TrackSource {
     /// The forwarding table, replaced whole by the `Room` on every change.
     pub fanout: ArcSwap<Vec<Arc<DownTrack>>>,
     remote: Arc<dyn TrackRemote>,
-    media_ssrc: u32,
+    pub media_ssrc: u32,
     created: Instant,
     last_keyframe_request_ms: AtomicU64,
     counters: Arc<Counters>,

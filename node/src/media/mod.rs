@@ -8,6 +8,7 @@
 pub mod forward;
 pub mod interceptor;
 pub mod ports;
+pub mod sdp;
 
 use crate::counters::Counters;
 use ports::{PortLease, PortPool};
@@ -68,7 +69,10 @@ impl MediaContext {
                 rtc::interceptor::Slot::from(14_000),
                 interceptor::KeyframeRequestForwarder::default(),
             );
-            let mut settings = SettingEngineBuilder::new();
+            // mDNS would open a multicast socket per connection; clients reach the node through
+            // its announced addresses, and their own mDNS names resolve as peer-reflexive.
+            let mut settings = SettingEngineBuilder::new()
+                .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
             if let Some(ip) = &self.public_ip {
                 settings = settings.with_nat_1to1_ips(vec![ip.clone()], RTCIceCandidateType::Host);
             }
