@@ -4,8 +4,10 @@
 //! The client signaling contract is `PROTOCOL.md` v1; [`signal`] is its exact serde form.
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod error;
 pub mod ids;
+pub mod placement;
 pub mod signal;
 pub mod token;
 pub mod turn;
