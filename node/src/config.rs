@@ -40,6 +40,17 @@ pub struct Config {
     pub msg_rate: u32,
     /// Participants per room on this node.
     pub max_room_size: usize,
+    /// NATS server(s) of the cluster; without it the node runs standalone.
+    pub nats_url: Option<String>,
+    /// The WebSocket URL clients and other processes reach this node at; defaults to
+    /// `ws://<listen address>/ws`.
+    pub advertise_url: Option<String>,
+    /// Capacity reported to the coordinator: rooms, participants, egress bits per second.
+    pub max_rooms: u32,
+    pub max_peers: u32,
+    pub max_egress_bps: u64,
+    /// How long an empty room stays before it closes and leaves the directory.
+    pub room_empty_grace: Duration,
     /// Worker threads of the media runtime (webrtc, forwarding).
     pub media_threads: usize,
     /// actix-web worker threads (signaling).
@@ -67,6 +78,12 @@ impl Config {
             max_room_size: 500,
             media_threads: 2,
             http_workers: 1,
+            nats_url: None,
+            advertise_url: None,
+            max_rooms: 1000,
+            max_peers: 1000,
+            max_egress_bps: 1_000_000_000,
+            room_empty_grace: Duration::from_secs(5),
         }
     }
 
@@ -131,6 +148,18 @@ impl Config {
         layer!(max_room_size);
         layer!(media_threads);
         layer!(http_workers);
+        if let Some(u) = flags.nats_url.clone().or(file.nats_url.clone()) {
+            c.nats_url = Some(u);
+        }
+        if let Some(u) = flags.advertise_url.clone().or(file.advertise_url.clone()) {
+            c.advertise_url = Some(u);
+        }
+        layer!(max_rooms);
+        layer!(max_peers);
+        layer!(max_egress_bps);
+        if let Some(s) = flags.room_empty_grace_secs.or(file.room_empty_grace_secs) {
+            c.room_empty_grace = Duration::from_secs(s);
+        }
 
         if !c.dev_tokens && c.api_secret == "devsecret" {
             bail!(
@@ -205,6 +234,21 @@ pub struct NodeArgs {
     pub media_threads: Option<usize>,
     #[arg(long, env = "NODE_HTTP_WORKERS")]
     pub http_workers: Option<usize>,
+    /// NATS URL(s) of the cluster, e.g. nats://127.0.0.1:4222. Without it: standalone.
+    #[arg(long, env = "NODE_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// WebSocket URL this node is reached at [default: ws://<listen>/ws].
+    #[arg(long, env = "NODE_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    #[arg(long, env = "NODE_MAX_ROOMS")]
+    pub max_rooms: Option<u32>,
+    #[arg(long, env = "NODE_MAX_PEERS")]
+    pub max_peers: Option<u32>,
+    #[arg(long, env = "NODE_MAX_EGRESS_BPS")]
+    pub max_egress_bps: Option<u64>,
+    /// Seconds an empty room lingers before it closes.
+    #[arg(long, env = "NODE_ROOM_EMPTY_GRACE_SECS")]
+    pub room_empty_grace_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -227,6 +271,12 @@ struct FileConfig {
     max_room_size: Option<usize>,
     media_threads: Option<usize>,
     http_workers: Option<usize>,
+    nats_url: Option<String>,
+    advertise_url: Option<String>,
+    max_rooms: Option<u32>,
+    max_peers: Option<u32>,
+    max_egress_bps: Option<u64>,
+    room_empty_grace_secs: Option<u64>,
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws", web::get().to(ws))
         .route("/healthz", web::get().to(|| async { "ok" }))
-        .route("/readyz", web::get().to(|| async { "ready" }))
+        .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
         .route("/debug/snapshot", web::get().to(snapshot))
         .route("/dev/token", web::get().to(dev_token))
@@ -49,6 +49,14 @@ async fn ws(
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     SignalingSession::start(node.get_ref().clone(), session, stream);
     Ok(response)
+}
+
+/// Ready when it can take joins: standalone at once, in a cluster once NATS is connected.
+async fn readyz(node: web::Data<NodeCtx>) -> HttpResponse {
+    match &node.cluster {
+        Some(c) if !c.connected() => HttpResponse::ServiceUnavailable().body("nats not connected"),
+        _ => HttpResponse::Ok().body("ready"),
+    }
 }
 
 async fn metrics(node: web::Data<NodeCtx>) -> impl Responder {

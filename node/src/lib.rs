@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod actors;
+pub mod cluster;
 pub mod config;
 pub mod counters;
 pub mod http;
@@ -15,12 +16,15 @@ pub mod metrics;
 pub use config::Config;
 
 use actix::{Actor, Addr};
+use actors::agent::NodeAgent;
 use actors::rooms::{RoomRegistry, SetContext};
 use actors::router::SessionRouter;
 use actors::NodeCtx;
+use cluster::Cluster;
 use counters::{Counters, CountersSnapshot};
 use media::MediaContext;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// Everything an operator or a test can see of a node, from the actors' own snapshots.
@@ -44,46 +48,69 @@ pub fn media_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime>
         .build()
 }
 
-/// Starts the actors and the HTTP server inside the current actix `System`.
-pub fn start_in_system(
+/// Starts the actors and the HTTP server inside the current actix `System`; with a NATS URL
+/// also the cluster connection and the `NodeAgent`.
+pub async fn start_in_system(
     config: Config,
     media_rt: tokio::runtime::Handle,
-) -> std::io::Result<(actix_web::dev::Server, SocketAddr, NodeCtx)> {
+) -> anyhow::Result<(actix_web::dev::Server, SocketAddr, NodeCtx)> {
     metrics::install();
     let counters = Arc::new(Counters::default());
     let media = Arc::new(MediaContext::new(
-        media_rt,
+        media_rt.clone(),
         counters.clone(),
         config.udp_ip,
         config.udp_ports,
         config.public_ip.clone(),
     ));
-    let router = SessionRouter::default().start();
+    let cluster = match &config.nats_url {
+        Some(url) => Some(Cluster::connect(url, config.node_id.clone(), media_rt).await?),
+        None => None,
+    };
+    let router = SessionRouter::new(cluster.clone()).start();
     let rooms: Addr<RoomRegistry> = RoomRegistry::new().start();
+    let listen = config.listen;
+    let http_workers = config.http_workers.max(1);
+    // Bind first: the advertised URL defaults to the address actually bound.
+    let data_cell = Arc::new(std::sync::OnceLock::<actix_web::web::Data<NodeCtx>>::new());
+    let cell = data_cell.clone();
+    let server = actix_web::HttpServer::new(move || {
+        let data = cell
+            .get()
+            .cloned()
+            .expect("node context is set before serving");
+        actix_web::App::new().app_data(data).configure(http::routes)
+    })
+    .workers(http_workers)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .bind(listen)?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("server bound no address"))?;
+    let mut config = config;
+    let ws_url = config
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("ws://{addr}/ws"));
+    config.advertise_url = Some(ws_url.clone());
     let ctx = NodeCtx {
         config: Arc::new(config),
         media,
         counters,
         router,
         rooms: rooms.clone(),
+        cluster: cluster.clone(),
+        draining: Arc::new(AtomicBool::new(false)),
     };
+    let _ = data_cell.set(actix_web::web::Data::new(ctx.clone()));
     rooms.do_send(SetContext(ctx.clone()));
-    let data = actix_web::web::Data::new(ctx.clone());
-    let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new()
-            .app_data(data.clone())
-            .configure(http::routes)
-    })
-    .workers(ctx.config.http_workers.max(1))
-    .disable_signals()
-    .shutdown_timeout(2)
-    .bind(ctx.config.listen)?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| std::io::Error::other("server bound no address"))?;
-    tracing::info!(node = %ctx.config.node_id, %addr, "node listening");
+    if let Some(c) = cluster {
+        NodeAgent::new(ctx.clone(), c, ws_url).start();
+    }
+    tracing::info!(node = %ctx.config.node_id, %addr, cluster = ctx.cluster.is_some(), "node listening");
     Ok((server.run(), addr, ctx))
 }
 
@@ -106,7 +133,7 @@ pub fn spawn(config: Config) -> anyhow::Result<NodeHandle> {
         .name("node-actix".into())
         .spawn(move || {
             let system = actix::System::new();
-            let started = system.block_on(async { start_in_system(config, rt_handle) });
+            let started = system.block_on(start_in_system(config, rt_handle));
             match started {
                 Ok((server, addr, ctx)) => {
                     let _ = tx.send(Ok((addr, ctx, server.handle(), actix::System::current())));

@@ -167,6 +167,9 @@ pub struct RemoteJoin {
     pub room: RoomId,
     pub claims: Claims,
     pub session_node: NodeId,
+    /// The assignment's epoch the session was told.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -209,6 +212,8 @@ pub enum PeerCmd {
     SessionGone {
         leaving: bool,
     },
+    /// A new socket resumed the participant.
+    SessionAttached,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 //! participant and [`transport::Transport`] per peer connection. Each answers [`Observe`]
 //! with a serializable snapshot.
 
+pub mod agent;
 pub mod peer;
 pub mod room;
 pub mod rooms;
@@ -11,9 +12,11 @@ pub mod router;
 pub mod session;
 pub mod transport;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::counters::Counters;
 use crate::media::MediaContext;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// What every actor of one node can reach.
@@ -24,6 +27,10 @@ pub struct NodeCtx {
     pub counters: Arc<Counters>,
     pub router: actix::Addr<router::SessionRouter>,
     pub rooms: actix::Addr<rooms::RoomRegistry>,
+    /// The cluster connection; `None` for a standalone node.
+    pub cluster: Option<Cluster>,
+    /// Set by a drain command: the coordinator sends no new rooms here.
+    pub draining: Arc<AtomicBool>,
 }
 
 /// Asks an actor for a snapshot of its state.

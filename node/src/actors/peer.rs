@@ -12,12 +12,13 @@ use crate::media::forward::{run_feedback_loop, DownTrack, TrackSource};
 use crate::media::sdp;
 use actix::prelude::*;
 use protocol::signal::{IceCandidate, PcKind, ServerMessage};
-use protocol::{ErrorCode, TrackId, UserId};
+use protocol::{ErrorCode, RoomId, TrackId, UserId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 pub struct Peer {
     user: UserId,
+    room_id: RoomId,
     can_publish: bool,
     can_subscribe: bool,
     room: Addr<Room>,
@@ -53,6 +54,7 @@ pub struct Peer {
 impl Peer {
     pub fn new(
         user: UserId,
+        room_id: RoomId,
         can_publish: bool,
         can_subscribe: bool,
         room: Addr<Room>,
@@ -61,6 +63,7 @@ impl Peer {
         let live = Live::new(&node.counters, Kind::Peer);
         Peer {
             user,
+            room_id,
             can_publish,
             can_subscribe,
             room,
@@ -86,6 +89,7 @@ impl Peer {
     fn tell(&self, msg: ServerMessage) {
         self.node.router.do_send(Deliver {
             to: self.user.clone(),
+            room: self.room_id.clone(),
             msg,
         });
     }

@@ -10,6 +10,7 @@ use crate::counters::{Kind, Live};
 use crate::media::forward::{DownTrack, TrackSource};
 use actix::prelude::*;
 use base64::Engine;
+use protocol::cluster::PeerCmd;
 use protocol::signal::{IceServer, ParticipantInfo, ParticipantState, ServerMessage, TrackInfo};
 use protocol::token::Claims;
 use protocol::{ErrorCode, RoomId, TrackId, UserId};
@@ -54,6 +55,7 @@ impl Room {
         for id in self.members.keys().filter(|id| *id != except) {
             self.node.router.do_send(Deliver {
                 to: id.clone(),
+                room: self.id.clone(),
                 msg: msg.clone(),
             });
         }
@@ -205,6 +207,35 @@ pub struct PeerGone {
     pub peer: Addr<Peer>,
 }
 
+/// Signaling for a member whose socket is on another node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoomForPeer {
+    pub user: UserId,
+    pub cmd: PeerCmd,
+}
+
+impl Handler<RoomForPeer> for Room {
+    type Result = ();
+    fn handle(&mut self, msg: RoomForPeer, _: &mut Context<Self>) {
+        let Some(m) = self.members.get(&msg.user) else {
+            return;
+        };
+        match msg.cmd {
+            PeerCmd::Publish { sdp } => m.peer.do_send(peer::Publish { sdp }),
+            PeerCmd::SubscribeAnswer { sdp } => m.peer.do_send(peer::SubscribeAnswer { sdp }),
+            PeerCmd::Candidate { pc, candidate } => {
+                m.peer.do_send(peer::RemoteCandidate { pc, candidate })
+            }
+            PeerCmd::SessionGone { leaving } => m.peer.do_send(peer::SessionGone {
+                session_id: 0,
+                leaving,
+            }),
+            PeerCmd::SessionAttached => m.peer.do_send(peer::SessionAttached),
+        }
+    }
+}
+
 /// From the registry: the room is empty and forgotten; stop.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -227,6 +258,7 @@ impl Handler<RoomJoin> for Room {
         };
         let peer = Peer::new(
             user.clone(),
+            self.id.clone(),
             claims.can_publish,
             claims.can_subscribe,
             ctx.address(),

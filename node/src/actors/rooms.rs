@@ -4,9 +4,10 @@
 //! never land in a room that is shutting down.
 
 use super::peer::Peer;
-use super::room::{Room, RoomJoin, RoomResume, Shutdown};
+use super::room::{Room, RoomForPeer, RoomJoin, RoomResume, Shutdown};
 use super::{NodeCtx, Observe};
 use actix::prelude::*;
+use protocol::cluster::{self as wire, PeerCommand, RoomMembers};
 use protocol::signal::{IceServer, ParticipantInfo, ParticipantState};
 use protocol::token::Claims;
 use protocol::{ErrorCode, RoomId, UserId};
@@ -15,6 +16,10 @@ use std::collections::HashMap;
 struct Hosted {
     addr: Addr<Room>,
     members: usize,
+    /// The assignment epoch this node was told (0 when standalone).
+    epoch: u64,
+    /// Bumped whenever the member count changes, so a stale close timer does nothing.
+    generation: u64,
 }
 
 pub struct RoomRegistry {
@@ -71,7 +76,18 @@ pub struct JoinedInfo {
 pub struct JoinRoom {
     pub room: RoomId,
     pub claims: Claims,
+    pub epoch: u64,
 }
+
+/// Signaling from a participant whose socket is on another node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ForPeer(pub PeerCommand);
+
+/// Rooms hosted here with their member counts.
+#[derive(Message)]
+#[rtype(result = "Vec<RoomMembers>")]
+pub struct ListRooms;
 
 #[derive(Message)]
 #[rtype(result = "Result<JoinedInfo, ErrorCode>")]
@@ -100,8 +116,11 @@ impl Handler<JoinRoom> for RoomRegistry {
             Hosted {
                 addr: Room::new(msg.room.clone(), node, registry).start(),
                 members: 0,
+                epoch: msg.epoch,
+                generation: 0,
             }
         });
+        hosted.epoch = hosted.epoch.max(msg.epoch);
         let addr = hosted.addr.clone();
         let room = msg.room.clone();
         let user = msg.claims.sub.clone();
@@ -110,16 +129,17 @@ impl Handler<JoinRoom> for RoomRegistry {
         AtomicResponse::new(Box::pin(
             async move { addr.send(RoomJoin { claims: msg.claims }).await }
                 .into_actor(self)
-                .map(move |res, act, _| {
+                .map(move |res, act, ctx| {
                     let res = res.map_err(|_| ErrorCode::Unavailable)?;
                     if let Ok(info) = &res {
                         if let Some(h) = act.rooms.get_mut(&room) {
                             h.members += 1;
+                            h.generation += 1;
                         }
                         act.resume
                             .insert(info.resume_token.clone(), (room.clone(), user));
                     }
-                    act.close_if_empty(&room);
+                    act.close_if_empty(&room, ctx);
                     res
                 }),
         ))
@@ -154,23 +174,91 @@ impl Handler<ResumeRoom> for RoomRegistry {
 
 impl Handler<MemberLeft> for RoomRegistry {
     type Result = ();
-    fn handle(&mut self, msg: MemberLeft, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: MemberLeft, ctx: &mut Context<Self>) {
         self.resume.remove(&msg.resume_token);
         if let Some(h) = self.rooms.get_mut(&msg.room) {
             h.members = h.members.saturating_sub(1);
+            h.generation += 1;
         }
-        self.close_if_empty(&msg.room);
+        self.close_if_empty(&msg.room, ctx);
     }
 }
 
 impl RoomRegistry {
-    fn close_if_empty(&mut self, room: &RoomId) {
-        if self.rooms.get(room).is_some_and(|h| h.members == 0) {
-            if let Some(h) = self.rooms.remove(room) {
-                tracing::info!(%room, "room closed");
-                h.addr.do_send(Shutdown);
+    /// An empty room closes after the grace period unless someone joins meanwhile.
+    fn close_if_empty(&mut self, room: &RoomId, ctx: &mut Context<Self>) {
+        let Some(h) = self.rooms.get(room) else {
+            return;
+        };
+        if h.members > 0 {
+            return;
+        }
+        let grace = self
+            .ctx
+            .as_ref()
+            .map(|c| c.config.room_empty_grace)
+            .unwrap_or_default();
+        if grace.is_zero() {
+            return self.close(room);
+        }
+        let (room, generation) = (room.clone(), h.generation);
+        ctx.run_later(grace, move |act, _| {
+            if act
+                .rooms
+                .get(&room)
+                .is_some_and(|h| h.members == 0 && h.generation == generation)
+            {
+                act.close(&room);
+            }
+        });
+    }
+
+    fn close(&mut self, room: &RoomId) {
+        let Some(h) = self.rooms.remove(room) else {
+            return;
+        };
+        tracing::info!(%room, "room closed");
+        h.addr.do_send(Shutdown);
+        if let Some(node) = &self.ctx {
+            if let Some(c) = &node.cluster {
+                let closed = wire::RoomClosed {
+                    v: wire::VERSION,
+                    room: room.clone(),
+                    node: node.config.node_id.clone(),
+                    epoch: h.epoch,
+                };
+                c.publish(wire::ROOM_CLOSED.to_owned(), &closed);
             }
         }
+    }
+}
+
+impl Handler<ForPeer> for RoomRegistry {
+    type Result = ();
+    fn handle(&mut self, msg: ForPeer, _: &mut Context<Self>) {
+        let cmd = msg.0;
+        match self.rooms.get(&cmd.room) {
+            Some(h) => h.addr.do_send(RoomForPeer {
+                user: cmd.user,
+                cmd: cmd.cmd,
+            }),
+            None => tracing::debug!(room = %cmd.room, "command for a room not hosted here"),
+        }
+    }
+}
+
+impl Handler<ListRooms> for RoomRegistry {
+    type Result = MessageResult<ListRooms>;
+    fn handle(&mut self, _: ListRooms, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.rooms
+                .iter()
+                .map(|(room, h)| RoomMembers {
+                    room: room.clone(),
+                    members: h.members as u32,
+                })
+                .collect(),
+        )
     }
 }
 

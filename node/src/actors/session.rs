@@ -9,8 +9,13 @@ use super::NodeCtx;
 use crate::counters::{Kind, Live};
 use actix::prelude::*;
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
+use protocol::cluster::{
+    self as wire, AllocateReply, AllocateRequest, PeerCmd, PeerCommand, RemoteJoin, RemoteJoinReply,
+};
 use protocol::signal::{parse_client_message, ClientMessage, ParseError, ServerMessage};
+use protocol::signal::{IceServer, ParticipantInfo, ParticipantState};
 use protocol::token::{self, TokenError};
+use protocol::NodeId;
 use protocol::{ErrorCode, RoomId, UserId, MAX_FRAME_BYTES};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -48,13 +53,44 @@ enum Out {
     Close(CloseReason),
 }
 
+/// Where a session's participant lives: on this node, or on the room's node elsewhere in
+/// the cluster (its signaling then travels over NATS, its media goes straight there).
+#[derive(Clone)]
+enum PeerRef {
+    Local(Addr<Peer>),
+    Remote(NodeId),
+}
+
+/// A successful join or resume, whichever node hosts the room.
+struct JoinOutcome {
+    room: RoomId,
+    participant: ParticipantInfo,
+    peer: PeerRef,
+    resume_token: String,
+    ice_servers: Vec<IceServer>,
+    participants: Vec<ParticipantState>,
+}
+
+impl JoinOutcome {
+    fn local(info: JoinedInfo) -> Self {
+        JoinOutcome {
+            room: info.room,
+            participant: info.participant,
+            peer: PeerRef::Local(info.peer),
+            resume_token: info.resume_token,
+            ice_servers: info.ice_servers,
+            participants: info.participants,
+        }
+    }
+}
+
 enum State {
     AwaitingJoin,
     Joining,
     Joined {
         user: UserId,
         room: RoomId,
-        peer: Addr<Peer>,
+        peer: PeerRef,
     },
     Closing,
 }
@@ -130,18 +166,47 @@ impl SignalingSession {
         ctx.stop();
     }
 
+    /// Hands a client command to the participant, on this node or the room's node.
+    fn to_peer(&self, cmd: PeerCmd) {
+        let State::Joined { user, room, peer } = &self.state else {
+            return;
+        };
+        match peer {
+            PeerRef::Local(addr) => match cmd {
+                PeerCmd::Publish { sdp } => addr.do_send(peer::Publish { sdp }),
+                PeerCmd::SubscribeAnswer { sdp } => addr.do_send(peer::SubscribeAnswer { sdp }),
+                PeerCmd::Candidate { pc, candidate } => {
+                    addr.do_send(peer::RemoteCandidate { pc, candidate })
+                }
+                PeerCmd::SessionGone { leaving } => addr.do_send(peer::SessionGone {
+                    session_id: self.id,
+                    leaving,
+                }),
+                PeerCmd::SessionAttached => addr.do_send(peer::SessionAttached),
+            },
+            PeerRef::Remote(node) => {
+                if let Some(c) = &self.ctx.cluster {
+                    let command = PeerCommand {
+                        v: wire::VERSION,
+                        room: room.clone(),
+                        user: user.clone(),
+                        cmd,
+                    };
+                    c.publish(wire::node_peer(node), &command);
+                }
+            }
+        }
+    }
+
     /// Tells the peer its socket is gone: a `leave` ends it, anything else starts the
     /// resume grace period.
     fn detach_from_peer(&mut self, leaving: bool) {
-        if let State::Joined { user, peer, .. } = &self.state {
-            peer.do_send(peer::SessionGone {
-                session_id: self.id,
-                leaving,
-            });
+        if let State::Joined { user, .. } = &self.state {
             self.ctx.router.do_send(Unregister {
                 user: user.clone(),
                 session_id: self.id,
             });
+            self.to_peer(PeerCmd::SessionGone { leaving });
         }
     }
 
@@ -213,15 +278,15 @@ impl SignalingSession {
             (State::Joined { .. }, ClientMessage::Join { .. } | ClientMessage::Resume { .. }) => {
                 self.bad_message("already joined".into(), ctx)
             }
-            (State::Joined { peer, .. }, ClientMessage::Publish { sdp }) => {
-                peer.do_send(peer::Publish { sdp })
+            (State::Joined { .. }, ClientMessage::Publish { sdp }) => {
+                self.to_peer(PeerCmd::Publish { sdp })
             }
-            (State::Joined { peer, .. }, ClientMessage::SubscribeAnswer { sdp }) => {
-                peer.do_send(peer::SubscribeAnswer { sdp })
+            (State::Joined { .. }, ClientMessage::SubscribeAnswer { sdp }) => {
+                self.to_peer(PeerCmd::SubscribeAnswer { sdp })
             }
-            (State::Joined { peer, .. }, ClientMessage::Candidate { pc, candidate }) => {
+            (State::Joined { .. }, ClientMessage::Candidate { pc, candidate }) => {
                 if let Some(candidate) = candidate {
-                    peer.do_send(peer::RemoteCandidate { pc, candidate })
+                    self.to_peer(PeerCmd::Candidate { pc, candidate })
                 }
             }
             (State::Joined { user, room, .. }, ClientMessage::Message { to, data }) => {
@@ -283,7 +348,6 @@ impl SignalingSession {
                 return;
             }
         };
-        let _ = region; // placement by region arrives with the coordinator
         self.state = State::Joining;
         let user = claims.sub.clone();
         let register = Register {
@@ -292,20 +356,17 @@ impl SignalingSession {
             session_id: self.id,
             addr: ctx.address(),
         };
-        let join = JoinRoom {
-            room: room.clone(),
-            claims,
-        };
+        let room = room.clone();
         let router = self.ctx.router.clone();
-        let rooms = self.ctx.rooms.clone();
+        let node = self.ctx.clone();
         // The route exists before the room knows the user, so nothing sent to the new
         // participant is lost; `wait` holds this session's mailbox until `joined` is out.
         async move {
             router.send(register).await.ok();
-            rooms.send(join).await
+            join_anywhere(&node, room.clone(), claims, region).await
         }
         .into_actor(self)
-        .map(move |res, act, ctx| act.finish_join(user, room, res, ctx))
+        .map(move |res, act, ctx| act.finish_join(user, res, ctx))
         .wait(ctx);
     }
 
@@ -316,37 +377,32 @@ impl SignalingSession {
         let me = ctx.address();
         let id = self.id;
         async move {
-            let info = rooms.send(ResumeRoom { resume_token }).await;
-            if let Ok(Ok(info)) = &info {
-                router
-                    .send(Register {
-                        user: info.participant.id.clone(),
-                        room: info.room.clone(),
-                        session_id: id,
-                        addr: me,
-                    })
-                    .await
-                    .ok();
-                info.peer.do_send(peer::SessionAttached);
-            }
-            info
+            let info = rooms
+                .send(ResumeRoom { resume_token })
+                .await
+                .map_err(|_| ErrorCode::Unavailable)??;
+            router
+                .send(Register {
+                    user: info.participant.id.clone(),
+                    room: info.room.clone(),
+                    session_id: id,
+                    addr: me,
+                })
+                .await
+                .ok();
+            info.peer.do_send(peer::SessionAttached);
+            Ok(JoinOutcome::local(info))
         }
         .into_actor(self)
-        .map(move |res, act, ctx| {
-            let (user, room) = match &res {
-                Ok(Ok(i)) => (i.participant.id.clone(), i.room.clone()),
-                _ => {
+        .map(move |res: Result<JoinOutcome, ErrorCode>, act, ctx| {
+            let user = match &res {
+                Ok(o) => o.participant.id.clone(),
+                Err(code) => {
                     act.state = State::AwaitingJoin;
-                    let code = match res {
-                        Ok(Err(code)) => code,
-                        Err(_) => ErrorCode::Unavailable,
-                        Ok(Ok(_)) => ErrorCode::Internal,
-                    };
-                    act.error(code, "resume token unknown or expired", ctx);
-                    return;
+                    return act.error(*code, "resume token unknown or expired", ctx);
                 }
             };
-            act.finish_join(user, room, res, ctx)
+            act.finish_join(user, res, ctx)
         })
         .wait(ctx);
     }
@@ -354,13 +410,12 @@ impl SignalingSession {
     fn finish_join(
         &mut self,
         user: UserId,
-        room: RoomId,
-        res: Result<Result<JoinedInfo, ErrorCode>, MailboxError>,
+        res: Result<JoinOutcome, ErrorCode>,
         ctx: &mut Context<Self>,
     ) {
         let info = match res {
-            Ok(Ok(info)) => info,
-            Ok(Err(code)) => {
+            Ok(info) => info,
+            Err(code) => {
                 self.ctx.router.do_send(Unregister {
                     user,
                     session_id: self.id,
@@ -368,21 +423,19 @@ impl SignalingSession {
                 self.state = State::AwaitingJoin;
                 let text = match code {
                     ErrorCode::RoomFull => "room is full",
+                    ErrorCode::Unavailable => "the cluster cannot host the room right now",
                     _ => "join failed",
                 };
                 return self.error(code, text, ctx);
             }
-            Err(_) => {
-                self.state = State::AwaitingJoin;
-                return self.error(ErrorCode::Unavailable, "node is shutting down", ctx);
-            }
         };
         metrics::histogram!("join_latency_seconds").record(self.started.elapsed().as_secs_f64());
-        tracing::info!(session = self.id, %user, %room, "joined");
+        let remote = matches!(info.peer, PeerRef::Remote(_));
+        tracing::info!(session = self.id, %user, room = %info.room, remote, "joined");
         self.state = State::Joined {
             user,
-            room,
-            peer: info.peer.clone(),
+            room: info.room.clone(),
+            peer: info.peer,
         };
         let joined = ServerMessage::Joined {
             room: info.room,
@@ -393,6 +446,96 @@ impl SignalingSession {
             participants: info.participants,
         };
         self.send(&joined, ctx);
+    }
+}
+
+/// How long a join may wait on the coordinator or the room's node.
+const CLUSTER_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Joins `room` on whichever node hosts it: standalone nodes host every room; in a cluster
+/// the coordinator names the room's primary, and a room elsewhere is joined over NATS.
+async fn join_anywhere(
+    node: &NodeCtx,
+    room: RoomId,
+    claims: protocol::token::Claims,
+    region: Option<String>,
+) -> Result<JoinOutcome, ErrorCode> {
+    let local = |epoch| {
+        let rooms = node.rooms.clone();
+        let (room, claims) = (room.clone(), claims.clone());
+        async move {
+            let info = rooms
+                .send(JoinRoom {
+                    room,
+                    claims,
+                    epoch,
+                })
+                .await
+                .map_err(|_| ErrorCode::Unavailable)??;
+            Ok(JoinOutcome::local(info))
+        }
+    };
+    let Some(cluster) = &node.cluster else {
+        return local(0).await;
+    };
+    let me = node.config.node_id.clone();
+    let ask = AllocateRequest {
+        v: wire::VERSION,
+        room: room.clone(),
+        region,
+        from: me.clone(),
+        forwarded: false,
+    };
+    let assignment = match cluster
+        .request::<_, AllocateReply>(wire::ALLOCATE.to_owned(), &ask, CLUSTER_JOIN_TIMEOUT)
+        .await
+    {
+        Ok(AllocateReply::Assigned(a)) => a,
+        Ok(AllocateReply::Error { code, message }) => {
+            tracing::info!(%room, %message, "allocation refused");
+            return Err(code);
+        }
+        Err(e) => {
+            tracing::warn!(%room, error = %e, "allocation failed");
+            return Err(ErrorCode::Unavailable);
+        }
+    };
+    if assignment.node == me {
+        return local(assignment.epoch).await;
+    }
+    let remote = RemoteJoin {
+        v: wire::VERSION,
+        room: room.clone(),
+        claims,
+        session_node: me,
+        epoch: assignment.epoch,
+    };
+    let reply = cluster
+        .request::<_, RemoteJoinReply>(
+            wire::node_join(&assignment.node),
+            &remote,
+            CLUSTER_JOIN_TIMEOUT,
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(%room, node = %assignment.node, error = %e, "remote join failed");
+            ErrorCode::Unavailable
+        })?;
+    match reply {
+        RemoteJoinReply::Joined {
+            participant,
+            resume_token,
+            ice_servers,
+            participants,
+        } => Ok(JoinOutcome {
+            room,
+            participant,
+            peer: PeerRef::Remote(assignment.node),
+            resume_token,
+            ice_servers,
+            participants,
+        }),
+        RemoteJoinReply::Error { code, .. } => Err(code),
     }
 }
 

@@ -1,0 +1,250 @@
+//! `NodeAgent`: the node's NATS face. Publishes a heartbeat with load every second and
+//! serves what other processes ask of this node: joins for rooms hosted here, signaling of
+//! participants whose socket is on another node, drain, and the room list.
+
+use super::rooms::{ForPeer, JoinRoom, ListRooms, RoomRegistry};
+use super::{NodeCtx, Observe};
+use crate::cluster::Cluster;
+use actix::prelude::*;
+use futures::StreamExt;
+use protocol::cluster::{self as wire, NodeHeartbeat, NodeLoad, RemoteJoin, RemoteJoinReply};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct NodeAgent {
+    node: NodeCtx,
+    cluster: Cluster,
+    ws_url: String,
+    cpu: CpuProbe,
+    last_bytes: (Instant, u64),
+    heartbeats: u64,
+}
+
+impl NodeAgent {
+    pub fn new(node: NodeCtx, cluster: Cluster, ws_url: String) -> Self {
+        let bytes = node.counters.snapshot().bytes_forwarded;
+        NodeAgent {
+            node,
+            cluster,
+            ws_url,
+            cpu: CpuProbe::new(),
+            last_bytes: (Instant::now(), bytes),
+            heartbeats: 0,
+        }
+    }
+
+    fn load(&mut self) -> NodeLoad {
+        let c = self.node.counters.snapshot();
+        let now = Instant::now();
+        let secs = now
+            .duration_since(self.last_bytes.0)
+            .as_secs_f64()
+            .max(1e-3);
+        let egress_bps =
+            (c.bytes_forwarded.saturating_sub(self.last_bytes.1) as f64 * 8.0 / secs) as u64;
+        self.last_bytes = (now, c.bytes_forwarded);
+        let cfg = &self.node.config;
+        NodeLoad {
+            cpu: self.cpu.sample(),
+            rooms: c.rooms.max(0) as u32,
+            peers: c.peers.max(0) as u32,
+            tracks: c.tracks.max(0) as u32,
+            egress_bps,
+            max_rooms: cfg.max_rooms,
+            max_peers: cfg.max_peers,
+            max_egress_bps: cfg.max_egress_bps,
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        let hb = NodeHeartbeat {
+            v: wire::VERSION,
+            node: self.node.config.node_id.clone(),
+            region: self.node.config.region.clone(),
+            ws_url: self.ws_url.clone(),
+            draining: self.node.draining.load(Ordering::Relaxed),
+            load: self.load(),
+            sent_ms: now_ms(),
+        };
+        self.cluster.publish(wire::NODE_HEARTBEAT.to_owned(), &hb);
+        self.heartbeats += 1;
+    }
+
+    /// Serves this node's subjects on the media runtime. Subscriptions outlive NATS
+    /// restarts (the client restores them), so each loop runs for the node's life.
+    fn serve(&self) {
+        let id = self.node.config.node_id.clone();
+        let c = self.cluster.clone();
+        let rooms = self.node.rooms.clone();
+        let node = self.node.clone();
+        self.cluster.rt.spawn(async move {
+            let subject = wire::node_join(&id);
+            let Ok(mut sub) = c.client.subscribe(subject).await else {
+                return tracing::error!("cannot subscribe to joins");
+            };
+            while let Some(msg) = sub.next().await {
+                let (client, rooms) = (c.client.clone(), rooms.clone());
+                c.rt.spawn(async move {
+                    let reply = remote_join(&rooms, &msg.payload).await;
+                    if let (Some(to), Ok(body)) = (msg.reply, serde_json::to_vec(&reply)) {
+                        let _ = client.publish(to, body.into()).await;
+                    }
+                });
+            }
+        });
+        let (c, rooms, id) = (
+            self.cluster.clone(),
+            self.node.rooms.clone(),
+            self.node.config.node_id.clone(),
+        );
+        self.cluster.rt.spawn(async move {
+            let Ok(mut sub) = c.client.subscribe(wire::node_peer(&id)).await else {
+                return tracing::error!("cannot subscribe to peer commands");
+            };
+            // In order: `do_send` keeps the order the commands were published in.
+            while let Some(msg) = sub.next().await {
+                match serde_json::from_slice::<wire::PeerCommand>(&msg.payload) {
+                    Ok(cmd) => rooms.do_send(ForPeer(cmd)),
+                    Err(e) => tracing::warn!(error = %e, "bad peer command"),
+                }
+            }
+        });
+        let (c, id) = (self.cluster.clone(), self.node.config.node_id.clone());
+        self.cluster.rt.spawn(async move {
+            let Ok(mut sub) = c.client.subscribe(wire::node_drain(&id)).await else {
+                return tracing::error!("cannot subscribe to drain");
+            };
+            while let Some(msg) = sub.next().await {
+                if let Ok(d) = serde_json::from_slice::<wire::Drain>(&msg.payload) {
+                    tracing::info!(draining = d.draining, "drain requested");
+                    node.draining.store(d.draining, Ordering::Relaxed);
+                }
+            }
+        });
+        let (c, rooms, id) = (
+            self.cluster.clone(),
+            self.node.rooms.clone(),
+            self.node.config.node_id.clone(),
+        );
+        self.cluster.rt.spawn(async move {
+            let Ok(mut sub) = c.client.subscribe(wire::node_rooms(&id)).await else {
+                return tracing::error!("cannot subscribe to room listing");
+            };
+            while let Some(msg) = sub.next().await {
+                let list = rooms.send(ListRooms).await.unwrap_or_default();
+                let body = wire::NodeRooms {
+                    v: wire::VERSION,
+                    node: id.clone(),
+                    rooms: list,
+                };
+                if let (Some(to), Ok(body)) = (msg.reply, serde_json::to_vec(&body)) {
+                    let _ = c.client.publish(to, body.into()).await;
+                }
+            }
+        });
+    }
+}
+
+async fn remote_join(rooms: &Addr<RoomRegistry>, payload: &[u8]) -> RemoteJoinReply {
+    let req: RemoteJoin = match serde_json::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => {
+            return RemoteJoinReply::Error {
+                code: protocol::ErrorCode::BadRequest,
+                message: e.to_string(),
+            }
+        }
+    };
+    let join = JoinRoom {
+        room: req.room,
+        claims: req.claims,
+        epoch: req.epoch,
+    };
+    match rooms.send(join).await {
+        Ok(Ok(info)) => RemoteJoinReply::Joined {
+            participant: info.participant,
+            resume_token: info.resume_token,
+            ice_servers: info.ice_servers,
+            participants: info.participants,
+        },
+        Ok(Err(code)) => RemoteJoinReply::Error {
+            code,
+            message: "join refused by the room's node".into(),
+        },
+        Err(_) => RemoteJoinReply::Error {
+            code: protocol::ErrorCode::Unavailable,
+            message: "room node is shutting down".into(),
+        },
+    }
+}
+
+impl Actor for NodeAgent {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.serve();
+        self.heartbeat();
+        ctx.run_interval(HEARTBEAT_INTERVAL, |act, _| act.heartbeat());
+    }
+}
+
+impl Handler<Observe> for NodeAgent {
+    type Result = MessageResult<Observe>;
+    fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(serde_json::json!({
+            "connected": self.cluster.connected(),
+            "draining": self.node.draining.load(Ordering::Relaxed),
+            "heartbeats": self.heartbeats,
+            "ws_url": self.ws_url,
+        }))
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// CPU use of this process as a fraction of the machine, from `/proc/self/stat` deltas.
+struct CpuProbe {
+    last: Option<(Instant, u64)>,
+    cores: f64,
+}
+
+impl CpuProbe {
+    fn new() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0);
+        CpuProbe { last: None, cores }
+    }
+
+    /// utime + stime in clock ticks (100 per second on Linux).
+    fn ticks() -> Option<u64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the parenthesised command name; utime and stime are 14th and 15th.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    }
+
+    fn sample(&mut self) -> f64 {
+        let Some(ticks) = Self::ticks() else {
+            return 0.0;
+        };
+        let now = Instant::now();
+        let cpu = match self.last {
+            Some((t, prev)) => {
+                let secs = now.duration_since(t).as_secs_f64().max(1e-3);
+                ((ticks.saturating_sub(prev)) as f64 / 100.0 / secs / self.cores).clamp(0.0, 1.0)
+            }
+            None => 0.0,
+        };
+        self.last = Some((now, ticks));
+        cpu
+    }
+}

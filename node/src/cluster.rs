@@ -1,0 +1,143 @@
+//! The node's connection to the cluster: a NATS client living on the media runtime, and
+//! typed request/publish helpers over `protocol::cluster` payloads.
+//!
+//! A node without `--nats` runs standalone: every room is local and nothing here exists.
+
+use protocol::NodeId;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterError {
+    #[error("nats is unreachable")]
+    Disconnected,
+    #[error("no one answers on {0}")]
+    NoResponders(String),
+    #[error("request to {0} timed out")]
+    Timeout(String),
+    #[error("bad payload on {subject}: {reason}")]
+    Payload { subject: String, reason: String },
+    #[error("nats: {0}")]
+    Nats(String),
+}
+
+/// Publications waiting for the NATS client; beyond this a publication is dropped (NATS is
+/// away or far behind) rather than blocking an actor.
+const OUTBOX: usize = 16 * 1024;
+
+/// A cheap, cloneable handle on the node's NATS connection.
+#[derive(Clone)]
+pub struct Cluster {
+    pub client: async_nats::Client,
+    pub rt: tokio::runtime::Handle,
+    pub node: NodeId,
+    outbox: tokio::sync::mpsc::Sender<(String, bytes::Bytes)>,
+}
+
+impl Cluster {
+    /// Connects in the background: the node starts (and reports not ready) even while NATS
+    /// is away, and the client reconnects and restores subscriptions after a NATS restart.
+    pub async fn connect(
+        url: &str,
+        node: NodeId,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Cluster, ClusterError> {
+        let name = format!("node {node}");
+        let url = url.to_owned();
+        let node_for_log = node.clone();
+        let client = rt
+            .spawn(async move {
+                async_nats::ConnectOptions::new()
+                    .name(name)
+                    .retry_on_initial_connect()
+                    .max_reconnects(None)
+                    .connection_timeout(Duration::from_secs(2))
+                    .event_callback(move |event| {
+                        let node = node_for_log.clone();
+                        async move {
+                            tracing::info!(%node, %event, "nats");
+                        }
+                    })
+                    .connect(url)
+                    .await
+            })
+            .await
+            .map_err(|e| ClusterError::Nats(e.to_string()))?
+            .map_err(|e| ClusterError::Nats(e.to_string()))?;
+        // One task publishes everything in the order it was handed over, so a user's
+        // messages and a participant's commands keep their order across the cluster.
+        let (outbox, mut rx) = tokio::sync::mpsc::channel::<(String, bytes::Bytes)>(OUTBOX);
+        let publisher = client.clone();
+        rt.spawn(async move {
+            while let Some((subject, payload)) = rx.recv().await {
+                if let Err(e) = publisher.publish(subject, payload).await {
+                    tracing::debug!(error = %e, "nats publish failed");
+                }
+            }
+        });
+        Ok(Cluster {
+            client,
+            rt,
+            node,
+            outbox,
+        })
+    }
+
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// A request with a JSON body and a JSON reply, run on the media runtime.
+    pub async fn request<Req, Rep>(
+        &self,
+        subject: String,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Rep, ClusterError>
+    where
+        Req: Serialize,
+        Rep: DeserializeOwned + Send + 'static,
+    {
+        let payload = serde_json::to_vec(body).map_err(|e| ClusterError::Payload {
+            subject: subject.clone(),
+            reason: e.to_string(),
+        })?;
+        if !self.connected() {
+            return Err(ClusterError::Disconnected);
+        }
+        let client = self.client.clone();
+        self.rt
+            .spawn(async move {
+                let reply =
+                    tokio::time::timeout(timeout, client.request(subject.clone(), payload.into()))
+                        .await
+                        .map_err(|_| ClusterError::Timeout(subject.clone()))?
+                        .map_err(|e| match e.kind() {
+                            async_nats::client::RequestErrorKind::NoResponders => {
+                                ClusterError::NoResponders(subject.clone())
+                            }
+                            async_nats::client::RequestErrorKind::TimedOut => {
+                                ClusterError::Timeout(subject.clone())
+                            }
+                            _ => ClusterError::Nats(e.to_string()),
+                        })?;
+                serde_json::from_slice(&reply.payload).map_err(|e| ClusterError::Payload {
+                    subject,
+                    reason: e.to_string(),
+                })
+            })
+            .await
+            .map_err(|e| ClusterError::Nats(e.to_string()))?
+    }
+
+    /// Publishes a JSON body; returns at once. Publications from one node keep their order.
+    pub fn publish<T: Serialize>(&self, subject: String, body: &T) {
+        let Ok(payload) = serde_json::to_vec(body) else {
+            return;
+        };
+        if self.outbox.try_send((subject, payload.into())).is_err() {
+            metrics::counter!("cluster_publish_dropped_total").increment(1);
+        }
+    }
+}
