@@ -41,6 +41,7 @@ pub fn start_node(tweak: impl FnOnce(&mut Config)) -> NodeHandle {
     init_logs();
     let mut config = Config::local_dev();
     config.resume_grace = Duration::ZERO;
+    config.room_empty_grace = Duration::ZERO;
     tweak(&mut config);
     node::spawn(config).expect("node starts")
 }
