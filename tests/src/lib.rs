@@ -1,6 +1,9 @@
 //! Shared harness of the cross-crate tests in `tests/tests/`: start real nodes, mint
 //! tokens, connect synthetic clients, and wait on conditions (never on sleeps).
 
+pub mod fake_node;
+pub mod nats;
+
 use chaos::Client;
 use protocol::token::{self, Claims};
 use protocol::{RoomId, UserId};

@@ -1,0 +1,276 @@
+//! The coordinator's NATS face: the connection (retried forever, in the background), the
+//! heartbeats it hears and sends, and the subscriptions that feed [`crate::allocate`].
+
+use crate::directory::RoomDirectory;
+use crate::Shared;
+use async_nats::connection::State;
+use async_nats::{Client, Event, Subscriber};
+use futures::StreamExt;
+use protocol::cluster::{
+    self, untoken, CoordHeartbeat, Drain, NodeHeartbeat, RoomClosed, ALLOCATE, COORD_HEARTBEAT,
+    COORD_QUEUE, NODE_HEARTBEAT, ROOM_CLOSED, VERSION,
+};
+use protocol::NodeId;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinSet;
+
+/// Reconnect backoff: quick at first, never more than this, so a restarted NATS is used again
+/// within about a second (async-nats' default backs off to 4 s).
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// Pause between attempts to open the directory while JetStream is not there yet.
+const OPEN_RETRY: Duration = Duration::from_millis(500);
+/// Nodes silent this long (or ten timeouts, if longer) leave the registry and `/nodes`.
+const FORGET_NODES_AFTER: Duration = Duration::from_secs(60);
+
+pub(crate) fn reconnect_delay(attempts: usize) -> Duration {
+    let exp = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(10);
+    Duration::from_millis(50u64.saturating_mul(1 << exp)).min(MAX_RECONNECT_DELAY)
+}
+
+/// Runs until `stop` turns true, then stops gracefully and reports on `done`.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    done: oneshot::Sender<()>,
+) {
+    let client = match connect(&shared).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "bad nats url; the coordinator stays unready");
+            let _ = stop.wait_for(|s| *s).await;
+            let _ = done.send(());
+            return;
+        }
+    };
+    let _ = shared.client.set(client.clone());
+    let mut tasks = JoinSet::new();
+    tasks.spawn(node_heartbeats(shared.clone(), client.clone()));
+    tasks.spawn(coord_heartbeats(shared.clone(), client.clone()));
+    tasks.spawn(drains(shared.clone(), client.clone()));
+    tasks.spawn(announce(shared.clone(), client.clone()));
+
+    let opened = tokio::select! {
+        dir = open_directory(&shared, &client) => Some(dir),
+        _ = stop.wait_for(|s| *s) => None,
+    };
+    if let Some(dir) = opened {
+        let _ = shared.directory.set(dir);
+        tracing::info!(coordinator = %shared.config.id, "room directory open, serving allocations");
+        let own = cluster::coord_allocate(&shared.config.id);
+        match client.queue_subscribe(ALLOCATE, COORD_QUEUE.into()).await {
+            Ok(sub) => drop(tasks.spawn(allocations(shared.clone(), client.clone(), sub))),
+            Err(e) => tracing::error!(error = %e, "subscribe coord.allocate"),
+        }
+        match client.subscribe(own).await {
+            Ok(sub) => drop(tasks.spawn(allocations(shared.clone(), client.clone(), sub))),
+            Err(e) => tracing::error!(error = %e, "subscribe own allocate subject"),
+        }
+        tasks.spawn(rooms_closed(shared.clone(), client.clone()));
+        let _ = stop.wait_for(|s| *s).await;
+    }
+
+    // Graceful stop: no new requests (dropping the subscribers unsubscribes), answer those in
+    // flight, then flush and close the connection.
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    let _ = tokio::time::timeout(
+        Duration::from_secs(3),
+        shared.inflight.acquire_many(crate::MAX_INFLIGHT),
+    )
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.drain()).await;
+    let _ = done.send(());
+}
+
+async fn connect(shared: &Arc<Shared>) -> Result<Client, async_nats::ConnectError> {
+    let weak: Weak<Shared> = Arc::downgrade(shared);
+    async_nats::ConnectOptions::new()
+        .name(format!("coordinator {}", shared.config.id))
+        .retry_on_initial_connect()
+        .reconnect_delay_callback(reconnect_delay)
+        .event_callback(move |event| {
+            let weak = weak.clone();
+            async move {
+                let Some(shared) = weak.upgrade() else { return };
+                match event {
+                    Event::Connected => {
+                        tracing::info!(coordinator = %shared.config.id, "connected to nats");
+                        shared.nodes().listening(Instant::now());
+                    }
+                    Event::Disconnected => {
+                        tracing::warn!(coordinator = %shared.config.id, "disconnected from nats");
+                        shared.nodes().deaf();
+                    }
+                    other => tracing::debug!(event = %other, "nats event"),
+                }
+            }
+        })
+        .connect(shared.config.nats_url.as_str())
+        .await
+}
+
+/// Opens (or creates) the `rooms` bucket, retrying until it works.
+async fn open_directory(shared: &Shared, client: &Client) -> RoomDirectory {
+    let mut attempt = 0u64;
+    loop {
+        if client.connection_state() == State::Connected {
+            match RoomDirectory::open(client, shared.config.kv_replicas).await {
+                Ok(dir) => return dir,
+                Err(e) => {
+                    attempt += 1;
+                    // Expected while JetStream starts; loud only if it persists.
+                    if attempt % 20 == 1 {
+                        tracing::warn!(error = %e, attempt, "room directory not available yet");
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(OPEN_RETRY).await;
+    }
+}
+
+async fn node_heartbeats(shared: Arc<Shared>, client: Client) {
+    let Ok(mut sub) = client.subscribe(NODE_HEARTBEAT).await else {
+        tracing::error!("subscribe node heartbeats");
+        return;
+    };
+    while let Some(msg) = sub.next().await {
+        match serde_json::from_slice::<NodeHeartbeat>(&msg.payload) {
+            Ok(hb) if hb.v == VERSION => shared.nodes().heartbeat(hb, Instant::now()),
+            Ok(hb) => tracing::debug!(v = hb.v, "node heartbeat of another version ignored"),
+            Err(e) => tracing::debug!(error = %e, "unreadable node heartbeat"),
+        }
+    }
+}
+
+async fn coord_heartbeats(shared: Arc<Shared>, client: Client) {
+    let Ok(mut sub) = client.subscribe(COORD_HEARTBEAT).await else {
+        tracing::error!("subscribe coordinator heartbeats");
+        return;
+    };
+    while let Some(msg) = sub.next().await {
+        match serde_json::from_slice::<CoordHeartbeat>(&msg.payload) {
+            Ok(hb) if hb.v == VERSION => shared.coords().heartbeat(&hb.coordinator, Instant::now()),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "unreadable coordinator heartbeat"),
+        }
+    }
+}
+
+/// Operators' drain requests, whichever coordinator took them: every coordinator marks the
+/// node, so none places rooms there even before the node's own heartbeat says it drains.
+async fn drains(shared: Arc<Shared>, client: Client) {
+    let Ok(mut sub) = client.subscribe("node.*.drain").await else {
+        tracing::error!("subscribe node drains");
+        return;
+    };
+    while let Some(msg) = sub.next().await {
+        let node = msg
+            .subject
+            .split('.')
+            .nth(1)
+            .and_then(untoken)
+            .and_then(|id| NodeId::new(id).ok());
+        match (node, serde_json::from_slice::<Drain>(&msg.payload)) {
+            (Some(node), Ok(d)) if d.v == VERSION => {
+                tracing::info!(%node, draining = d.draining, "drain request");
+                shared.nodes().request_drain(&node, d.draining);
+            }
+            (node, d) => tracing::debug!(?node, ok = d.is_ok(), "unusable drain message"),
+        }
+    }
+}
+
+/// This coordinator's heartbeat, and housekeeping of the registries.
+async fn announce(shared: Arc<Shared>, client: Client) {
+    let mut tick = tokio::time::interval(shared.config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let forget = FORGET_NODES_AFTER.max(shared.config.node_timeout * 10);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        shared.coords().prune(now);
+        shared.nodes().prune(now, forget);
+        // While disconnected, publishes would only queue up stale heartbeats.
+        if client.connection_state() != State::Connected {
+            continue;
+        }
+        let hb = CoordHeartbeat {
+            v: VERSION,
+            coordinator: shared.config.id.clone(),
+            sent_ms: crate::now_ms(),
+        };
+        match serde_json::to_vec(&hb) {
+            Ok(body) => {
+                if let Err(e) = client.publish(COORD_HEARTBEAT, body.into()).await {
+                    tracing::debug!(error = %e, "publish coordinator heartbeat");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "encode coordinator heartbeat"),
+        }
+    }
+}
+
+async fn allocations(shared: Arc<Shared>, client: Client, mut sub: Subscriber) {
+    while let Some(msg) = sub.next().await {
+        let Ok(permit) = shared.inflight.clone().acquire_owned().await else {
+            return;
+        };
+        let (shared, client) = (shared.clone(), client.clone());
+        tokio::spawn(async move {
+            crate::allocate::serve(&shared, &client, msg).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn rooms_closed(shared: Arc<Shared>, client: Client) {
+    let Ok(mut sub) = client
+        .queue_subscribe(ROOM_CLOSED, COORD_QUEUE.into())
+        .await
+    else {
+        tracing::error!("subscribe room closed");
+        return;
+    };
+    while let Some(msg) = sub.next().await {
+        let closed = match serde_json::from_slice::<RoomClosed>(&msg.payload) {
+            Ok(c) if c.v == VERSION => c,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "unreadable room closed");
+                continue;
+            }
+        };
+        let Some(dir) = shared.directory.get() else {
+            continue;
+        };
+        match dir.close(&closed).await {
+            Ok(true) => {
+                shared.metrics.room_closed();
+                tracing::info!(room = %closed.room, node = %closed.node, epoch = closed.epoch, "room closed");
+            }
+            Ok(false) => {
+                tracing::debug!(room = %closed.room, epoch = closed.epoch, "stale room closed ignored")
+            }
+            Err(e) => tracing::warn!(room = %closed.room, error = %e, "room closed not recorded"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delay_grows_then_caps() {
+        assert_eq!(reconnect_delay(0), Duration::from_millis(50));
+        assert_eq!(reconnect_delay(1), Duration::from_millis(50));
+        assert_eq!(reconnect_delay(3), Duration::from_millis(200));
+        assert_eq!(reconnect_delay(50), MAX_RECONNECT_DELAY);
+        assert_eq!(reconnect_delay(usize::MAX), MAX_RECONNECT_DELAY);
+    }
+}

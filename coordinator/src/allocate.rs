@@ -1,0 +1,179 @@
+//! Serving `coord.allocate`: forward to the room's deciding coordinator, or decide here and
+//! write the decision to the directory with compare-and-swap.
+
+use crate::decide::{decide, Decision, Replace, Stamp};
+use crate::directory::Write;
+use crate::metrics::AllocResult;
+use crate::Shared;
+use async_nats::{Client, Message};
+use bytes::Bytes;
+use protocol::cluster::{self, AllocateReply, AllocateRequest, VERSION};
+use protocol::ErrorCode;
+use std::time::Instant;
+
+/// Read-decide-write rounds before giving up on a contended room. Each lost round means
+/// another coordinator wrote meanwhile, and the next read normally just returns its winner.
+const MAX_ROUNDS: usize = 4;
+
+/// Answers one allocation request (if it has a reply subject).
+pub(crate) async fn serve(shared: &Shared, client: &Client, msg: Message) {
+    let started = Instant::now();
+    let Some(reply_to) = msg.reply.clone() else {
+        tracing::debug!("allocation request without reply subject ignored");
+        return;
+    };
+    let (body, result) = match serde_json::from_slice::<AllocateRequest>(&msg.payload) {
+        Ok(req) if req.v == VERSION => allocate(shared, client, req).await,
+        Ok(req) => reply(
+            AllocateReply::Error {
+                code: ErrorCode::BadRequest,
+                message: format!("unsupported version {}", req.v),
+            },
+            AllocResult::BadRequest,
+        ),
+        Err(e) => reply(
+            AllocateReply::Error {
+                code: ErrorCode::BadRequest,
+                message: format!("bad allocate request: {e}"),
+            },
+            AllocResult::BadRequest,
+        ),
+    };
+    if let Err(e) = client.publish(reply_to, body).await {
+        tracing::debug!(error = %e, "allocation reply not sent");
+    }
+    shared.metrics.allocation(result, started.elapsed());
+}
+
+fn reply(reply: AllocateReply, result: AllocResult) -> (Bytes, AllocResult) {
+    match serde_json::to_vec(&reply) {
+        Ok(body) => (body.into(), result),
+        // Unreachable for these plain types; still answer something.
+        Err(_) => (Bytes::from_static(b"{}"), AllocResult::Error),
+    }
+}
+
+async fn allocate(shared: &Shared, client: &Client, req: AllocateRequest) -> (Bytes, AllocResult) {
+    if !req.forwarded {
+        let decider = shared.coords().decider(&req.room, Instant::now());
+        if decider != shared.config.id {
+            match forward(shared, client, &decider, &req).await {
+                Ok(body) => {
+                    shared.metrics.forward("relayed");
+                    return (body, AllocResult::Forwarded);
+                }
+                Err(e) => {
+                    shared.metrics.forward("failed");
+                    tracing::debug!(room = %req.room, %decider, error = %e, "forward failed, deciding here");
+                }
+            }
+        }
+    }
+    let (answer, result) = decide_and_write(shared, &req).await;
+    reply(answer, result)
+}
+
+async fn forward(
+    shared: &Shared,
+    client: &Client,
+    decider: &str,
+    req: &AllocateRequest,
+) -> Result<Bytes, crate::Error> {
+    let mut fwd = req.clone();
+    fwd.forwarded = true;
+    let request = async_nats::Request::new()
+        .payload(serde_json::to_vec(&fwd)?.into())
+        .timeout(Some(shared.config.forward_timeout));
+    let msg = client
+        .send_request(cluster::coord_allocate(decider), request)
+        .await?;
+    Ok(msg.payload)
+}
+
+/// Decides for the room here: read the record, decide, write conditionally; on a lost race
+/// read again (and normally return the winner).
+pub(crate) async fn decide_and_write(
+    shared: &Shared,
+    req: &AllocateRequest,
+) -> (AllocateReply, AllocResult) {
+    let unavailable = |message: String, result| {
+        (
+            AllocateReply::Error {
+                code: ErrorCode::Unavailable,
+                message,
+            },
+            result,
+        )
+    };
+    let Some(dir) = shared.directory.get() else {
+        return unavailable("room directory not open".into(), AllocResult::Error);
+    };
+    for _ in 0..MAX_ROUNDS {
+        let record = match dir.read(&req.room).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(room = %req.room, error = %e, "directory read failed");
+                return unavailable(format!("room directory: {e}"), AllocResult::Error);
+            }
+        };
+        let decision = {
+            let stamp = Stamp {
+                coordinator: &shared.config.id,
+                now: Instant::now(),
+                now_ms: crate::now_ms(),
+            };
+            decide(
+                &req.room,
+                req.region.as_deref(),
+                record,
+                &mut shared.nodes(),
+                stamp,
+            )
+        };
+        let (written, assignment, result) = match decision {
+            Decision::Keep(a) => return (AllocateReply::Assigned(a), AllocResult::Existing),
+            Decision::NoNode => {
+                return unavailable("no live node can take the room".into(), AllocResult::NoNode)
+            }
+            Decision::Create(a) => (dir.create(&a).await, a, AllocResult::Created),
+            Decision::Update {
+                assignment,
+                revision,
+                why,
+            } => {
+                let result = match why {
+                    Replace::Failover => AllocResult::Reassigned,
+                    Replace::Reopen => AllocResult::Reopened,
+                };
+                (dir.update(&assignment, revision).await, assignment, result)
+            }
+        };
+        match written {
+            Ok(Write::Done(revision)) => {
+                tracing::info!(
+                    room = %assignment.room,
+                    node = %assignment.node,
+                    epoch = assignment.epoch,
+                    revision,
+                    result = result.as_str(),
+                    "room assigned"
+                );
+                return (AllocateReply::Assigned(assignment), result);
+            }
+            Ok(Write::Conflict) => {
+                shared.nodes().unassigned(&assignment.node);
+                shared.metrics.conflict();
+                tracing::debug!(room = %req.room, "lost a directory race, reading the winner");
+            }
+            Err(e) => {
+                shared.nodes().unassigned(&assignment.node);
+                tracing::warn!(room = %req.room, error = %e, "directory write failed");
+                return unavailable(format!("room directory: {e}"), AllocResult::Error);
+            }
+        }
+    }
+    unavailable(
+        "room directory contended, try again".into(),
+        AllocResult::Error,
+    )
+}

@@ -1,0 +1,105 @@
+//! Coordinator configuration: a plain struct for embedding and tests, and the binary's
+//! flags (each also read from a `COORD_*` environment variable).
+
+use crate::error::{Error, Result};
+use clap::Args;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This coordinator's id: unique among coordinators, a subject token after escaping.
+    pub id: String,
+    pub nats_url: String,
+    pub http_listen: SocketAddr,
+    /// Bearer token of the admin API (everything but `/healthz`, `/readyz`, `/metrics`).
+    pub admin_token: String,
+    /// Silence after which a node or a coordinator is dead.
+    pub node_timeout: Duration,
+    /// How often this coordinator announces itself on `cluster.coord.heartbeat`.
+    pub heartbeat_interval: Duration,
+    /// Replicas of the `rooms` KV bucket when this coordinator creates it (1 locally, 3 on a
+    /// 3-node NATS cluster).
+    pub kv_replicas: usize,
+    /// How long an assignment counts as pending load on its node after a heartbeat arrives
+    /// (see [`crate::registry::NodeRegistry`]).
+    pub pending_settle: Duration,
+    /// Timeout of a request forwarded to the room's deciding coordinator.
+    pub forward_timeout: Duration,
+}
+
+impl Config {
+    /// A coordinator on loopback with a random id and port, for development and tests.
+    pub fn local(nats_url: impl Into<String>) -> Self {
+        Self {
+            id: format!("coord-{:08x}", rand::random::<u32>()),
+            nats_url: nats_url.into(),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token: "dev-admin-token".into(),
+            node_timeout: Duration::from_secs(3),
+            heartbeat_interval: Duration::from_secs(1),
+            kv_replicas: 1,
+            pending_settle: Duration::from_secs(2),
+            forward_timeout: Duration::from_secs(1),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        protocol::ids::validate_id(&self.id)
+            .map_err(|e| Error::Config(format!("coordinator id {:?}: {e}", self.id)))?;
+        if self.admin_token.is_empty() {
+            return Err(Error::Config("admin token is empty".into()));
+        }
+        if self.node_timeout.is_zero() || self.heartbeat_interval.is_zero() {
+            return Err(Error::Config(
+                "timeouts and intervals must be positive".into(),
+            ));
+        }
+        if !(1..=5).contains(&self.kv_replicas) {
+            return Err(Error::Config("kv replicas must be 1 to 5".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The binary's flags.
+#[derive(Debug, Clone, Args)]
+pub struct CoordArgs {
+    /// Coordinator id (default: `coord-<random>`).
+    #[arg(long, env = "COORD_ID")]
+    pub id: Option<String>,
+    #[arg(long, env = "COORD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    #[arg(long, env = "COORD_HTTP_LISTEN", default_value = "127.0.0.1:7070")]
+    pub http_listen: SocketAddr,
+    /// Bearer token for the admin API.
+    #[arg(long, env = "COORD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+    /// Milliseconds of silence after which a node is dead.
+    #[arg(long, env = "COORD_NODE_TIMEOUT_MS", default_value_t = 3000)]
+    pub node_timeout_ms: u64,
+    #[arg(long, env = "COORD_HEARTBEAT_INTERVAL_MS", default_value_t = 1000)]
+    pub heartbeat_interval_ms: u64,
+    /// Replicas of the `rooms` KV bucket if this coordinator creates it.
+    #[arg(long, env = "COORD_KV_REPLICAS", default_value_t = 1)]
+    pub kv_replicas: usize,
+    /// Log as JSON lines.
+    #[arg(long, env = "COORD_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl CoordArgs {
+    pub fn into_config(self) -> Result<Config> {
+        let mut c = Config::local(self.nats_url);
+        if let Some(id) = self.id {
+            c.id = id;
+        }
+        c.http_listen = self.http_listen;
+        c.admin_token = self.admin_token;
+        c.node_timeout = Duration::from_millis(self.node_timeout_ms);
+        c.heartbeat_interval = Duration::from_millis(self.heartbeat_interval_ms);
+        c.kv_replicas = self.kv_replicas;
+        c.validate()?;
+        Ok(c)
+    }
+}

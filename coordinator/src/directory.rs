@@ -1,0 +1,224 @@
+//! The room directory: JetStream KV bucket [`ROOMS_BUCKET`], key
+//! [`protocol::cluster::token`] of the room id, value a JSON [`RoomAssignment`].
+//!
+//! Every write is conditional on the key's last revision (`create` = "no live value",
+//! `update` = "still at revision r", `delete` = "still at revision r"), so the history of a
+//! key is a single line: each epoch is written once, by one coordinator.
+
+use crate::decide::RoomRecord;
+use crate::error::{Error, Result};
+use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, Store, UpdateErrorKind};
+use futures::{StreamExt, TryStreamExt};
+use protocol::cluster::{token, untoken, RoomAssignment, RoomClosed, ROOMS_BUCKET};
+use protocol::RoomId;
+use std::time::Duration;
+
+/// History kept per key: enough for tests and operators to audit recent epochs.
+pub const HISTORY: i64 = 10;
+/// Bound on reading a key's history or listing the bucket.
+const SCAN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on the number of rooms `list` returns.
+pub const LIST_LIMIT: usize = 10_000;
+
+/// Outcome of a conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Written at this revision.
+    Done(u64),
+    /// Someone else wrote first.
+    Conflict,
+}
+
+/// One entry of a key's history: an assignment, or a delete marker (`None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomEvent {
+    pub revision: u64,
+    pub assignment: Option<RoomAssignment>,
+}
+
+#[derive(Clone)]
+pub struct RoomDirectory {
+    kv: Store,
+}
+
+impl RoomDirectory {
+    /// Opens the bucket, creating it if missing (`history` [`HISTORY`], `replicas` copies).
+    pub async fn open(client: &async_nats::Client, replicas: usize) -> Result<Self> {
+        let js = async_nats::jetstream::new(client.clone());
+        let config = kv::Config {
+            bucket: ROOMS_BUCKET.into(),
+            description: "room -> primary node and epoch".into(),
+            history: HISTORY,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let kv = match js.create_key_value(config).await {
+            Ok(kv) => kv,
+            // Exists with another configuration (say, other replicas): use it as it is.
+            Err(create) => js.get_key_value(ROOMS_BUCKET).await.map_err(|get| {
+                tracing::debug!(error = %create, "create rooms bucket");
+                Error::directory("open", get)
+            })?,
+        };
+        Ok(Self { kv })
+    }
+
+    /// The underlying store, for tools and tests.
+    pub fn store(&self) -> &Store {
+        &self.kv
+    }
+
+    pub async fn read(&self, room: &RoomId) -> Result<RoomRecord> {
+        let key = token(room.as_str());
+        let entry = self
+            .kv
+            .entry(key.as_str())
+            .await
+            .map_err(|e| Error::directory("read", e))?;
+        let Some(entry) = entry else {
+            return Ok(RoomRecord::Missing);
+        };
+        if entry.operation == Operation::Put {
+            match serde_json::from_slice::<RoomAssignment>(&entry.value) {
+                Ok(assignment) => {
+                    return Ok(RoomRecord::Assigned {
+                        assignment,
+                        revision: entry.revision,
+                    })
+                }
+                Err(e) => tracing::warn!(%key, error = %e, "unreadable room record, replacing it"),
+            }
+        }
+        // Closed (or unreadable): a new assignment continues after the highest epoch seen.
+        let last_epoch = self
+            .history(room)
+            .await?
+            .iter()
+            .filter_map(|e| e.assignment.as_ref().map(|a| a.epoch))
+            .max()
+            .unwrap_or(0);
+        Ok(RoomRecord::Closed {
+            revision: entry.revision,
+            last_epoch,
+        })
+    }
+
+    /// Writes a new room's first assignment unless the key holds a live value.
+    pub async fn create(&self, a: &RoomAssignment) -> Result<Write> {
+        let key = token(a.room.as_str());
+        match self.kv.create(key, serde_json::to_vec(a)?.into()).await {
+            Ok(rev) => Ok(Write::Done(rev)),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(Write::Conflict),
+            Err(e) => Err(Error::directory("create", e)),
+        }
+    }
+
+    /// Replaces the record at `revision` (compare-and-swap).
+    pub async fn update(&self, a: &RoomAssignment, revision: u64) -> Result<Write> {
+        let key = token(a.room.as_str());
+        match self
+            .kv
+            .update(key, serde_json::to_vec(a)?.into(), revision)
+            .await
+        {
+            Ok(rev) => Ok(Write::Done(rev)),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(Write::Conflict),
+            Err(e) => Err(Error::directory("update", e)),
+        }
+    }
+
+    /// Deletes the room's record if it still names the closing node and epoch. Returns
+    /// whether it did.
+    pub async fn close(&self, closed: &RoomClosed) -> Result<bool> {
+        let RoomRecord::Assigned {
+            assignment,
+            revision,
+        } = self.read(&closed.room).await?
+        else {
+            return Ok(false);
+        };
+        if assignment.node != closed.node || assignment.epoch != closed.epoch {
+            return Ok(false);
+        }
+        let key = token(closed.room.as_str());
+        match self.kv.delete_expect_revision(key, Some(revision)).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                // Most likely a newer epoch was written meanwhile; that one stands.
+                tracing::debug!(room = %closed.room, error = %e, "room close lost to a newer write");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Every entry of the room's key still kept (up to [`HISTORY`]), oldest first.
+    pub async fn history(&self, room: &RoomId) -> Result<Vec<RoomEvent>> {
+        let key = token(room.as_str());
+        let scan = async {
+            let entries: Vec<kv::Entry> = self
+                .kv
+                .history(key.as_str())
+                .await
+                .map_err(|e| Error::directory("history", e))?
+                .take(HISTORY as usize * 10)
+                .try_collect()
+                .await
+                .map_err(|e| Error::directory("history", e))?;
+            Ok(entries
+                .into_iter()
+                .map(|e| RoomEvent {
+                    revision: e.revision,
+                    assignment: match e.operation {
+                        Operation::Put => serde_json::from_slice(&e.value).ok(),
+                        Operation::Delete | Operation::Purge => None,
+                    },
+                })
+                .collect())
+        };
+        tokio::time::timeout(SCAN_TIMEOUT, scan)
+            .await
+            .map_err(|e| Error::directory("history", e))?
+    }
+
+    /// Ids of the rooms with a live record (at most [`LIST_LIMIT`]).
+    pub async fn rooms(&self) -> Result<Vec<RoomId>> {
+        let scan = async {
+            let keys: Vec<String> = self
+                .kv
+                .keys()
+                .await
+                .map_err(|e| Error::directory("keys", e))?
+                .take(LIST_LIMIT)
+                .try_collect()
+                .await
+                .map_err(|e| Error::directory("keys", e))?;
+            Ok(keys
+                .iter()
+                .filter_map(|k| untoken(k).and_then(|id| RoomId::new(id).ok()))
+                .collect())
+        };
+        tokio::time::timeout(SCAN_TIMEOUT, scan)
+            .await
+            .map_err(|e| Error::directory("keys", e))?
+    }
+
+    /// The live assignments (at most [`LIST_LIMIT`]), read with bounded concurrency.
+    pub async fn list(&self) -> Result<Vec<RoomAssignment>> {
+        let rooms = self.rooms().await?;
+        let read = futures::stream::iter(rooms)
+            .map(|room| async move { self.read(&room).await })
+            .buffer_unordered(32)
+            .try_filter_map(|rec| async move {
+                Ok(match rec {
+                    RoomRecord::Assigned { assignment, .. } => Some(assignment),
+                    _ => None,
+                })
+            })
+            .try_collect::<Vec<_>>();
+        let mut list = tokio::time::timeout(SCAN_TIMEOUT, read)
+            .await
+            .map_err(|e| Error::directory("list", e))??;
+        list.sort_by(|a, b| a.room.cmp(&b.room));
+        Ok(list)
+    }
+}

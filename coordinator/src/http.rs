@@ -1,0 +1,232 @@
+//! Admin HTTP API. `/healthz`, `/readyz` and `/metrics` are open; everything else needs
+//! `Authorization: Bearer <admin token>`.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /nodes` | every known node: region, ws url, load, health, draining, heartbeat age |
+//! | `GET /rooms` | the directory (room, node, epoch) with member counts asked of the nodes |
+//! | `POST /nodes/{id}/drain` | mark a node draining (and tell it, on `node.<id>.drain`) |
+//! | `DELETE /nodes/{id}/drain` | undo that |
+//! | `GET /debug/snapshot` | the coordinator's own view: readiness, live coordinators, nodes |
+
+use crate::Shared;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures::future::join_all;
+use protocol::cluster::{self, Drain, NodeRooms, VERSION};
+use protocol::NodeId;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long `/rooms` waits for the nodes' member counts.
+const MEMBERS_TIMEOUT: Duration = Duration::from_millis(500);
+
+type Data = web::Data<Arc<Shared>>;
+
+/// Binds the server (must run inside a tokio runtime) and returns it unstarted.
+pub(crate) fn serve(shared: Arc<Shared>) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
+    let listen = shared.config.http_listen;
+    let data: Data = web::Data::new(shared);
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(data.clone())
+            .configure(routes)
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .bind(listen)?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("server bound no address"))?;
+    Ok((server.run(), addr))
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(|| async { "ok" }))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/nodes", web::get().to(nodes))
+        .route("/rooms", web::get().to(rooms))
+        .route("/nodes/{id}/drain", web::post().to(drain))
+        .route("/nodes/{id}/drain", web::delete().to(undrain))
+        .route("/debug/snapshot", web::get().to(snapshot));
+}
+
+/// The 401 response, unless the request carries the admin token.
+fn denied(req: &HttpRequest, shared: &Shared) -> Option<HttpResponse> {
+    let given = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), shared.config.admin_token.as_bytes()) {
+        None
+    } else {
+        Some(
+            HttpResponse::Unauthorized()
+                .insert_header(("www-authenticate", "Bearer"))
+                .body("admin bearer token required"),
+        )
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn readyz(shared: Data) -> HttpResponse {
+    match shared.readiness() {
+        Ok(()) => HttpResponse::Ok().body("ready"),
+        Err(why) => HttpResponse::ServiceUnavailable().body(why),
+    }
+}
+
+async fn metrics(shared: Data) -> HttpResponse {
+    let now = Instant::now();
+    let nodes = shared.nodes().statuses(now);
+    let coords = shared.coords().live(now).len();
+    let body = shared
+        .metrics
+        .render(&nodes, coords, shared.readiness().is_ok());
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(body)
+}
+
+async fn nodes(req: HttpRequest, shared: Data) -> HttpResponse {
+    if let Some(denied) = denied(&req, &shared) {
+        return denied;
+    }
+    HttpResponse::Ok().json(shared.nodes().statuses(Instant::now()))
+}
+
+async fn snapshot(req: HttpRequest, shared: Data) -> HttpResponse {
+    if let Some(denied) = denied(&req, &shared) {
+        return denied;
+    }
+    HttpResponse::Ok().json(shared.snapshot())
+}
+
+#[derive(Debug, Serialize)]
+struct RoomRow {
+    room: protocol::RoomId,
+    node: NodeId,
+    epoch: u64,
+    coordinator: String,
+    assigned_ms: u64,
+    /// Members on the room's node; `null` when the node did not answer or does not list it.
+    members: Option<u32>,
+    /// Whether the room's node answered the member count request.
+    node_answered: bool,
+}
+
+async fn rooms(req: HttpRequest, shared: Data) -> HttpResponse {
+    if let Some(denied) = denied(&req, &shared) {
+        return denied;
+    }
+    let shared: Arc<Shared> = Arc::clone(shared.get_ref());
+    // NATS work runs on the coordinator's runtime, not the HTTP worker's.
+    let rt = shared.rt.clone();
+    match rt.spawn(list_rooms(shared)).await {
+        Ok(Ok(rows)) => HttpResponse::Ok().json(rows),
+        Ok(Err(e)) => HttpResponse::ServiceUnavailable().body(e.to_string()),
+        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
+    }
+}
+
+async fn list_rooms(shared: Arc<Shared>) -> crate::Result<Vec<RoomRow>> {
+    let (Some(dir), Some(client)) = (shared.directory.get(), shared.client.get()) else {
+        return Err(crate::Error::NotConnected);
+    };
+    let assignments = dir.list().await?;
+    let live = shared.nodes().live_nodes(Instant::now());
+    let asks = live.iter().map(|node| async move {
+        let req = async_nats::Request::new()
+            .payload(bytes::Bytes::from_static(b"{}"))
+            .timeout(Some(MEMBERS_TIMEOUT));
+        let answer = client.send_request(cluster::node_rooms(node), req).await;
+        let rooms = answer
+            .ok()
+            .and_then(|m| serde_json::from_slice::<NodeRooms>(&m.payload).ok())
+            .map(|r| {
+                r.rooms
+                    .into_iter()
+                    .map(|m| (m.room, m.members))
+                    .collect::<HashMap<_, _>>()
+            });
+        (node.clone(), rooms)
+    });
+    let members: HashMap<NodeId, Option<HashMap<protocol::RoomId, u32>>> =
+        join_all(asks).await.into_iter().collect();
+    Ok(assignments
+        .into_iter()
+        .map(|a| {
+            let listed = members.get(&a.node).and_then(Option::as_ref);
+            RoomRow {
+                members: listed.and_then(|m| m.get(&a.room).copied()),
+                node_answered: listed.is_some(),
+                room: a.room,
+                node: a.node,
+                epoch: a.epoch,
+                coordinator: a.coordinator,
+                assigned_ms: a.assigned_ms,
+            }
+        })
+        .collect())
+}
+
+async fn drain(req: HttpRequest, path: web::Path<String>, shared: Data) -> HttpResponse {
+    set_drain(req, path.into_inner(), shared, true).await
+}
+
+async fn undrain(req: HttpRequest, path: web::Path<String>, shared: Data) -> HttpResponse {
+    set_drain(req, path.into_inner(), shared, false).await
+}
+
+/// Marks the node here and tells it and every coordinator (they all listen on
+/// `node.*.drain`). Moving the node's rooms away is not this request's job.
+async fn set_drain(req: HttpRequest, id: String, shared: Data, draining: bool) -> HttpResponse {
+    if let Some(denied) = denied(&req, &shared) {
+        return denied;
+    }
+    let Ok(node) = NodeId::new(id) else {
+        return HttpResponse::BadRequest().body("bad node id");
+    };
+    let Some(client) = shared.client.get().cloned() else {
+        return HttpResponse::ServiceUnavailable().body("not connected to nats");
+    };
+    {
+        let mut nodes = shared.nodes();
+        if !nodes.knows(&node) {
+            return HttpResponse::NotFound().body("unknown node");
+        }
+        nodes.request_drain(&node, draining);
+    }
+    let body = match serde_json::to_vec(&Drain {
+        v: VERSION,
+        draining,
+    }) {
+        Ok(b) => b,
+        Err(e) => return HttpResponse::InternalServerError().body(e.to_string()),
+    };
+    let subject = cluster::node_drain(&node);
+    let publish = shared.rt.spawn(async move {
+        client.publish(subject, body.into()).await?;
+        client.flush().await.map_err(async_nats::Error::from)?;
+        Ok::<_, async_nats::Error>(())
+    });
+    match publish.await {
+        Ok(Ok(())) => {
+            tracing::info!(%node, draining, "drain set by operator");
+            HttpResponse::Ok().json(serde_json::json!({ "node": node, "draining": draining }))
+        }
+        Ok(Err(e)) => HttpResponse::ServiceUnavailable().body(format!("drain not published: {e}")),
+        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
+    }
+}

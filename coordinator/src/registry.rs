@@ -1,0 +1,424 @@
+//! The coordinator's view of the cluster as plain structs: which nodes and coordinators are
+//! alive, what each node last reported, and the rooms this coordinator gave each node that
+//! its reports cannot show yet. Time is passed in, so tests drive it without sleeping.
+
+use protocol::cluster::NodeHeartbeat;
+use protocol::placement::{self, NodeView};
+use protocol::{NodeId, RoomId};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+/// What the coordinator can say about a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    /// Heard from within the timeout.
+    Alive,
+    /// Silent, but this coordinator has not been listening for a whole timeout (it just
+    /// started, or its NATS connection was down), so silence proves nothing. Such a node
+    /// gets no new rooms, and keeps the rooms it has.
+    Unknown,
+    /// Silent for the timeout while this coordinator was listening.
+    Dead,
+}
+
+#[derive(Debug)]
+struct NodeEntry {
+    last: NodeHeartbeat,
+    seen: Instant,
+    /// When this coordinator assigned rooms to the node that its heartbeats may not count yet.
+    recent: VecDeque<Instant>,
+}
+
+/// One node as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub region: String,
+    pub ws_url: String,
+    pub load: protocol::cluster::NodeLoad,
+    pub load_score: f64,
+    pub liveness: Liveness,
+    pub healthy: bool,
+    /// Draining by the node's own report or by an operator's request.
+    pub draining: bool,
+    pub draining_reported: bool,
+    pub draining_requested: bool,
+    pub pending_rooms: u32,
+    pub last_heartbeat_age_ms: u64,
+}
+
+/// Nodes known from `cluster.node.heartbeat`.
+///
+/// Pending rooms: a node reports a room only once a client has joined it, a moment after the
+/// allocation, and the report then travels up to a heartbeat period. So an assignment stays
+/// counted until a heartbeat arrives `settle` after it; until then placement adds it to the
+/// node's load, and a burst of new rooms spreads instead of landing on the node that looked
+/// idle. Counting a room twice for a second or two errs on the side of spreading.
+#[derive(Debug)]
+pub struct NodeRegistry {
+    timeout: Duration,
+    settle: Duration,
+    /// Since when this coordinator has been hearing heartbeats without a gap; `None` while
+    /// disconnected.
+    listening_since: Option<Instant>,
+    nodes: BTreeMap<NodeId, NodeEntry>,
+    /// Operators' drain requests, kept apart so a drain can precede a node's first heartbeat.
+    drain_requests: BTreeSet<NodeId>,
+}
+
+impl NodeRegistry {
+    pub fn new(timeout: Duration, settle: Duration) -> Self {
+        Self {
+            timeout,
+            settle,
+            listening_since: None,
+            nodes: BTreeMap::new(),
+            drain_requests: BTreeSet::new(),
+        }
+    }
+
+    /// The NATS connection is up (again): silence counts from `now`.
+    pub fn listening(&mut self, now: Instant) {
+        self.listening_since = Some(now);
+    }
+
+    /// The NATS connection is down: silence proves nothing until it is back.
+    pub fn deaf(&mut self) {
+        self.listening_since = None;
+    }
+
+    pub fn heartbeat(&mut self, hb: NodeHeartbeat, now: Instant) {
+        let cutoff = now.checked_sub(self.settle);
+        let entry = self
+            .nodes
+            .entry(hb.node.clone())
+            .or_insert_with(|| NodeEntry {
+                last: hb.clone(),
+                seen: now,
+                recent: VecDeque::new(),
+            });
+        entry.last = hb;
+        entry.seen = now;
+        if let Some(cutoff) = cutoff {
+            while entry.recent.front().is_some_and(|t| *t <= cutoff) {
+                entry.recent.pop_front();
+            }
+        }
+    }
+
+    pub fn liveness(&self, id: &NodeId, now: Instant) -> Liveness {
+        if let Some(e) = self.nodes.get(id) {
+            if now.saturating_duration_since(e.seen) < self.timeout {
+                return Liveness::Alive;
+            }
+        }
+        match self.listening_since {
+            Some(since) if now.saturating_duration_since(since) >= self.timeout => Liveness::Dead,
+            _ => Liveness::Unknown,
+        }
+    }
+
+    pub fn is_draining(&self, id: &NodeId) -> bool {
+        self.drain_requests.contains(id) || self.nodes.get(id).is_some_and(|e| e.last.draining)
+    }
+
+    pub fn knows(&self, id: &NodeId) -> bool {
+        self.nodes.contains_key(id)
+    }
+
+    /// Records an operator's drain (or undrain) request; returns whether the node is known.
+    pub fn request_drain(&mut self, id: &NodeId, draining: bool) -> bool {
+        if draining {
+            self.drain_requests.insert(id.clone());
+        } else {
+            self.drain_requests.remove(id);
+        }
+        self.nodes.contains_key(id)
+    }
+
+    /// This coordinator gave `id` a room at `now`.
+    pub fn assigned(&mut self, id: &NodeId, now: Instant) {
+        if let Some(e) = self.nodes.get_mut(id) {
+            e.recent.push_back(now);
+        }
+    }
+
+    /// An assignment recorded with [`Self::assigned`] did not happen (another won the race).
+    pub fn unassigned(&mut self, id: &NodeId) {
+        if let Some(e) = self.nodes.get_mut(id) {
+            e.recent.pop_back();
+        }
+    }
+
+    /// What placement sees: only live nodes are healthy.
+    pub fn views(&self, now: Instant) -> Vec<NodeView> {
+        self.nodes
+            .iter()
+            .map(|(id, e)| NodeView {
+                id: id.clone(),
+                region: e.last.region.clone(),
+                load: e.last.load.clone(),
+                healthy: self.liveness(id, now) == Liveness::Alive,
+                draining: self.is_draining(id),
+                pending_rooms: pending(e),
+            })
+            .collect()
+    }
+
+    /// Picks a node for a new room and counts it as pending there.
+    pub fn place(&mut self, room: &RoomId, region: Option<&str>, now: Instant) -> Option<NodeId> {
+        let chosen = placement::place(room, region, &self.views(now))?;
+        self.assigned(&chosen, now);
+        Some(chosen)
+    }
+
+    pub fn live_count(&self, now: Instant) -> usize {
+        self.nodes
+            .keys()
+            .filter(|id| self.liveness(id, now) == Liveness::Alive)
+            .count()
+    }
+
+    pub fn live_nodes(&self, now: Instant) -> Vec<NodeId> {
+        self.nodes
+            .keys()
+            .filter(|id| self.liveness(id, now) == Liveness::Alive)
+            .cloned()
+            .collect()
+    }
+
+    pub fn statuses(&self, now: Instant) -> Vec<NodeStatus> {
+        self.nodes
+            .iter()
+            .map(|(id, e)| {
+                let liveness = self.liveness(id, now);
+                NodeStatus {
+                    id: id.clone(),
+                    region: e.last.region.clone(),
+                    ws_url: e.last.ws_url.clone(),
+                    load: e.last.load.clone(),
+                    load_score: placement::load_score(&e.last.load, pending(e)),
+                    liveness,
+                    healthy: liveness == Liveness::Alive,
+                    draining: self.is_draining(id),
+                    draining_reported: e.last.draining,
+                    draining_requested: self.drain_requests.contains(id),
+                    pending_rooms: pending(e),
+                    last_heartbeat_age_ms: now.saturating_duration_since(e.seen).as_millis() as u64,
+                }
+            })
+            .collect()
+    }
+
+    /// Forgets nodes silent for longer than `keep` (they stay listed as dead until then).
+    pub fn prune(&mut self, now: Instant, keep: Duration) {
+        self.nodes
+            .retain(|_, e| now.saturating_duration_since(e.seen) < keep);
+    }
+}
+
+fn pending(e: &NodeEntry) -> u32 {
+    u32::try_from(e.recent.len()).unwrap_or(u32::MAX)
+}
+
+/// Live coordinators from `cluster.coord.heartbeat`, this one included.
+#[derive(Debug)]
+pub struct CoordRegistry {
+    me: String,
+    timeout: Duration,
+    seen: BTreeMap<String, Instant>,
+}
+
+impl CoordRegistry {
+    pub fn new(me: impl Into<String>, timeout: Duration) -> Self {
+        Self {
+            me: me.into(),
+            timeout,
+            seen: BTreeMap::new(),
+        }
+    }
+
+    pub fn heartbeat(&mut self, id: &str, now: Instant) {
+        if id != self.me {
+            self.seen.insert(id.to_owned(), now);
+        }
+    }
+
+    /// Live coordinators, sorted, this one always among them.
+    pub fn live(&self, now: Instant) -> Vec<String> {
+        let mut live: Vec<String> = self
+            .seen
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) < self.timeout)
+            .map(|(id, _)| id.clone())
+            .collect();
+        live.push(self.me.clone());
+        live.sort();
+        live
+    }
+
+    /// The coordinator that decides for `room` (rendezvous over the live ones).
+    pub fn decider(&self, room: &RoomId, now: Instant) -> String {
+        let live = self.live(now);
+        let refs: Vec<&str> = live.iter().map(String::as_str).collect();
+        placement::deciding_coordinator(room, &refs)
+            .unwrap_or(&self.me)
+            .to_owned()
+    }
+
+    pub fn prune(&mut self, now: Instant) {
+        let timeout = self.timeout;
+        self.seen
+            .retain(|_, t| now.saturating_duration_since(*t) < timeout);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use protocol::cluster::{NodeLoad, VERSION};
+
+    pub(crate) fn hb(id: &str, region: &str) -> NodeHeartbeat {
+        NodeHeartbeat {
+            v: VERSION,
+            node: NodeId::new(id).unwrap(),
+            region: region.into(),
+            ws_url: format!("ws://{id}/ws"),
+            draining: false,
+            load: NodeLoad {
+                max_rooms: 1000,
+                max_peers: 2000,
+                max_egress_bps: 1_000_000_000,
+                ..NodeLoad::default()
+            },
+            sent_ms: 0,
+        }
+    }
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+
+    const T: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn silence_means_dead_only_after_a_full_timeout_of_listening() {
+        let t0 = Instant::now();
+        let mut r = NodeRegistry::new(T, Duration::from_secs(2));
+        assert_eq!(r.liveness(&id("a"), t0), Liveness::Unknown);
+        r.listening(t0);
+        r.heartbeat(hb("a", "eu"), t0);
+        assert_eq!(
+            r.liveness(&id("a"), t0 + Duration::from_secs(2)),
+            Liveness::Alive
+        );
+        // Silent for the timeout, but we only listened for that long from t0: dead.
+        assert_eq!(r.liveness(&id("a"), t0 + T), Liveness::Dead);
+        assert_eq!(r.liveness(&id("never"), t0 + T), Liveness::Dead);
+        assert_eq!(r.liveness(&id("never"), t0 + T / 2), Liveness::Unknown);
+        // A reconnect restarts the clock: silence during an outage proves nothing.
+        r.deaf();
+        assert_eq!(r.liveness(&id("a"), t0 + T * 2), Liveness::Unknown);
+        r.listening(t0 + T * 2);
+        assert_eq!(r.liveness(&id("a"), t0 + T * 2 + T / 2), Liveness::Unknown);
+        assert_eq!(r.liveness(&id("a"), t0 + T * 3), Liveness::Dead);
+        r.heartbeat(hb("a", "eu"), t0 + T * 3);
+        assert_eq!(r.liveness(&id("a"), t0 + T * 3), Liveness::Alive);
+        assert_eq!(r.live_count(t0 + T * 3), 1);
+    }
+
+    #[test]
+    fn pending_rooms_last_until_a_heartbeat_settles_them() {
+        let t0 = Instant::now();
+        let settle = Duration::from_secs(2);
+        let mut r = NodeRegistry::new(T, settle);
+        r.listening(t0);
+        r.heartbeat(hb("a", "eu"), t0);
+        r.assigned(&id("a"), t0);
+        r.assigned(&id("a"), t0 + Duration::from_millis(1500));
+        r.heartbeat(hb("a", "eu"), t0 + Duration::from_secs(1));
+        assert_eq!(
+            r.views(t0)[0].pending_rooms,
+            2,
+            "too early to settle either"
+        );
+        r.heartbeat(hb("a", "eu"), t0 + settle);
+        assert_eq!(r.views(t0)[0].pending_rooms, 1);
+        r.unassigned(&id("a"));
+        assert_eq!(r.views(t0)[0].pending_rooms, 0);
+        r.unassigned(&id("a"));
+        r.assigned(&id("unknown"), t0);
+        assert_eq!(r.statuses(t0).len(), 1);
+    }
+
+    #[test]
+    fn a_burst_spreads_over_equal_nodes_between_heartbeats() {
+        let t0 = Instant::now();
+        let mut r = NodeRegistry::new(T, Duration::from_secs(2));
+        r.listening(t0);
+        for n in ["a", "b", "c"] {
+            r.heartbeat(hb(n, "eu"), t0);
+        }
+        let mut counts = BTreeMap::<NodeId, u32>::new();
+        for i in 0..300 {
+            let now = t0 + Duration::from_millis(i);
+            if i % 100 == 50 {
+                // Heartbeats during the burst settle nothing younger than `settle`.
+                r.heartbeat(hb("b", "eu"), now);
+            }
+            let room = RoomId::new(format!("room-{i}")).unwrap();
+            *counts
+                .entry(r.place(&room, None, now).unwrap())
+                .or_default() += 1;
+        }
+        assert!(
+            counts.values().all(|c| (99..=101).contains(c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn dead_and_draining_nodes_get_no_rooms() {
+        let t0 = Instant::now();
+        let mut r = NodeRegistry::new(T, Duration::from_secs(2));
+        r.listening(t0);
+        r.heartbeat(hb("a", "eu"), t0);
+        let mut b = hb("b", "eu");
+        b.draining = true;
+        r.heartbeat(b, t0 + T);
+        r.heartbeat(hb("c", "eu"), t0 + T);
+        assert!(r.request_drain(&id("c"), true));
+        assert!(!r.request_drain(&id("later"), true));
+        let room = RoomId::new("r").unwrap();
+        assert_eq!(r.place(&room, None, t0 + T), None);
+        let s = r.statuses(t0 + T);
+        assert!(!s[0].healthy && s[0].liveness == Liveness::Dead);
+        assert!(s[1].draining && s[1].draining_reported && !s[1].draining_requested);
+        assert!(s[2].draining && s[2].draining_requested && !s[2].draining_reported);
+        r.request_drain(&id("c"), false);
+        assert_eq!(r.place(&room, None, t0 + T).unwrap().as_str(), "c");
+        r.prune(t0 + T + Duration::from_secs(1), Duration::from_secs(2));
+        assert_eq!(r.statuses(t0 + T).len(), 2);
+    }
+
+    #[test]
+    fn live_coordinators_include_self_and_expire() {
+        let t0 = Instant::now();
+        let mut c = CoordRegistry::new("c1", T);
+        assert_eq!(c.live(t0), vec!["c1"]);
+        c.heartbeat("c2", t0);
+        c.heartbeat("c1", t0);
+        assert_eq!(c.live(t0 + T / 2), vec!["c1", "c2"]);
+        assert_eq!(c.live(t0 + T), vec!["c1"]);
+        let rooms: Vec<RoomId> = (0..100)
+            .map(|i| RoomId::new(format!("r{i}")).unwrap())
+            .collect();
+        let by_c2 = rooms.iter().filter(|r| c.decider(r, t0) == "c2").count();
+        assert!((25..75).contains(&by_c2), "{by_c2}");
+        assert!(rooms.iter().all(|r| c.decider(r, t0 + T) == "c1"));
+        c.prune(t0 + T);
+        assert!(c.seen.is_empty());
+    }
+}

@@ -1,0 +1,605 @@
+//! Coordinators against a real nats-server, with fake nodes (plain NATS clients that
+//! heartbeat) standing in for media nodes.
+//!
+//! Allocation requests here retry a request that failed (timeout, no responder, or an
+//! `unavailable` answer) a bounded number of times: that is what a node does, and what makes
+//! a coordinator's death invisible to clients. The invariant checks read the KV *history* of
+//! every room, so a second primary that existed for a moment would be caught.
+
+use coordinator::registry::Liveness;
+use coordinator::{CoordinatorHandle, RoomDirectory};
+use futures::StreamExt;
+use protocol::cluster::{
+    AllocateReply, AllocateRequest, RoomAssignment, RoomClosed, RoomMembers, ALLOCATE, ROOM_CLOSED,
+    VERSION,
+};
+use protocol::{NodeId, RoomId};
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tests::fake_node::{self, FakeNode};
+use tests::nats::NatsServer;
+use tests::{http_get, room_name, wait_until};
+
+const TOKEN: &str = "dev-admin-token";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn start_coordinator(nats: &NatsServer, id: &str) -> CoordinatorHandle {
+    tests::init_logs();
+    let mut config = coordinator::Config::local(nats.url());
+    config.id = id.into();
+    coordinator::spawn(config).expect("coordinator starts")
+}
+
+async fn fake_nodes(nats: &NatsServer, specs: &[(&str, &str)]) -> Vec<FakeNode> {
+    let mut nodes = Vec::new();
+    for (id, region) in specs {
+        nodes.push(
+            FakeNode::start(&nats.url(), id, region)
+                .await
+                .expect("fake node"),
+        );
+    }
+    nodes
+}
+
+/// Waits until every coordinator is ready, sees all the others, and sees `nodes` alive.
+async fn wait_cluster(coords: &[&CoordinatorHandle], nodes: usize) -> anyhow::Result<()> {
+    wait_until(
+        WAIT,
+        "coordinators ready and seeing the cluster",
+        || async {
+            for c in coords {
+                let s = c.snapshot();
+                let live = s.nodes.iter().filter(|n| n.healthy).count();
+                if !s.ready || s.live_coordinators.len() != coords.len() || live != nodes {
+                    return Err(format!(
+                        "{}: ready {} coordinators {:?} live nodes {live}",
+                        s.id, s.ready, s.live_coordinators
+                    ));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+fn request(room: &str) -> AllocateRequest {
+    AllocateRequest {
+        v: VERSION,
+        room: RoomId::new(room).unwrap(),
+        region: None,
+        from: NodeId::new("test").unwrap(),
+        forwarded: false,
+    }
+}
+
+/// One allocation request with a 2 s timeout.
+async fn allocate_once(client: &async_nats::Client, room: &str) -> Result<RoomAssignment, String> {
+    let body = serde_json::to_vec(&request(room)).unwrap();
+    let req = async_nats::Request::new()
+        .payload(body.into())
+        .timeout(Some(Duration::from_secs(2)));
+    let msg = client
+        .send_request(ALLOCATE, req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    match serde_json::from_slice::<AllocateReply>(&msg.payload) {
+        Ok(AllocateReply::Assigned(a)) => Ok(a),
+        Ok(AllocateReply::Error { code, message }) => Err(format!("{code:?}: {message}")),
+        Err(e) => Err(format!("bad reply: {e}")),
+    }
+}
+
+/// Allocates, retrying a failed request up to 5 times. Returns the assignment and the
+/// number of retries it took.
+async fn allocate(
+    client: &async_nats::Client,
+    room: &str,
+) -> anyhow::Result<(RoomAssignment, u32)> {
+    let mut last = String::new();
+    for retries in 0..5 {
+        match allocate_once(client, room).await {
+            Ok(a) => return Ok((a, retries)),
+            Err(e) => last = e,
+        }
+    }
+    anyhow::bail!("allocating {room}: {last}")
+}
+
+/// Every `Put` in the key's history, checked: one node per epoch, epochs strictly rising.
+async fn checked_history(dir: &RoomDirectory, room: &str) -> anyhow::Result<Vec<RoomAssignment>> {
+    let events = dir.history(&RoomId::new(room)?).await?;
+    let puts: Vec<RoomAssignment> = events.into_iter().filter_map(|e| e.assignment).collect();
+    for pair in puts.windows(2) {
+        anyhow::ensure!(
+            pair[1].epoch > pair[0].epoch,
+            "{room}: epoch {} written after {} (two primaries?): {puts:?}",
+            pair[1].epoch,
+            pair[0].epoch
+        );
+    }
+    Ok(puts)
+}
+
+/// A minimal HTTP/1.1 request on loopback: (status, body).
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await??;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Length: 0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+async fn admin_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    let (status, body) = http(addr, "GET", path, Some(TOKEN)).await?;
+    anyhow::ensure!(status == 200, "{path}: {status} {body}");
+    // actix answers HTTP/1.1 with a fixed length here; the body is the JSON.
+    Ok(serde_json::from_str(&body)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_rooms_at_once_spread_evenly_with_one_primary_each() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let nodes = fake_nodes(&nats, &[("a", "eu"), ("b", "eu"), ("c", "eu")]).await;
+    let (c1, c2) = (
+        start_coordinator(&nats, "c1"),
+        start_coordinator(&nats, "c2"),
+    );
+    wait_cluster(&[&c1, &c2], nodes.len()).await?;
+    let client = fake_node::connect(&nats.url()).await?;
+    let rooms: Vec<String> = (0..300).map(|_| room_name("burst")).collect();
+    let started = Instant::now();
+    let replies = futures::future::join_all(rooms.iter().map(|r| allocate(&client, r))).await;
+    let took = started.elapsed();
+    let mut per_node = BTreeMap::<String, usize>::new();
+    let dir = RoomDirectory::open(&client, 1).await?;
+    for (room, reply) in rooms.iter().zip(replies) {
+        let (a, _) = reply?;
+        *per_node.entry(a.node.to_string()).or_default() += 1;
+        let puts = checked_history(&dir, room).await?;
+        anyhow::ensure!(
+            puts == vec![a.clone()],
+            "{room}: history {puts:?}, reply {a:?}"
+        );
+    }
+    let max = *per_node.values().max().unwrap() as f64;
+    let mean = 300.0 / nodes.len() as f64;
+    println!("300 allocations in {took:?}: {per_node:?}");
+    anyhow::ensure!(
+        per_node.len() == 3 && max / mean <= 1.25,
+        "spread {per_node:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_coordinator_mid_burst_loses_no_allocation_and_never_splits_a_room(
+) -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let nodes = fake_nodes(&nats, &[("a", "eu"), ("b", "eu"), ("c", "us")]).await;
+    let c1 = start_coordinator(&nats, "c1");
+    let c2 = start_coordinator(&nats, "c2");
+    wait_cluster(&[&c1, &c2], nodes.len()).await?;
+    let client = fake_node::connect(&nats.url()).await?;
+    let c1_http = c1.http_addr();
+    let rooms: Vec<String> = (0..400).map(|_| room_name("kill")).collect();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    let killer = tokio::spawn(async move {
+        if kill_rx.await.is_ok() {
+            tokio::task::spawn_blocking(move || c1.kill()).await.ok();
+        }
+    });
+    let mut kill_tx = Some(kill_tx);
+    // 16 in flight; the kill lands after a quarter of the rooms, mid-burst.
+    let results: Vec<_> = futures::stream::iter(rooms.iter())
+        .map(|room| {
+            let done = &done;
+            let client = &client;
+            async move {
+                let r = allocate(client, room).await;
+                done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (room.clone(), r)
+            }
+        })
+        .buffer_unordered(16)
+        .inspect(|_| {
+            if done.load(std::sync::atomic::Ordering::Relaxed) >= 100 {
+                if let Some(tx) = kill_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        })
+        .collect()
+        .await;
+    killer.await?;
+    anyhow::ensure!(kill_tx.is_none(), "the kill never happened");
+    anyhow::ensure!(
+        tokio::net::TcpStream::connect(c1_http).await.is_err(),
+        "a killed coordinator still accepts http"
+    );
+    let dir = RoomDirectory::open(&client, 1).await?;
+    let mut retried = 0;
+    let mut decided_by = BTreeMap::<String, usize>::new();
+    for (room, r) in &results {
+        let (a, retries) = r.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        retried += retries;
+        *decided_by.entry(a.coordinator.clone()).or_default() += 1;
+        let puts = checked_history(&dir, room).await?;
+        anyhow::ensure!(
+            puts.len() == 1 && puts[0] == *a,
+            "{room}: {puts:?} vs {a:?}"
+        );
+        // Asking again (now only c2 is left) gives the same primary.
+        let (again, _) = allocate(&client, room).await?;
+        anyhow::ensure!(again == *a, "{room}: {again:?} after {a:?}");
+    }
+    println!("retried requests: {retried}; decided by {decided_by:?}");
+    anyhow::ensure!(
+        decided_by.get("c1").is_some_and(|n| *n > 0)
+            && decided_by.get("c2").is_some_and(|n| *n > 0),
+        "both coordinators should have decided some rooms: {decided_by:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_node_dies_after_the_timeout_and_its_room_moves_with_the_next_epoch(
+) -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let nodes = fake_nodes(&nats, &[("a", "eu"), ("b", "eu")]).await;
+    let c = start_coordinator(&nats, "c1");
+    wait_cluster(&[&c], 2).await?;
+    let client = fake_node::connect(&nats.url()).await?;
+    let mut on_a = None;
+    for _ in 0..20 {
+        let room = room_name("fail");
+        let (a, _) = allocate(&client, &room).await?;
+        if a.node.as_str() == "a" {
+            on_a = Some((room, a));
+            break;
+        }
+    }
+    let (room, first) = on_a.expect("some room lands on node a");
+    assert_eq!(first.epoch, 1);
+
+    nodes[0].set_beating(false);
+    let silenced = Instant::now();
+    wait_until(WAIT, "node a dead in /nodes", || async {
+        let nodes = admin_json(c.http_addr(), "/nodes")
+            .await
+            .map_err(|e| e.to_string())?;
+        let a = nodes
+            .as_array()
+            .and_then(|l| l.iter().find(|n| n["id"] == "a"))
+            .ok_or("a not listed")?;
+        if a["healthy"] == false && a["liveness"] == "dead" {
+            Ok(())
+        } else {
+            Err(format!("{a}"))
+        }
+    })
+    .await?;
+    let took = silenced.elapsed();
+    // Timeout 3 s, counted from the last heartbeat (≤ 500 ms before the silence began).
+    assert!(
+        took >= Duration::from_millis(2400),
+        "dead too early: {took:?}"
+    );
+    assert!(took <= Duration::from_secs(5), "dead too late: {took:?}");
+
+    for _ in 0..20 {
+        let (a, _) = allocate(&client, &room_name("after")).await?;
+        assert_eq!(a.node.as_str(), "b", "a dead node got a room");
+    }
+    let (moved, _) = allocate(&client, &room).await?;
+    assert_eq!((moved.node.as_str(), moved.epoch), ("b", 2));
+    let dir = RoomDirectory::open(&client, 1).await?;
+    let puts = checked_history(&dir, &room).await?;
+    assert_eq!(puts, vec![first, moved.clone()]);
+
+    // The node comes back: it is alive again, and the room stays where it moved.
+    nodes[0].set_beating(true);
+    wait_until(WAIT, "node a alive again", || async {
+        let s = c.snapshot();
+        match s.nodes.iter().find(|n| n.id.as_str() == "a") {
+            Some(n) if n.healthy => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    let (again, _) = allocate(&client, &room).await?;
+    assert_eq!(again, moved);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_room_leaves_the_directory_and_reopens_at_the_next_epoch() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let _nodes = fake_nodes(&nats, &[("a", "eu")]).await;
+    let c = start_coordinator(&nats, "c1");
+    wait_cluster(&[&c], 1).await?;
+    let client = fake_node::connect(&nats.url()).await?;
+    let dir = RoomDirectory::open(&client, 1).await?;
+    let room = room_name("close");
+    let (first, _) = allocate(&client, &room).await?;
+    let closed = |epoch| RoomClosed {
+        v: VERSION,
+        room: first.room.clone(),
+        node: first.node.clone(),
+        epoch,
+    };
+    // A stale close (wrong epoch) changes nothing; the right one deletes the record.
+    for msg in [closed(7), closed(1)] {
+        client
+            .publish(ROOM_CLOSED, serde_json::to_vec(&msg)?.into())
+            .await?;
+    }
+    client.flush().await?;
+    wait_until(WAIT, "room record deleted", || async {
+        let h = dir.history(&first.room).await.map_err(|e| e.to_string())?;
+        match h.last() {
+            Some(e) if e.assignment.is_none() && h.len() == 2 => Ok(()),
+            _ => Err(format!("{h:?}")),
+        }
+    })
+    .await?;
+    let (reopened, _) = allocate(&client, &room).await?;
+    assert_eq!(reopened.epoch, 2);
+    assert_eq!(checked_history(&dir, &room).await?, vec![first, reopened]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocations_succeed_again_within_five_seconds_of_nats_coming_back() -> anyhow::Result<()> {
+    let mut nats = NatsServer::start()?;
+    let _nodes = fake_nodes(&nats, &[("a", "eu"), ("b", "eu")]).await;
+    let c = start_coordinator(&nats, "c1");
+    wait_cluster(&[&c], 2).await?;
+    let client = fake_node::connect(&nats.url()).await?;
+    let room = room_name("before");
+    let (before, _) = allocate(&client, &room).await?;
+
+    nats.stop();
+    wait_until(WAIT, "coordinator notices nats is gone", || async {
+        match http_get(c.http_addr(), "/readyz", &[]).await {
+            Ok((503, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    // Stay down past the node timeout: silence during an outage must not make the nodes
+    // dead (their rooms would move), only unknown until they are heard again.
+    wait_until(
+        WAIT,
+        "nodes' liveness unknown during the outage",
+        || async {
+            let s = c.snapshot();
+            if s.nodes.len() == 2 && s.nodes.iter().all(|n| n.liveness == Liveness::Unknown) {
+                Ok(())
+            } else {
+                Err(format!("{:?}", s.nodes))
+            }
+        },
+    )
+    .await?;
+    nats.restart()?;
+    let back = Instant::now();
+    let new_room = room_name("after");
+    wait_until(
+        Duration::from_secs(5),
+        "an allocation after the restart",
+        || async { allocate_once(&client, &new_room).await.map(|_| ()) },
+    )
+    .await?;
+    println!(
+        "allocations work again {:?} after nats is back",
+        back.elapsed()
+    );
+    let (again, _) = allocate(&client, &room).await?;
+    assert_eq!(again, before, "the directory survived the restart");
+    let (status, _) = http_get(c.http_addr(), "/readyz", &[]).await?;
+    assert_eq!(status, 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_needs_the_token_lists_nodes_and_drained_nodes_get_no_rooms() -> anyhow::Result<()>
+{
+    let nats = NatsServer::start()?;
+    let nodes = fake_nodes(&nats, &[("a", "eu"), ("b", "eu"), ("c", "eu")]).await;
+    // c says so itself, in its heartbeat.
+    nodes[2].set_draining(true);
+    let coord = start_coordinator(&nats, "c1");
+    wait_cluster(&[&coord], 3).await?;
+    let addr = coord.http_addr();
+
+    for path in ["/nodes", "/rooms", "/debug/snapshot"] {
+        assert_eq!(http(addr, "GET", path, None).await?.0, 401, "{path}");
+        assert_eq!(
+            http(addr, "GET", path, Some("wrong")).await?.0,
+            401,
+            "{path}"
+        );
+    }
+    assert_eq!(http(addr, "POST", "/nodes/a/drain", None).await?.0, 401);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(http(addr, "GET", path, None).await?.0, 200, "{path}");
+    }
+
+    let listed = admin_json(addr, "/nodes").await?;
+    let ids: HashSet<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    assert_eq!(ids, HashSet::from(["a", "b", "c"]));
+    let c = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "c")
+        .unwrap();
+    assert_eq!(
+        (c["draining"].as_bool(), c["draining_reported"].as_bool()),
+        (Some(true), Some(true))
+    );
+    for field in [
+        "region",
+        "ws_url",
+        "load",
+        "healthy",
+        "last_heartbeat_age_ms",
+    ] {
+        assert!(!c[field].is_null(), "{field} missing in {c}");
+    }
+
+    // The operator drains a: every coordinator marks it, and the node is told.
+    let (status, body) = http(addr, "POST", "/nodes/a/drain", Some(TOKEN)).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        http(addr, "POST", "/nodes/nope/drain", Some(TOKEN))
+            .await?
+            .0,
+        404
+    );
+    wait_until(WAIT, "node a told to drain", || async {
+        match nodes[0].state().drains.as_slice() {
+            [true] => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    let listed = admin_json(addr, "/nodes").await?;
+    let a = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "a")
+        .unwrap();
+    assert_eq!(a["draining"], true);
+    assert_eq!(a["draining_requested"], true);
+
+    let client = fake_node::connect(&nats.url()).await?;
+    let mut rooms = Vec::new();
+    for _ in 0..30 {
+        let room = room_name("drain");
+        let (a, _) = allocate(&client, &room).await?;
+        assert_eq!(a.node.as_str(), "b", "a draining node got {room}");
+        rooms.push(a);
+    }
+
+    // /rooms: the directory, with member counts from the nodes that answer.
+    nodes[1].set_rooms(vec![RoomMembers {
+        room: rooms[0].room.clone(),
+        members: 3,
+    }]);
+    let listed = admin_json(addr, "/rooms").await?;
+    let rows = listed.as_array().unwrap();
+    assert_eq!(rows.len(), 30);
+    let row = |r: &RoomAssignment| rows.iter().find(|x| x["room"] == r.room.as_str()).unwrap();
+    assert_eq!(row(&rooms[0])["members"], 3);
+    assert_eq!(row(&rooms[0])["epoch"], 1);
+    assert_eq!(row(&rooms[0])["node"], "b");
+    assert!(row(&rooms[1])["members"].is_null());
+
+    // Undrain: a takes rooms again.
+    assert_eq!(
+        http(addr, "DELETE", "/nodes/a/drain", Some(TOKEN)).await?.0,
+        200
+    );
+    wait_until(WAIT, "a undrained", || async {
+        match nodes[0].state().drains.as_slice() {
+            [true, false] => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    let mut to_a = 0;
+    for _ in 0..10 {
+        let (x, _) = allocate(&client, &room_name("undrain")).await?;
+        to_a += usize::from(x.node.as_str() == "a");
+    }
+    assert!(to_a > 0, "an undrained, idle node took no room");
+
+    let (_, metrics) = http(addr, "GET", "/metrics", None).await?;
+    for needle in [
+        "coord_allocations_total{result=\"created\"}",
+        "coord_allocation_latency_seconds_bucket",
+        "coord_live_nodes 3",
+        "coord_node_pending_rooms{node=\"b\"",
+        "coord_node_draining{node=\"c\",region=\"eu\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing in\n{metrics}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gracefully_stopped_coordinator_hands_over_without_failed_requests() -> anyhow::Result<()>
+{
+    let nats = NatsServer::start()?;
+    let nodes = fake_nodes(&nats, &[("a", "eu"), ("b", "eu")]).await;
+    let c1 = start_coordinator(&nats, "c1");
+    let c2 = start_coordinator(&nats, "c2");
+    wait_cluster(&[&c1, &c2], nodes.len()).await?;
+    let client = fake_node::connect(&nats.url()).await?;
+    let stopped = Instant::now();
+    c2.stop().await;
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(3), "stop took {took:?}");
+    // c1 still counts c2 alive for a while; its forwards find no responder and c1 decides.
+    for _ in 0..50 {
+        let room = room_name("handover");
+        let a = allocate_once(&client, &room)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        assert_eq!(a.coordinator, "c1");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_started_before_nats_becomes_ready_when_it_appears() -> anyhow::Result<()> {
+    tests::init_logs();
+    let port = NatsServer::free_port()?;
+    let mut config = coordinator::Config::local(format!("nats://127.0.0.1:{port}"));
+    config.id = "early".into();
+    let c = coordinator::spawn(config)?;
+    let (status, body) = http_get(c.http_addr(), "/readyz", &[]).await?;
+    assert_eq!((status, body.as_str()), (503, "not connected to nats"));
+    assert_eq!(http_get(c.http_addr(), "/healthz", &[]).await?.0, 200);
+    let nats = NatsServer::start_on(port)?;
+    let _nodes = fake_nodes(&nats, &[("a", "eu")]).await;
+    wait_cluster(&[&c], 1).await?;
+    let client = fake_node::connect(&nats.url()).await?;
+    let (a, _) = allocate(&client, &room_name("early")).await?;
+    assert_eq!(a.node.as_str(), "a");
+    Ok(())
+}
