@@ -109,7 +109,14 @@ async fn connect(shared: &Arc<Shared>) -> Result<Client, async_nats::ConnectErro
                 }
             }
         })
-        .connect(shared.config.nats_url.as_str())
+        .connect(
+            shared
+                .config
+                .nats_url
+                .split(',')
+                .map(str::trim)
+                .collect::<Vec<_>>(),
+        )
         .await
 }
 
@@ -193,10 +200,21 @@ async fn announce(shared: Arc<Shared>, client: Client) {
     loop {
         tick.tick().await;
         let now = Instant::now();
+        let connected = client.connection_state() == State::Connected;
         shared.coords().prune(now);
-        shared.nodes().prune(now, forget);
+        {
+            let mut nodes = shared.nodes();
+            nodes.prune(now, forget);
+            // The connection events normally keep this in step; they travel through a
+            // bounded channel that may drop one, so check here too.
+            match (connected, nodes.is_listening()) {
+                (true, false) => nodes.listening(now),
+                (false, true) => nodes.deaf(),
+                _ => {}
+            }
+        }
         // While disconnected, publishes would only queue up stale heartbeats.
-        if client.connection_state() != State::Connected {
+        if !connected {
             continue;
         }
         let hb = CoordHeartbeat {

@@ -10,6 +10,7 @@ use std::time::Duration;
 pub struct Config {
     /// This coordinator's id: unique among coordinators, a subject token after escaping.
     pub id: String,
+    /// One NATS url, or several separated by commas (servers of one cluster).
     pub nats_url: String,
     pub http_listen: SocketAddr,
     /// Bearer token of the admin API (everything but `/healthz`, `/readyz`, `/metrics`).
@@ -47,6 +48,11 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         protocol::ids::validate_id(&self.id)
             .map_err(|e| Error::Config(format!("coordinator id {:?}: {e}", self.id)))?;
+        for url in self.nats_url.split(',') {
+            url.trim()
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|e| Error::Config(format!("nats url {url:?}: {e}")))?;
+        }
         if self.admin_token.is_empty() {
             return Err(Error::Config("admin token is empty".into()));
         }
@@ -101,5 +107,36 @@ impl CoordArgs {
         c.kv_replicas = self.kv_replicas;
         c.validate()?;
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_refuses_what_would_fail_later() {
+        let ok = Config::local("nats://127.0.0.1:4222, nats://127.0.0.1:4223");
+        ok.validate().unwrap();
+        for broken in [
+            Config {
+                nats_url: "nats://[bad".into(),
+                ..ok.clone()
+            },
+            Config {
+                admin_token: String::new(),
+                ..ok.clone()
+            },
+            Config {
+                id: "has space".into(),
+                ..ok.clone()
+            },
+            Config {
+                kv_replicas: 0,
+                ..ok.clone()
+            },
+        ] {
+            assert!(matches!(broken.validate(), Err(Error::Config(_))), "{broken:?}");
+        }
     }
 }

@@ -21,10 +21,6 @@ pub enum Error {
     Payload(#[from] serde_json::Error),
     #[error("nats request: {0}")]
     Request(#[from] async_nats::RequestError),
-    #[error("nats publish: {0}")]
-    Publish(#[from] async_nats::PublishError),
-    #[error("coordinator did not stop in time")]
-    StopTimeout,
 }
 
 impl Error {

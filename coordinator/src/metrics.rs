@@ -35,6 +35,17 @@ pub enum AllocResult {
 }
 
 impl AllocResult {
+    pub const ALL: [AllocResult; 8] = [
+        AllocResult::Existing,
+        AllocResult::Created,
+        AllocResult::Reopened,
+        AllocResult::Reassigned,
+        AllocResult::Forwarded,
+        AllocResult::NoNode,
+        AllocResult::BadRequest,
+        AllocResult::Error,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AllocResult::Existing => "existing",
@@ -98,6 +109,15 @@ impl Metrics {
                 "coord_rooms_closed_total",
                 "room records deleted on cluster.room.closed"
             );
+            // Series exist from the start, at zero, so rates and alerts see them.
+            for r in AllocResult::ALL {
+                metrics::counter!("coord_allocations_total", "result" => r.as_str()).increment(0);
+            }
+            for outcome in ["relayed", "failed"] {
+                metrics::counter!("coord_forwards_total", "outcome" => outcome).increment(0);
+            }
+            metrics::counter!("coord_directory_conflicts_total").increment(0);
+            metrics::counter!("coord_rooms_closed_total").increment(0);
         });
         m
     }
@@ -211,6 +231,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("coord_live_coordinators 1"), "{text}");
-        assert!(!b.render(&[], 1, false).contains("coord_allocations_total{"));
+        let other = b.render(&[], 1, false);
+        assert!(
+            other.contains("coord_allocations_total{result=\"created\"} 0"),
+            "{other}"
+        );
+        assert!(
+            other.contains("coord_forwards_total{outcome=\"failed\"} 0"),
+            "{other}"
+        );
     }
 }

@@ -89,6 +89,10 @@ impl NodeRegistry {
         self.listening_since = None;
     }
 
+    pub fn is_listening(&self) -> bool {
+        self.listening_since.is_some()
+    }
+
     pub fn heartbeat(&mut self, hb: NodeHeartbeat, now: Instant) {
         let cutoff = now.checked_sub(self.settle);
         let entry = self
