@@ -44,7 +44,14 @@ impl Cluster {
         rt: tokio::runtime::Handle,
     ) -> Result<Cluster, ClusterError> {
         let name = format!("node {node}");
-        let url = url.to_owned();
+        // A comma-separated list is several servers, not one URL.
+        let servers: Vec<async_nats::ServerAddr> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| u.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e: std::io::Error| ClusterError::Nats(e.to_string()))?;
         let node_for_log = node.clone();
         let client = rt
             .spawn(async move {
@@ -53,13 +60,18 @@ impl Cluster {
                     .retry_on_initial_connect()
                     .max_reconnects(None)
                     .connection_timeout(Duration::from_secs(2))
+                    // The default backoff grows to 4 s; a node must be back within a second
+                    // or so of NATS.
+                    .reconnect_delay_callback(|attempts| {
+                        Duration::from_millis((attempts as u64 * 100).min(1000))
+                    })
                     .event_callback(move |event| {
                         let node = node_for_log.clone();
                         async move {
                             tracing::info!(%node, %event, "nats");
                         }
                     })
-                    .connect(url)
+                    .connect(servers)
                     .await
             })
             .await

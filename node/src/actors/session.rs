@@ -6,6 +6,7 @@ use super::peer::{self, Peer};
 use super::rooms::{JoinRoom, JoinedInfo, ResumeRoom};
 use super::router::{Register, RouteUserMessage, Unregister};
 use super::NodeCtx;
+use crate::cluster::ClusterError;
 use crate::counters::{Kind, Live};
 use actix::prelude::*;
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
@@ -486,10 +487,20 @@ async fn join_anywhere(
         from: me.clone(),
         forwarded: false,
     };
-    let assignment = match cluster
-        .request::<_, AllocateReply>(wire::ALLOCATE.to_owned(), &ask, CLUSTER_JOIN_TIMEOUT)
-        .await
-    {
+    // One retry: a request in flight at a coordinator that just died times out, and the
+    // next one reaches a live coordinator.
+    let mut reply = cluster
+        .request::<_, AllocateReply>(wire::ALLOCATE.to_owned(), &ask, CLUSTER_JOIN_TIMEOUT / 2)
+        .await;
+    if matches!(
+        reply,
+        Err(ClusterError::Timeout(_) | ClusterError::NoResponders(_))
+    ) {
+        reply = cluster
+            .request(wire::ALLOCATE.to_owned(), &ask, CLUSTER_JOIN_TIMEOUT / 2)
+            .await;
+    }
+    let assignment = match reply {
         Ok(AllocateReply::Assigned(a)) => a,
         Ok(AllocateReply::Error { code, message }) => {
             tracing::info!(%room, %message, "allocation refused");

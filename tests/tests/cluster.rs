@@ -1,0 +1,315 @@
+//! The cluster end to end: a real nats-server, two coordinators and three nodes in two
+//! regions, synthetic WebRTC clients connecting to any node.
+
+use chaos::{Client, PublishOpts};
+use coordinator::CoordinatorHandle;
+use protocol::signal::ServerMessage;
+use std::time::Duration;
+use tests::nats::NatsServer;
+use tests::{http_get, join, room_name, wait_until, Config, NodeHandle};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Sandbox {
+    nats: NatsServer,
+    coordinators: Vec<CoordinatorHandle>,
+    nodes: Vec<NodeHandle>,
+}
+
+fn node_config(nats: &str, id: &str, region: &str) -> Config {
+    let mut c = Config::local_dev();
+    c.node_id = protocol::NodeId::new(id).unwrap();
+    c.region = region.into();
+    c.nats_url = Some(nats.into());
+    c.resume_grace = Duration::ZERO;
+    c.room_empty_grace = Duration::from_secs(1);
+    c
+}
+
+impl Sandbox {
+    /// NATS, two coordinators, nodes n1, n2 (region eu) and n3 (region us); returns once
+    /// every coordinator sees every node.
+    async fn start() -> anyhow::Result<Sandbox> {
+        tests::init_logs();
+        let nats = NatsServer::start()?;
+        let coordinators = (0..2)
+            .map(|_| coordinator::spawn(coordinator::Config::local(nats.url())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let nodes = [("n1", "eu"), ("n2", "eu"), ("n3", "us")]
+            .iter()
+            .map(|(id, region)| node::spawn(node_config(&nats.url(), id, region)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sb = Sandbox {
+            nats,
+            coordinators,
+            nodes,
+        };
+        sb.wait_cluster_up().await?;
+        Ok(sb)
+    }
+
+    async fn wait_cluster_up(&self) -> anyhow::Result<()> {
+        wait_until(WAIT, "coordinators to see all three nodes", || async {
+            for c in &self.coordinators {
+                let snap = c.snapshot();
+                let healthy = snap.nodes.iter().filter(|n| n.healthy).count();
+                if !snap.ready
+                    || healthy < self.nodes.len()
+                    || snap.live_coordinators.len() < self.coordinators.len()
+                {
+                    return Err(format!("{snap:?}"));
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    fn rooms_per_node(&self) -> Vec<i64> {
+        self.nodes.iter().map(|n| n.counters().rooms).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_created_at_once_spread_over_the_nodes() -> anyhow::Result<()> {
+    let sb = Sandbox::start().await?;
+    let joins = (0..300).map(|i| {
+        let node = &sb.nodes[i % 3];
+        async move { join(node, &format!("spread-{i}"), &format!("u{i}")).await }
+    });
+    let clients: Vec<Client> = futures::future::try_join_all(joins).await?;
+    let per_node = sb.rooms_per_node();
+    let total: i64 = per_node.iter().sum();
+    assert_eq!(total, 300, "every room hosted exactly once: {per_node:?}");
+    let max = *per_node.iter().max().unwrap() as f64;
+    assert!(
+        max / 100.0 <= 1.25,
+        "max/mean = {:.2}: {per_node:?}",
+        max / 100.0
+    );
+    // Two thirds of the clients joined a room on another node than their socket's.
+    let remote = clients
+        .iter()
+        .zip((0..300).map(|i| i % 3))
+        .filter(|(c, i)| {
+            c.joined().unwrap().node.as_str() != sb.nodes[*i].config().node_id.as_str()
+        })
+        .count();
+    eprintln!("rooms per node {per_node:?}; {remote} of 300 joins were routed to another node");
+    for c in &clients {
+        c.leave().await?;
+    }
+    wait_until(WAIT, "every room to close", || async {
+        let r = sb.rooms_per_node();
+        if r.iter().all(|n| *n == 0) {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_clients_through_three_nodes_share_one_primary() -> anyhow::Result<()> {
+    let sb = Sandbox::start().await?;
+    let room = room_name("crowd");
+    let joins = (0..50).map(|i| {
+        let node = &sb.nodes[i % 3];
+        let room = room.clone();
+        async move { join(node, &room, &format!("p{i}")).await }
+    });
+    let clients: Vec<Client> = futures::future::try_join_all(joins).await?;
+    let per_node = sb.rooms_per_node();
+    assert_eq!(
+        per_node.iter().filter(|n| **n == 1).count(),
+        1,
+        "one primary: {per_node:?}"
+    );
+    assert_eq!(per_node.iter().sum::<i64>(), 1, "{per_node:?}");
+    let primary = sb.nodes.iter().find(|n| n.counters().rooms == 1).unwrap();
+    let snap = primary.snapshot().await;
+    let members = snap["rooms"][0]["members"].as_array().map(Vec::len);
+    assert_eq!(members, Some(50), "{snap}");
+
+    clients[0]
+        .publish(PublishOpts {
+            video_pps: 50,
+            ..Default::default()
+        })
+        .await?;
+    for (i, c) in clients.iter().enumerate().skip(1) {
+        c.wait_received_from("p0", 25, WAIT)
+            .await
+            .map_err(|e| anyhow::anyhow!("client p{i}: {e}"))?;
+    }
+    for c in &clients {
+        c.leave().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_cross_nodes_in_order() -> anyhow::Result<()> {
+    let sb = Sandbox::start().await?;
+    let room = room_name("chat");
+    let a = join(&sb.nodes[0], &room, "alice").await?;
+    let b = join(&sb.nodes[1], &room, "bob").await?;
+    let c = join(&sb.nodes[2], &room, "carol").await?;
+    for i in 0..50 {
+        a.send_message("bob", serde_json::json!({ "n": i })).await?;
+        a.send_message("carol", serde_json::json!({ "n": i }))
+            .await?;
+    }
+    for (client, name) in [(&b, "bob"), (&c, "carol")] {
+        wait_until(WAIT, "50 messages in order", || async {
+            let got: Vec<i64> = client
+                .messages()
+                .iter()
+                .filter_map(|m| match m {
+                    ServerMessage::Message { from, data } if from.as_str() == "alice" => {
+                        data["n"].as_i64()
+                    }
+                    _ => None,
+                })
+                .collect();
+            if got == (0..50).collect::<Vec<_>>() {
+                Ok(())
+            } else {
+                Err(format!("{name}: {got:?}"))
+            }
+        })
+        .await?;
+    }
+    let cursor = a.message_count();
+    a.send_message("nobody", serde_json::json!(1)).await?;
+    a.wait_for_since(cursor, WAIT, |m| {
+        matches!(
+            m,
+            ServerMessage::Error {
+                code: protocol::ErrorCode::NotFound,
+                ..
+            }
+        )
+    })
+    .await?;
+    // Membership crosses nodes too: carol leaves, alice and bob hear of it.
+    let cursors = (a.message_count(), b.message_count());
+    c.leave().await?;
+    for (client, cursor) in [(&a, cursors.0), (&b, cursors.1)] {
+        client
+            .wait_for_since(
+                cursor,
+                WAIT,
+                |m| matches!(m, ServerMessage::ParticipantLeft { id } if id.as_str() == "carol"),
+            )
+            .await?;
+    }
+    a.leave().await?;
+    b.leave().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_survives_a_nats_restart_and_joins_resume() -> anyhow::Result<()> {
+    let mut sb = Sandbox::start().await?;
+    let room = room_name("restart");
+    let a = join(&sb.nodes[0], &room, "a").await?;
+    let b = join(&sb.nodes[1], &room, "b").await?;
+    a.publish(PublishOpts::default()).await?;
+    b.wait_received_from("a", 100, WAIT).await?;
+
+    sb.nats.stop();
+    let during = b.received_from("a");
+    b.wait_received_from("a", during + 100, WAIT).await?;
+    sb.nats.restart()?;
+    let back = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(5),
+        "nodes ready after the restart",
+        || async {
+            for n in &sb.nodes {
+                let (status, _) = http_get(n.http_addr(), "/readyz", &[])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if status != 200 {
+                    return Err(format!("{} not ready", n.config().node_id));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    // A new join through another node succeeds within 5 s of NATS being back.
+    let mut joined = None;
+    while back.elapsed() < Duration::from_secs(5) && joined.is_none() {
+        match join(&sb.nodes[2], &room, "c").await {
+            Ok(c) => joined = Some(c),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let c = joined.ok_or_else(|| anyhow::anyhow!("no join within 5 s of NATS being back"))?;
+    eprintln!("join after restart took {:?}", back.elapsed());
+    c.wait_received_from("a", 50, WAIT).await?;
+    let before = b.received_from("a");
+    b.wait_received_from("a", before + 50, WAIT).await?;
+    for x in [&a, &b, &c] {
+        x.leave().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_before_nats_becomes_ready_when_it_appears() -> anyhow::Result<()> {
+    tests::init_logs();
+    let port = NatsServer::free_port()?;
+    let url = format!("nats://127.0.0.1:{port}");
+    let node = node::spawn(node_config(&url, "early", "eu"))?;
+    let (status, _) = http_get(node.http_addr(), "/readyz", &[]).await?;
+    assert_eq!(status, 503);
+    let _nats = NatsServer::start_on(port)?;
+    wait_until(WAIT, "node ready once NATS is up", || async {
+        match http_get(node.http_addr(), "/readyz", &[]).await {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_room_closes_and_leaves_the_directory() -> anyhow::Result<()> {
+    let sb = Sandbox::start().await?;
+    let room = room_name("short");
+    let a = join(&sb.nodes[0], &room, "a").await?;
+    let host = a.joined().unwrap().node;
+    let coord = &sb.coordinators[0];
+    let auth = [("Authorization", "Bearer dev-admin-token")];
+    let listed = || async {
+        let (_, body) = http_get(coord.http_addr(), "/rooms", &auth)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<bool, String>(body.contains(&format!("\"{room}\"")))
+    };
+    assert!(
+        listed().await.map_err(anyhow::Error::msg)?,
+        "room listed while in use"
+    );
+    a.leave().await?;
+    wait_until(
+        WAIT,
+        "room gone from the directory and its node",
+        || async {
+            let hosted: i64 = sb.rooms_per_node().iter().sum();
+            if !listed().await? && hosted == 0 {
+                Ok(())
+            } else {
+                Err(format!("hosted {hosted} on {host}"))
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
