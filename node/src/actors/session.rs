@@ -65,6 +65,8 @@ enum PeerRef {
 /// A successful join or resume, whichever node hosts the room.
 struct JoinOutcome {
     room: RoomId,
+    /// The node hosting the participant and its media (the room's node).
+    node: Option<NodeId>,
     participant: ParticipantInfo,
     peer: PeerRef,
     resume_token: String,
@@ -76,6 +78,7 @@ impl JoinOutcome {
     fn local(info: JoinedInfo) -> Self {
         JoinOutcome {
             room: info.room,
+            node: None,
             participant: info.participant,
             peer: PeerRef::Local(info.peer),
             resume_token: info.resume_token,
@@ -441,7 +444,7 @@ impl SignalingSession {
         let joined = ServerMessage::Joined {
             room: info.room,
             participant: info.participant,
-            node: self.ctx.config.node_id.clone(),
+            node: info.node.unwrap_or_else(|| self.ctx.config.node_id.clone()),
             resume_token: info.resume_token,
             ice_servers: info.ice_servers,
             participants: info.participants,
@@ -540,6 +543,7 @@ async fn join_anywhere(
             participants,
         } => Ok(JoinOutcome {
             room,
+            node: Some(assignment.node.clone()),
             participant,
             peer: PeerRef::Remote(assignment.node),
             resume_token,
