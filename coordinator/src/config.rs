@@ -136,7 +136,10 @@ mod tests {
                 ..ok.clone()
             },
         ] {
-            assert!(matches!(broken.validate(), Err(Error::Config(_))), "{broken:?}");
+            assert!(
+                matches!(broken.validate(), Err(Error::Config(_))),
+                "{broken:?}"
+            );
         }
     }
 }
