@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::events::{CloseInfo, EventLog, TaskSet};
 use crate::peer::{to_rtc_candidate, Peer};
 use crate::publisher::{LocalTrack, PublishOpts};
-use crate::stats::TrackStats;
+use crate::stats::{LatencyHistogram, TrackStats};
 use crate::subscriber::{self, StatsBook, SubscriberCmd, SubscriberCtx, TrackReaders};
 use crate::ws::{next_incoming, Incoming, WsRead, WsWriter};
 use futures::StreamExt;
@@ -337,6 +337,13 @@ impl Client {
     /// Per received track: counts, loss, duplicates and latency percentiles.
     pub fn track_stats(&self) -> Vec<TrackStats> {
         self.stats.snapshot()
+    }
+
+    /// Per received track (publisher, track id): a copy of its latency histogram. Two copies
+    /// taken apart give that window's latencies with [`LatencyHistogram::since`], which the
+    /// cumulative percentiles of [`Client::track_stats`] cannot.
+    pub fn latency_histograms(&self) -> Vec<(String, String, LatencyHistogram)> {
+        self.stats.latency_histograms()
     }
 
     /// Synthetic packets received from `publisher` over all its tracks (duplicates included).

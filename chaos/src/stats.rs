@@ -165,6 +165,39 @@ impl LatencyHistogram {
         self.total
     }
 
+    /// Adds the samples of `other` (e.g. to pool many tracks' latencies).
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        if other.counts.len() > self.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
+        }
+        for (a, &b) in self.counts.iter_mut().zip(&other.counts) {
+            *a = a.saturating_add(b);
+        }
+        self.total += other.total;
+        self.max = self.max.max(other.max);
+    }
+
+    /// The samples recorded since `earlier`, an older copy of this same histogram: counts
+    /// subtract bucket by bucket. The window's exact maximum is unknown; it is taken as the
+    /// top of its highest non-empty bucket (never above this histogram's maximum).
+    pub fn since(&self, earlier: &LatencyHistogram) -> LatencyHistogram {
+        let counts: Vec<u32> = self
+            .counts
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| c.saturating_sub(earlier.counts.get(i).copied().unwrap_or(0)))
+            .collect();
+        let total = counts.iter().map(|&c| u64::from(c)).sum();
+        let max = match counts.iter().rposition(|&c| c > 0) {
+            Some(i) => {
+                let (low, width) = bucket_range(i);
+                (low + width - 1).min(self.max)
+            }
+            None => 0,
+        };
+        LatencyHistogram { counts, total, max }
+    }
+
     pub fn max(&self) -> u64 {
         self.max
     }
@@ -260,6 +293,11 @@ impl TrackAccumulator {
         if self.seq.record(h.seq) != Arrival::Duplicate {
             self.latency.record(latency);
         }
+    }
+
+    /// Latencies of the non-duplicate packets so far.
+    pub fn latency(&self) -> &LatencyHistogram {
+        &self.latency
     }
 
     pub fn mark_ended(&mut self) {
@@ -431,6 +469,33 @@ mod tests {
         assert!((p999 - 80_800.0).abs() / 80_800.0 < 0.02, "p99.9 {p999}");
         assert_eq!(h.max(), 80_900);
         assert!(h.percentile(100.0) <= 80_900);
+    }
+
+    #[test]
+    fn since_and_merge_give_window_and_pooled_percentiles() {
+        let mut h = LatencyHistogram::default();
+        for v in 0..100 {
+            h.record(10_000 + v);
+        }
+        let before = h.clone();
+        for v in 0..100 {
+            h.record(100 + v);
+        }
+        let w = h.since(&before);
+        assert_eq!(w.count(), 100);
+        assert_eq!(w.percentile(50.0), 148, "149 lies in the bucket 148..=149");
+        assert!(w.max() >= 199 && w.max() < 210, "max {}", w.max());
+        assert_eq!(h.since(&h).count(), 0);
+        let mut pooled = LatencyHistogram::default();
+        pooled.merge(&w);
+        pooled.merge(&before);
+        assert_eq!(pooled.count(), 200);
+        assert_eq!(pooled.max(), 10_099);
+        assert_eq!(
+            pooled.percentile(50.0),
+            198,
+            "199 lies in the bucket 198..=199"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::events::{EventLog, TaskSet};
 use crate::payload::unix_now_us;
 use crate::peer::{build_peer, to_rtc_candidate, Peer, TrackSink};
-use crate::stats::{TrackAccumulator, TrackStats};
+use crate::stats::{LatencyHistogram, TrackAccumulator, TrackStats};
 use crate::ws::WsWriter;
 use protocol::signal::{ClientMessage, IceCandidate, IceServer, TrackKind};
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
@@ -32,6 +32,18 @@ impl StatsBook {
             .entry(key)
             .or_insert_with(|| Arc::new(Mutex::new(TrackAccumulator::new(kind))))
             .clone()
+    }
+
+    /// A copy of each track's latency histogram.
+    pub fn latency_histograms(&self) -> Vec<(String, String, LatencyHistogram)> {
+        let tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
+        tracks
+            .iter()
+            .map(|((publisher, track), acc)| {
+                let acc = acc.lock().unwrap_or_else(|p| p.into_inner());
+                (publisher.clone(), track.clone(), acc.latency().clone())
+            })
+            .collect()
     }
 
     pub fn snapshot(&self) -> Vec<TrackStats> {

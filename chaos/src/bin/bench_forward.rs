@@ -1,0 +1,1254 @@
+//! `bench_forward`: what forwarding costs one media node.
+//!
+//! For each subscriber count N it starts a fresh node process (`--node-bin`, built
+//! beforehand with `cargo build --release -p node -p chaos`), connects one publisher
+//! (synthetic VP8 ≈ 1 Mbps at 100 packets/s of 1200 bytes, Opus-like audio at 50 packets/s)
+//! and N subscribe-only clients, waits until every subscriber receives both tracks, and then
+//! measures a steady window:
+//!
+//! - forwarded packets/s: least-squares slope of `sfu_packets_forwarded_total` sampled from
+//!   `/metrics` at 4 Hz (the node adds to that counter in batches of 64 packets per track,
+//!   so a two-point delta over 10 s can be off by several percent);
+//! - node CPU: utime + stime of the node process (`/proc/<pid>/stat`, all threads) over the
+//!   window, per million forwarded packets and as % of one core;
+//! - the bench process's own CPU the same way (its clients share the machine's cores), and
+//!   everything else's: all cores' busy time (`/proc/stat`) minus node and bench. On a shared
+//!   machine the bench waits for a quiet moment before each N and measures up to
+//!   `--attempts` windows, reporting the least disturbed;
+//! - loss: over all subscribers and both tracks, sequence numbers that should have arrived
+//!   in the window (growth of highest − first + 1) and did not, from statistics snapshots
+//!   taken at the start and the end of the window; plus subscribers whose stream stalled;
+//! - latency: receive time − send time (same machine clock) of every non-duplicate packet
+//!   received in the window, pooled over all subscribers and both tracks, from latency
+//!   histograms copied at the start and the end of the window and subtracted;
+//! - node RSS (`VmRSS`) at the end of the window.
+//!
+//! Then every client leaves and the node is stopped (SIGINT, then SIGKILL). With `--write
+//! FILE` the results replace the `bench_forward` section of FILE. Traffic goes to 127.0.0.1
+//! only; every wait is bounded.
+
+use anyhow::{anyhow, bail, Context, Result};
+use chaos::stats::LatencyHistogram;
+use chaos::{Client, PublishOpts, TrackStats};
+use clap::Parser;
+use futures::StreamExt;
+use protocol::signal::TrackKind;
+use protocol::token::{mint, Claims};
+use protocol::{RoomId, UserId};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const API_SECRET: &[u8] = b"devsecret";
+const SECTION_BEGIN: &str = "<!-- bench_forward:begin -->";
+const SECTION_END: &str = "<!-- bench_forward:end -->";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bench_forward",
+    about = "Forwarding cost of one node: one publisher, N subscribers"
+)]
+struct Args {
+    /// The node binary (build it first: cargo build --release -p node -p chaos).
+    #[arg(long, default_value = "target/release/node")]
+    node_bin: PathBuf,
+    /// Subscriber counts to measure, one fresh node each.
+    #[arg(long, value_delimiter = ',', default_value = "10,50,100,200")]
+    subscribers: Vec<usize>,
+    /// Length of the measured window, in seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Seconds to wait after every subscriber receives media, before the window.
+    #[arg(long, default_value_t = 3)]
+    settle: u64,
+    /// Subscribers being set up (connect, join, negotiate, first media) at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Bound on setting up all subscribers, in seconds [default: 60 + N].
+    #[arg(long)]
+    setup_timeout: Option<u64>,
+    /// Video packets per second of the publisher.
+    #[arg(long, default_value_t = 100)]
+    video_pps: u32,
+    /// Audio packets per second of the publisher.
+    #[arg(long, default_value_t = 50)]
+    audio_pps: u32,
+    /// Video RTP payload bytes.
+    #[arg(long, default_value_t = 1200)]
+    video_payload: usize,
+    /// Where the node logs (and perf data) go.
+    #[arg(long, default_value = "target/bench_forward")]
+    log_dir: PathBuf,
+    /// After each measured window (not during it), profile the node with `perf record` for
+    /// this many seconds and print its hottest symbols.
+    #[arg(long)]
+    perf_seconds: Option<u64>,
+    /// Windows to measure at most per N: another is taken while other processes used more
+    /// than --max-other % of a core; the least disturbed one is reported.
+    #[arg(long, default_value_t = 3)]
+    attempts: usize,
+    /// See --attempts.
+    #[arg(long, default_value_t = 20.0)]
+    max_other: f64,
+    /// Before each N, wait up to this many seconds for the machine to be quiet (other
+    /// processes share its cores; the "other CPU %" column shows what was left).
+    #[arg(long, default_value_t = 300)]
+    quiet_wait: u64,
+    /// "Quiet": all cores busy less than this % over one second.
+    #[arg(long, default_value_t = 15.0)]
+    quiet_below: f64,
+    /// Replace the bench_forward section of this markdown file (created if missing).
+    #[arg(long)]
+    write: Option<PathBuf>,
+    /// Markdown file whose text becomes the section's "What dominates" note.
+    #[arg(long)]
+    note: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(
+                    "warn,rtc=error,rtc_ice=error,rtc_dtls=error,webrtc=error",
+                )
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if args.subscribers.is_empty() || args.subscribers.contains(&0) {
+        bail!("--subscribers needs positive counts, e.g. 10,50,100,200");
+    }
+    if args.seconds == 0 {
+        bail!("--seconds must be at least 1");
+    }
+    if !args.node_bin.is_file() {
+        bail!(
+            "node binary {} not found: run `cargo build --release -p node -p chaos` first or pass --node-bin",
+            args.node_bin.display()
+        );
+    }
+    std::fs::create_dir_all(&args.log_dir)
+        .with_context(|| format!("creating {}", args.log_dir.display()))?;
+    let facts = MachineFacts::collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut outcomes = Vec::new();
+    for &n in &args.subscribers {
+        eprintln!("== N = {n} subscribers");
+        let busy = rt.block_on(wait_quiet(
+            Duration::from_secs(args.quiet_wait),
+            args.quiet_below,
+        ))?;
+        if busy >= args.quiet_below {
+            eprintln!(
+                "   the machine is still {busy:.0} % busy after {} s; measuring anyway",
+                args.quiet_wait
+            );
+        }
+        let outcome = rt.block_on(run_one(&args, &facts, n));
+        match &outcome {
+            Ok(r) => eprintln!("== N = {n}: {}", r.one_line()),
+            Err(e) => eprintln!("== N = {n} FAILED: {e:#}"),
+        }
+        outcomes.push((n, outcome));
+    }
+    // Clients closing in the background finish before the runtime goes.
+    rt.shutdown_timeout(Duration::from_secs(5));
+
+    let table = render_table(&outcomes, facts.nproc);
+    println!("{table}");
+    let profiles: Vec<(usize, &str)> = outcomes
+        .iter()
+        .filter_map(|(n, o)| o.as_ref().ok()?.profile.as_deref().map(|p| (*n, p)))
+        .collect();
+    for (n, p) in &profiles {
+        println!("perf profile of the node at N = {n}:\n{p}");
+    }
+    if let Some(path) = &args.write {
+        let note = match &args.note {
+            Some(p) => Some(
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let section = render_section(&args, &facts, &table, &outcomes, note.as_deref());
+        write_section(path, &section)?;
+        eprintln!("wrote the bench_forward section of {}", path.display());
+    }
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter_map(|(n, o)| match o {
+            Err(e) => Some(format!("N={n}: {e:#}")),
+            Ok(r) if r.window.stalled > 0 => Some(format!(
+                "N={n}: {} subscriber(s) stalled in the window",
+                r.window.stalled
+            )),
+            Ok(_) => None,
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!("{} run(s) failed: {}", failed.len(), failed.join("; "));
+    }
+    Ok(())
+}
+
+/// The figures of one N.
+struct RunResult {
+    n: usize,
+    setup_secs: f64,
+    /// The measured window (the least disturbed one, when several were taken).
+    window: Window,
+    peers_after_leave: Option<f64>,
+    profile: Option<String>,
+}
+
+impl RunResult {
+    fn one_line(&self) -> String {
+        let w = &self.window;
+        format!(
+            "fwd {:.0}/s, node {:.0}% CPU, {:.2} CPU-s/Mpkt, bench {:.0}% CPU, machine {:.0}% busy, loss {:.3}%, p50 {:.2} ms, p99 {:.2} ms",
+            w.forwarded_pps,
+            w.node_cpu_pct(),
+            w.cpu_per_mpkt(),
+            w.bench_cpu_pct(),
+            w.machine_busy,
+            w.loss_pct,
+            ms(w.lat.percentile(50.0)),
+            ms(w.lat.percentile(99.0)),
+        )
+    }
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+/// Samples the machine's busy share over 1 s until it is below `below` % or `max` passes;
+/// returns the last sample.
+async fn wait_quiet(max: Duration, below: f64) -> Result<f64> {
+    let started = Instant::now();
+    let mut announced = false;
+    loop {
+        let a = machine_ticks()?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let b = machine_ticks()?;
+        let busy = 100.0 * (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64;
+        if busy < below || started.elapsed() >= max {
+            return Ok(busy);
+        }
+        if !announced {
+            eprintln!("   waiting for the machine to be quiet (now {busy:.0} % busy)");
+            announced = true;
+        }
+    }
+}
+
+/// A node child process, stopped when dropped.
+struct NodeProc {
+    child: Child,
+    port: u16,
+}
+
+impl NodeProc {
+    fn start(bin: &Path, log: &Path) -> Result<NodeProc> {
+        let port = free_port()?;
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = Command::new(bin)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--dev-tokens", "--udp-ports", "0"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(NodeProc { child, port })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// SIGINT (the node's graceful shutdown), then SIGKILL after 5 s.
+    fn stop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-INT", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+async fn run_one(args: &Args, facts: &MachineFacts, n: usize) -> Result<RunResult> {
+    let log = args.log_dir.join(format!("node-n{n}.log"));
+    let mut node = NodeProc::start(&args.node_bin, &log)?;
+    let result = run_with_node(args, facts, n, &mut node).await;
+    node.stop();
+    result.with_context(|| format!("node log: {}", log.display()))
+}
+
+async fn run_with_node(
+    args: &Args,
+    facts: &MachineFacts,
+    n: usize,
+    node: &mut NodeProc,
+) -> Result<RunResult> {
+    let port = node.port;
+    // Ready = /metrics answers. Bounded: 15 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = node.exited() {
+            bail!("node exited during startup ({status})");
+        }
+        if http_get(port, "/metrics").await.is_ok() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!("node did not answer /metrics on port {port} within 15 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ws = format!("ws://127.0.0.1:{port}/ws");
+    let room = format!("bench-{n}-{:04x}", rand::random::<u16>());
+
+    let publisher = Client::connect(&ws).await.context("publisher connect")?;
+    publisher
+        .join(&room, &token(&room, "publisher", true)?)
+        .await
+        .context("publisher join")?;
+    let publisher_id = publisher
+        .participant_id()
+        .ok_or_else(|| anyhow!("publisher has no participant id"))?
+        .to_string();
+    publisher
+        .publish(PublishOpts {
+            audio: true,
+            video: true,
+            video_pps: args.video_pps,
+            audio_pps: args.audio_pps,
+            video_payload: args.video_payload,
+            ..PublishOpts::default()
+        })
+        .await
+        .context("publisher publish")?;
+
+    // Subscribers, `concurrency` at a time; each counts as set up once it receives both
+    // tracks. The first failure stops the setup.
+    let setup_started = Instant::now();
+    let setup_timeout = Duration::from_secs(args.setup_timeout.unwrap_or(60 + n as u64));
+    let mut subs: Vec<Client> = Vec::with_capacity(n);
+    let setup = async {
+        let mut stream = futures::stream::iter(0..n)
+            .map(|i| setup_subscriber(&ws, &room, i, &publisher_id))
+            .buffer_unordered(args.concurrency.max(1));
+        while let Some(r) = stream.next().await {
+            subs.push(r?);
+            if subs.len().is_multiple_of(25) {
+                eprintln!(
+                    "   {} / {n} subscribers receive media ({:.1} s)",
+                    subs.len(),
+                    setup_started.elapsed().as_secs_f64()
+                );
+            }
+        }
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(setup_timeout, setup).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let done = subs.len();
+            leave_all(subs, args.concurrency).await;
+            return Err(e.context(format!(
+                "setting up subscribers: {done} of {n} were receiving media when one failed"
+            )));
+        }
+        Err(_) => {
+            let done = subs.len();
+            leave_all(subs, args.concurrency).await;
+            bail!(
+                "setting up subscribers: only {done} of {n} received media within {} s",
+                setup_timeout.as_secs()
+            );
+        }
+    }
+    let setup_secs = setup_started.elapsed().as_secs_f64();
+    eprintln!("   all {n} subscribers receive media after {setup_secs:.1} s");
+
+    // Steady: every subscriber got a packet of each track within the last second.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now = chaos::payload::unix_now_us();
+        let behind = subs
+            .iter()
+            .filter(|c| {
+                let ts = tracks_of(c, &publisher_id);
+                ts.len() < 2
+                    || ts
+                        .iter()
+                        .any(|t| now.saturating_sub(t.last_packet_unix_us) > 1_000_000)
+            })
+            .count();
+        if behind == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            leave_all(subs, args.concurrency).await;
+            bail!("{behind} of {n} subscribers received nothing in the last second, for 15 s after setup");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(args.settle)).await;
+
+    // The window, repeated (bounded) while other processes take much of the machine.
+    let pid = node.pid();
+    let attempts = args.attempts.max(1);
+    let mut best: Option<Window> = None;
+    for attempt in 1..=attempts {
+        let w = measure_window(args, facts, port, pid, &publisher, &publisher_id, &subs).await?;
+        let other = w.other_cpu_pct(facts.nproc);
+        eprintln!(
+            "   window {attempt}/{attempts}: node {:.0} %, bench {:.0} %, other {other:.0} % of a core",
+            w.node_cpu_pct(),
+            w.bench_cpu_pct()
+        );
+        let better = best
+            .as_ref()
+            .is_none_or(|b| other < b.other_cpu_pct(facts.nproc));
+        if better {
+            best = Some(w);
+        }
+        if other <= args.max_other {
+            break;
+        }
+    }
+    let window = best.ok_or_else(|| anyhow!("no window measured"))?;
+
+    let profile = match args.perf_seconds {
+        Some(s) if s > 0 => match perf_profile(pid, s, &args.log_dir, n).await {
+            Ok(p) => Some(p),
+            Err(e) => Some(format!("perf failed: {e:#}")),
+        },
+        _ => None,
+    };
+
+    // Teardown: everyone leaves; the node should be back to zero peers.
+    leave_all(subs, args.concurrency).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), publisher.leave()).await;
+    drop(publisher);
+    let mut peers_after_leave = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        peers_after_leave = Metrics::fetch(port).await.ok().map(|m| m.peers);
+        if peers_after_leave == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    Ok(RunResult {
+        n,
+        setup_secs,
+        window,
+        peers_after_leave,
+        profile,
+    })
+}
+
+/// Everything measured over one steady window.
+struct Window {
+    secs: f64,
+    sent_pps: f64,
+    forwarded_pps: f64,
+    delivered_pps: f64,
+    node_cpu_secs: f64,
+    bench_cpu_secs: f64,
+    /// Non-idle share of all cores, %.
+    machine_busy: f64,
+    loss_pct: f64,
+    stalled: usize,
+    lat: LatencyHistogram,
+    rss_kib: u64,
+    dropped_congested: f64,
+    dropped_write_error: f64,
+}
+
+impl Window {
+    fn node_cpu_pct(&self) -> f64 {
+        100.0 * self.node_cpu_secs / self.secs
+    }
+
+    fn bench_cpu_pct(&self) -> f64 {
+        100.0 * self.bench_cpu_secs / self.secs
+    }
+
+    /// CPU of everything else on the machine (% of one core): all cores' busy time minus
+    /// the node's and the bench's.
+    fn other_cpu_pct(&self, nproc: usize) -> f64 {
+        (self.machine_busy * nproc as f64 - self.node_cpu_pct() - self.bench_cpu_pct()).max(0.0)
+    }
+
+    fn cpu_per_mpkt(&self) -> f64 {
+        let forwarded = self.forwarded_pps * self.secs;
+        if forwarded <= 0.0 {
+            return f64::NAN;
+        }
+        self.node_cpu_secs / (forwarded / 1e6)
+    }
+}
+
+async fn measure_window(
+    args: &Args,
+    facts: &MachineFacts,
+    port: u16,
+    pid: u32,
+    publisher: &Client,
+    publisher_id: &str,
+    subs: &[Client],
+) -> Result<Window> {
+    let m0 = Metrics::fetch(port).await?;
+    let sent0 = publisher.sent_stats().await;
+    let subs0: Vec<SubSnap> = subs
+        .iter()
+        .map(|c| SubSnap::take(c, publisher_id))
+        .collect();
+    let cpu0 = (
+        proc_cpu_ticks(&pid.to_string())?,
+        proc_cpu_ticks("self")?,
+        machine_ticks()?,
+    );
+    let t0 = Instant::now();
+    let mut samples = vec![(0.0, m0.forwarded)];
+    let window = Duration::from_secs(args.seconds);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.tick().await;
+    while t0.elapsed() < window {
+        tick.tick().await;
+        let m = Metrics::fetch(port).await?;
+        samples.push((t0.elapsed().as_secs_f64(), m.forwarded));
+    }
+    let cpu1 = (
+        proc_cpu_ticks(&pid.to_string())?,
+        proc_cpu_ticks("self")?,
+        machine_ticks()?,
+    );
+    let secs = t0.elapsed().as_secs_f64();
+    let subs1: Vec<SubSnap> = subs
+        .iter()
+        .map(|c| SubSnap::take(c, publisher_id))
+        .collect();
+    let sent1 = publisher.sent_stats().await;
+    let m1 = Metrics::fetch(port).await?;
+    let rss_kib = vm_rss_kib(pid)?;
+
+    let clk = facts.clk_tck as f64;
+    let node_cpu_secs = (cpu1.0 - cpu0.0) as f64 / clk;
+    let bench_cpu_secs = (cpu1.1 - cpu0.1) as f64 / clk;
+    let (busy, total) = (cpu1.2 .0 - cpu0.2 .0, cpu1.2 .1 - cpu0.2 .1);
+    let machine_busy = if total > 0 {
+        100.0 * busy as f64 / total as f64
+    } else {
+        f64::NAN
+    };
+    let sent_by_kind = |s: &[chaos::SentStats], k: TrackKind| -> u64 {
+        s.iter().filter(|t| t.kind == k).map(|t| t.sent).sum()
+    };
+    let sent_video =
+        sent_by_kind(&sent1, TrackKind::Video) - sent_by_kind(&sent0, TrackKind::Video);
+    let sent_audio =
+        sent_by_kind(&sent1, TrackKind::Audio) - sent_by_kind(&sent0, TrackKind::Audio);
+
+    let mut lost = 0i64;
+    let mut expected = 0i64;
+    let mut delivered = 0i64;
+    let mut stalled = 0usize;
+    let mut lat = LatencyHistogram::default();
+    for (a, b) in subs0.iter().zip(&subs1) {
+        let mut sub_stalled = b.stats.len() < 2;
+        for (key, tb) in &b.stats {
+            let Some(ta) = a.stats.get(key) else {
+                sub_stalled = true;
+                continue;
+            };
+            let unique = |t: &TrackStats| (t.received - t.duplicates) as i64;
+            let d_unique = unique(tb) - unique(ta);
+            let d_lost = tb.lost as i64 - ta.lost as i64;
+            lost += d_lost;
+            expected += d_unique + d_lost;
+            delivered += (tb.received - ta.received) as i64;
+            let sent = match tb.kind {
+                TrackKind::Video => sent_video,
+                TrackKind::Audio => sent_audio,
+            };
+            if ((d_unique + d_lost) as f64) < 0.5 * sent as f64 {
+                sub_stalled = true;
+            }
+            if let (Some(ha), Some(hb)) = (a.latency.get(key), b.latency.get(key)) {
+                lat.merge(&hb.since(ha));
+            }
+        }
+        if sub_stalled {
+            stalled += 1;
+        }
+    }
+    let loss_pct = if expected > 0 {
+        100.0 * lost as f64 / expected as f64
+    } else {
+        f64::NAN
+    };
+    Ok(Window {
+        secs,
+        sent_pps: (sent_video + sent_audio) as f64 / secs,
+        forwarded_pps: slope(&samples),
+        delivered_pps: delivered as f64 / secs,
+        node_cpu_secs,
+        bench_cpu_secs,
+        machine_busy,
+        loss_pct,
+        stalled,
+        lat,
+        rss_kib,
+        dropped_congested: m1.dropped_congested - m0.dropped_congested,
+        dropped_write_error: m1.dropped_write_error - m0.dropped_write_error,
+    })
+}
+
+fn token(room: &str, user: &str, can_publish: bool) -> Result<String> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let mut claims = Claims::new(RoomId::new(room)?, UserId::new(user)?, now, 3600);
+    claims.can_publish = can_publish;
+    Ok(mint(API_SECRET, &claims))
+}
+
+fn tracks_of(c: &Client, publisher: &str) -> Vec<TrackStats> {
+    c.track_stats()
+        .into_iter()
+        .filter(|t| t.publisher == publisher)
+        .collect()
+}
+
+/// Connects, joins subscribe-only and waits (30 s at most) until both tracks arrive.
+async fn setup_subscriber(ws: &str, room: &str, i: usize, publisher: &str) -> Result<Client> {
+    let user = format!("sub-{i:04}");
+    let c = Client::connect(ws)
+        .await
+        .with_context(|| format!("{user}: connect"))?;
+    c.join(room, &token(room, &user, false)?)
+        .await
+        .with_context(|| format!("{user}: join"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ts = tracks_of(&c, publisher);
+        if ts.len() >= 2 && ts.iter().all(|t| t.received > 0) {
+            return Ok(c);
+        }
+        if Instant::now() >= deadline {
+            let errors = c.local_errors();
+            bail!(
+                "{user}: no media from both tracks within 30 s after joining (tracks: {}, local errors: {:?})",
+                ts.iter()
+                    .map(|t| format!("{:?} received {}", t.kind, t.received))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                errors
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every client leaves, `concurrency × 2` at a time, each bounded by 5 s, all by 120 s.
+async fn leave_all(subs: Vec<Client>, concurrency: usize) {
+    let all = futures::stream::iter(subs)
+        .map(|c| async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.leave()).await;
+        })
+        .buffer_unordered(concurrency.max(1) * 2)
+        .collect::<Vec<()>>();
+    if tokio::time::timeout(Duration::from_secs(120), all)
+        .await
+        .is_err()
+    {
+        eprintln!("   leaving took more than 120 s; the rest are dropped");
+    }
+}
+
+/// One subscriber's statistics of the publisher's tracks, keyed by track id.
+struct SubSnap {
+    stats: HashMap<String, TrackStats>,
+    latency: HashMap<String, LatencyHistogram>,
+}
+
+impl SubSnap {
+    fn take(c: &Client, publisher: &str) -> SubSnap {
+        let latency = c
+            .latency_histograms()
+            .into_iter()
+            .filter(|(p, _, _)| p == publisher)
+            .map(|(_, t, h)| (t, h))
+            .collect();
+        let stats = tracks_of(c, publisher)
+            .into_iter()
+            .map(|t| (t.track_id.clone(), t))
+            .collect();
+        SubSnap { stats, latency }
+    }
+}
+
+/// Least-squares slope of (seconds, counter) samples.
+fn slope(samples: &[(f64, f64)]) -> f64 {
+    let n = samples.len() as f64;
+    if samples.len() < 2 {
+        return f64::NAN;
+    }
+    let mx = samples.iter().map(|s| s.0).sum::<f64>() / n;
+    let my = samples.iter().map(|s| s.1).sum::<f64>() / n;
+    let sxy: f64 = samples.iter().map(|s| (s.0 - mx) * (s.1 - my)).sum();
+    let sxx: f64 = samples.iter().map(|s| (s.0 - mx) * (s.0 - mx)).sum();
+    sxy / sxx
+}
+
+/// The node counters the bench reads.
+struct Metrics {
+    forwarded: f64,
+    dropped_congested: f64,
+    dropped_write_error: f64,
+    peers: f64,
+}
+
+impl Metrics {
+    async fn fetch(port: u16) -> Result<Metrics> {
+        let text = http_get(port, "/metrics").await.context("GET /metrics")?;
+        let get = |name: &str, label: Option<&str>| -> Result<f64> {
+            metric(&text, name, label).ok_or_else(|| anyhow!("/metrics has no {name} {label:?}"))
+        };
+        Ok(Metrics {
+            forwarded: get("sfu_packets_forwarded_total", None)?,
+            dropped_congested: get("sfu_packets_dropped_total", Some("reason=\"congested\""))?,
+            dropped_write_error: get("sfu_packets_dropped_total", Some("reason=\"write_error\""))?,
+            peers: get("sfu_peers", None)?,
+        })
+    }
+}
+
+/// The value of `name` (with a label containing `label`, if given) in Prometheus text.
+fn metric(text: &str, name: &str, label: Option<&str>) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
+                let (labels, value) = r.split_once('}')?;
+                (labels, value)
+            } else if rest.starts_with(' ') {
+                ("", rest)
+            } else {
+                return None;
+            };
+            if let Some(want) = label {
+                if !labels.contains(want) {
+                    return None;
+                }
+            }
+            value.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .next()
+}
+
+/// A bounded (5 s) HTTP/1.1 GET to 127.0.0.1; the body of a 200 answer.
+async fn http_get(port: u16, path: &str) -> Result<String> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        anyhow::Ok(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| anyhow!("GET {path}: no answer within 5 s"))??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("GET {path}: malformed answer"))?;
+    let status = head.lines().next().unwrap_or("");
+    if !status.contains(" 200") {
+        bail!("GET {path}: {status}");
+    }
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return dechunk(body);
+    }
+    Ok(body.to_owned())
+}
+
+fn dechunk(mut body: &str) -> Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body
+            .split_once("\r\n")
+            .ok_or_else(|| anyhow!("bad chunk"))?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)?;
+        if size == 0 {
+            return Ok(out);
+        }
+        out.push_str(rest.get(..size).ok_or_else(|| anyhow!("short chunk"))?);
+        body = rest.get(size + 2..).ok_or_else(|| anyhow!("short chunk"))?;
+    }
+}
+
+/// utime + stime (clock ticks) of a process, all its threads: `/proc/<pid>/stat`.
+fn proc_cpu_ticks(pid: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let s = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name (which may hold spaces) start with field 3, `state`.
+    let after = s
+        .rsplit_once(')')
+        .ok_or_else(|| anyhow!("{path}: no command name"))?
+        .1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| -> Result<u64> {
+        f.get(i)
+            .ok_or_else(|| anyhow!("{path}: short"))?
+            .parse::<u64>()
+            .with_context(|| format!("{path}: field {}", i + 3))
+    };
+    // utime is field 14, stime field 15.
+    Ok(field(11)? + field(12)?)
+}
+
+/// (busy, total) clock ticks of all CPUs: `/proc/stat`'s `cpu` line; idle and iowait are
+/// not busy.
+fn machine_ticks() -> Result<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow!("/proc/stat has no cpu line"))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+fn vm_rss_kib(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let s = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow!("{path} has no VmRSS"))
+}
+
+/// `perf record` of the node for `secs` (sampling at 999 Hz, no call graphs), then the
+/// hottest symbols by self time.
+async fn perf_profile(pid: u32, secs: u64, dir: &Path, n: usize) -> Result<String> {
+    let data = dir.join(format!("perf-n{n}.data"));
+    let data_s = data.to_string_lossy().to_string();
+    let pid_s = pid.to_string();
+    let secs_s = secs.to_string();
+    let record = tokio::process::Command::new("perf")
+        .args(["record", "-q", "-F", "999", "-p", &pid_s, "-o", &data_s])
+        .args(["--", "sleep", &secs_s])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(secs + 30), record)
+        .await
+        .map_err(|_| anyhow!("perf record did not finish"))??;
+    if !out.status.success() {
+        bail!(
+            "perf record: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let mut report = String::new();
+    for sort in ["dso", "dso,symbol"] {
+        let out = tokio::process::Command::new("perf")
+            .args(["report", "-i", &data_s, "--stdio", "--no-children", "-q"])
+            .args(["--sort", sort, "--percent-limit", "1"])
+            .stderr(Stdio::null())
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(120), out)
+            .await
+            .map_err(|_| anyhow!("perf report did not finish"))??;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(30)
+            .map(|l| l.trim_end())
+            .collect();
+        let _ = writeln!(report, "by {sort} (self time, ≥ 1 %):");
+        for l in lines {
+            // perf pads the symbol column to the widest name and appends empty columns.
+            let l = l.trim().trim_end_matches(['-', ' ']);
+            let _ = writeln!(
+                report,
+                "  {}",
+                l.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
+        }
+    }
+    Ok(report)
+}
+
+struct MachineFacts {
+    nproc: usize,
+    cpu_model: String,
+    kernel: String,
+    clk_tck: u64,
+    clk_tck_note: &'static str,
+}
+
+impl MachineFacts {
+    fn collect() -> MachineFacts {
+        let nproc = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0);
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = command_output("uname", &["-r"]).unwrap_or_else(|| "unknown".into());
+        let (clk_tck, clk_tck_note) = match command_output("getconf", &["CLK_TCK"])
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|&t| t > 0)
+        {
+            Some(t) => (t, "from getconf"),
+            None => (100, "assumed: getconf failed"),
+        };
+        MachineFacts {
+            nproc,
+            cpu_model,
+            kernel,
+            clk_tck,
+            clk_tck_note,
+        }
+    }
+}
+
+fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn render_table(outcomes: &[(usize, Result<RunResult>)], nproc: usize) -> String {
+    let mut t = String::new();
+    t.push_str("| subscribers | setup s | sent pkt/s | forwarded pkt/s | delivered pkt/s | node CPU % | node CPU-s per M fwd | bench CPU % | other CPU % | loss % | stalled | p50 ms | p99 ms | max ms | node RSS MiB | dropped congested / write err |\n");
+    t.push_str(
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (n, o) in outcomes {
+        match o {
+            Ok(r) => {
+                let w = &r.window;
+                let _ = writeln!(
+                    t,
+                    "| {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.3} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} / {:.0} |",
+                    r.n,
+                    r.setup_secs,
+                    w.sent_pps,
+                    w.forwarded_pps,
+                    w.delivered_pps,
+                    w.node_cpu_pct(),
+                    w.cpu_per_mpkt(),
+                    w.bench_cpu_pct(),
+                    w.other_cpu_pct(nproc),
+                    w.loss_pct,
+                    w.stalled,
+                    ms(w.lat.percentile(50.0)),
+                    ms(w.lat.percentile(99.0)),
+                    ms(w.lat.max()),
+                    w.rss_kib as f64 / 1024.0,
+                    w.dropped_congested,
+                    w.dropped_write_error,
+                );
+            }
+            Err(e) => {
+                let msg = format!("{e:#}").replace('|', "/").replace('\n', " ");
+                let _ = writeln!(t, "| {n} | failed: {msg} | | | | | | | | | | | | | | |");
+            }
+        }
+    }
+    t
+}
+
+fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'') {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn render_section(
+    args: &Args,
+    facts: &MachineFacts,
+    table: &str,
+    outcomes: &[(usize, Result<RunResult>)],
+    note: Option<&str>,
+) -> String {
+    let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+        .unwrap_or_else(|| format!("unix {}", unix_secs()));
+    let commit = command_output("git", &["rev-parse", "--short", "HEAD"]).map(|c| {
+        let dirty = command_output("git", &["status", "--porcelain", "--untracked-files=no"])
+            .is_some_and(|s| !s.is_empty());
+        if dirty {
+            format!("{c} (working tree had uncommitted changes)")
+        } else {
+            c
+        }
+    });
+    let mut s = String::new();
+    let _ = writeln!(s, "{SECTION_BEGIN}");
+    let _ = writeln!(
+        s,
+        "## Forwarding: one publisher, N subscribers, one node (`bench_forward`)\n"
+    );
+    let _ = writeln!(
+        s,
+        "```\ncargo build --release -p node -p chaos\n{}\n```\n",
+        command_line()
+    );
+    let _ = writeln!(s, "- date: {date}");
+    if let Some(c) = commit {
+        let _ = writeln!(s, "- commit: {c}");
+    }
+    let _ = writeln!(
+        s,
+        "- machine: {} CPUs (nproc), {}, Linux {}; CLK_TCK {} ({})",
+        facts.nproc, facts.cpu_model, facts.kernel, facts.clk_tck, facts.clk_tck_note
+    );
+    let _ = writeln!(
+        s,
+        "- load: one publisher, video {} pkt/s × {} B payload + audio {} pkt/s × 160 B; N subscribe-only clients set up {} at a time; window {} s after {} s of settling (up to {} windows while other processes took more than {} % of a core; the least disturbed is reported); node with default settings (`--dev-tokens --udp-ports 0`, 2 media threads); clients and node on the same machine\n",
+        args.video_pps,
+        args.video_payload,
+        args.audio_pps,
+        args.concurrency,
+        args.seconds,
+        args.settle,
+        args.attempts.max(1),
+        args.max_other
+    );
+    s.push_str(table);
+    s.push('\n');
+    s.push_str(
+        "How each figure is computed:\n\n\
+- *forwarded pkt/s*: least-squares slope of the node's `sfu_packets_forwarded_total`, sampled \
+from `/metrics` every 250 ms through the window (the node adds to the counter in batches of 64 \
+received packets per track, so a two-point delta would be off by up to ±8 %). *delivered pkt/s*: \
+packets the subscribers' applications received in the window (their own counters). *sent pkt/s*: \
+packets the publisher handed to webrtc.\n\
+- *node CPU*: utime + stime of the node process (all threads, `/proc/<pid>/stat`) over the \
+window; 100 % = one core, so the machine has nproc × 100 %. *CPU-s per M fwd* = node CPU-seconds / (forwarded pkt/s × window / 10⁶). \
+*bench CPU*: the same for this process (publisher + all subscribers, which compete with the node \
+for the same cores). *other CPU*: everything else on the machine in the window (all cores' non-idle time from \
+`/proc/stat`, minus node and bench); well above 0 means the figures were disturbed.\n\
+- *loss*: from statistics snapshots of every subscriber at the start and end of the window, \
+Σ growth of missing sequence numbers / Σ growth of (highest − first + 1), over all subscribers and \
+both tracks. *stalled*: subscribers with a track whose highest sequence number advanced less than \
+half of what the publisher sent in the window (loss by sequence alone cannot see a stream that \
+stopped).\n\
+- *latency*: receive time − send time embedded in the payload (one clock), of every non-duplicate \
+packet received in the window, pooled over all subscribers and both tracks: each subscriber's \
+latency histograms (≤ 1.6 % bucket error) are copied at the start and end of the window and \
+subtracted. *max* is the top of the highest non-empty bucket.\n\
+- *node RSS*: `VmRSS` at the end of the window. *dropped*: growth of \
+`sfu_packets_dropped_total{reason=congested|write_error}` in the window.\n\n",
+    );
+    let leaks: Vec<String> = outcomes
+        .iter()
+        .filter_map(|(n, o)| {
+            let r = o.as_ref().ok()?;
+            match r.peers_after_leave {
+                Some(0.0) => None,
+                Some(p) => Some(format!("N={n}: sfu_peers = {p} 10 s after everyone left")),
+                None => Some(format!("N={n}: sfu_peers unreadable after everyone left")),
+            }
+        })
+        .collect();
+    if !leaks.is_empty() {
+        let _ = writeln!(s, "Teardown: {}.\n", leaks.join("; "));
+    }
+    s.push_str("### What dominates\n\n");
+    match note {
+        Some(n) => {
+            s.push_str(n.trim());
+            s.push_str("\n\n");
+        }
+        None if outcomes
+            .iter()
+            .any(|(_, o)| o.as_ref().is_ok_and(|r| r.profile.is_some())) =>
+        {
+            s.push_str("No summary was given (`--note`); the profiles are below.\n\n")
+        }
+        None => s.push_str("Not measured (no profile was taken for this run).\n\n"),
+    }
+    for (n, o) in outcomes {
+        if let Some(p) = o.as_ref().ok().and_then(|r| r.profile.as_deref()) {
+            let _ = writeln!(
+                s,
+                "<details><summary>perf profile of the node at N = {n} (taken after the window)</summary>\n\n```\n{}```\n</details>\n",
+                p
+            );
+        }
+    }
+    let _ = writeln!(s, "{SECTION_END}");
+    s
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Replaces the delimited section of `path`, appends it when the markers are missing, or
+/// creates the file with a short introduction.
+fn write_section(path: &Path, section: &str) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::from(
+            "# Benchmarks\n\nFigures printed by the benchmark programs of this repository, on the \
+machine named in each section. Each section is rewritten by its program (`--write`); the \
+command is in the section so anyone can rerun it.\n\n",
+        ),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let new = match (text.find(SECTION_BEGIN), text.find(SECTION_END)) {
+        (Some(b), Some(e)) if e > b => {
+            let end = e + SECTION_END.len();
+            let end = if text[end..].starts_with('\n') {
+                end + 1
+            } else {
+                end
+            };
+            format!("{}{}{}", &text[..b], section, &text[end..])
+        }
+        _ => {
+            let mut t = text;
+            if !t.is_empty() && !t.ends_with("\n\n") {
+                t.push_str(if t.ends_with('\n') { "\n" } else { "\n\n" });
+            }
+            t.push_str(section);
+            t
+        }
+    };
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_found_by_name_and_label() {
+        let text = "# TYPE sfu_peers gauge\nsfu_peers 3\nsfu_peers_total 9\n\
+sfu_packets_dropped_total{reason=\"congested\"} 12\n\
+sfu_packets_dropped_total{reason=\"write_error\"} 0\n";
+        assert_eq!(metric(text, "sfu_peers", None), Some(3.0));
+        assert_eq!(
+            metric(
+                text,
+                "sfu_packets_dropped_total",
+                Some("reason=\"congested\"")
+            ),
+            Some(12.0)
+        );
+        assert_eq!(
+            metric(
+                text,
+                "sfu_packets_dropped_total",
+                Some("reason=\"write_error\"")
+            ),
+            Some(0.0)
+        );
+        assert_eq!(metric(text, "sfu_rooms", None), None);
+    }
+
+    #[test]
+    fn slope_of_a_line_and_chunked_bodies() {
+        let s: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 5.0 + 3.0 * i as f64)).collect();
+        assert!((slope(&s) - 3.0).abs() < 1e-9);
+        assert_eq!(
+            dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
+            "abcde"
+        );
+    }
+
+    #[test]
+    fn section_is_replaced_or_appended() {
+        let dir = std::env::temp_dir().join(format!("bench-fwd-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("B.md");
+        let sec = |x: &str| format!("{SECTION_BEGIN}\n{x}\n{SECTION_END}\n");
+        write_section(&path, &sec("one")).unwrap();
+        let t = std::fs::read_to_string(&path).unwrap();
+        assert!(t.starts_with("# Benchmarks") && t.ends_with(&sec("one")));
+        std::fs::write(&path, format!("intro\n\n{}\nafter\n", sec("one"))).unwrap();
+        write_section(&path, &sec("two")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("intro\n\n{}\nafter\n", sec("two"))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
