@@ -1,7 +1,7 @@
 //! Serving `coord.allocate`: forward to the room's deciding coordinator, or decide here and
 //! write the decision to the directory with compare-and-swap.
 
-use crate::decide::{decide, Decision, Replace, Stamp};
+use crate::decide::{decide, Decision, Replace, RoomRecord, Stamp};
 use crate::directory::Write;
 use crate::metrics::AllocResult;
 use crate::Shared;
@@ -116,6 +116,20 @@ pub(crate) async fn decide_and_write(
                 return unavailable(format!("room directory: {e}"), AllocResult::Error);
             }
         };
+        if req.lookup {
+            return match record {
+                RoomRecord::Assigned { assignment, .. } => {
+                    (AllocateReply::Assigned(assignment), AllocResult::Existing)
+                }
+                _ => (
+                    AllocateReply::Error {
+                        code: ErrorCode::NotFound,
+                        message: "no such room".into(),
+                    },
+                    AllocResult::Error,
+                ),
+            };
+        }
         let decision = {
             let stamp = Stamp {
                 coordinator: &shared.config.id,

@@ -9,6 +9,7 @@
 //! | `coord.<coordinator>.allocate` | request to the room's deciding coordinator | same |
 //! | `node.<node>.join` | request | [`RemoteJoin`] → [`RemoteJoinReply`] |
 //! | `node.<node>.peer` | publish, ordered | [`PeerCommand`] |
+//! | `node.<node>.resume` | request | [`RemoteResume`] → [`RemoteJoinReply`] |
 //! | `node.<node>.drain` | publish | [`Drain`] |
 //! | `node.<node>.rooms` | request | `{}` → [`NodeRooms`] |
 //! | `user.<user>` | publish (request for `message`) | [`UserDelivery`] → [`DeliveryAck`] |
@@ -77,6 +78,9 @@ pub fn node_peer(node: &NodeId) -> String {
 pub fn node_drain(node: &NodeId) -> String {
     format!("node.{}.drain", token(node.as_str()))
 }
+pub fn node_resume(node: &NodeId) -> String {
+    format!("node.{}.resume", token(node.as_str()))
+}
 pub fn node_rooms(node: &NodeId) -> String {
     format!("node.{}.rooms", token(node.as_str()))
 }
@@ -131,6 +135,10 @@ pub struct AllocateRequest {
     /// twice.
     #[serde(default)]
     pub forwarded: bool,
+    /// Only look the room up: answer its current assignment, or `not_found`, and never
+    /// create one (a `resume` must not open a room).
+    #[serde(default)]
+    pub lookup: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +192,22 @@ pub enum RemoteJoinReply {
         code: ErrorCode,
         message: String,
     },
+}
+
+/// Resume a participant of a room hosted on the receiving node, for a client whose new
+/// socket is on `session_node`. Answered like [`RemoteJoin`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteResume {
+    pub v: u32,
+    pub resume_token: String,
+    pub session_node: NodeId,
+}
+
+/// The room a resume token belongs to: tokens are `<token(room)>.<secret>`, so any node can
+/// find the room's node before asking it.
+pub fn resume_token_room(resume_token: &str) -> Option<RoomId> {
+    let (room, _) = resume_token.rsplit_once('.')?;
+    RoomId::new(untoken(room)?).ok()
 }
 
 /// A client's signaling for its participant on the receiving node, in the order sent.
@@ -265,6 +289,12 @@ mod tests {
         }
         assert_eq!(untoken("=4"), None);
         assert_eq!(node_peer(&NodeId::new("n.1").unwrap()), "node.n=2E1.peer");
+        let room = RoomId::new("a.b@c").unwrap();
+        assert_eq!(
+            resume_token_room(&format!("{}.s3cr3t", token(room.as_str()))),
+            Some(room)
+        );
+        assert_eq!(resume_token_room("no-dot"), None);
     }
 
     proptest::proptest! {

@@ -30,6 +30,10 @@ impl Sandbox {
     /// NATS, two coordinators, nodes n1, n2 (region eu) and n3 (region us); returns once
     /// every coordinator sees every node.
     async fn start() -> anyhow::Result<Sandbox> {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(tweak: impl Fn(&mut Config)) -> anyhow::Result<Sandbox> {
         tests::init_logs();
         let nats = NatsServer::start()?;
         let coordinators = (0..2)
@@ -37,7 +41,11 @@ impl Sandbox {
             .collect::<Result<Vec<_>, _>>()?;
         let nodes = [("n1", "eu"), ("n2", "eu"), ("n3", "us")]
             .iter()
-            .map(|(id, region)| node::spawn(node_config(&nats.url(), id, region)))
+            .map(|(id, region)| {
+                let mut c = node_config(&nats.url(), id, region);
+                tweak(&mut c);
+                node::spawn(c)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let sb = Sandbox {
             nats,
@@ -312,5 +320,48 @@ async fn an_empty_room_closes_and_leaves_the_directory() -> anyhow::Result<()> {
         },
     )
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_resumes_through_another_node() -> anyhow::Result<()> {
+    let sb = Sandbox::start_with(|c| c.resume_grace = Duration::from_secs(20)).await?;
+    let room = room_name("move");
+    let a = join(&sb.nodes[0], &room, "a").await?;
+    let b = join(&sb.nodes[1], &room, "b").await?;
+    b.publish(PublishOpts::default()).await?;
+    a.wait_received_from("b", 50, WAIT).await?;
+    let token = a.joined().unwrap().resume_token;
+    let cursor = b.message_count();
+    a.close_abruptly().await;
+
+    // The same participant comes back through the third node.
+    let a2 = Client::connect(&sb.nodes[2].ws_url()).await?;
+    let joined = a2.resume(&token).await?;
+    assert_eq!(joined.participant.id.as_str(), "a");
+    assert_eq!(
+        joined
+            .participants
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
+    a2.wait_received_from("b", 50, WAIT).await?;
+    a2.publish(PublishOpts::default()).await?;
+    b.wait_received_from("a", 50, WAIT).await?;
+    assert!(
+        !b.messages()[cursor..]
+            .iter()
+            .any(|m| matches!(m, ServerMessage::ParticipantLeft { .. })),
+        "b saw a leave"
+    );
+    // Tokens of unknown rooms, or forged for a known room, are refused.
+    let c = Client::connect(&sb.nodes[1].ws_url()).await?;
+    assert!(c.resume("nope.nope").await.is_err());
+    let forged = format!("{}.forged", protocol::cluster::token(&room));
+    assert!(c.resume(&forged).await.is_err());
+    a2.leave().await?;
+    b.leave().await?;
     Ok(())
 }

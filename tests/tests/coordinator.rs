@@ -72,6 +72,7 @@ fn request(room: &str) -> AllocateRequest {
         region: None,
         from: NodeId::new("test").unwrap(),
         forwarded: false,
+        lookup: false,
     }
 }
 

@@ -2,7 +2,7 @@
 //! serves what other processes ask of this node: joins for rooms hosted here, signaling of
 //! participants whose socket is on another node, drain, and the room list.
 
-use super::rooms::{ForPeer, JoinRoom, ListRooms, RoomRegistry};
+use super::rooms::{ForPeer, JoinRoom, ListRooms, ResumeRoom, RoomRegistry};
 use super::{NodeCtx, Observe};
 use crate::cluster::Cluster;
 use actix::prelude::*;
@@ -100,6 +100,25 @@ impl NodeAgent {
             self.node.config.node_id.clone(),
         );
         self.cluster.rt.spawn(async move {
+            let Ok(mut sub) = c.client.subscribe(wire::node_resume(&id)).await else {
+                return tracing::error!("cannot subscribe to resumes");
+            };
+            while let Some(msg) = sub.next().await {
+                let (client, rooms) = (c.client.clone(), rooms.clone());
+                c.rt.spawn(async move {
+                    let reply = remote_resume(&rooms, &msg.payload).await;
+                    if let (Some(to), Ok(body)) = (msg.reply, serde_json::to_vec(&reply)) {
+                        let _ = client.publish(to, body.into()).await;
+                    }
+                });
+            }
+        });
+        let (c, rooms, id) = (
+            self.cluster.clone(),
+            self.node.rooms.clone(),
+            self.node.config.node_id.clone(),
+        );
+        self.cluster.rt.spawn(async move {
             let Ok(mut sub) = c.client.subscribe(wire::node_peer(&id)).await else {
                 return tracing::error!("cannot subscribe to peer commands");
             };
@@ -172,6 +191,37 @@ async fn remote_join(rooms: &Addr<RoomRegistry>, payload: &[u8]) -> RemoteJoinRe
         Ok(Err(code)) => RemoteJoinReply::Error {
             code,
             message: "join refused by the room's node".into(),
+        },
+        Err(_) => RemoteJoinReply::Error {
+            code: protocol::ErrorCode::Unavailable,
+            message: "room node is shutting down".into(),
+        },
+    }
+}
+
+async fn remote_resume(rooms: &Addr<RoomRegistry>, payload: &[u8]) -> RemoteJoinReply {
+    let req: wire::RemoteResume = match serde_json::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => {
+            return RemoteJoinReply::Error {
+                code: protocol::ErrorCode::BadRequest,
+                message: e.to_string(),
+            }
+        }
+    };
+    let resume = ResumeRoom {
+        resume_token: req.resume_token,
+    };
+    match rooms.send(resume).await {
+        Ok(Ok(info)) => RemoteJoinReply::Joined {
+            participant: info.participant,
+            resume_token: info.resume_token,
+            ice_servers: info.ice_servers,
+            participants: info.participants,
+        },
+        Ok(Err(code)) => RemoteJoinReply::Error {
+            code,
+            message: "resume token unknown or expired".into(),
         },
         Err(_) => RemoteJoinReply::Error {
             code: protocol::ErrorCode::Unavailable,

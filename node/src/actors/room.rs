@@ -274,7 +274,12 @@ impl Handler<RoomJoin> for Room {
         );
         let mut raw = [0u8; 24];
         rand::Rng::fill(&mut rand::thread_rng(), &mut raw);
-        let resume_token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        // `<room>.<secret>`: any node can find the room's node from the token alone.
+        let resume_token = format!(
+            "{}.{}",
+            protocol::cluster::token(self.id.as_str()),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        );
         self.next_seq += 1;
         self.members.insert(
             user.clone(),

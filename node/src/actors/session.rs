@@ -376,38 +376,37 @@ impl SignalingSession {
 
     fn resume(&mut self, resume_token: String, ctx: &mut Context<Self>) {
         self.state = State::Joining;
-        let rooms = self.ctx.rooms.clone();
-        let router = self.ctx.router.clone();
+        let node = self.ctx.clone();
         let me = ctx.address();
         let id = self.id;
         async move {
-            let info = rooms
-                .send(ResumeRoom { resume_token })
-                .await
-                .map_err(|_| ErrorCode::Unavailable)??;
-            router
+            let outcome = resume_anywhere(&node, resume_token).await?;
+            node.router
                 .send(Register {
-                    user: info.participant.id.clone(),
-                    room: info.room.clone(),
+                    user: outcome.participant.id.clone(),
+                    room: outcome.room.clone(),
                     session_id: id,
                     addr: me,
                 })
                 .await
                 .ok();
-            info.peer.do_send(peer::SessionAttached);
-            Ok(JoinOutcome::local(info))
+            Ok(outcome)
         }
         .into_actor(self)
-        .map(move |res: Result<JoinOutcome, ErrorCode>, act, ctx| {
-            let user = match &res {
-                Ok(o) => o.participant.id.clone(),
+        .map(
+            move |res: Result<JoinOutcome, ErrorCode>, act, ctx| match res {
+                Ok(outcome) => {
+                    let user = outcome.participant.id.clone();
+                    act.finish_join(user, Ok(outcome), ctx);
+                    // Routed here now: the participant may start its connections afresh.
+                    act.to_peer(PeerCmd::SessionAttached);
+                }
                 Err(code) => {
                     act.state = State::AwaitingJoin;
-                    return act.error(*code, "resume token unknown or expired", ctx);
+                    act.error(code, "resume token unknown or expired", ctx);
                 }
-            };
-            act.finish_join(user, res, ctx)
-        })
+            },
+        )
         .wait(ctx);
     }
 
@@ -453,6 +452,74 @@ impl SignalingSession {
     }
 }
 
+/// Resumes a participant wherever its room is: the token names the room, the coordinator
+/// names the room's node (without creating anything), and that node restores it.
+async fn resume_anywhere(node: &NodeCtx, resume_token: String) -> Result<JoinOutcome, ErrorCode> {
+    let Some(cluster) = &node.cluster else {
+        return resume_local(node, resume_token).await;
+    };
+    let room = wire::resume_token_room(&resume_token).ok_or(ErrorCode::NotFound)?;
+    let me = node.config.node_id.clone();
+    let ask = AllocateRequest {
+        v: wire::VERSION,
+        room: room.clone(),
+        region: None,
+        from: me.clone(),
+        forwarded: false,
+        lookup: true,
+    };
+    let assignment = match cluster
+        .request::<_, AllocateReply>(wire::ALLOCATE.to_owned(), &ask, CLUSTER_JOIN_TIMEOUT)
+        .await
+    {
+        Ok(AllocateReply::Assigned(a)) => a,
+        Ok(AllocateReply::Error { code, .. }) => return Err(code),
+        Err(_) => return Err(ErrorCode::Unavailable),
+    };
+    if assignment.node == me {
+        return resume_local(node, resume_token).await;
+    }
+    let ask = wire::RemoteResume {
+        v: wire::VERSION,
+        resume_token,
+        session_node: me,
+    };
+    let reply = cluster
+        .request::<_, RemoteJoinReply>(
+            wire::node_resume(&assignment.node),
+            &ask,
+            CLUSTER_JOIN_TIMEOUT,
+        )
+        .await
+        .map_err(|_| ErrorCode::Unavailable)?;
+    match reply {
+        RemoteJoinReply::Joined {
+            participant,
+            resume_token,
+            ice_servers,
+            participants,
+        } => Ok(JoinOutcome {
+            room,
+            node: Some(assignment.node.clone()),
+            participant,
+            peer: PeerRef::Remote(assignment.node),
+            resume_token,
+            ice_servers,
+            participants,
+        }),
+        RemoteJoinReply::Error { code, .. } => Err(code),
+    }
+}
+
+async fn resume_local(node: &NodeCtx, resume_token: String) -> Result<JoinOutcome, ErrorCode> {
+    let info = node
+        .rooms
+        .send(ResumeRoom { resume_token })
+        .await
+        .map_err(|_| ErrorCode::Unavailable)??;
+    Ok(JoinOutcome::local(info))
+}
+
 /// How long a join may wait on the coordinator or the room's node.
 const CLUSTER_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -489,6 +556,7 @@ async fn join_anywhere(
         region,
         from: me.clone(),
         forwarded: false,
+        lookup: false,
     };
     // One retry: a request in flight at a coordinator that just died times out, and the
     // next one reaches a live coordinator.
