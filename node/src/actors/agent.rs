@@ -8,7 +8,10 @@ use crate::cluster::Cluster;
 use actix::prelude::*;
 use futures::StreamExt;
 use protocol::cluster::{self as wire, NodeHeartbeat, NodeLoad, RemoteJoin, RemoteJoinReply};
+use serde::Serialize;
+use std::future::Future;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
@@ -75,95 +78,88 @@ impl NodeAgent {
     /// Serves this node's subjects on the media runtime. Subscriptions outlive NATS
     /// restarts (the client restores them), so each loop runs for the node's life.
     fn serve(&self) {
-        let id = self.node.config.node_id.clone();
-        let c = self.cluster.clone();
+        let id = &self.node.config.node_id;
+        let c = &self.cluster;
         let rooms = self.node.rooms.clone();
-        let node = self.node.clone();
-        self.cluster.rt.spawn(async move {
-            let subject = wire::node_join(&id);
-            let Ok(mut sub) = c.client.subscribe(subject).await else {
-                return tracing::error!("cannot subscribe to joins");
-            };
-            while let Some(msg) = sub.next().await {
-                let (client, rooms) = (c.client.clone(), rooms.clone());
-                c.rt.spawn(async move {
-                    let reply = remote_join(&rooms, &msg.payload).await;
-                    if let (Some(to), Ok(body)) = (msg.reply, serde_json::to_vec(&reply)) {
-                        let _ = client.publish(to, body.into()).await;
-                    }
-                });
-            }
+        serve_requests(c, wire::node_join(id), move |payload| {
+            let rooms = rooms.clone();
+            async move { remote_join(&rooms, &payload).await }
         });
-        let (c, rooms, id) = (
-            self.cluster.clone(),
-            self.node.rooms.clone(),
-            self.node.config.node_id.clone(),
-        );
-        self.cluster.rt.spawn(async move {
-            let Ok(mut sub) = c.client.subscribe(wire::node_resume(&id)).await else {
-                return tracing::error!("cannot subscribe to resumes");
-            };
-            while let Some(msg) = sub.next().await {
-                let (client, rooms) = (c.client.clone(), rooms.clone());
-                c.rt.spawn(async move {
-                    let reply = remote_resume(&rooms, &msg.payload).await;
-                    if let (Some(to), Ok(body)) = (msg.reply, serde_json::to_vec(&reply)) {
-                        let _ = client.publish(to, body.into()).await;
-                    }
-                });
-            }
+        let rooms = self.node.rooms.clone();
+        serve_requests(c, wire::node_resume(id), move |payload| {
+            let rooms = rooms.clone();
+            async move { remote_resume(&rooms, &payload).await }
         });
-        let (c, rooms, id) = (
-            self.cluster.clone(),
-            self.node.rooms.clone(),
-            self.node.config.node_id.clone(),
-        );
-        self.cluster.rt.spawn(async move {
-            let Ok(mut sub) = c.client.subscribe(wire::node_peer(&id)).await else {
-                return tracing::error!("cannot subscribe to peer commands");
-            };
-            // In order: `do_send` keeps the order the commands were published in.
-            while let Some(msg) = sub.next().await {
-                match serde_json::from_slice::<wire::PeerCommand>(&msg.payload) {
-                    Ok(cmd) => rooms.do_send(ForPeer(cmd)),
-                    Err(e) => tracing::warn!(error = %e, "bad peer command"),
-                }
-            }
-        });
-        let (c, id) = (self.cluster.clone(), self.node.config.node_id.clone());
-        self.cluster.rt.spawn(async move {
-            let Ok(mut sub) = c.client.subscribe(wire::node_drain(&id)).await else {
-                return tracing::error!("cannot subscribe to drain");
-            };
-            while let Some(msg) = sub.next().await {
-                if let Ok(d) = serde_json::from_slice::<wire::Drain>(&msg.payload) {
-                    tracing::info!(draining = d.draining, "drain requested");
-                    node.draining.store(d.draining, Ordering::Relaxed);
-                }
-            }
-        });
-        let (c, rooms, id) = (
-            self.cluster.clone(),
-            self.node.rooms.clone(),
-            self.node.config.node_id.clone(),
-        );
-        self.cluster.rt.spawn(async move {
-            let Ok(mut sub) = c.client.subscribe(wire::node_rooms(&id)).await else {
-                return tracing::error!("cannot subscribe to room listing");
-            };
-            while let Some(msg) = sub.next().await {
-                let list = rooms.send(ListRooms).await.unwrap_or_default();
-                let body = wire::NodeRooms {
+        let (rooms, node) = (self.node.rooms.clone(), id.clone());
+        serve_requests(c, wire::node_rooms(id), move |_| {
+            let (rooms, node) = (rooms.clone(), node.clone());
+            async move {
+                wire::NodeRooms {
                     v: wire::VERSION,
-                    node: id.clone(),
-                    rooms: list,
-                };
-                if let (Some(to), Ok(body)) = (msg.reply, serde_json::to_vec(&body)) {
-                    let _ = c.client.publish(to, body.into()).await;
+                    node,
+                    rooms: rooms.send(ListRooms).await.unwrap_or_default(),
                 }
+            }
+        });
+        // In order: `do_send` keeps the order the commands were published in.
+        let rooms = self.node.rooms.clone();
+        serve_in_order(
+            c,
+            wire::node_peer(id),
+            move |payload| match serde_json::from_slice::<wire::PeerCommand>(&payload) {
+                Ok(cmd) => rooms.do_send(ForPeer(cmd)),
+                Err(e) => tracing::warn!(error = %e, "bad peer command"),
+            },
+        );
+        let draining = self.node.draining.clone();
+        serve_in_order(c, wire::node_drain(id), move |payload| {
+            if let Ok(d) = serde_json::from_slice::<wire::Drain>(&payload) {
+                tracing::info!(draining = d.draining, "drain requested");
+                draining.store(d.draining, Ordering::Relaxed);
             }
         });
     }
+}
+
+/// Answers every request on `subject` with `handler`'s JSON reply, each in its own task.
+fn serve_requests<F, Fut, Rep>(c: &Cluster, subject: String, handler: F)
+where
+    F: Fn(bytes::Bytes) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Rep> + Send + 'static,
+    Rep: Serialize + Send + 'static,
+{
+    let c = c.clone();
+    let handler = Arc::new(handler);
+    c.rt.clone().spawn(async move {
+        let Ok(mut sub) = c.client.subscribe(subject.clone()).await else {
+            return tracing::error!(%subject, "cannot subscribe");
+        };
+        while let Some(msg) = sub.next().await {
+            let (client, handler) = (c.client.clone(), handler.clone());
+            c.rt.spawn(async move {
+                let reply = handler(msg.payload).await;
+                if let (Some(to), Ok(body)) = (msg.reply, serde_json::to_vec(&reply)) {
+                    let _ = client.publish(to, body.into()).await;
+                }
+            });
+        }
+    });
+}
+
+/// Hands every message on `subject` to `handler`, one after the other.
+fn serve_in_order<F>(c: &Cluster, subject: String, mut handler: F)
+where
+    F: FnMut(bytes::Bytes) + Send + 'static,
+{
+    let client = c.client.clone();
+    c.rt.spawn(async move {
+        let Ok(mut sub) = client.subscribe(subject.clone()).await else {
+            return tracing::error!(%subject, "cannot subscribe");
+        };
+        while let Some(msg) = sub.next().await {
+            handler(msg.payload);
+        }
+    });
 }
 
 async fn remote_join(rooms: &Addr<RoomRegistry>, payload: &[u8]) -> RemoteJoinReply {

@@ -136,22 +136,9 @@ impl Peer {
             .filter_map(|id| self.current.remove(id))
             .map(|slot| slot.sender)
             .collect();
-        let existing = self.subscriber.clone();
-        let (user, media, me) = (
-            self.user.clone(),
-            self.node.media.clone(),
-            ctx.address().recipient(),
-        );
+        let transport = self.transport(PcKind::Subscriber, ctx);
         async move {
-            let (addr, fresh) = match existing {
-                Some(a) => (None, a),
-                None => {
-                    let t = Transport::connect(PcKind::Subscriber, user, me, media).await?;
-                    let a = t.start();
-                    (Some(a.clone()), a)
-                }
-            };
-            let sub = fresh;
+            let (addr, sub) = transport.await?;
             for sender in removed {
                 sub.send(transport::RemoveTrack(sender))
                     .await
@@ -192,6 +179,35 @@ impl Peer {
             }
         })
         .wait(ctx);
+    }
+
+    /// The connection of `kind`: the existing one, or a new one (returned in the first slot
+    /// too, for the caller to keep once the future has run).
+    fn transport(
+        &self,
+        kind: PcKind,
+        ctx: &mut Context<Self>,
+    ) -> impl std::future::Future<
+        Output = Result<(Option<Addr<Transport>>, Addr<Transport>), TransportError>,
+    > + 'static {
+        let existing = match kind {
+            PcKind::Publisher => self.publisher.clone(),
+            PcKind::Subscriber => self.subscriber.clone(),
+        };
+        let (user, media, me) = (
+            self.user.clone(),
+            self.node.media.clone(),
+            ctx.address().recipient(),
+        );
+        async move {
+            match existing {
+                Some(t) => Ok((None, t)),
+                None => {
+                    let t = Transport::connect(kind, user, me, media).await?.start();
+                    Ok((Some(t.clone()), t))
+                }
+            }
+        }
     }
 
     fn stop_transports(&mut self) {
@@ -288,23 +304,10 @@ impl Handler<Publish> for Peer {
             self.publisher_sending.clear();
             self.unpublish_all();
         }
-        let existing = self.publisher.clone();
-        let (user, media, me) = (
-            self.user.clone(),
-            self.node.media.clone(),
-            ctx.address().recipient(),
-        );
+        let transport = self.transport(PcKind::Publisher, ctx);
         let offer = msg.sdp.clone();
         async move {
-            let (fresh, t) = match existing {
-                Some(t) => (None, t),
-                None => {
-                    let t = Transport::connect(PcKind::Publisher, user, me, media)
-                        .await?
-                        .start();
-                    (Some(t.clone()), t)
-                }
-            };
+            let (fresh, t) = transport.await?;
             let answer = t
                 .send(transport::ApplyOffer(msg.sdp))
                 .await

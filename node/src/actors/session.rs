@@ -492,6 +492,15 @@ async fn resume_anywhere(node: &NodeCtx, resume_token: String) -> Result<JoinOut
         )
         .await
         .map_err(|_| ErrorCode::Unavailable)?;
+    remote_outcome(room, assignment.node, reply)
+}
+
+/// A participant hosted on `node`, as that node's reply describes it.
+fn remote_outcome(
+    room: RoomId,
+    node: NodeId,
+    reply: RemoteJoinReply,
+) -> Result<JoinOutcome, ErrorCode> {
     match reply {
         RemoteJoinReply::Joined {
             participant,
@@ -500,9 +509,9 @@ async fn resume_anywhere(node: &NodeCtx, resume_token: String) -> Result<JoinOut
             participants,
         } => Ok(JoinOutcome {
             room,
-            node: Some(assignment.node.clone()),
+            node: Some(node.clone()),
             participant,
-            peer: PeerRef::Remote(assignment.node),
+            peer: PeerRef::Remote(node),
             resume_token,
             ice_servers,
             participants,
@@ -603,23 +612,7 @@ async fn join_anywhere(
             tracing::warn!(%room, node = %assignment.node, error = %e, "remote join failed");
             ErrorCode::Unavailable
         })?;
-    match reply {
-        RemoteJoinReply::Joined {
-            participant,
-            resume_token,
-            ice_servers,
-            participants,
-        } => Ok(JoinOutcome {
-            room,
-            node: Some(assignment.node.clone()),
-            participant,
-            peer: PeerRef::Remote(assignment.node),
-            resume_token,
-            ice_servers,
-            participants,
-        }),
-        RemoteJoinReply::Error { code, .. } => Err(code),
-    }
+    remote_outcome(room, assignment.node, reply)
 }
 
 impl Actor for SignalingSession {
