@@ -92,7 +92,10 @@ fn init_tracing(json: bool) {
             "info,webrtc=warn,rtc=error,rtc_ice=warn,rtc_dtls=error,rtc_srtp=error",
         )
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // No colour codes in files or pipes.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if json {
         builder.json().init();
     } else {
