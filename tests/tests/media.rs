@@ -160,6 +160,8 @@ async fn three_publishers_late_joiner_and_departures() -> anyhow::Result<()> {
     wait_node_idle(&node, MEDIA_WAIT).await?;
     let c = node.counters();
     assert!(c.packets_forwarded > 1000, "{c:?}");
+    // New subscribers asked the video publishers for keyframes.
+    assert!(c.keyframe_requests >= 3, "{c:?}");
     node.stop();
     Ok(())
 }

@@ -33,7 +33,7 @@ pub struct TrackSource {
     remote: Arc<dyn TrackRemote>,
     pub media_ssrc: u32,
     created: Instant,
-    last_keyframe_request_ms: AtomicU64,
+    keyframe_gate: RateGate,
     counters: Arc<Counters>,
     _live: Live,
 }
@@ -57,7 +57,7 @@ impl TrackSource {
             remote,
             media_ssrc,
             created: Instant::now(),
-            last_keyframe_request_ms: AtomicU64::new(0),
+            keyframe_gate: RateGate::new(KEYFRAME_REQUEST_INTERVAL),
             counters: counters.clone(),
             _live: Live::new(counters, Kind::Track),
         })
@@ -71,15 +71,7 @@ impl TrackSource {
         }
         // +1 so that the first request, at 0 ms, is never mistaken for "sent at 0".
         let now_ms = self.created.elapsed().as_millis() as u64 + 1;
-        let last = self.last_keyframe_request_ms.load(Ordering::Relaxed);
-        if last != 0 && now_ms.saturating_sub(last) < KEYFRAME_REQUEST_INTERVAL.as_millis() as u64 {
-            return;
-        }
-        if self
-            .last_keyframe_request_ms
-            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-        {
+        if !self.keyframe_gate.try_pass(now_ms) {
             return;
         }
         self.counters
@@ -120,6 +112,35 @@ impl TrackSource {
 
     pub fn clear_fanout(&self) {
         self.fanout.store(Arc::new(Vec::new()));
+    }
+}
+
+/// Lets one caller through per interval, whichever thread asks: the keyframe requests of
+/// many subscribers become at most one PLI per interval upstream.
+#[derive(Debug)]
+pub struct RateGate {
+    interval_ms: u64,
+    /// When the last caller passed (ms on the caller's clock); 0 = never.
+    last_ms: AtomicU64,
+}
+
+impl RateGate {
+    pub fn new(interval: Duration) -> Self {
+        RateGate {
+            interval_ms: interval.as_millis() as u64,
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// `now_ms` must be positive and not go backwards.
+    pub fn try_pass(&self, now_ms: u64) -> bool {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if last != 0 && now_ms.saturating_sub(last) < self.interval_ms {
+            return false;
+        }
+        self.last_ms
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 }
 
@@ -341,6 +362,34 @@ pub async fn run_feedback_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keyframe_requests_pass_once_per_interval() {
+        let gate = RateGate::new(KEYFRAME_REQUEST_INTERVAL);
+        assert!(gate.try_pass(1));
+        assert!(!gate.try_pass(2));
+        assert!(!gate.try_pass(500));
+        assert!(gate.try_pass(501));
+        // Two hundred subscribers asking within one interval make one request.
+        let passed = (0..200).filter(|i| gate.try_pass(600 + i)).count();
+        assert_eq!(passed, 0);
+        assert!(gate.try_pass(1001));
+    }
+
+    #[test]
+    fn the_gate_lets_exactly_one_of_many_threads_through() {
+        let gate = std::sync::Arc::new(RateGate::new(KEYFRAME_REQUEST_INTERVAL));
+        let passed: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let gate = gate.clone();
+                    s.spawn(move || usize::from(gate.try_pass(10)))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(passed, 1);
+    }
 
     #[test]
     fn duplicates_are_dropped_and_reordering_kept() {
