@@ -32,6 +32,10 @@ pub struct ClientConfig {
     pub gather_timeout: Duration,
     /// Use the `ice_servers` of `joined` (TURN) in the peer connections.
     pub use_ice_servers: bool,
+    /// Pace of ICE connectivity checks while connecting; `None` keeps webrtc-rs's default
+    /// (200 ms), which a controlled client (our answers to `subscribe_offer`) waits out once
+    /// before media flows. Browsers check unconnected pairs about every 50 ms.
+    pub ice_check_interval: Option<Duration>,
 }
 
 impl Default for ClientConfig {
@@ -41,6 +45,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(10),
             gather_timeout: Duration::from_secs(5),
             use_ice_servers: true,
+            ice_check_interval: None,
         }
     }
 }
@@ -242,6 +247,7 @@ impl Client {
                     Vec::new()
                 },
                 gather_timeout: config.gather_timeout,
+                ice_check_interval: config.ice_check_interval,
                 writer: writer.clone(),
                 events: events.clone(),
                 readers: readers.clone(),

@@ -27,6 +27,7 @@
 //! `close_abruptly` or drop.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 mod client;
 mod error;
 mod events;

@@ -67,8 +67,8 @@ async fn synthetic_rtp_crosses_a_loopback_pair() {
         stats: book.clone(),
         tasks: tasks.clone(),
     });
-    let sender = build_peer(LOOPBACK, &[], None).await.unwrap();
-    let receiver = build_peer(LOOPBACK, &[], Some(sink)).await.unwrap();
+    let sender = build_peer(LOOPBACK, &[], None, None).await.unwrap();
+    let receiver = build_peer(LOOPBACK, &[], Some(sink), None).await.unwrap();
 
     let mut audio = publisher::add_track(&sender, TrackKind::Audio, "alice")
         .await

@@ -57,19 +57,24 @@ pub(crate) struct Peer {
 
 /// Builds a peer connection bound to `bind_ip` (an ephemeral UDP port), with the default
 /// codecs (Opus 111, VP8 96, ...) and interceptors (NACK, RTCP reports, TWCC receiver).
+/// `ice_check_interval` paces ICE connectivity checks (`None`: webrtc's default, 200 ms).
 pub(crate) async fn build_peer(
     bind_ip: IpAddr,
     ice_servers: &[IceServer],
     tracks: Option<Arc<dyn TrackSink>>,
+    ice_check_interval: Option<Duration>,
 ) -> Result<Peer> {
     let mut media_engine = MediaEngine::default();
     media_engine.register_default_codecs()?;
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
     // Query-only mDNS (the default) opens a multicast socket on port 5353 per connection;
     // a synthetic client on loopback never needs it.
-    let settings = SettingEngineBuilder::new()
-        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-        .build();
+    let mut settings =
+        SettingEngineBuilder::new().with_multicast_dns_mode(MulticastDnsMode::Disabled);
+    if ice_check_interval.is_some() {
+        settings = settings.with_ice_connection_attempts(ice_check_interval, None);
+    }
+    let settings = settings.build();
     let config = RTCConfigurationBuilder::new()
         .with_ice_servers(ice_servers.iter().map(to_rtc_ice_server).collect())
         .build();

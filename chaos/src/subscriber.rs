@@ -108,6 +108,7 @@ pub(crate) struct SubscriberCtx {
     pub bind_ip: IpAddr,
     pub ice_servers: Vec<IceServer>,
     pub gather_timeout: Duration,
+    pub ice_check_interval: Option<Duration>,
     pub writer: Arc<WsWriter>,
     pub events: Arc<EventLog>,
     pub readers: Arc<TrackReaders>,
@@ -159,7 +160,13 @@ async fn answer(ctx: &SubscriberCtx, peer: &mut Option<Peer>, sdp: String) -> Re
         Some(p) => p.clone(),
         None => {
             let sink: Arc<dyn TrackSink> = ctx.readers.clone();
-            let p = build_peer(ctx.bind_ip, &ctx.ice_servers, Some(sink)).await?;
+            let p = build_peer(
+                ctx.bind_ip,
+                &ctx.ice_servers,
+                Some(sink),
+                ctx.ice_check_interval,
+            )
+            .await?;
             ctx.peers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

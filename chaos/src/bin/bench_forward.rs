@@ -28,6 +28,10 @@
 //! only; every wait is bounded.
 
 use anyhow::{anyhow, bail, Context, Result};
+use chaos::bench::{
+    self, command_line, command_output, free_port, http_get, machine_ticks, metric, proc_cpu_ticks,
+    unix_secs, vm_rss_kib, wait_quiet, MachineFacts,
+};
 use chaos::stats::LatencyHistogram;
 use chaos::{Client, PublishOpts, TrackStats};
 use clap::Parser;
@@ -40,7 +44,6 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const API_SECRET: &[u8] = b"devsecret";
 const SECTION_BEGIN: &str = "<!-- bench_forward:begin -->";
@@ -178,7 +181,7 @@ fn main() -> Result<()> {
             None => None,
         };
         let section = render_section(&args, &facts, &table, &outcomes, note.as_deref());
-        write_section(path, &section)?;
+        bench::write_section(path, SECTION_BEGIN, SECTION_END, &section)?;
         eprintln!("wrote the bench_forward section of {}", path.display());
     }
     let failed: Vec<String> = outcomes
@@ -227,26 +230,6 @@ impl RunResult {
 
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
-}
-
-/// Samples the machine's busy share over 1 s until it is below `below` % or `max` passes;
-/// returns the last sample.
-async fn wait_quiet(max: Duration, below: f64) -> Result<f64> {
-    let started = Instant::now();
-    let mut announced = false;
-    loop {
-        let a = machine_ticks()?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let b = machine_ticks()?;
-        let busy = 100.0 * (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64;
-        if busy < below || started.elapsed() >= max {
-            return Ok(busy);
-        }
-        if !announced {
-            eprintln!("   waiting for the machine to be quiet (now {busy:.0} % busy)");
-            announced = true;
-        }
-    }
 }
 
 /// A node child process, stopped when dropped.
@@ -307,11 +290,6 @@ impl Drop for NodeProc {
             let _ = self.child.wait();
         }
     }
-}
-
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
 }
 
 async fn run_one(args: &Args, facts: &MachineFacts, n: usize) -> Result<RunResult> {
@@ -765,124 +743,6 @@ impl Metrics {
     }
 }
 
-/// The value of `name` (with a label containing `label`, if given) in Prometheus text.
-fn metric(text: &str, name: &str, label: Option<&str>) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
-                let (labels, value) = r.split_once('}')?;
-                (labels, value)
-            } else if rest.starts_with(' ') {
-                ("", rest)
-            } else {
-                return None;
-            };
-            if let Some(want) = label {
-                if !labels.contains(want) {
-                    return None;
-                }
-            }
-            value.split_whitespace().next()?.parse::<f64>().ok()
-        })
-        .next()
-}
-
-/// A bounded (5 s) HTTP/1.1 GET to 127.0.0.1; the body of a 200 answer.
-async fn http_get(port: u16, path: &str) -> Result<String> {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        let req =
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        anyhow::Ok(buf)
-    };
-    let buf = tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .map_err(|_| anyhow!("GET {path}: no answer within 5 s"))??;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("GET {path}: malformed answer"))?;
-    let status = head.lines().next().unwrap_or("");
-    if !status.contains(" 200") {
-        bail!("GET {path}: {status}");
-    }
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return dechunk(body);
-    }
-    Ok(body.to_owned())
-}
-
-fn dechunk(mut body: &str) -> Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body
-            .split_once("\r\n")
-            .ok_or_else(|| anyhow!("bad chunk"))?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)?;
-        if size == 0 {
-            return Ok(out);
-        }
-        out.push_str(rest.get(..size).ok_or_else(|| anyhow!("short chunk"))?);
-        body = rest.get(size + 2..).ok_or_else(|| anyhow!("short chunk"))?;
-    }
-}
-
-/// utime + stime (clock ticks) of a process, all its threads: `/proc/<pid>/stat`.
-fn proc_cpu_ticks(pid: &str) -> Result<u64> {
-    let path = format!("/proc/{pid}/stat");
-    let s = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // Fields after the command name (which may hold spaces) start with field 3, `state`.
-    let after = s
-        .rsplit_once(')')
-        .ok_or_else(|| anyhow!("{path}: no command name"))?
-        .1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let field = |i: usize| -> Result<u64> {
-        f.get(i)
-            .ok_or_else(|| anyhow!("{path}: short"))?
-            .parse::<u64>()
-            .with_context(|| format!("{path}: field {}", i + 3))
-    };
-    // utime is field 14, stime field 15.
-    Ok(field(11)? + field(12)?)
-}
-
-/// (busy, total) clock ticks of all CPUs: `/proc/stat`'s `cpu` line; idle and iowait are
-/// not busy.
-fn machine_ticks() -> Result<(u64, u64)> {
-    let s = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let line = s
-        .lines()
-        .find(|l| l.starts_with("cpu "))
-        .ok_or_else(|| anyhow!("/proc/stat has no cpu line"))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    Ok((total - idle, total))
-}
-
-fn vm_rss_kib(pid: u32) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let s = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| anyhow!("{path} has no VmRSS"))
-}
-
 /// `perf record` of the node for `secs` (sampling at 999 Hz, no call graphs), then the
 /// hottest symbols by self time.
 async fn perf_profile(pid: u32, secs: u64, dir: &Path, n: usize) -> Result<String> {
@@ -936,53 +796,6 @@ async fn perf_profile(pid: u32, secs: u64, dir: &Path, n: usize) -> Result<Strin
     Ok(report)
 }
 
-struct MachineFacts {
-    nproc: usize,
-    cpu_model: String,
-    kernel: String,
-    clk_tck: u64,
-    clk_tck_note: &'static str,
-}
-
-impl MachineFacts {
-    fn collect() -> MachineFacts {
-        let nproc = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0);
-        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("model name"))
-                    .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
-            })
-            .unwrap_or_else(|| "unknown".into());
-        let kernel = command_output("uname", &["-r"]).unwrap_or_else(|| "unknown".into());
-        let (clk_tck, clk_tck_note) = match command_output("getconf", &["CLK_TCK"])
-            .and_then(|s| s.parse::<u64>().ok())
-            .filter(|&t| t > 0)
-        {
-            Some(t) => (t, "from getconf"),
-            None => (100, "assumed: getconf failed"),
-        };
-        MachineFacts {
-            nproc,
-            cpu_model,
-            kernel,
-            clk_tck,
-            clk_tck_note,
-        }
-    }
-}
-
-fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(cmd).args(args).output().ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
 fn render_table(outcomes: &[(usize, Result<RunResult>)], nproc: usize) -> String {
     let mut t = String::new();
     t.push_str("| subscribers | setup s | sent pkt/s | forwarded pkt/s | delivered pkt/s | node CPU % | node CPU-s per M fwd | bench CPU % | other CPU % | loss % | stalled | p50 ms | p99 ms | max ms | node RSS MiB | dropped congested / write err |\n");
@@ -1022,19 +835,6 @@ fn render_table(outcomes: &[(usize, Result<RunResult>)], nproc: usize) -> String
         }
     }
     t
-}
-
-fn command_line() -> String {
-    std::env::args()
-        .map(|a| {
-            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'') {
-                format!("'{}'", a.replace('\'', "'\\''"))
-            } else {
-                a
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn render_section(
@@ -1154,47 +954,6 @@ subtracted. *max* is the top of the highest non-empty bucket.\n\
     s
 }
 
-fn unix_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Replaces the delimited section of `path`, appends it when the markers are missing, or
-/// creates the file with a short introduction.
-fn write_section(path: &Path, section: &str) -> Result<()> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::from(
-            "# Benchmarks\n\nFigures printed by the benchmark programs of this repository, on the \
-machine named in each section. Each section is rewritten by its program (`--write`); the \
-command is in the section so anyone can rerun it.\n\n",
-        ),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let new = match (text.find(SECTION_BEGIN), text.find(SECTION_END)) {
-        (Some(b), Some(e)) if e > b => {
-            let end = e + SECTION_END.len();
-            let end = if text[end..].starts_with('\n') {
-                end + 1
-            } else {
-                end
-            };
-            format!("{}{}{}", &text[..b], section, &text[end..])
-        }
-        _ => {
-            let mut t = text;
-            if !t.is_empty() && !t.ends_with("\n\n") {
-                t.push_str(if t.ends_with('\n') { "\n" } else { "\n\n" });
-            }
-            t.push_str(section);
-            t
-        }
-    };
-    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1229,26 +988,8 @@ sfu_packets_dropped_total{reason=\"write_error\"} 0\n";
         let s: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 5.0 + 3.0 * i as f64)).collect();
         assert!((slope(&s) - 3.0).abs() < 1e-9);
         assert_eq!(
-            dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
+            bench::dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
             "abcde"
         );
-    }
-
-    #[test]
-    fn section_is_replaced_or_appended() {
-        let dir = std::env::temp_dir().join(format!("bench-fwd-{}", rand::random::<u32>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("B.md");
-        let sec = |x: &str| format!("{SECTION_BEGIN}\n{x}\n{SECTION_END}\n");
-        write_section(&path, &sec("one")).unwrap();
-        let t = std::fs::read_to_string(&path).unwrap();
-        assert!(t.starts_with("# Benchmarks") && t.ends_with(&sec("one")));
-        std::fs::write(&path, format!("intro\n\n{}\nafter\n", sec("one"))).unwrap();
-        write_section(&path, &sec("two")).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            format!("intro\n\n{}\nafter\n", sec("two"))
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

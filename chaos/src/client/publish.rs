@@ -40,7 +40,13 @@ impl Client {
             Some(p) => p,
             None => {
                 let ice = self.ice_servers(&joined);
-                let peer = build_peer(self.config.bind_ip, &ice, None).await?;
+                let peer = build_peer(
+                    self.config.bind_ip,
+                    &ice,
+                    None,
+                    self.config.ice_check_interval,
+                )
+                .await?;
                 lock(&self.peers).push(peer.clone());
                 slot.insert(Publisher {
                     peer,

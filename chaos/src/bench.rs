@@ -1,0 +1,382 @@
+//! Helpers shared by the benchmark programs (`src/bin/bench_*.rs`): machine facts, CPU
+//! accounting from `/proc`, a bounded loopback HTTP GET, Prometheus text lookup, exact
+//! percentiles, and rewriting one delimited section of a markdown file.
+//!
+//! Everything here is plain std/tokio: no state, no background work.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What a benchmark reports about the machine it ran on.
+#[derive(Debug, Clone)]
+pub struct MachineFacts {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub kernel: String,
+    pub mem_gib: f64,
+    pub clk_tck: u64,
+    pub clk_tck_note: &'static str,
+}
+
+impl MachineFacts {
+    pub fn collect() -> MachineFacts {
+        let nproc = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0);
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let kernel = command_output("uname", &["-r"]).unwrap_or_else(|| "unknown".into());
+        let mem_gib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            })
+            .map(|kib| kib / 1024.0 / 1024.0)
+            .unwrap_or(f64::NAN);
+        let (clk_tck, clk_tck_note) = match command_output("getconf", &["CLK_TCK"])
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|&t| t > 0)
+        {
+            Some(t) => (t, "from getconf"),
+            None => (100, "assumed: getconf failed"),
+        };
+        MachineFacts {
+            nproc,
+            cpu_model,
+            kernel,
+            mem_gib,
+            clk_tck,
+            clk_tck_note,
+        }
+    }
+
+    /// One markdown-friendly line.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} CPUs (nproc), {}, {:.0} GiB, Linux {}; CLK_TCK {} ({})",
+            self.nproc, self.cpu_model, self.mem_gib, self.kernel, self.clk_tck, self.clk_tck_note
+        )
+    }
+}
+
+/// Trimmed stdout of a command that succeeded.
+pub fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// This process's command line, shell-quoted where needed.
+pub fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'') {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `date -u`, or the Unix time when `date` fails.
+pub fn utc_date() -> String {
+    command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+        .unwrap_or_else(|| format!("unix {}", unix_secs()))
+}
+
+/// The short commit of HEAD, noting uncommitted changes to tracked files.
+pub fn git_commit() -> Option<String> {
+    command_output("git", &["rev-parse", "--short", "HEAD"]).map(|c| {
+        let dirty = command_output("git", &["status", "--porcelain", "--untracked-files=no"])
+            .is_some_and(|s| !s.is_empty());
+        if dirty {
+            format!("{c} (working tree had uncommitted changes)")
+        } else {
+            c
+        }
+    })
+}
+
+/// Replaces the section of `path` between `begin` and `end` (markers included, `section`
+/// must carry them), appends it when the markers are missing, or creates the file with a
+/// short introduction. Other sections are left as they are.
+pub fn write_section(path: &Path, begin: &str, end: &str, section: &str) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::from(
+            "# Benchmarks\n\nFigures printed by the benchmark programs of this repository, on the \
+machine named in each section. Each section is rewritten by its program (`--write`); the \
+command is in the section so anyone can rerun it.\n\n",
+        ),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let new = match (text.find(begin), text.find(end)) {
+        (Some(b), Some(e)) if e > b => {
+            let stop = e + end.len();
+            let stop = if text[stop..].starts_with('\n') {
+                stop + 1
+            } else {
+                stop
+            };
+            format!("{}{}{}", &text[..b], section, &text[stop..])
+        }
+        _ => {
+            let mut t = text;
+            if !t.is_empty() && !t.ends_with("\n\n") {
+                t.push_str(if t.ends_with('\n') { "\n" } else { "\n\n" });
+            }
+            t.push_str(section);
+            t
+        }
+    };
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The value of `name` (with a label set containing `label`, if given) in Prometheus text.
+pub fn metric(text: &str, name: &str, label: Option<&str>) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
+                let (labels, value) = r.split_once('}')?;
+                (labels, value)
+            } else if rest.starts_with(' ') {
+                ("", rest)
+            } else {
+                return None;
+            };
+            if let Some(want) = label {
+                if !labels.contains(want) {
+                    return None;
+                }
+            }
+            value.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .next()
+}
+
+/// A bounded (5 s) HTTP/1.1 GET to 127.0.0.1: the body of a 200 answer.
+pub async fn http_get(port: u16, path: &str) -> Result<String> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        anyhow::Ok(buf)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| anyhow!("GET {path}: no answer within 5 s"))??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("GET {path}: malformed answer"))?;
+    let status = head.lines().next().unwrap_or("");
+    if !status.contains(" 200") {
+        bail!("GET {path}: {status}");
+    }
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return dechunk(body);
+    }
+    Ok(body.to_owned())
+}
+
+/// The body of a chunked HTTP/1.1 answer.
+pub fn dechunk(mut body: &str) -> Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body
+            .split_once("\r\n")
+            .ok_or_else(|| anyhow!("bad chunk"))?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)?;
+        if size == 0 {
+            return Ok(out);
+        }
+        out.push_str(rest.get(..size).ok_or_else(|| anyhow!("short chunk"))?);
+        body = rest.get(size + 2..).ok_or_else(|| anyhow!("short chunk"))?;
+    }
+}
+
+/// utime + stime (clock ticks) of a process, all its threads: `/proc/<pid>/stat`. `pid`
+/// may be `self`.
+pub fn proc_cpu_ticks(pid: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let s = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name (which may hold spaces) start with field 3, `state`.
+    let after = s
+        .rsplit_once(')')
+        .ok_or_else(|| anyhow!("{path}: no command name"))?
+        .1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| -> Result<u64> {
+        f.get(i)
+            .ok_or_else(|| anyhow!("{path}: short"))?
+            .parse::<u64>()
+            .with_context(|| format!("{path}: field {}", i + 3))
+    };
+    // utime is field 14, stime field 15.
+    Ok(field(11)? + field(12)?)
+}
+
+/// (busy, total) clock ticks of all CPUs: `/proc/stat`'s `cpu` line; idle and iowait are
+/// not busy.
+pub fn machine_ticks() -> Result<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow!("/proc/stat has no cpu line"))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// `VmRSS` of a process, KiB.
+pub fn vm_rss_kib(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let s = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow!("{path} has no VmRSS"))
+}
+
+/// Samples the machine's busy share over 1 s until it is below `below` % or `max` passes;
+/// returns the last sample.
+pub async fn wait_quiet(max: Duration, below: f64) -> Result<f64> {
+    let started = Instant::now();
+    let mut announced = false;
+    loop {
+        let a = machine_ticks()?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let b = machine_ticks()?;
+        let busy = 100.0 * (b.0 - a.0) as f64 / (b.1 - a.1).max(1) as f64;
+        if busy < below || started.elapsed() >= max {
+            return Ok(busy);
+        }
+        if !announced {
+            eprintln!("   waiting for the machine to be quiet (now {busy:.0} % busy)");
+            announced = true;
+        }
+    }
+}
+
+/// Nearest-rank percentile of sorted samples (`p` in 0..=100); `None` when empty.
+pub fn percentile_sorted<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// Milliseconds, for tables.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_found_by_name_and_label() {
+        let text = "# TYPE sfu_peers gauge\nsfu_peers 3\nsfu_peers_total 9\n\
+sfu_packets_dropped_total{reason=\"congested\"} 12\n\
+sfu_packets_dropped_total{reason=\"write_error\"} 0\n";
+        assert_eq!(metric(text, "sfu_peers", None), Some(3.0));
+        assert_eq!(
+            metric(
+                text,
+                "sfu_packets_dropped_total",
+                Some("reason=\"congested\"")
+            ),
+            Some(12.0)
+        );
+        assert_eq!(metric(text, "sfu_rooms", None), None);
+    }
+
+    #[test]
+    fn chunked_bodies_and_percentiles() {
+        assert_eq!(
+            dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
+            "abcde"
+        );
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile_sorted(&v, 50.0), Some(50));
+        assert_eq!(percentile_sorted(&v, 99.0), Some(99));
+        assert_eq!(percentile_sorted(&v, 100.0), Some(100));
+        assert_eq!(percentile_sorted(&v, 0.0), Some(1));
+        assert_eq!(percentile_sorted(&[7u32], 99.0), Some(7));
+        assert_eq!(percentile_sorted::<u32>(&[], 50.0), None);
+    }
+
+    #[test]
+    fn a_section_is_replaced_or_appended_and_others_stay() {
+        let dir = std::env::temp_dir().join(format!("bench-sec-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("B.md");
+        let (b1, e1, b2, e2) = (
+            "<!-- a:begin -->",
+            "<!-- a:end -->",
+            "<!-- b:begin -->",
+            "<!-- b:end -->",
+        );
+        let sec = |b: &str, x: &str, e: &str| format!("{b}\n{x}\n{e}\n");
+        write_section(&path, b1, e1, &sec(b1, "first-version", e1)).unwrap();
+        let t = std::fs::read_to_string(&path).unwrap();
+        assert!(t.starts_with("# Benchmarks") && t.ends_with(&sec(b1, "first-version", e1)));
+        write_section(&path, b2, e2, &sec(b2, "other", e2)).unwrap();
+        write_section(&path, b1, e1, &sec(b1, "two", e1)).unwrap();
+        let t = std::fs::read_to_string(&path).unwrap();
+        assert!(t.contains(&sec(b1, "two", e1)) && t.contains(&sec(b2, "other", e2)));
+        assert!(!t.contains("first-version"));
+        std::fs::write(&path, format!("intro\n\n{}\nafter\n", sec(b1, "x", e1))).unwrap();
+        write_section(&path, b1, e1, &sec(b1, "y", e1)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("intro\n\n{}\nafter\n", sec(b1, "y", e1))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
