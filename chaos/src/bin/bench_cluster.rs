@@ -2054,6 +2054,28 @@ fn one_line(e: &anyhow::Error) -> String {
     format!("{e:#}").replace('\n', " ").replace('|', "/")
 }
 
+/// This program's command line without `--note FILE` (the note's text is in the section).
+fn command_without_note() -> String {
+    let line = bench::command_line();
+    let mut out: Vec<&str> = Vec::new();
+    let mut skip = false;
+    for w in line.split(' ') {
+        if skip {
+            skip = false;
+            continue;
+        }
+        if w == "--note" {
+            skip = true;
+            continue;
+        }
+        if w.starts_with("--note=") {
+            continue;
+        }
+        out.push(w);
+    }
+    out.join(" ")
+}
+
 /// Measured figures against the issue's targets, one line each.
 fn render_verdict(r: &Report) -> String {
     let mut v = String::new();
@@ -2110,6 +2132,33 @@ fn render_verdict(r: &Report) -> String {
                 );
             }
         }
+        // CPU per message at the busiest step that still delivered everything.
+        if let Some(s) = m
+            .steps
+            .iter()
+            .filter(|s| !s.saturated)
+            .max_by(|a, b| a.delivered_rate().total_cmp(&b.delivered_rate()))
+        {
+            let per = |pct: f64| pct / 100.0 / s.delivered_rate() * 1e6;
+            let _ = writeln!(
+                v,
+                "- CPU per delivered message at {:.0} msg/s (the busiest step delivered in full): {} {:.1} µs, {} {:.1} µs, nats-server {:.1} µs, this program's clients {:.1} µs; machine {:.0} % busy; busiest thread (% of a core): {}",
+                s.delivered_rate(),
+                m.from,
+                per(s.cpu.of(&m.from)),
+                m.to,
+                per(s.cpu.of(&m.to)),
+                per(s.cpu.of("nats")),
+                per(s.cpu.bench),
+                s.cpu.machine_busy,
+                [m.from.as_str(), m.to.as_str()]
+                    .iter()
+                    .filter_map(|id| s.cpu.busiest_thread.iter().find(|(p, _, _)| p == id))
+                    .map(|(p, name, v)| format!("{p} `{name}` {v:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
     }
     if let Some(Ok(a)) = &r.alloc {
         let _ = writeln!(
@@ -2140,7 +2189,7 @@ fn render_section(
     let _ = writeln!(
         s,
         "```\ncargo build --release -p node -p coordinator -p chaos\n{}\n```\n",
-        bench::command_line()
+        command_without_note()
     );
     let _ = writeln!(s, "- date: {}", bench::utc_date());
     if let Some(c) = bench::git_commit() {
@@ -2189,6 +2238,9 @@ p99 exceeded 1 s, anything was lost, or a sender got an error; later steps are t
     s.push_str(verdict);
     s.push('\n');
     if let Some(n) = note {
+        s.push_str(
+            "Notes (written by hand from the experiments they name, given with `--note`):\n\n",
+        );
         s.push_str(n.trim());
         s.push_str("\n\n");
     }
