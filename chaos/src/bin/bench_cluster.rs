@@ -2203,7 +2203,7 @@ fn render_section(
         "- cluster, all on 127.0.0.1 of this one machine together with the clients: {nats_version} (JetStream, store in a temporary directory); coordinators c1, c2; nodes n1, n2 (region eu) and n3 (region us) with `--dev-tokens --msg-rate {}` (raised from the default 50/s per socket so the message part is not capped by the per-socket rate limit){} and otherwise default settings (1 HTTP worker, 2 media threads)",
         args.node_msg_rate,
         if args.node_capacity > 0 {
-            format!(", `--max-rooms {0} --max-peers {0}` (raised from 1000: the coordinators count each fresh room as two peers of its node until the next heartbeat 2 s later, so a burst of 5000 fresh rooms would otherwise be refused once about 500 per node and coordinator are pending — see below)", args.node_capacity)
+            format!(", `--max-rooms {0} --max-peers {0}` (raised from 1000: the coordinators count each fresh room as two peers of its node until the next heartbeat 2 s later, so a burst of fresh rooms would otherwise be refused once about 500 per node and coordinator are pending — see below)", args.node_capacity)
         } else {
             String::new()
         }
