@@ -377,7 +377,6 @@ async fn run(args: &Args) -> Result<Report> {
     }
     cluster.stop();
     report.health = cluster.health();
-    let _ = std::fs::remove_dir_all(dir.join("jetstream"));
     Ok(report)
 }
 
@@ -750,8 +749,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // Proc::drop kills whatever still runs (on errors, panics and Ctrl-C too).
+        // Proc::drop kills whatever still runs (on errors, panics and Ctrl-C too); the
+        // JetStream store goes with the server, the logs stay.
         self.procs.clear();
+        let _ = std::fs::remove_dir_all(self.dir.join("jetstream"));
     }
 }
 
