@@ -82,6 +82,9 @@ pub async fn start_in_system(
         actix_web::App::new().app_data(data).configure(http::routes)
     })
     .workers(http_workers)
+    // Signaling is many small frames in quick succession; Nagle held the second of two
+    // back-to-back messages (`joined`, then `subscribe_offer`) for ~40 ms.
+    .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(2)
     .bind(listen)?;

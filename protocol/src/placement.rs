@@ -23,6 +23,10 @@ pub struct NodeView {
     pub pending_rooms: u32,
 }
 
+/// The least a new room is estimated to cost, so that a burst spreads even over nodes whose
+/// declared capacity is huge (a thousand rooms move a node by one whole unit).
+pub const MIN_ROOM_COST: f64 = 0.001;
+
 /// Estimated cost of one new room, as a fraction of a node: two participants' worth, and at
 /// least one room slot.
 pub fn room_cost(load: &NodeLoad) -> f64 {
@@ -36,7 +40,7 @@ pub fn room_cost(load: &NodeLoad) -> f64 {
     } else {
         0.0
     };
-    by_rooms.max(by_peers).max(1e-6)
+    by_rooms.max(by_peers).max(MIN_ROOM_COST)
 }
 
 fn ratio(used: f64, cap: f64) -> f64 {
@@ -74,10 +78,14 @@ pub fn deciding_coordinator<'a>(room: &RoomId, live: &[&'a str]) -> Option<&'a s
 }
 
 /// Picks the node for a new room, or `None` when no node can take it.
+///
+/// Only *measured* load makes a node full: the estimate for rooms assigned since its last
+/// heartbeat ranks nodes but never refuses one, because each coordinator counts only its own
+/// assignments and an estimate must not turn a burst away from idle nodes.
 pub fn place(room: &RoomId, region: Option<&str>, nodes: &[NodeView]) -> Option<NodeId> {
     let eligible: Vec<&NodeView> = nodes
         .iter()
-        .filter(|n| n.healthy && !n.draining && load_score(&n.load, n.pending_rooms) < 1.0)
+        .filter(|n| n.healthy && !n.draining && load_score(&n.load, 0) < 1.0)
         .collect();
     let local: Vec<&NodeView> = match region {
         Some(r) => eligible.iter().copied().filter(|n| n.region == r).collect(),
@@ -188,6 +196,33 @@ mod tests {
         // The idle node takes rooms until its estimate reaches the busy one's, then they share.
         assert!(counts[1] > 200, "{counts:?}");
         assert!(counts[0] > counts[1], "{counts:?}");
+    }
+
+    #[test]
+    fn estimates_rank_but_never_refuse() {
+        // A huge burst on small idle nodes: all placed, still spread.
+        let mut nodes = vec![node("a", "eu", 0.0, 0), node("b", "eu", 0.0, 0)];
+        for n in &mut nodes {
+            n.load.max_peers = 100;
+        }
+        let counts = burst(&mut nodes, 2000);
+        assert_eq!(counts.iter().sum::<u32>(), 2000);
+        assert!(
+            counts.iter().all(|c| (999..=1001).contains(c)),
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn huge_capacities_still_spread_a_burst() {
+        let mut nodes = vec![node("idle", "eu", 0.0, 0), node("busy", "eu", 0.05, 0)];
+        for n in &mut nodes {
+            n.load.max_peers = 1_000_000;
+            n.load.max_rooms = 1_000_000;
+        }
+        let counts = burst(&mut nodes, 1000);
+        // The idle node takes about 50 rooms of head start, then they share.
+        assert!((500..=560).contains(&counts[0]), "{counts:?}");
     }
 
     #[test]
