@@ -142,11 +142,9 @@ struct Args {
     #[arg(long, default_value_t = 100_000)]
     node_msg_rate: u32,
     /// `--max-rooms` and `--max-peers` of the nodes; 0 keeps the node's default (1000 each).
-    /// The coordinators count every room they assign as two peers against `max-peers` until
-    /// a heartbeat 2 s later, so with the defaults a burst of more than about 500 fresh rooms
-    /// per node and coordinator is refused (`unavailable`) however fast the coordinators are;
-    /// the allocation part measures the coordinators, so the default here is far above that.
-    #[arg(long, default_value_t = 100_000)]
+    /// Pending-room estimates only rank nodes (measured load alone refuses one), so the
+    /// defaults take any burst of fresh rooms.
+    #[arg(long, default_value_t = 0)]
     node_capacity: u32,
     /// First UDP port of n1's media range; n2 and n3 follow, `--udp-ports-per-node` each.
     #[arg(long, default_value_t = 53000)]
@@ -2204,7 +2202,7 @@ fn render_section(
         "- cluster, all on 127.0.0.1 of this one machine together with the clients: {nats_version} (JetStream, store in a temporary directory); coordinators c1, c2; nodes n1, n2 (region eu) and n3 (region us) with `--dev-tokens --msg-rate {}` (raised from the default 50/s per socket so the message part is not capped by the per-socket rate limit){} and otherwise default settings (1 HTTP worker, 2 media threads)",
         args.node_msg_rate,
         if args.node_capacity > 0 {
-            format!(", `--max-rooms {0} --max-peers {0}` (raised from 1000: the coordinators count each fresh room as two peers of its node until the next heartbeat 2 s later, so a burst of fresh rooms would otherwise be refused once about 500 per node and coordinator are pending — see below)", args.node_capacity)
+            format!(", `--max-rooms {0} --max-peers {0}`", args.node_capacity)
         } else {
             String::new()
         }
