@@ -160,7 +160,7 @@ impl Transport {
         let built = media
             .rt
             .spawn(async move {
-                tokio::time::timeout(OP_TIMEOUT, m.new_peer_connection(events))
+                tokio::time::timeout(OP_TIMEOUT, m.new_peer_connection(kind, events))
                     .await
                     .unwrap_or_else(|_| {
                         Err(anyhow::anyhow!("creating a peer connection timed out"))

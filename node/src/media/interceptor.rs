@@ -1,15 +1,61 @@
-//! Marks inbound keyframe requests (PLI, FIR) for the application. webrtc 0.21 stops inbound
+//! The interceptor chains of the node's connections, and the one interceptor of our own.
+//!
+//! Every interceptor handles every packet of its connection, so each kind of connection gets
+//! only what it uses. A subscriber connection only sends media: it answers NACKs, sends sender
+//! reports, and passes keyframe requests up. A publisher connection only receives: it sends
+//! NACKs, receiver reports and transport-wide congestion feedback (the browser's send-side
+//! bandwidth estimate runs on it).
+//!
+//! [`KeyframeRequestForwarder`] marks inbound keyframe requests (PLI, FIR) for the application. webrtc 0.21 stops inbound
 //! RTCP at the end of the interceptor chain unless an interceptor vouches for it, so without
 //! this a subscriber's PLI would never reach the publisher. Adapted from webrtc-rs's
 //! `rtcp-processing` example; placed last so every other interceptor saw the RTCP first.
 
-use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
+use protocol::signal::PcKind;
+use rtc::interceptor::{
+    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder, Packet,
+    ReceiverReportBuilder, Registry, SenderReportBuilder, Slot, StreamInfo, TaggedPacket,
+};
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_simulcast_extension_headers, configure_twcc_receiver_only,
+};
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RtpCodecKind};
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 use std::collections::VecDeque;
 use std::time::Instant;
+
+/// Codecs, feedback and interceptors for a connection of `kind`.
+pub fn chain(kind: PcKind) -> rtc::shared::error::Result<(MediaEngine, Registry)> {
+    let mut engine = MediaEngine::default();
+    engine.register_default_codecs()?;
+    for parameter in ["", "pli"] {
+        engine.register_feedback(
+            RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: parameter.to_owned(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    let registry = match kind {
+        PcKind::Subscriber => Registry::new()
+            .with(Slot::NackResponder, NackResponderBuilder::new().build())
+            .with(Slot::SenderReport, SenderReportBuilder::new().build())
+            .with(Slot::from(14_000), KeyframeRequestForwarder::default()),
+        PcKind::Publisher => {
+            configure_simulcast_extension_headers(&mut engine)?;
+            let registry = Registry::new()
+                .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+                .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
+            configure_twcc_receiver_only(registry, &mut engine)?
+        }
+    };
+    Ok((engine, registry))
+}
 
 #[derive(Default)]
 pub struct KeyframeRequestForwarder {

@@ -12,12 +12,13 @@ pub mod sdp;
 
 use crate::counters::Counters;
 use ports::{PortLease, PortPool};
+use protocol::signal::PcKind;
 use rtc::peer_connection::transport::RTCIceCandidateType;
 use std::net::IpAddr;
 use std::sync::Arc;
 use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, Registry, SettingEngineBuilder,
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    SettingEngineBuilder,
 };
 use webrtc::runtime::{Runtime, TokioRuntime};
 
@@ -53,24 +54,14 @@ impl MediaContext {
     /// media runtime. The lease returns the port when dropped.
     pub async fn new_peer_connection(
         &self,
+        kind: PcKind,
         handler: Arc<dyn PeerConnectionEventHandler>,
     ) -> anyhow::Result<(Arc<dyn PeerConnection>, PortLease)> {
         // A port may be taken by another process; try a few before giving up.
         let mut last_err = None;
         for _ in 0..8 {
             let lease = self.ports.lease()?;
-            let mut engine = MediaEngine::default();
-            engine.register_default_codecs()?;
-            let registry = webrtc::peer_connection::register_default_interceptors(
-                Registry::new(),
-                &mut engine,
-            )?;
-            let registry = registry.with(
-                rtc::interceptor::Slot::from(14_000),
-                interceptor::KeyframeRequestForwarder::default(),
-            );
-            // mDNS would open a multicast socket per connection; clients reach the node through
-            // its announced addresses, and their own mDNS names resolve as peer-reflexive.
+            let (engine, registry) = interceptor::chain(kind)?;
             let mut settings = SettingEngineBuilder::new()
                 .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
             if let Some(ip) = &self.public_ip {
