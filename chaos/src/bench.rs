@@ -71,6 +71,21 @@ impl MachineFacts {
 }
 
 /// Trimmed stdout of a command that succeeded.
+/// Logs of a benchmark program: warnings to stderr, webrtc's loopback noise silenced;
+/// `RUST_LOG` overrides.
+pub fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(
+                    "warn,rtc=error,rtc_ice=error,rtc_dtls=error,webrtc=error",
+                )
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 pub fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(cmd).args(args).output().ok()?;
     if !out.status.success() {
@@ -332,6 +347,14 @@ sfu_packets_dropped_total{reason=\"write_error\"} 0\n";
                 Some("reason=\"congested\"")
             ),
             Some(12.0)
+        );
+        assert_eq!(
+            metric(
+                text,
+                "sfu_packets_dropped_total",
+                Some("reason=\"write_error\"")
+            ),
+            Some(0.0)
         );
         assert_eq!(metric(text, "sfu_rooms", None), None);
     }

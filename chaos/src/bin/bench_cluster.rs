@@ -174,16 +174,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(
-                    "warn,rtc=error,rtc_ice=error,rtc_dtls=error,webrtc=error",
-                )
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    bench::init_logs();
     validate(&args)?;
     let note = match &args.note {
         Some(p) => {

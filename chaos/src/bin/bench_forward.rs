@@ -113,16 +113,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(
-                    "warn,rtc=error,rtc_ice=error,rtc_dtls=error,webrtc=error",
-                )
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    bench::init_logs();
     if args.subscribers.is_empty() || args.subscribers.contains(&0) {
         bail!("--subscribers needs positive counts, e.g. 10,50,100,200");
     }
@@ -959,37 +950,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn metrics_are_found_by_name_and_label() {
-        let text = "# TYPE sfu_peers gauge\nsfu_peers 3\nsfu_peers_total 9\n\
-sfu_packets_dropped_total{reason=\"congested\"} 12\n\
-sfu_packets_dropped_total{reason=\"write_error\"} 0\n";
-        assert_eq!(metric(text, "sfu_peers", None), Some(3.0));
-        assert_eq!(
-            metric(
-                text,
-                "sfu_packets_dropped_total",
-                Some("reason=\"congested\"")
-            ),
-            Some(12.0)
-        );
-        assert_eq!(
-            metric(
-                text,
-                "sfu_packets_dropped_total",
-                Some("reason=\"write_error\"")
-            ),
-            Some(0.0)
-        );
-        assert_eq!(metric(text, "sfu_rooms", None), None);
-    }
-
-    #[test]
-    fn slope_of_a_line_and_chunked_bodies() {
+    fn slope_of_a_line() {
         let s: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 5.0 + 3.0 * i as f64)).collect();
         assert!((slope(&s) - 3.0).abs() < 1e-9);
-        assert_eq!(
-            bench::dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
-            "abcde"
-        );
     }
 }

@@ -2,7 +2,7 @@
 //! serves what other processes ask of this node: joins for rooms hosted here, signaling of
 //! participants whose socket is on another node, drain, and the room list.
 
-use super::rooms::{ForPeer, JoinRoom, ListRooms, ResumeRoom, RoomRegistry};
+use super::rooms::{ForPeer, JoinRoom, JoinedInfo, ListRooms, ResumeRoom, RoomRegistry};
 use super::{NodeCtx, Observe};
 use crate::cluster::Cluster;
 use actix::prelude::*;
@@ -163,52 +163,44 @@ where
 }
 
 async fn remote_join(rooms: &Addr<RoomRegistry>, payload: &[u8]) -> RemoteJoinReply {
-    let req: RemoteJoin = match serde_json::from_slice(payload) {
-        Ok(r) => r,
-        Err(e) => {
-            return RemoteJoinReply::Error {
-                code: protocol::ErrorCode::BadRequest,
-                message: e.to_string(),
-            }
+    match serde_json::from_slice::<RemoteJoin>(payload) {
+        Ok(req) => {
+            let join = JoinRoom {
+                room: req.room,
+                claims: req.claims,
+                epoch: req.epoch,
+            };
+            joined_reply(rooms.send(join).await, "join refused by the room's node")
         }
-    };
-    let join = JoinRoom {
-        room: req.room,
-        claims: req.claims,
-        epoch: req.epoch,
-    };
-    match rooms.send(join).await {
-        Ok(Ok(info)) => RemoteJoinReply::Joined {
-            participant: info.participant,
-            resume_token: info.resume_token,
-            ice_servers: info.ice_servers,
-            participants: info.participants,
-        },
-        Ok(Err(code)) => RemoteJoinReply::Error {
-            code,
-            message: "join refused by the room's node".into(),
-        },
-        Err(_) => RemoteJoinReply::Error {
-            code: protocol::ErrorCode::Unavailable,
-            message: "room node is shutting down".into(),
-        },
+        Err(e) => bad_request(e),
     }
 }
 
 async fn remote_resume(rooms: &Addr<RoomRegistry>, payload: &[u8]) -> RemoteJoinReply {
-    let req: wire::RemoteResume = match serde_json::from_slice(payload) {
-        Ok(r) => r,
-        Err(e) => {
-            return RemoteJoinReply::Error {
-                code: protocol::ErrorCode::BadRequest,
-                message: e.to_string(),
-            }
+    match serde_json::from_slice::<wire::RemoteResume>(payload) {
+        Ok(req) => {
+            let resume = ResumeRoom {
+                resume_token: req.resume_token,
+            };
+            joined_reply(rooms.send(resume).await, "resume token unknown or expired")
         }
-    };
-    let resume = ResumeRoom {
-        resume_token: req.resume_token,
-    };
-    match rooms.send(resume).await {
+        Err(e) => bad_request(e),
+    }
+}
+
+fn bad_request(e: serde_json::Error) -> RemoteJoinReply {
+    RemoteJoinReply::Error {
+        code: protocol::ErrorCode::BadRequest,
+        message: e.to_string(),
+    }
+}
+
+/// What the registry answered to a join or resume, as the reply to the session's node.
+fn joined_reply(
+    res: Result<Result<JoinedInfo, protocol::ErrorCode>, MailboxError>,
+    refused: &str,
+) -> RemoteJoinReply {
+    match res {
         Ok(Ok(info)) => RemoteJoinReply::Joined {
             participant: info.participant,
             resume_token: info.resume_token,
@@ -217,7 +209,7 @@ async fn remote_resume(rooms: &Addr<RoomRegistry>, payload: &[u8]) -> RemoteJoin
         },
         Ok(Err(code)) => RemoteJoinReply::Error {
             code,
-            message: "resume token unknown or expired".into(),
+            message: refused.into(),
         },
         Err(_) => RemoteJoinReply::Error {
             code: protocol::ErrorCode::Unavailable,
