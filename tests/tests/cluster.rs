@@ -365,3 +365,76 @@ async fn a_participant_resumes_through_another_node() -> anyhow::Result<()> {
     b.leave().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_keep_succeeding_when_a_coordinator_dies_mid_burst() -> anyhow::Result<()> {
+    let mut sb = Sandbox::start().await?;
+    let victim = sb.coordinators.remove(0);
+    let sb = sb;
+    let rooms: Vec<String> = (0..120)
+        .map(|i| format!("{}-{i}", room_name("kill")))
+        .collect();
+    let nodes = &sb.nodes;
+    let joins = rooms.iter().enumerate().map(|(i, room)| async move {
+        // Arrivals spread over ~1.5 s, so the kill below lands inside the burst.
+        tokio::time::sleep(Duration::from_millis(12 * i as u64)).await;
+        let node = &nodes[i % 3];
+        // A join whose allocation was in flight at the dying coordinator is retried by the
+        // node once; the client retries on top of that, as a real client would.
+        let mut last = None;
+        for _ in 0..3 {
+            match join(node, room, &format!("k{i}")).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap())
+    });
+    let burst = futures::future::join_all(joins);
+    let killer = async {
+        // Kill once the burst is under way, while allocations are in flight.
+        let ready = wait_until(WAIT, "a third of the rooms hosted", || async {
+            let hosted: i64 = sb.rooms_per_node().iter().sum();
+            if hosted >= 40 {
+                Ok(())
+            } else {
+                Err(format!("{hosted}"))
+            }
+        })
+        .await;
+        let hosted_at_kill: i64 = sb.rooms_per_node().iter().sum();
+        victim.kill();
+        ready.map(|_| hosted_at_kill)
+    };
+    let (results, hosted_at_kill) = tokio::join!(burst, killer);
+    let hosted_at_kill = hosted_at_kill?;
+    eprintln!("coordinator killed with {hosted_at_kill} of 120 rooms hosted");
+    assert!(hosted_at_kill < 120, "the kill came after the burst");
+    let clients: Vec<Client> = results.into_iter().collect::<anyhow::Result<_>>()?;
+    assert_eq!(sb.rooms_per_node().iter().sum::<i64>(), 120);
+
+    // After the kill, new joins go through the surviving coordinator.
+    let late = join(&sb.nodes[0], &room_name("after"), "late").await?;
+
+    // No room ever had two primaries: every key's history holds exactly one assignment.
+    let nats = tests::fake_node::connect(&sb.nats.url()).await?;
+    let dir = coordinator::RoomDirectory::open(&nats, 1).await?;
+    for room in &rooms {
+        let id = protocol::RoomId::new(room.clone()).unwrap();
+        let history = dir.history(&id).await?;
+        let assignments: Vec<_> = history
+            .iter()
+            .filter_map(|e| e.assignment.as_ref())
+            .collect();
+        assert_eq!(assignments.len(), 1, "{room}: {history:?}");
+        let c = clients
+            .iter()
+            .find(|c| c.joined().unwrap().room.as_str() == room)
+            .unwrap();
+        assert_eq!(c.joined().unwrap().node, assignments[0].node, "{room}");
+    }
+    for c in clients.iter().chain([&late]) {
+        c.leave().await?;
+    }
+    Ok(())
+}
