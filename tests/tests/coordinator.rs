@@ -124,36 +124,19 @@ async fn checked_history(dir: &RoomDirectory, room: &str) -> anyhow::Result<Vec<
     Ok(puts)
 }
 
-/// A minimal HTTP/1.1 request on loopback: (status, body).
+/// An HTTP request on loopback with an optional bearer token: (status, body).
 async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
     token: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await??;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("Authorization", a)])
         .unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Length: 0\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    tests::http_request(addr, method, path, &headers).await
 }
 
 async fn admin_json(addr: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
