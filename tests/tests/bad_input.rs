@@ -215,3 +215,31 @@ async fn a_flood_is_rate_limited_and_closed_without_harming_others() -> anyhow::
     node.stop();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_beyond_the_read_limit_closes_only_its_socket() -> anyhow::Result<()> {
+    let node = start_node(|_| {});
+    let room = room_name("huge");
+    let good = good_pair(&node, &room).await?;
+    let x = join(&node, &room, "hoarder").await?;
+    let huge = format!(
+        r#"{{"type":"ping","pad":"{}"}}"#,
+        "x".repeat(3 * 1024 * 1024)
+    );
+    x.send_raw_text(huge).await?;
+    x.wait_for(WAIT, |m| {
+        matches!(
+            m,
+            ServerMessage::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        )
+    })
+    .await?;
+    let closed = x.wait_closed(WAIT).await?;
+    assert_eq!(closed.code(), Some(1009), "message too big: {closed:?}");
+    still_flowing(&good, 100).await?;
+    node.stop();
+    Ok(())
+}
