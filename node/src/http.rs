@@ -7,7 +7,6 @@ use actix_web::{web, HttpRequest, HttpResponse, Responder};
 use protocol::token::{self, Claims};
 use protocol::{RoomId, UserId};
 use serde::Deserialize;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/ws", web::get().to(ws))
@@ -99,10 +98,7 @@ async fn dev_token(q: web::Query<TokenQuery>, node: web::Data<NodeCtx>) -> HttpR
         return HttpResponse::BadRequest()
             .body("room and user must match [A-Za-z0-9._~@:-]{1,128}");
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = crate::unix_secs();
     let mut claims = Claims::new(room, user, now, 3600);
     claims.name = q
         .name

@@ -27,6 +27,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+/// Seconds since the Unix epoch (token expiry, TURN credential expiry).
+pub fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Everything an operator or a test can see of a node, from the actors' own snapshots.
 pub async fn snapshot(node: &NodeCtx) -> serde_json::Value {
     let (rooms, router) = http::observe_all(node).await;
@@ -69,36 +77,6 @@ pub async fn start_in_system(
     };
     let router = SessionRouter::new(cluster.clone()).start();
     let rooms: Addr<RoomRegistry> = RoomRegistry::new().start();
-    let listen = config.listen;
-    let http_workers = config.http_workers.max(1);
-    // Bind first: the advertised URL defaults to the address actually bound.
-    let data_cell = Arc::new(std::sync::OnceLock::<actix_web::web::Data<NodeCtx>>::new());
-    let cell = data_cell.clone();
-    let server = actix_web::HttpServer::new(move || {
-        let data = cell
-            .get()
-            .cloned()
-            .expect("node context is set before serving");
-        actix_web::App::new().app_data(data).configure(http::routes)
-    })
-    .workers(http_workers)
-    // Signaling is many small frames in quick succession; Nagle held the second of two
-    // back-to-back messages (`joined`, then `subscribe_offer`) for ~40 ms.
-    .tcp_nodelay(true)
-    .disable_signals()
-    .shutdown_timeout(2)
-    .bind(listen)?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| anyhow::anyhow!("server bound no address"))?;
-    let mut config = config;
-    let ws_url = config
-        .advertise_url
-        .clone()
-        .unwrap_or_else(|| format!("ws://{addr}/ws"));
-    config.advertise_url = Some(ws_url.clone());
     let ctx = NodeCtx {
         config: Arc::new(config),
         media,
@@ -108,7 +86,30 @@ pub async fn start_in_system(
         cluster: cluster.clone(),
         draining: Arc::new(AtomicBool::new(false)),
     };
-    let _ = data_cell.set(actix_web::web::Data::new(ctx.clone()));
+    let data = actix_web::web::Data::new(ctx.clone());
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(data.clone())
+            .configure(http::routes)
+    })
+    .workers(ctx.config.http_workers.max(1))
+    // Signaling is many small frames in quick succession; Nagle held the second of two
+    // back-to-back messages (`joined`, then `subscribe_offer`) for ~40 ms.
+    .tcp_nodelay(true)
+    .disable_signals()
+    .shutdown_timeout(2)
+    .bind(ctx.config.listen)?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("server bound no address"))?;
+    // The advertised URL defaults to the address actually bound (port 0 picks one).
+    let ws_url = ctx
+        .config
+        .advertise_url
+        .clone()
+        .unwrap_or_else(|| format!("ws://{addr}/ws"));
     rooms.do_send(SetContext(ctx.clone()));
     if let Some(c) = cluster {
         NodeAgent::new(ctx.clone(), c, ws_url).start();

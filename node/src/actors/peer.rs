@@ -11,6 +11,7 @@ use crate::counters::{Kind, Live};
 use crate::media::forward::{run_feedback_loop, DownTrack, TrackSource};
 use crate::media::sdp;
 use actix::prelude::*;
+use protocol::cluster::PeerCmd;
 use protocol::signal::{IceCandidate, PcKind, ServerMessage};
 use protocol::{ErrorCode, RoomId, TrackId, UserId};
 use std::collections::{BTreeMap, HashMap};
@@ -229,12 +230,9 @@ impl Peer {
 
     /// Tells the room this participant's tracks are gone (their connection is closing).
     fn unpublish_all(&mut self) {
-        for (track_id, source) in self.own_tracks.drain() {
-            source.clear_fanout();
-            self.room.do_send(TrackEnded {
-                owner: self.user.clone(),
-                track_id,
-            });
+        let all: Vec<TrackId> = self.own_tracks.keys().cloned().collect();
+        for track_id in all {
+            self.end_track(track_id);
         }
     }
 
@@ -250,9 +248,14 @@ impl Peer {
             .map(|(id, _)| id.clone())
             .collect();
         for track_id in ended {
-            if let Some(source) = self.own_tracks.remove(&track_id) {
-                source.clear_fanout();
-            }
+            self.end_track(track_id);
+        }
+    }
+
+    /// Forgets one of this participant's tracks and tells the room, which empties its
+    /// forwarding table and tells the others. A track already ended is ignored.
+    fn end_track(&mut self, track_id: TrackId) {
+        if self.own_tracks.remove(&track_id).is_some() {
             self.room.do_send(TrackEnded {
                 owner: self.user.clone(),
                 track_id,
@@ -278,6 +281,21 @@ impl Actor for Peer {
             user: self.user.clone(),
             peer: ctx.address(),
         });
+    }
+}
+
+/// Hands a client's signaling command to its participant, whether the command came from a
+/// socket on this node (`session_id` of that socket) or over NATS from another node (0).
+pub fn command(peer: &Addr<Peer>, session_id: u64, cmd: PeerCmd) {
+    match cmd {
+        PeerCmd::Publish { sdp } => peer.do_send(Publish { sdp }),
+        PeerCmd::SubscribeAnswer { sdp } => peer.do_send(SubscribeAnswer { sdp }),
+        PeerCmd::Candidate { pc, candidate } => peer.do_send(RemoteCandidate { pc, candidate }),
+        PeerCmd::SessionGone { leaving } => peer.do_send(SessionGone {
+            session_id,
+            leaving,
+        }),
+        PeerCmd::SessionAttached => peer.do_send(SessionAttached),
     }
 }
 
@@ -454,14 +472,7 @@ impl Handler<TransportEvent> for Peer {
                 self.own_tracks.insert(source.id.clone(), source.clone());
                 self.room.do_send(TrackPublished(source));
             }
-            TransportEvent::TrackEnded(track_id) => {
-                if self.own_tracks.remove(&track_id).is_some() {
-                    self.room.do_send(TrackEnded {
-                        owner: self.user.clone(),
-                        track_id,
-                    });
-                }
-            }
+            TransportEvent::TrackEnded(track_id) => self.end_track(track_id),
             TransportEvent::Connected(PcKind::Subscriber) => {
                 self.subscriber_connected = true;
                 for dt in std::mem::take(&mut self.pending_ready) {

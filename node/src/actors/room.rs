@@ -16,7 +16,6 @@ use protocol::token::Claims;
 use protocol::{ErrorCode, RoomId, TrackId, UserId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 struct Member {
     info: ParticipantInfo,
@@ -91,10 +90,7 @@ impl Room {
 
     fn ice_servers(&self, user: &UserId) -> Vec<IceServer> {
         let cfg = &self.node.config;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::unix_secs();
         cfg.ice_servers
             .iter()
             .map(|s| {
@@ -221,18 +217,7 @@ impl Handler<RoomForPeer> for Room {
         let Some(m) = self.members.get(&msg.user) else {
             return;
         };
-        match msg.cmd {
-            PeerCmd::Publish { sdp } => m.peer.do_send(peer::Publish { sdp }),
-            PeerCmd::SubscribeAnswer { sdp } => m.peer.do_send(peer::SubscribeAnswer { sdp }),
-            PeerCmd::Candidate { pc, candidate } => {
-                m.peer.do_send(peer::RemoteCandidate { pc, candidate })
-            }
-            PeerCmd::SessionGone { leaving } => m.peer.do_send(peer::SessionGone {
-                session_id: 0,
-                leaving,
-            }),
-            PeerCmd::SessionAttached => m.peer.do_send(peer::SessionAttached),
-        }
+        peer::command(&m.peer, 0, msg.cmd);
     }
 }
 

@@ -19,7 +19,7 @@ use protocol::token::{self, TokenError};
 use protocol::NodeId;
 use protocol::{ErrorCode, RoomId, UserId, MAX_FRAME_BYTES};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Frames up to this size are read and refused with an error; larger ones close the socket.
@@ -176,18 +176,7 @@ impl SignalingSession {
             return;
         };
         match peer {
-            PeerRef::Local(addr) => match cmd {
-                PeerCmd::Publish { sdp } => addr.do_send(peer::Publish { sdp }),
-                PeerCmd::SubscribeAnswer { sdp } => addr.do_send(peer::SubscribeAnswer { sdp }),
-                PeerCmd::Candidate { pc, candidate } => {
-                    addr.do_send(peer::RemoteCandidate { pc, candidate })
-                }
-                PeerCmd::SessionGone { leaving } => addr.do_send(peer::SessionGone {
-                    session_id: self.id,
-                    leaving,
-                }),
-                PeerCmd::SessionAttached => addr.do_send(peer::SessionAttached),
-            },
+            PeerRef::Local(addr) => peer::command(addr, self.id, cmd),
             PeerRef::Remote(node) => {
                 if let Some(c) = &self.ctx.cluster {
                     let command = PeerCommand {
@@ -335,10 +324,7 @@ impl SignalingSession {
         region: Option<String>,
         ctx: &mut Context<Self>,
     ) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::unix_secs();
         let claims = match token::verify(self.ctx.config.api_secret.as_bytes(), &token, &room, now)
         {
             Ok(c) => c,
