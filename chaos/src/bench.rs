@@ -71,20 +71,8 @@ impl MachineFacts {
 }
 
 /// Trimmed stdout of a command that succeeded.
-/// Logs of a benchmark program: warnings to stderr, webrtc's loopback noise silenced;
-/// `RUST_LOG` overrides.
-pub fn init_logs() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(
-                    "warn,rtc=error,rtc_ice=error,rtc_dtls=error,webrtc=error",
-                )
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
+/// Logs of a benchmark program (the CLI's, see [`crate::init_logs`]).
+pub use crate::init_logs;
 
 pub fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(cmd).args(args).output().ok()?;

@@ -47,3 +47,18 @@ pub use error::{Error, Result};
 pub use events::CloseInfo;
 pub use publisher::{PublishOpts, SentStats};
 pub use stats::TrackStats;
+
+/// Logs of the chaos programs: warnings to stderr, webrtc-rs's benign loopback races (early
+/// STUN checks, DTLS server name) silenced; `RUST_LOG` overrides.
+pub fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(
+                    "warn,rtc=error,rtc_ice=error,rtc_dtls=error,webrtc=error",
+                )
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -189,17 +189,7 @@ fn print_table(stats: &[TrackStats]) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(
-                    // webrtc-rs warns about benign races (early STUN checks, DTLS server name).
-                    "warn,rtc=error,rtc_ice=error,rtc_dtls=error,webrtc=error",
-                )
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    chaos::init_logs();
     match run(cli.command) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
