@@ -13,12 +13,16 @@
 //! | `node.<node>.drain` | publish | [`Drain`] |
 //! | `node.<node>.rooms` | request | `{}` → [`NodeRooms`] |
 //! | `user.<user>` | publish (request for `message`) | [`UserDelivery`] → [`DeliveryAck`] |
+//! | `room.<room>.events` | publish, per-node sequence | [`RoomEvent`] |
+//! | `node.<node>.room_state` | request | [`RoomStateRequest`] → [`RoomState`] |
+//! | `node.<node>.relay` | publish, ordered | [`RelayMessage`] |
 //!
 //! Ids become subject tokens and KV keys through [`token`], which escapes every character
 //! outside `[A-Za-z0-9_-]` (ids may hold `.`, a subject separator).
 
 use crate::ids::{NodeId, RoomId, UserId};
 use crate::signal::{IceCandidate, IceServer, ParticipantInfo, ParticipantState, PcKind};
+
 use crate::token::Claims;
 use crate::ErrorCode;
 use serde::{Deserialize, Serialize};
@@ -84,6 +88,15 @@ pub fn node_resume(node: &NodeId) -> String {
 pub fn node_rooms(node: &NodeId) -> String {
     format!("node.{}.rooms", token(node.as_str()))
 }
+pub fn room_events(room: &RoomId) -> String {
+    format!("room.{}.events", token(room.as_str()))
+}
+pub fn node_room_state(node: &NodeId) -> String {
+    format!("node.{}.room_state", token(node.as_str()))
+}
+pub fn node_relay(node: &NodeId) -> String {
+    format!("node.{}.relay", token(node.as_str()))
+}
 pub fn user(user: &UserId) -> String {
     format!("user.{}", token(user.as_str()))
 }
@@ -139,33 +152,152 @@ pub struct AllocateRequest {
     /// create one (a `resume` must not open a room).
     #[serde(default)]
     pub lookup: bool,
+    /// Nodes of the room that refused this join because they hold their share of the room
+    /// already: the coordinator serves the client elsewhere (a sibling in the same region).
+    #[serde(default)]
+    pub full: Vec<NodeId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AllocateReply {
-    Assigned(RoomAssignment),
-    Error { code: ErrorCode, message: String },
+    /// The room's entry as written, and the node that serves this client's media.
+    Assigned {
+        assignment: RoomAssignment,
+        serve: NodeId,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
-/// The durable truth about a room (KV `rooms`): its primary node and the assignment's epoch.
+/// One node serving a room, with its region.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RoomNode {
+    pub node: NodeId,
+    pub region: String,
+}
+
+/// The durable truth about a room (KV `rooms`): the nodes that serve it, its origin and the
+/// entry's epoch. Every change is a compare-and-swap on the key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomAssignment {
     pub v: u32,
     pub room: RoomId,
+    /// The origin: the node that owns the room's epoch. When it leaves while others remain,
+    /// the role moves to another node and the epoch grows.
     pub node: NodeId,
-    /// Incremented every time the room is given to another node.
+    /// Incremented every time the origin role moves to another node.
     pub epoch: u64,
     pub coordinator: String,
     pub assigned_ms: u64,
+    /// Every node of the room, the origin included, in the order they joined it. Entries
+    /// written before cascading have none: the origin alone serves them.
+    #[serde(default)]
+    pub nodes: Vec<RoomNode>,
 }
 
-/// A room's primary closed it (empty past its grace period).
+impl RoomAssignment {
+    /// The room's nodes, the origin included even in an entry that lists none.
+    pub fn members(&self) -> Vec<NodeId> {
+        let mut out: Vec<NodeId> = self.nodes.iter().map(|n| n.node.clone()).collect();
+        if !out.contains(&self.node) {
+            out.insert(0, self.node.clone());
+        }
+        out
+    }
+
+    pub fn serves(&self, node: &NodeId) -> bool {
+        &self.node == node || self.nodes.iter().any(|n| &n.node == node)
+    }
+}
+
+/// A node left a room (its last local participant left and the grace period passed). The
+/// coordinators remove it from the room's entry; the room closes with its last node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomClosed {
     pub v: u32,
     pub room: RoomId,
     pub node: NodeId,
     pub epoch: u64,
+}
+
+/// What a node tells the other nodes of a room about its own participants, on
+/// [`room_events`]. `seq` counts this node's events for this room from 1, so a receiver that
+/// sees a gap (or a node it does not know yet, past its first event) asks for a snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomEvent {
+    pub v: u32,
+    pub room: RoomId,
+    pub node: NodeId,
+    pub seq: u64,
+    pub change: RoomChange,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum RoomChange {
+    Joined {
+        participant: ParticipantInfo,
+    },
+    Left {
+        id: UserId,
+    },
+    TrackPublished {
+        participant: UserId,
+        track: crate::signal::TrackInfo,
+    },
+    TrackUnpublished {
+        participant: UserId,
+        track_id: crate::TrackId,
+    },
+    /// The node left the room: forget its participants and close links to it.
+    NodeLeft,
+}
+
+/// Asks a node for its participants in a room (after a gap in its events, or on arrival).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomStateRequest {
+    pub v: u32,
+    pub room: RoomId,
+}
+
+/// A node's own participants in a room with their tracks, as of its event `seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomState {
+    pub v: u32,
+    pub room: RoomId,
+    pub node: NodeId,
+    /// False when the node does not host the room (any more).
+    pub present: bool,
+    pub seq: u64,
+    pub participants: Vec<ParticipantState>,
+}
+
+/// Relay link signaling between two nodes of a room, on the receiver's [`node_relay`]. The
+/// node that has the tracks (the sender) offers; the node whose participants want them (the
+/// receiver) answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayMessage {
+    pub v: u32,
+    pub room: RoomId,
+    /// The node that sent this message.
+    pub from: NodeId,
+    pub body: RelayBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RelayBody {
+    /// Receiver → sender: the sender's own tracks the receiver's participants want now
+    /// (the whole set; an empty set keeps the link open but idle).
+    Want { tracks: Vec<crate::TrackId> },
+    /// Sender → receiver: an offer for the link, carrying exactly the wanted tracks.
+    Offer { sdp: String },
+    /// Receiver → sender: the answer to the latest offer.
+    Answer { sdp: String },
+    /// Either way: the link is gone (the node left the room); the other side closes it too.
+    Close,
 }
 
 /// Join a room hosted on the receiving node for a client whose socket is on `session_node`.
@@ -178,6 +310,9 @@ pub struct RemoteJoin {
     /// The assignment's epoch the session was told.
     #[serde(default)]
     pub epoch: u64,
+    /// The room's nodes as the directory lists them.
+    #[serde(default)]
+    pub nodes: Vec<NodeId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,11 +338,23 @@ pub struct RemoteResume {
     pub session_node: NodeId,
 }
 
-/// The room a resume token belongs to: tokens are `<token(room)>.<secret>`, so any node can
-/// find the room's node before asking it.
-pub fn resume_token_room(resume_token: &str) -> Option<RoomId> {
-    let (room, _) = resume_token.rsplit_once('.')?;
-    RoomId::new(untoken(room)?).ok()
+/// A resume token: `<token(room)>.<token(node)>.<secret>`, so any node can find the
+/// participant's node from the token alone.
+pub fn resume_token(room: &RoomId, node: &NodeId, secret: &str) -> String {
+    format!("{}.{}.{secret}", token(room.as_str()), token(node.as_str()))
+}
+
+/// The room and the node a resume token belongs to (see [`resume_token`]).
+pub fn resume_token_place(resume_token: &str) -> Option<(RoomId, NodeId)> {
+    let mut parts = resume_token.splitn(3, '.');
+    let (room, node, secret) = (parts.next()?, parts.next()?, parts.next()?);
+    if secret.is_empty() {
+        return None;
+    }
+    Some((
+        RoomId::new(untoken(room)?).ok()?,
+        NodeId::new(untoken(node)?).ok()?,
+    ))
 }
 
 /// A client's signaling for its participant on the receiving node, in the order sent.
@@ -256,7 +403,11 @@ pub struct NodeRooms {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomMembers {
     pub room: RoomId,
+    /// Participants on this node.
     pub members: u32,
+    /// Nodes this node has a relay link with for the room.
+    #[serde(default)]
+    pub links: Vec<NodeId>,
 }
 
 /// A server message for a user's session, wherever it is; `room` guards against a user who
@@ -290,11 +441,11 @@ mod tests {
         assert_eq!(untoken("=4"), None);
         assert_eq!(node_peer(&NodeId::new("n.1").unwrap()), "node.n=2E1.peer");
         let room = RoomId::new("a.b@c").unwrap();
-        assert_eq!(
-            resume_token_room(&format!("{}.s3cr3t", token(room.as_str()))),
-            Some(room)
-        );
-        assert_eq!(resume_token_room("no-dot"), None);
+        let node = NodeId::new("eu.1").unwrap();
+        let t = resume_token(&room, &node, "s3cr3t");
+        assert_eq!(resume_token_place(&t), Some((room, node)));
+        assert_eq!(resume_token_place("no-dot"), None);
+        assert_eq!(resume_token_place("a.b."), None);
     }
 
     proptest::proptest! {

@@ -77,35 +77,52 @@ pub fn deciding_coordinator<'a>(room: &RoomId, live: &[&'a str]) -> Option<&'a s
     rendezvous(room.as_str(), live).first().copied()
 }
 
-/// Picks the node for a new room, or `None` when no node can take it.
+/// A stable weight of `member` for `key` (rendezvous hashing: the highest weight wins a
+/// tie). The same in every process and build: hrw-hash's fixed hasher.
+pub fn rendezvous_weight(key: &str, member: &str) -> u64 {
+    use std::hash::BuildHasher;
+    std::hash::BuildHasherDefault::<hrw_hash::DefaultHasher>::default().hash_one((key, member))
+}
+
+/// Whether a node may take more of anything: healthy, not draining, and below capacity by
+/// its *measured* load.
+pub fn eligible(n: &NodeView) -> bool {
+    n.healthy && !n.draining && load_score(&n.load, 0) < 1.0
+}
+
+/// The least-loaded of `candidates` for `key`, in one pass: scores within a millionth are a
+/// tie and the rendezvous weight decides, so equal nodes share a burst.
+pub fn least_loaded<'a>(
+    key: &str,
+    candidates: impl IntoIterator<Item = &'a NodeView>,
+) -> Option<&'a NodeView> {
+    candidates
+        .into_iter()
+        .map(|n| {
+            let score = (load_score(&n.load, n.pending_rooms) * 1e6).round() as i64;
+            (
+                score,
+                std::cmp::Reverse(rendezvous_weight(key, n.id.as_str())),
+                n,
+            )
+        })
+        .min_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)))
+        .map(|(_, _, n)| n)
+}
+
+/// Picks the node for a new room, or `None` when no node can take it: the least-loaded
+/// eligible node of the client's region, else of any region. One pass over the nodes, no
+/// allocation.
 ///
 /// Only *measured* load makes a node full: the estimate for rooms assigned since its last
 /// heartbeat ranks nodes but never refuses one, because each coordinator counts only its own
 /// assignments and an estimate must not turn a burst away from idle nodes.
 pub fn place(room: &RoomId, region: Option<&str>, nodes: &[NodeView]) -> Option<NodeId> {
-    let eligible: Vec<&NodeView> = nodes
-        .iter()
-        .filter(|n| n.healthy && !n.draining && load_score(&n.load, 0) < 1.0)
-        .collect();
-    let local: Vec<&NodeView> = match region {
-        Some(r) => eligible.iter().copied().filter(|n| n.region == r).collect(),
-        None => Vec::new(),
-    };
-    let pool = if local.is_empty() { eligible } else { local };
-    let ids: Vec<&str> = pool.iter().map(|n| n.id.as_str()).collect();
-    let rank = rendezvous(room.as_str(), &ids);
-    let rank_of = |id: &str| rank.iter().position(|r| *r == id).unwrap_or(usize::MAX);
-    pool.into_iter()
-        .min_by(|a, b| {
-            // Scores within a millionth are a tie: the hash decides, so equal nodes share.
-            let (sa, sb) = (
-                load_score(&a.load, a.pending_rooms),
-                load_score(&b.load, b.pending_rooms),
-            );
-            let (qa, qb) = ((sa * 1e6).round() as i64, (sb * 1e6).round() as i64);
-            qa.cmp(&qb)
-                .then_with(|| rank_of(a.id.as_str()).cmp(&rank_of(b.id.as_str())))
-        })
+    let key = room.as_str();
+    let local = region
+        .and_then(|r| least_loaded(key, nodes.iter().filter(|n| eligible(n) && n.region == r)));
+    local
+        .or_else(|| least_loaded(key, nodes.iter().filter(|n| eligible(n))))
         .map(|n| n.id.clone())
 }
 
