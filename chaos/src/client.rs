@@ -298,6 +298,17 @@ impl Client {
         .await
     }
 
+    /// Like [`Client::join`], saying the client's region (`join.region`).
+    pub async fn join_in_region(&self, room: &str, token: &str, region: &str) -> Result<Joined> {
+        let room = RoomId::new(room).map_err(|e| Error::Invalid(format!("room: {e}")))?;
+        self.join_like(ClientMessage::Join {
+            room,
+            token: token.to_owned(),
+            region: Some(region.to_owned()),
+        })
+        .await
+    }
+
     /// Sends `resume` (first message after a reconnect) and waits for `joined`.
     pub async fn resume(&self, resume_token: &str) -> Result<Joined> {
         self.join_like(ClientMessage::Resume {

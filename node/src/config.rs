@@ -38,8 +38,11 @@ pub struct Config {
     pub resume_grace: Duration,
     /// Signaling messages per second a socket may send (burst: twice that).
     pub msg_rate: u32,
-    /// Participants per room on this node.
+    /// Participants per room, across every node of the room.
     pub max_room_size: usize,
+    /// Participants of one room this node takes before the room gets a sibling node in
+    /// this region (0: no limit).
+    pub room_node_share: usize,
     /// NATS server(s) of the cluster; without it the node runs standalone.
     pub nats_url: Option<String>,
     /// The WebSocket URL clients and other processes reach this node at; defaults to
@@ -76,6 +79,7 @@ impl Config {
             resume_grace: Duration::from_secs(10),
             msg_rate: 50,
             max_room_size: 500,
+            room_node_share: 200,
             media_threads: 2,
             http_workers: 1,
             nats_url: None,
@@ -146,6 +150,7 @@ impl Config {
         }
         layer!(msg_rate);
         layer!(max_room_size);
+        layer!(room_node_share);
         layer!(media_threads);
         layer!(http_workers);
         if let Some(u) = flags.nats_url.clone().or(file.nats_url.clone()) {
@@ -230,6 +235,9 @@ pub struct NodeArgs {
     pub msg_rate: Option<u32>,
     #[arg(long, env = "NODE_MAX_ROOM_SIZE")]
     pub max_room_size: Option<usize>,
+    /// Participants of one room this node takes before a sibling node joins the room.
+    #[arg(long, env = "NODE_ROOM_NODE_SHARE")]
+    pub room_node_share: Option<usize>,
     #[arg(long, env = "NODE_MEDIA_THREADS")]
     pub media_threads: Option<usize>,
     #[arg(long, env = "NODE_HTTP_WORKERS")]
@@ -269,6 +277,7 @@ struct FileConfig {
     resume_grace_secs: Option<u64>,
     msg_rate: Option<u32>,
     max_room_size: Option<usize>,
+    room_node_share: Option<usize>,
     media_threads: Option<usize>,
     http_workers: Option<usize>,
     nats_url: Option<String>,

@@ -20,6 +20,12 @@ pub struct Counters {
     pub packets_in: AtomicU64,
     pub packets_forwarded: AtomicU64,
     pub bytes_forwarded: AtomicU64,
+    /// Payload bytes received from this node's own publishers (not over relay links).
+    pub published_bytes_in: AtomicU64,
+    /// Packets and payload bytes sent on relay links to other nodes (part of the forwarded
+    /// totals).
+    pub relay_packets_out: AtomicU64,
+    pub relay_bytes_out: AtomicU64,
     /// A subscriber's send queue was full (slow subscriber).
     pub dropped_congested: AtomicU64,
     /// A retransmission or duplicate arrived twice from the publisher.
@@ -41,6 +47,9 @@ pub struct CountersSnapshot {
     pub packets_in: u64,
     pub packets_forwarded: u64,
     pub bytes_forwarded: u64,
+    pub published_bytes_in: u64,
+    pub relay_packets_out: u64,
+    pub relay_bytes_out: u64,
     pub dropped_congested: u64,
     pub dropped_duplicate: u64,
     pub dropped_write_error: u64,
@@ -62,6 +71,9 @@ impl Counters {
             packets_in: c(&self.packets_in),
             packets_forwarded: c(&self.packets_forwarded),
             bytes_forwarded: c(&self.bytes_forwarded),
+            published_bytes_in: c(&self.published_bytes_in),
+            relay_packets_out: c(&self.relay_packets_out),
+            relay_bytes_out: c(&self.relay_bytes_out),
             dropped_congested: c(&self.dropped_congested),
             dropped_duplicate: c(&self.dropped_duplicate),
             dropped_write_error: c(&self.dropped_write_error),

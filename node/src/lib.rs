@@ -11,6 +11,7 @@ pub mod config;
 pub mod counters;
 pub mod http;
 pub mod media;
+pub mod membership;
 pub mod metrics;
 
 pub use config::Config;

@@ -50,6 +50,9 @@ pub fn publish(c: &Counters) {
     metrics::counter!("sfu_packets_received_total").absolute(s.packets_in);
     metrics::counter!("sfu_packets_forwarded_total").absolute(s.packets_forwarded);
     metrics::counter!("sfu_bytes_forwarded_total").absolute(s.bytes_forwarded);
+    metrics::counter!("sfu_published_bytes_received_total").absolute(s.published_bytes_in);
+    metrics::counter!("sfu_relay_packets_sent_total").absolute(s.relay_packets_out);
+    metrics::counter!("sfu_relay_bytes_sent_total").absolute(s.relay_bytes_out);
     metrics::counter!("sfu_packets_dropped_total", "reason" => "congested")
         .absolute(s.dropped_congested);
     metrics::counter!("sfu_packets_dropped_total", "reason" => "duplicate")

@@ -2,7 +2,9 @@
 //! serves what other processes ask of this node: joins for rooms hosted here, signaling of
 //! participants whose socket is on another node, drain, and the room list.
 
-use super::rooms::{ForPeer, JoinRoom, JoinedInfo, ListRooms, ResumeRoom, RoomRegistry};
+use super::rooms::{
+    ForPeer, JoinRoom, JoinedInfo, ListRooms, RelayFor, ResumeRoom, RoomRegistry, StateOfRoom,
+};
 use super::{NodeCtx, Observe};
 use crate::cluster::Cluster;
 use actix::prelude::*;
@@ -101,6 +103,29 @@ impl NodeAgent {
                 }
             }
         });
+        let rooms = self.node.rooms.clone();
+        serve_requests(c, wire::node_room_state(id), move |payload| {
+            let rooms = rooms.clone();
+            async move {
+                match serde_json::from_slice::<wire::RoomStateRequest>(&payload) {
+                    Ok(req) => rooms.send(StateOfRoom(req)).await.ok(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "bad room state request");
+                        None
+                    }
+                }
+            }
+        });
+        let rooms = self.node.rooms.clone();
+        serve_in_order(
+            c,
+            wire::node_relay(id),
+            move |payload| match serde_json::from_slice::<wire::RelayMessage>(&payload) {
+                Ok(m) if m.v == wire::VERSION => rooms.do_send(RelayFor(m)),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "bad relay message"),
+            },
+        );
         // In order: `do_send` keeps the order the commands were published in.
         let rooms = self.node.rooms.clone();
         serve_in_order(
@@ -169,6 +194,7 @@ async fn remote_join(rooms: &Addr<RoomRegistry>, payload: &[u8]) -> RemoteJoinRe
                 room: req.room,
                 claims: req.claims,
                 epoch: req.epoch,
+                nodes: req.nodes,
             };
             joined_reply(rooms.send(join).await, "join refused by the room's node")
         }

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod peer;
 pub mod room;
+pub mod room_links;
 pub mod rooms;
 pub mod router;
 pub mod session;

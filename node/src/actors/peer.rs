@@ -11,14 +11,39 @@ use crate::counters::{Kind, Live};
 use crate::media::forward::{run_feedback_loop, DownTrack, TrackSource};
 use crate::media::sdp;
 use actix::prelude::*;
-use protocol::cluster::PeerCmd;
+use protocol::cluster::{self as wire, PeerCmd, RelayBody, RelayMessage};
 use protocol::signal::{IceCandidate, PcKind, ServerMessage};
-use protocol::{ErrorCode, RoomId, TrackId, UserId};
+use protocol::{ErrorCode, NodeId, RoomId, TrackId, UserId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+/// Whom a `Peer` stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerRole {
+    /// A participant: its signaling goes to its session through the router.
+    Client,
+    /// The sending end of a relay link to another node of the room: it receives this node's
+    /// own tracks that the other node wants, and its offers travel over NATS.
+    RelayOut { to: NodeId },
+    /// The receiving end of a relay link from another node: the other node offers its
+    /// tracks, as a client's publisher connection would.
+    RelayIn { from: NodeId },
+}
+
+impl PeerRole {
+    /// The node at the other end of a relay link.
+    pub fn relay_node(&self) -> Option<&NodeId> {
+        match self {
+            PeerRole::Client => None,
+            PeerRole::RelayOut { to } => Some(to),
+            PeerRole::RelayIn { from } => Some(from),
+        }
+    }
+}
+
 pub struct Peer {
     user: UserId,
+    role: PeerRole,
     room_id: RoomId,
     can_publish: bool,
     can_subscribe: bool,
@@ -53,8 +78,10 @@ pub struct Peer {
 }
 
 impl Peer {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         user: UserId,
+        role: PeerRole,
         room_id: RoomId,
         can_publish: bool,
         can_subscribe: bool,
@@ -64,6 +91,7 @@ impl Peer {
         let live = Live::new(&node.counters, Kind::Peer);
         Peer {
             user,
+            role,
             room_id,
             can_publish,
             can_subscribe,
@@ -88,11 +116,33 @@ impl Peer {
     }
 
     fn tell(&self, msg: ServerMessage) {
-        self.node.router.do_send(Deliver {
-            to: self.user.clone(),
-            room: self.room_id.clone(),
-            msg,
-        });
+        let body = match (&self.role, msg) {
+            (PeerRole::Client, msg) => {
+                return self.node.router.do_send(Deliver {
+                    to: self.user.clone(),
+                    room: self.room_id.clone(),
+                    msg,
+                })
+            }
+            (PeerRole::RelayOut { .. }, ServerMessage::SubscribeOffer { sdp }) => {
+                RelayBody::Offer { sdp }
+            }
+            (PeerRole::RelayIn { .. }, ServerMessage::PublishAnswer { sdp }) => {
+                RelayBody::Answer { sdp }
+            }
+            (role, msg) => {
+                return tracing::warn!(room = %self.room_id, ?role, ?msg, "relay link signaling not sent");
+            }
+        };
+        if let (Some(to), Some(cluster)) = (self.role.relay_node(), &self.node.cluster) {
+            let msg = RelayMessage {
+                v: wire::VERSION,
+                room: self.room_id.clone(),
+                from: self.node.config.node_id.clone(),
+                body,
+            };
+            cluster.publish(wire::node_relay(to), &msg);
+        }
     }
 
     fn error(&self, code: ErrorCode, message: impl Into<String>) {
@@ -200,11 +250,17 @@ impl Peer {
             self.node.media.clone(),
             ctx.address().recipient(),
         );
+        let relayed_from = match &self.role {
+            PeerRole::RelayIn { from } => Some(from.clone()),
+            _ => None,
+        };
         async move {
             match existing {
                 Some(t) => Ok((None, t)),
                 None => {
-                    let t = Transport::connect(kind, user, me, media).await?.start();
+                    let t = Transport::connect(kind, user, relayed_from, me, media)
+                        .await?
+                        .start();
                     Ok((Some(t.clone()), t))
                 }
             }
@@ -255,9 +311,10 @@ impl Peer {
     /// Forgets one of this participant's tracks and tells the room, which empties its
     /// forwarding table and tells the others. A track already ended is ignored.
     fn end_track(&mut self, track_id: TrackId) {
-        if self.own_tracks.remove(&track_id).is_some() {
+        // A relay link's tracks belong to the publishers on the other node.
+        if let Some(source) = self.own_tracks.remove(&track_id) {
             self.room.do_send(TrackEnded {
-                owner: self.user.clone(),
+                owner: source.owner.clone(),
                 track_id,
             });
         }
@@ -388,6 +445,7 @@ impl Handler<SubscribeAnswer> for Peer {
                     };
                     let dt = DownTrack::new(
                         act.user.clone(),
+                        matches!(act.role, PeerRole::RelayOut { .. }),
                         slot.source.id.clone(),
                         slot.track.clone(),
                         slot.ssrc,
@@ -549,6 +607,7 @@ impl Handler<Observe> for Peer {
     fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> Self::Result {
         MessageResult(serde_json::json!({
             "user": self.user,
+            "role": format!("{:?}", self.role),
             "publisher": self.publisher.is_some(),
             "subscriber": self.subscriber.is_some(),
             "wanted": self.wanted.keys().collect::<Vec<_>>(),

@@ -1,8 +1,12 @@
 //! `Room`: the members of one room on this node, their published tracks, and who receives
 //! what. It owns the forwarding tables: every change of membership or subscription ends in
 //! an update of the affected sources' fanout.
+//!
+//! In a cluster a room may span nodes ([`super::room_links`]): the room also knows the other
+//! nodes' participants, tells them about its own, and exchanges tracks over relay links.
 
-use super::peer::{self, Peer};
+use super::peer::{self, Peer, PeerRole};
+use super::room_links::Links;
 use super::rooms::{JoinedInfo, MemberLeft, RoomRegistry};
 use super::router::Deliver;
 use super::{NodeCtx, Observe};
@@ -10,35 +14,46 @@ use crate::counters::{Kind, Live};
 use crate::media::forward::{DownTrack, TrackSource};
 use actix::prelude::*;
 use base64::Engine;
-use protocol::cluster::PeerCmd;
+use protocol::cluster::{PeerCmd, RoomChange};
 use protocol::signal::{IceServer, ParticipantInfo, ParticipantState, ServerMessage, TrackInfo};
 use protocol::token::Claims;
-use protocol::{ErrorCode, RoomId, TrackId, UserId};
+use protocol::{ErrorCode, NodeId, RoomId, TrackId, UserId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-struct Member {
+pub(super) struct Member {
     info: ParticipantInfo,
-    peer: Addr<Peer>,
-    can_subscribe: bool,
+    pub(super) peer: Addr<Peer>,
+    pub(super) can_subscribe: bool,
     resume_token: String,
     /// Join order, so `joined` lists participants as they arrived.
     seq: u64,
 }
 
 pub struct Room {
-    id: RoomId,
-    node: NodeCtx,
+    pub(super) id: RoomId,
+    pub(super) node: NodeCtx,
     registry: Addr<RoomRegistry>,
-    members: HashMap<UserId, Member>,
-    tracks: BTreeMap<TrackId, Arc<TrackSource>>,
+    /// Participants whose peer is on this node.
+    pub(super) members: HashMap<UserId, Member>,
+    /// Every track this node forwards: its members' own, and those relayed from other nodes.
+    pub(super) tracks: BTreeMap<TrackId, Arc<TrackSource>>,
     next_seq: u64,
+    /// The other nodes of the room: their participants, and the relay links with them.
+    pub(super) links: Links,
     _live: Live,
 }
 
 impl Room {
-    pub fn new(id: RoomId, node: NodeCtx, registry: Addr<RoomRegistry>) -> Self {
+    /// `nodes`: the other nodes of the room as the directory listed them at the first join.
+    pub fn new(
+        id: RoomId,
+        node: NodeCtx,
+        registry: Addr<RoomRegistry>,
+        nodes: Vec<NodeId>,
+    ) -> Self {
         let live = Live::new(&node.counters, Kind::Room);
+        let links = Links::new(&node.config.node_id, nodes);
         Room {
             id,
             node,
@@ -46,11 +61,12 @@ impl Room {
             members: HashMap::new(),
             tracks: BTreeMap::new(),
             next_seq: 0,
+            links,
             _live: live,
         }
     }
 
-    fn broadcast(&self, except: &UserId, msg: &ServerMessage) {
+    pub(super) fn broadcast(&self, except: &UserId, msg: &ServerMessage) {
         for id in self.members.keys().filter(|id| *id != except) {
             self.node.router.do_send(Deliver {
                 to: id.clone(),
@@ -60,10 +76,11 @@ impl Room {
         }
     }
 
+    /// The tracks a local member publishes.
     fn tracks_of(&self, user: &UserId) -> Vec<TrackInfo> {
         self.tracks
             .values()
-            .filter(|t| &t.owner == user)
+            .filter(|t| &t.owner == user && t.relayed_from.is_none())
             .map(|t| TrackInfo {
                 id: t.id.clone(),
                 kind: t.kind,
@@ -71,11 +88,12 @@ impl Room {
             .collect()
     }
 
-    fn participants(&self, except: &UserId) -> Vec<ParticipantState> {
+    /// This node's participants with their tracks, in join order.
+    pub(super) fn local_participants(&self, except: Option<&UserId>) -> Vec<ParticipantState> {
         let mut members: Vec<&Member> = self
             .members
             .values()
-            .filter(|m| &m.info.id != except)
+            .filter(|m| Some(&m.info.id) != except)
             .collect();
         members.sort_by_key(|m| m.seq);
         members
@@ -86,6 +104,19 @@ impl Room {
                 tracks: self.tracks_of(&m.info.id),
             })
             .collect()
+    }
+
+    /// Everyone in the room, on this node and the others, but `except`.
+    fn participants(&self, except: &UserId) -> Vec<ParticipantState> {
+        let mut all = self.local_participants(Some(except));
+        all.extend(
+            self.links
+                .remote
+                .participants()
+                .filter(|p| &p.id != except)
+                .cloned(),
+        );
+        all
     }
 
     fn ice_servers(&self, user: &UserId) -> Vec<IceServer> {
@@ -115,22 +146,34 @@ impl Room {
             .collect()
     }
 
-    fn unpublish(&mut self, track_id: &TrackId) {
+    /// A track leaves the room. A local one is announced to the clients and the other
+    /// nodes; a relayed one was announced by its own node already.
+    pub(super) fn unpublish(&mut self, track_id: &TrackId) {
         let Some(source) = self.tracks.remove(track_id) else {
             return;
         };
         source.clear_fanout();
-        let msg = ServerMessage::TrackUnpublished {
-            participant: source.owner.clone(),
+        if source.relayed_from.is_none() {
+            let msg = ServerMessage::TrackUnpublished {
+                participant: source.owner.clone(),
+                track_id: track_id.clone(),
+            };
+            self.broadcast(&source.owner, &msg);
+            self.announce(RoomChange::TrackUnpublished {
+                participant: source.owner.clone(),
+                track_id: track_id.clone(),
+            });
+        }
+        let unsubscribe = || peer::Unsubscribe {
             track_id: track_id.clone(),
         };
-        self.broadcast(&source.owner, &msg);
         for (id, m) in &self.members {
             if id != &source.owner {
-                m.peer.do_send(peer::Unsubscribe {
-                    track_id: track_id.clone(),
-                });
+                m.peer.do_send(unsubscribe());
             }
+        }
+        for relay in self.links.senders() {
+            relay.do_send(unsubscribe());
         }
     }
 
@@ -151,6 +194,7 @@ impl Room {
             source.remove_subscriber(user);
         }
         self.broadcast(user, &ServerMessage::ParticipantLeft { id: user.clone() });
+        self.announce(RoomChange::Left { id: user.clone() });
         member.peer.do_send(peer::Close);
         self.registry.do_send(MemberLeft {
             room: self.id.clone(),
@@ -162,12 +206,22 @@ impl Room {
 
 impl Actor for Room {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.join_cluster(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.links.stop_events();
+    }
 }
 
 #[derive(Message)]
 #[rtype(result = "Result<JoinedInfo, ErrorCode>")]
 pub struct RoomJoin {
     pub claims: Claims,
+    /// The room's other nodes as the directory lists them now.
+    pub nodes: Vec<NodeId>,
 }
 
 #[derive(Message)]
@@ -232,9 +286,15 @@ impl Handler<RoomJoin> for Room {
     fn handle(&mut self, msg: RoomJoin, ctx: &mut Context<Self>) -> Self::Result {
         let claims = msg.claims;
         let user = claims.sub.clone();
+        self.learn_nodes(msg.nodes, ctx);
         // The same user joining again replaces the old participant.
         self.remove_member(&user);
-        if self.members.len() >= self.node.config.max_room_size {
+        let everyone = self.members.len() + self.links.remote.count();
+        let share = self.node.config.room_node_share;
+        // Both refusals say `room_full`; the joining session asks the coordinator for
+        // another node of the room once, which a room at its size refuses too.
+        if everyone >= self.node.config.max_room_size || (share > 0 && self.members.len() >= share)
+        {
             return Err(ErrorCode::RoomFull);
         }
         let info = ParticipantInfo {
@@ -243,6 +303,7 @@ impl Handler<RoomJoin> for Room {
         };
         let peer = Peer::new(
             user.clone(),
+            PeerRole::Client,
             self.id.clone(),
             claims.can_publish,
             claims.can_subscribe,
@@ -259,11 +320,11 @@ impl Handler<RoomJoin> for Room {
         );
         let mut raw = [0u8; 24];
         rand::Rng::fill(&mut rand::thread_rng(), &mut raw);
-        // `<room>.<secret>`: any node can find the room's node from the token alone.
-        let resume_token = format!(
-            "{}.{}",
-            protocol::cluster::token(self.id.as_str()),
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        // Names the room and this node: any node can find the participant from it alone.
+        let resume_token = protocol::cluster::resume_token(
+            &self.id,
+            &self.node.config.node_id,
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw),
         );
         self.next_seq += 1;
         self.members.insert(
@@ -281,6 +342,10 @@ impl Handler<RoomJoin> for Room {
                 peer.do_send(peer::Subscribe(source.clone()));
             }
         }
+        self.announce(RoomChange::Joined {
+            participant: info.clone(),
+        });
+        self.update_wants(ctx);
         tracing::info!(room = %self.id, %user, members = self.members.len(), "participant joined");
         Ok(JoinedInfo {
             room: self.id.clone(),
@@ -323,16 +388,20 @@ impl Handler<TrackPublished> for Room {
 
     fn handle(&mut self, msg: TrackPublished, _: &mut Context<Self>) {
         let source = msg.0;
+        if source.relayed_from.is_some() {
+            return self.relayed_track(source);
+        }
         if !self.members.contains_key(&source.owner) {
             source.clear_fanout();
             return;
         }
+        let track = TrackInfo {
+            id: source.id.clone(),
+            kind: source.kind,
+        };
         let announce = ServerMessage::TrackPublished {
             participant: source.owner.clone(),
-            track: TrackInfo {
-                id: source.id.clone(),
-                kind: source.kind,
-            },
+            track: track.clone(),
         };
         self.broadcast(&source.owner, &announce);
         for (id, m) in &self.members {
@@ -341,7 +410,15 @@ impl Handler<TrackPublished> for Room {
             }
         }
         tracing::info!(room = %self.id, owner = %source.owner, track = %source.id, kind = ?source.kind, codec = %source.codec.mime_type, "track published");
-        self.tracks.insert(source.id.clone(), source);
+        self.tracks.insert(source.id.clone(), source.clone());
+        // Relay links that asked for it before it arrived get it now.
+        for relay in self.links.senders_wanting(&source.id) {
+            relay.do_send(peer::Subscribe(source.clone()));
+        }
+        self.announce(RoomChange::TrackPublished {
+            participant: source.owner.clone(),
+            track,
+        });
     }
 }
 
@@ -362,10 +439,9 @@ impl Handler<DownTrackReady> for Room {
     type Result = ();
     fn handle(&mut self, msg: DownTrackReady, _: &mut Context<Self>) {
         let dt = msg.0;
-        let (Some(source), true) = (
-            self.tracks.get(&dt.source),
-            self.members.contains_key(&dt.subscriber),
-        ) else {
+        let subscribed =
+            self.members.contains_key(&dt.subscriber) || self.links.is_sender(&dt.subscriber);
+        let (Some(source), true) = (self.tracks.get(&dt.source), subscribed) else {
             return;
         };
         source.add_downtrack(dt);
@@ -376,13 +452,19 @@ impl Handler<DownTrackReady> for Room {
 
 impl Handler<PeerGone> for Room {
     type Result = ();
-    fn handle(&mut self, msg: PeerGone, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: PeerGone, ctx: &mut Context<Self>) {
         if self
             .members
             .get(&msg.user)
             .is_some_and(|m| m.peer == msg.peer)
         {
             self.remove_member(&msg.user);
+            self.update_wants(ctx);
+        } else if let Some(node) = self.links.relay_gone(&msg.peer) {
+            for source in self.tracks.values() {
+                source.remove_subscriber(&msg.user);
+            }
+            tracing::info!(room = %self.id, %node, "relay link closed");
         }
     }
 }
@@ -394,6 +476,7 @@ impl Handler<Shutdown> for Room {
         for u in users {
             self.remove_member(&u);
         }
+        self.leave_cluster();
         ctx.stop();
     }
 }
@@ -409,6 +492,7 @@ impl Handler<Observe> for Room {
                 serde_json::json!({
                     "id": t.id,
                     "owner": t.owner,
+                    "relayed_from": t.relayed_from,
                     "kind": t.kind,
                     "codec": t.codec.mime_type,
                     "subscribers": fanout.iter().map(|d| d.subscriber.to_string()).collect::<Vec<_>>(),
@@ -421,6 +505,8 @@ impl Handler<Observe> for Room {
             "id": self.id,
             "members": members.iter().map(|m| serde_json::json!({"id": m.info.id, "name": m.info.name})).collect::<Vec<_>>(),
             "tracks": tracks,
+            "remote": self.links.remote.participants().collect::<Vec<_>>(),
+            "links": self.links.observe(),
         }))
     }
 }

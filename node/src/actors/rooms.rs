@@ -5,12 +5,15 @@
 
 use super::peer::Peer;
 use super::room::{Room, RoomForPeer, RoomJoin, RoomResume, Shutdown};
+use super::room_links::{ListLinks, LocalState, Relay};
 use super::{NodeCtx, Observe};
 use actix::prelude::*;
-use protocol::cluster::{self as wire, PeerCommand, RoomMembers};
+use protocol::cluster::{
+    self as wire, PeerCommand, RelayBody, RelayMessage, RoomMembers, RoomState, RoomStateRequest,
+};
 use protocol::signal::{IceServer, ParticipantInfo, ParticipantState};
 use protocol::token::Claims;
-use protocol::{ErrorCode, RoomId, UserId};
+use protocol::{ErrorCode, NodeId, RoomId, UserId};
 use std::collections::HashMap;
 
 struct Hosted {
@@ -77,6 +80,8 @@ pub struct JoinRoom {
     pub room: RoomId,
     pub claims: Claims,
     pub epoch: u64,
+    /// The room's nodes as the directory lists them (this one may be among them).
+    pub nodes: Vec<NodeId>,
 }
 
 /// Signaling from a participant whose socket is on another node.
@@ -111,10 +116,11 @@ impl Handler<JoinRoom> for RoomRegistry {
             return AtomicResponse::new(Box::pin(fut::ready(Err(ErrorCode::Unavailable))));
         };
         let registry = ctx.address();
+        let nodes = msg.nodes.clone();
         let hosted = self.rooms.entry(msg.room.clone()).or_insert_with(|| {
             tracing::info!(room = %msg.room, "room created");
             Hosted {
-                addr: Room::new(msg.room.clone(), node, registry).start(),
+                addr: Room::new(msg.room.clone(), node, registry, nodes).start(),
                 members: 0,
                 epoch: msg.epoch,
                 generation: 0,
@@ -127,21 +133,27 @@ impl Handler<JoinRoom> for RoomRegistry {
         // Waiting here (see `AtomicResponse`) keeps the member count exact: no other join or
         // departure is handled until this one is settled.
         AtomicResponse::new(Box::pin(
-            async move { addr.send(RoomJoin { claims: msg.claims }).await }
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    let res = res.map_err(|_| ErrorCode::Unavailable)?;
-                    if let Ok(info) = &res {
-                        if let Some(h) = act.rooms.get_mut(&room) {
-                            h.members += 1;
-                            h.generation += 1;
-                        }
-                        act.resume
-                            .insert(info.resume_token.clone(), (room.clone(), user));
+            async move {
+                addr.send(RoomJoin {
+                    claims: msg.claims,
+                    nodes: msg.nodes,
+                })
+                .await
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                let res = res.map_err(|_| ErrorCode::Unavailable)?;
+                if let Ok(info) = &res {
+                    if let Some(h) = act.rooms.get_mut(&room) {
+                        h.members += 1;
+                        h.generation += 1;
                     }
-                    act.close_if_empty(&room, ctx);
-                    res
-                }),
+                    act.resume
+                        .insert(info.resume_token.clone(), (room.clone(), user));
+                }
+                act.close_if_empty(&room, ctx);
+                res
+            }),
         ))
     }
 }
@@ -248,17 +260,82 @@ impl Handler<ForPeer> for RoomRegistry {
 }
 
 impl Handler<ListRooms> for RoomRegistry {
-    type Result = MessageResult<ListRooms>;
+    type Result = ResponseFuture<Vec<RoomMembers>>;
     fn handle(&mut self, _: ListRooms, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(
-            self.rooms
-                .iter()
-                .map(|(room, h)| RoomMembers {
-                    room: room.clone(),
-                    members: h.members as u32,
-                })
-                .collect(),
-        )
+        let rooms: Vec<(RoomId, usize, Addr<Room>)> = self
+            .rooms
+            .iter()
+            .map(|(room, h)| (room.clone(), h.members, h.addr.clone()))
+            .collect();
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(rooms.len());
+            for (room, members, addr) in rooms {
+                out.push(RoomMembers {
+                    room,
+                    members: members as u32,
+                    links: addr.send(ListLinks).await.unwrap_or_default(),
+                });
+            }
+            out
+        })
+    }
+}
+
+/// Another node asks for this node's participants in a room.
+#[derive(Message)]
+#[rtype(result = "RoomState")]
+pub struct StateOfRoom(pub RoomStateRequest);
+
+impl Handler<StateOfRoom> for RoomRegistry {
+    type Result = ResponseFuture<RoomState>;
+    fn handle(&mut self, msg: StateOfRoom, _: &mut Context<Self>) -> Self::Result {
+        let room = msg.0.room;
+        let me = self.ctx.as_ref().map(|c| c.config.node_id.clone());
+        let absent = move |room| RoomState {
+            v: wire::VERSION,
+            room,
+            node: me.unwrap_or_else(|| NodeId::new("unknown").expect("a valid id")),
+            present: false,
+            seq: 0,
+            participants: Vec::new(),
+        };
+        let Some(addr) = self.rooms.get(&room).map(|h| h.addr.clone()) else {
+            return Box::pin(async move { absent(room) });
+        };
+        Box::pin(async move {
+            match addr.send(LocalState).await {
+                Ok(st) => st,
+                Err(_) => absent(room),
+            }
+        })
+    }
+}
+
+/// Relay link signaling from another node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RelayFor(pub RelayMessage);
+
+impl Handler<RelayFor> for RoomRegistry {
+    type Result = ();
+    fn handle(&mut self, msg: RelayFor, _: &mut Context<Self>) {
+        let m = msg.0;
+        if let Some(h) = self.rooms.get(&m.room) {
+            return h.addr.do_send(Relay(m));
+        }
+        // A link for a room this node left: tell the other side to close its end.
+        let (Some(node), false) = (&self.ctx, matches!(m.body, RelayBody::Close)) else {
+            return;
+        };
+        if let Some(c) = &node.cluster {
+            let close = RelayMessage {
+                v: wire::VERSION,
+                room: m.room,
+                from: node.config.node_id.clone(),
+                body: RelayBody::Close,
+            };
+            c.publish(wire::node_relay(&m.from), &close);
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! panic it or reach another session except through the router.
 
 use super::peer::{self, Peer};
+use super::room_links::RELAY_USER_PREFIX;
 use super::rooms::{JoinRoom, JoinedInfo, ResumeRoom};
 use super::router::{Register, RouteUserMessage, Unregister};
 use super::NodeCtx;
@@ -338,8 +339,15 @@ impl SignalingSession {
                 return;
             }
         };
+        if claims.sub.as_str().starts_with(RELAY_USER_PREFIX) {
+            metrics::counter!("signaling_auth_failures_total").increment(1);
+            let text = format!("user ids starting with `{RELAY_USER_PREFIX}` are reserved");
+            return self.error(ErrorCode::Forbidden, text, ctx);
+        }
         self.state = State::Joining;
         let user = claims.sub.clone();
+        // Without `join.region` the client is served from this node's region.
+        let region = region.or_else(|| Some(self.ctx.config.region.clone()));
         let register = Register {
             user: user.clone(),
             room: room.clone(),
@@ -438,31 +446,15 @@ impl SignalingSession {
     }
 }
 
-/// Resumes a participant wherever its room is: the token names the room, the coordinator
-/// names the room's node (without creating anything), and that node restores it.
+/// Resumes a participant wherever it is: the token names its room and the node that hosts
+/// it, and that node restores it.
 async fn resume_anywhere(node: &NodeCtx, resume_token: String) -> Result<JoinOutcome, ErrorCode> {
     let Some(cluster) = &node.cluster else {
         return resume_local(node, resume_token).await;
     };
-    let room = wire::resume_token_room(&resume_token).ok_or(ErrorCode::NotFound)?;
+    let (room, host) = wire::resume_token_place(&resume_token).ok_or(ErrorCode::NotFound)?;
     let me = node.config.node_id.clone();
-    let ask = AllocateRequest {
-        v: wire::VERSION,
-        room: room.clone(),
-        region: None,
-        from: me.clone(),
-        forwarded: false,
-        lookup: true,
-    };
-    let assignment = match cluster
-        .request::<_, AllocateReply>(wire::ALLOCATE.to_owned(), &ask, CLUSTER_JOIN_TIMEOUT)
-        .await
-    {
-        Ok(AllocateReply::Assigned(a)) => a,
-        Ok(AllocateReply::Error { code, .. }) => return Err(code),
-        Err(_) => return Err(ErrorCode::Unavailable),
-    };
-    if assignment.node == me {
+    if host == me {
         return resume_local(node, resume_token).await;
     }
     let ask = wire::RemoteResume {
@@ -471,14 +463,14 @@ async fn resume_anywhere(node: &NodeCtx, resume_token: String) -> Result<JoinOut
         session_node: me,
     };
     let reply = cluster
-        .request::<_, RemoteJoinReply>(
-            wire::node_resume(&assignment.node),
-            &ask,
-            CLUSTER_JOIN_TIMEOUT,
-        )
+        .request::<_, RemoteJoinReply>(wire::node_resume(&host), &ask, CLUSTER_JOIN_TIMEOUT)
         .await
-        .map_err(|_| ErrorCode::Unavailable)?;
-    remote_outcome(room, assignment.node, reply)
+        .map_err(|e| match e {
+            // The participant's node is gone, and the participant with it.
+            ClusterError::NoResponders(_) => ErrorCode::NotFound,
+            _ => ErrorCode::Unavailable,
+        })?;
+    remote_outcome(room, host, reply)
 }
 
 /// A participant hosted on `node`, as that node's reply describes it.
@@ -518,15 +510,20 @@ async fn resume_local(node: &NodeCtx, resume_token: String) -> Result<JoinOutcom
 /// How long a join may wait on the coordinator or the room's node.
 const CLUSTER_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Joins `room` on whichever node hosts it: standalone nodes host every room; in a cluster
-/// the coordinator names the room's primary, and a room elsewhere is joined over NATS.
+/// How many nodes of a room may refuse a join for holding their share of it before the
+/// join fails with `room_full` (the room is then at its size everywhere).
+const MAX_SHARE_REFUSALS: usize = 2;
+
+/// Joins `room` on the node that serves this client: standalone nodes host every room; in a
+/// cluster the coordinator names the room's node for the client's region (adding one to the
+/// room when needed), and a room node elsewhere is joined over NATS.
 async fn join_anywhere(
     node: &NodeCtx,
     room: RoomId,
     claims: protocol::token::Claims,
     region: Option<String>,
 ) -> Result<JoinOutcome, ErrorCode> {
-    let local = |epoch| {
+    let local = |epoch, nodes| {
         let rooms = node.rooms.clone();
         let (room, claims) = (room.clone(), claims.clone());
         async move {
@@ -535,6 +532,7 @@ async fn join_anywhere(
                     room,
                     claims,
                     epoch,
+                    nodes,
                 })
                 .await
                 .map_err(|_| ErrorCode::Unavailable)??;
@@ -542,63 +540,86 @@ async fn join_anywhere(
         }
     };
     let Some(cluster) = &node.cluster else {
-        return local(0).await;
+        return local(0, Vec::new()).await;
     };
     let me = node.config.node_id.clone();
-    let ask = AllocateRequest {
+    let mut ask = AllocateRequest {
         v: wire::VERSION,
         room: room.clone(),
         region,
         from: me.clone(),
         forwarded: false,
         lookup: false,
+        full: Vec::new(),
     };
-    // One retry: a request in flight at a coordinator that just died times out, and the
-    // next one reaches a live coordinator.
+    loop {
+        let (assignment, serve) = allocate(cluster, &ask).await?;
+        let nodes = assignment.members();
+        let outcome = if serve == me {
+            local(assignment.epoch, nodes).await
+        } else {
+            let remote = RemoteJoin {
+                v: wire::VERSION,
+                room: room.clone(),
+                claims: claims.clone(),
+                session_node: me.clone(),
+                epoch: assignment.epoch,
+                nodes,
+            };
+            let reply = cluster
+                .request::<_, RemoteJoinReply>(
+                    wire::node_join(&serve),
+                    &remote,
+                    CLUSTER_JOIN_TIMEOUT,
+                )
+                .await
+                .map_err(|e| {
+                    tracing::warn!(%room, node = %serve, error = %e, "remote join failed");
+                    ErrorCode::Unavailable
+                })?;
+            remote_outcome(room.clone(), serve.clone(), reply)
+        };
+        match outcome {
+            // That node holds its share of the room: another node of the room (or a new
+            // sibling) serves this client.
+            Err(ErrorCode::RoomFull) if ask.full.len() < MAX_SHARE_REFUSALS => {
+                tracing::info!(%room, node = %serve, "room node refused the join; asking for another");
+                ask.full.push(serve);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Asks the coordinators where the client is served. One retry: a request in flight at a
+/// coordinator that just died times out, and the next one reaches a live coordinator.
+async fn allocate(
+    cluster: &crate::cluster::Cluster,
+    ask: &AllocateRequest,
+) -> Result<(wire::RoomAssignment, NodeId), ErrorCode> {
+    let subject = || wire::ALLOCATE.to_owned();
     let mut reply = cluster
-        .request::<_, AllocateReply>(wire::ALLOCATE.to_owned(), &ask, CLUSTER_JOIN_TIMEOUT / 2)
+        .request::<_, AllocateReply>(subject(), ask, CLUSTER_JOIN_TIMEOUT / 2)
         .await;
     if matches!(
         reply,
         Err(ClusterError::Timeout(_) | ClusterError::NoResponders(_))
     ) {
         reply = cluster
-            .request(wire::ALLOCATE.to_owned(), &ask, CLUSTER_JOIN_TIMEOUT / 2)
+            .request(subject(), ask, CLUSTER_JOIN_TIMEOUT / 2)
             .await;
     }
-    let assignment = match reply {
-        Ok(AllocateReply::Assigned(a)) => a,
+    match reply {
+        Ok(AllocateReply::Assigned { assignment, serve }) => Ok((assignment, serve)),
         Ok(AllocateReply::Error { code, message }) => {
-            tracing::info!(%room, %message, "allocation refused");
-            return Err(code);
+            tracing::info!(room = %ask.room, %message, "allocation refused");
+            Err(code)
         }
         Err(e) => {
-            tracing::warn!(%room, error = %e, "allocation failed");
-            return Err(ErrorCode::Unavailable);
+            tracing::warn!(room = %ask.room, error = %e, "allocation failed");
+            Err(ErrorCode::Unavailable)
         }
-    };
-    if assignment.node == me {
-        return local(assignment.epoch).await;
     }
-    let remote = RemoteJoin {
-        v: wire::VERSION,
-        room: room.clone(),
-        claims,
-        session_node: me,
-        epoch: assignment.epoch,
-    };
-    let reply = cluster
-        .request::<_, RemoteJoinReply>(
-            wire::node_join(&assignment.node),
-            &remote,
-            CLUSTER_JOIN_TIMEOUT,
-        )
-        .await
-        .map_err(|e| {
-            tracing::warn!(%room, node = %assignment.node, error = %e, "remote join failed");
-            ErrorCode::Unavailable
-        })?;
-    remote_outcome(room, assignment.node, reply)
 }
 
 impl Actor for SignalingSession {

@@ -9,7 +9,7 @@ use crate::media::MediaContext;
 use actix::prelude::*;
 use async_trait::async_trait;
 use protocol::signal::{IceCandidate, PcKind, TrackKind};
-use protocol::{TrackId, UserId};
+use protocol::{NodeId, TrackId, UserId};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -78,6 +78,9 @@ pub struct Transport {
 struct Events {
     kind: PcKind,
     owner: UserId,
+    /// A relay link's receiving end: tracks keep the publisher and track id their `a=msid`
+    /// names on the sending node.
+    relayed_from: Option<NodeId>,
     peer: Recipient<TransportEvent>,
     media: Arc<MediaContext>,
     gathered: watch::Sender<bool>,
@@ -118,11 +121,30 @@ impl PeerConnectionEventHandler for Events {
             RtpCodecKind::Audio => TrackKind::Audio,
             _ => TrackKind::Video,
         };
-        let id = TrackId::new(format!("TR_{:016x}", rand::random::<u64>()))
-            .expect("generated ids are valid");
+        let (id, owner) = match &self.relayed_from {
+            None => (
+                TrackId::new(format!("TR_{:016x}", rand::random::<u64>()))
+                    .expect("generated ids are valid"),
+                self.owner.clone(),
+            ),
+            Some(from) => {
+                let (stream, track_id) = (track.stream_id().await, track.track_id().await);
+                match (
+                    UserId::new(stream.as_str()),
+                    TrackId::new(track_id.as_str()),
+                ) {
+                    (Ok(owner), Ok(id)) => (id, owner),
+                    _ => {
+                        tracing::warn!(%from, %stream, %track_id, "relayed track without a valid msid ignored");
+                        return;
+                    }
+                }
+            }
+        };
         let source = TrackSource::new(
             id.clone(),
-            self.owner.clone(),
+            owner,
+            self.relayed_from.clone(),
             kind,
             codec,
             track,
@@ -145,6 +167,7 @@ impl Transport {
     pub async fn connect(
         kind: PcKind,
         owner: UserId,
+        relayed_from: Option<NodeId>,
         peer: Recipient<TransportEvent>,
         media: Arc<MediaContext>,
     ) -> Result<Transport, TransportError> {
@@ -152,6 +175,7 @@ impl Transport {
         let events = Arc::new(Events {
             kind,
             owner,
+            relayed_from,
             peer,
             media: media.clone(),
             gathered: tx,

@@ -9,7 +9,7 @@ use crate::counters::{Counters, Kind, Live};
 use arc_swap::ArcSwap;
 use futures::FutureExt;
 use protocol::signal::TrackKind;
-use protocol::{TrackId, UserId};
+use protocol::{NodeId, TrackId, UserId};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +26,9 @@ pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 pub struct TrackSource {
     pub id: TrackId,
     pub owner: UserId,
+    /// Set when the track arrived over a relay link from that node: it is never sent on to
+    /// another relay (the full mesh stays loop-free).
+    pub relayed_from: Option<NodeId>,
     pub kind: TrackKind,
     pub codec: RTCRtpCodec,
     /// The forwarding table, replaced whole by the `Room` on every change.
@@ -39,9 +42,11 @@ pub struct TrackSource {
 }
 
 impl TrackSource {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: TrackId,
         owner: UserId,
+        relayed_from: Option<NodeId>,
         kind: TrackKind,
         codec: RTCRtpCodec,
         remote: Arc<dyn TrackRemote>,
@@ -51,6 +56,7 @@ impl TrackSource {
         Arc::new(TrackSource {
             id,
             owner,
+            relayed_from,
             kind,
             codec,
             fanout: ArcSwap::from_pointee(Vec::new()),
@@ -148,6 +154,8 @@ impl RateGate {
 /// connection negotiated for the source's codec.
 pub struct DownTrack {
     pub subscriber: UserId,
+    /// The subscriber is a relay link to another node.
+    pub to_relay: bool,
     pub source: TrackId,
     pub track: Arc<TrackLocalStaticRTP>,
     pub ssrc: u32,
@@ -160,6 +168,7 @@ pub struct DownTrack {
 impl DownTrack {
     pub fn new(
         subscriber: UserId,
+        to_relay: bool,
         source: TrackId,
         track: Arc<TrackLocalStaticRTP>,
         ssrc: u32,
@@ -168,6 +177,7 @@ impl DownTrack {
     ) -> Arc<Self> {
         Arc::new(DownTrack {
             subscriber,
+            to_relay,
             source,
             track,
             ssrc,
@@ -255,6 +265,9 @@ impl SeqFilter {
 #[derive(Default)]
 struct LocalCounts {
     packets_in: u64,
+    published_bytes: u64,
+    relay_packets: u64,
+    relay_bytes: u64,
     forwarded: u64,
     bytes: u64,
     congested: u64,
@@ -265,6 +278,12 @@ struct LocalCounts {
 impl LocalCounts {
     fn flush(&mut self, c: &Counters) {
         c.packets_in.fetch_add(self.packets_in, Ordering::Relaxed);
+        c.published_bytes_in
+            .fetch_add(self.published_bytes, Ordering::Relaxed);
+        c.relay_packets_out
+            .fetch_add(self.relay_packets, Ordering::Relaxed);
+        c.relay_bytes_out
+            .fetch_add(self.relay_bytes, Ordering::Relaxed);
         c.packets_forwarded
             .fetch_add(self.forwarded, Ordering::Relaxed);
         c.bytes_forwarded.fetch_add(self.bytes, Ordering::Relaxed);
@@ -284,6 +303,7 @@ pub async fn run_read_loop(source: Arc<TrackSource>) {
     let _live = Live::new(&source.counters, Kind::ForwardingTask);
     let mut filter = SeqFilter::default();
     let mut counts = LocalCounts::default();
+    let local = source.relayed_from.is_none();
     while let Some(event) = source.remote.poll().await {
         let TrackRemoteEvent::OnRtpPacket(mut packet) = event else {
             if matches!(event, TrackRemoteEvent::OnEnded) {
@@ -292,6 +312,9 @@ pub async fn run_read_loop(source: Arc<TrackSource>) {
             continue;
         };
         counts.packets_in += 1;
+        if local {
+            counts.published_bytes += packet.payload.len() as u64;
+        }
         let padding_only = packet.payload.is_empty();
         let seq = match filter.accept(packet.header.sequence_number, padding_only) {
             SeqVerdict::Forward(seq) => seq,
@@ -322,6 +345,10 @@ pub async fn run_read_loop(source: Arc<TrackSource>) {
                 Some(Ok(())) => {
                     counts.forwarded += 1;
                     counts.bytes += len;
+                    if dt.to_relay {
+                        counts.relay_packets += 1;
+                        counts.relay_bytes += len;
+                    }
                     dt.forwarded.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(Err(_)) => counts.write_error += 1,

@@ -1,0 +1,506 @@
+//! A room across nodes: how one node's `Room` learns the other nodes' participants, tells
+//! them about its own, and exchanges tracks with them over relay links.
+//!
+//! - **Membership**: every change of a local participant is published on
+//!   `room.<room>.events` with this node's sequence number; the room subscribes to that
+//!   subject before it serves its first join, then asks the room's other nodes for their
+//!   snapshots. [`RemoteMembers`] applies events and snapshots and says what to tell clients.
+//! - **Relay links**: a relay is a pair of peers at two nodes, each a WebRTC connection. The
+//!   node whose participants want tracks (the receiver) says which of the other node's own
+//!   tracks it wants (`want`); the other node (the sender) offers exactly those on its
+//!   `RelayOut` peer, and the receiver answers on its `RelayIn` peer, whose tracks then join
+//!   the room like local ones (same participant and track ids). A sender only ever sends its
+//!   own members' tracks, never relayed ones, so the full mesh has no loops, and each track
+//!   crosses each link once however many subscribers are behind it.
+
+use super::peer::{self, Peer, PeerRole};
+use super::room::Room;
+use crate::media::forward::TrackSource;
+use crate::membership::RemoteMembers;
+use actix::prelude::*;
+use futures::StreamExt;
+use protocol::cluster::{
+    self as wire, RelayBody, RelayMessage, RoomChange, RoomEvent, RoomState, RoomStateRequest,
+};
+use protocol::signal::ServerMessage;
+use protocol::{NodeId, TrackId, UserId};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a room may wait for its events subscription and the other nodes' snapshots
+/// before it serves its first join anyway (what is missing then arrives as notices).
+const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The sending end of a relay link and the tracks its node asked for.
+struct Sender {
+    peer: Addr<Peer>,
+    user: UserId,
+    wanted: BTreeSet<TrackId>,
+}
+
+/// A room's view of its other nodes and its relay links with them.
+pub struct Links {
+    me: NodeId,
+    pub remote: RemoteMembers,
+    /// Nodes the directory named at the first join, asked for snapshots once subscribed.
+    initial: Vec<NodeId>,
+    /// This node's last event number for the room.
+    seq: u64,
+    senders: HashMap<NodeId, Sender>,
+    receivers: HashMap<NodeId, Addr<Peer>>,
+    /// The last `want` sent to each node.
+    sent_wants: HashMap<NodeId, BTreeSet<TrackId>>,
+    snapshots_pending: HashSet<NodeId>,
+    events: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Links {
+    pub fn new(me: &NodeId, nodes: Vec<NodeId>) -> Self {
+        Links {
+            me: me.clone(),
+            remote: RemoteMembers::new(),
+            initial: nodes.into_iter().filter(|n| n != me).collect(),
+            seq: 0,
+            senders: HashMap::new(),
+            receivers: HashMap::new(),
+            sent_wants: HashMap::new(),
+            snapshots_pending: HashSet::new(),
+            events: None,
+        }
+    }
+
+    /// The sending ends of every relay link.
+    pub fn senders(&self) -> impl Iterator<Item = &Addr<Peer>> {
+        self.senders.values().map(|s| &s.peer)
+    }
+
+    pub fn senders_wanting(&self, track: &TrackId) -> Vec<Addr<Peer>> {
+        self.senders
+            .values()
+            .filter(|s| s.wanted.contains(track))
+            .map(|s| s.peer.clone())
+            .collect()
+    }
+
+    /// Whether `user` is the stand-in of a relay link's sending end.
+    pub fn is_sender(&self, user: &UserId) -> bool {
+        self.senders.values().any(|s| &s.user == user)
+    }
+
+    /// Forgets a relay peer that stopped; the node it linked to, if it was one.
+    pub fn relay_gone(&mut self, peer: &Addr<Peer>) -> Option<NodeId> {
+        if let Some(n) = self.senders.iter().find(|(_, s)| &s.peer == peer) {
+            let n = n.0.clone();
+            self.senders.remove(&n);
+            return Some(n);
+        }
+        let n = self.receivers.iter().find(|(_, p)| *p == peer)?.0.clone();
+        self.receivers.remove(&n);
+        self.sent_wants.remove(&n);
+        Some(n)
+    }
+
+    /// Nodes this node has a relay link with, either way.
+    pub fn linked(&self) -> Vec<NodeId> {
+        let all: BTreeSet<&NodeId> = self.senders.keys().chain(self.receivers.keys()).collect();
+        all.into_iter().cloned().collect()
+    }
+
+    pub fn observe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "seq": self.seq,
+            "sending_to": self.senders.iter().map(|(n, s)| serde_json::json!({"node": n, "tracks": s.wanted})).collect::<Vec<_>>(),
+            "receiving_from": self.receivers.keys().collect::<Vec<_>>(),
+            "wants": self.sent_wants,
+        })
+    }
+
+    pub fn stop_events(&mut self) {
+        if let Some(task) = self.events.take() {
+            task.abort();
+        }
+    }
+}
+
+/// The stand-in user id of a relay link's peer on this node. `~relay.` is reserved: join
+/// tokens for such users are refused.
+pub fn relay_user(node: &NodeId) -> Option<UserId> {
+    UserId::new(format!("{RELAY_USER_PREFIX}{node}")).ok()
+}
+
+pub const RELAY_USER_PREFIX: &str = "~relay.";
+
+impl Room {
+    /// Subscribes to the room's events and fetches the other nodes' snapshots before the
+    /// room handles anything else (its first join then lists everyone).
+    pub(super) fn join_cluster(&mut self, ctx: &mut Context<Self>) {
+        let Some(cluster) = self.node.cluster.clone() else {
+            return;
+        };
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel::<()>();
+        let (addr, client, me) = (
+            ctx.address(),
+            cluster.client.clone(),
+            self.node.config.node_id.clone(),
+        );
+        let subject = wire::room_events(&self.id);
+        self.links.events = Some(cluster.rt.spawn(async move {
+            let sub = client.subscribe(subject.clone()).await;
+            // The server knows the subscription once the flush returns: no event published
+            // after the snapshots below is missed.
+            let _ = client.flush().await;
+            let _ = subscribed_tx.send(());
+            let Ok(mut sub) = sub else {
+                return tracing::warn!(%subject, "cannot subscribe to room events");
+            };
+            while let Some(m) = sub.next().await {
+                match serde_json::from_slice::<RoomEvent>(&m.payload) {
+                    Ok(ev) if ev.v == wire::VERSION && ev.node != me => {
+                        addr.do_send(RemoteEvent(ev))
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(%subject, error = %e, "bad room event"),
+                }
+            }
+        }));
+        let initial = std::mem::take(&mut self.links.initial);
+        self.links.snapshots_pending.extend(initial.iter().cloned());
+        let room = self.id.clone();
+        let sync = async move {
+            let _ = tokio::time::timeout(SYNC_TIMEOUT, subscribed).await;
+            let asks = initial.into_iter().map(|n| {
+                let (cluster, room) = (cluster.clone(), room.clone());
+                async move {
+                    let st = fetch_state(&cluster, &n, &room).await;
+                    (n, st)
+                }
+            });
+            futures::future::join_all(asks).await
+        };
+        ctx.wait(sync.into_actor(self).map(|states, act, ctx| {
+            for (node, st) in states {
+                act.apply_snapshot(node, st, ctx);
+            }
+        }));
+    }
+
+    /// Nodes the directory lists for the room: ask each one not heard of yet for its
+    /// participants.
+    pub(super) fn learn_nodes(&mut self, nodes: Vec<NodeId>, ctx: &mut Context<Self>) {
+        for n in nodes {
+            if n != self.links.me && !self.links.remote.knows(&n) {
+                self.request_snapshot(n, ctx);
+            }
+        }
+    }
+
+    /// Tells the room's other nodes about a change of this node's participants.
+    pub(super) fn announce(&mut self, change: RoomChange) {
+        let Some(cluster) = &self.node.cluster else {
+            return;
+        };
+        self.links.seq += 1;
+        let ev = RoomEvent {
+            v: wire::VERSION,
+            room: self.id.clone(),
+            node: self.links.me.clone(),
+            seq: self.links.seq,
+            change,
+        };
+        cluster.publish(wire::room_events(&self.id), &ev);
+    }
+
+    fn tell_all(&self, msg: &ServerMessage) {
+        for id in self.members.keys() {
+            self.node.router.do_send(super::router::Deliver {
+                to: id.clone(),
+                room: self.id.clone(),
+                msg: msg.clone(),
+            });
+        }
+    }
+
+    fn request_snapshot(&mut self, node: NodeId, ctx: &mut Context<Self>) {
+        let Some(cluster) = self.node.cluster.clone() else {
+            return;
+        };
+        if !self.links.snapshots_pending.insert(node.clone()) {
+            return;
+        }
+        let room = self.id.clone();
+        ctx.spawn(
+            async move {
+                let st = fetch_state(&cluster, &node, &room).await;
+                (node, st)
+            }
+            .into_actor(self)
+            .map(|(node, st), act, ctx| act.apply_snapshot(node, st, ctx)),
+        );
+    }
+
+    fn apply_snapshot(&mut self, node: NodeId, st: Option<RoomState>, ctx: &mut Context<Self>) {
+        self.links.snapshots_pending.remove(&node);
+        let Some(st) = st else {
+            return;
+        };
+        if !st.present {
+            self.close_link(&node);
+        }
+        for notice in self.links.remote.apply_snapshot(&st) {
+            self.tell_all(&notice);
+        }
+        self.update_wants(ctx);
+    }
+
+    /// Asks each other node for exactly the tracks this node's subscribers want from it,
+    /// when that changed; a node with wanted tracks gets a receiving relay peer here.
+    pub(super) fn update_wants(&mut self, ctx: &mut Context<Self>) {
+        let Some(cluster) = self.node.cluster.clone() else {
+            return;
+        };
+        let any_subscriber = self.members.values().any(|m| m.can_subscribe);
+        let nodes: Vec<NodeId> = self.links.remote.nodes().cloned().collect();
+        for n in nodes {
+            let want = if any_subscriber {
+                self.links.remote.tracks_on(&n)
+            } else {
+                BTreeSet::new()
+            };
+            let sent = self.links.sent_wants.get(&n);
+            if sent == Some(&want) || (sent.is_none() && want.is_empty()) {
+                continue;
+            }
+            if !want.is_empty() && !self.links.receivers.contains_key(&n) {
+                let Some(peer) = self.relay_peer(PeerRole::RelayIn { from: n.clone() }, ctx) else {
+                    continue;
+                };
+                self.links.receivers.insert(n.clone(), peer);
+            }
+            let msg = RelayMessage {
+                v: wire::VERSION,
+                room: self.id.clone(),
+                from: self.links.me.clone(),
+                body: RelayBody::Want {
+                    tracks: want.iter().cloned().collect(),
+                },
+            };
+            tracing::debug!(room = %self.id, node = %n, tracks = want.len(), "relay want");
+            cluster.publish(wire::node_relay(&n), &msg);
+            self.links.sent_wants.insert(n, want);
+        }
+    }
+
+    fn relay_peer(&self, role: PeerRole, ctx: &mut Context<Self>) -> Option<Addr<Peer>> {
+        let node = role.relay_node()?;
+        let user = relay_user(node)?;
+        let can_publish = matches!(role, PeerRole::RelayIn { .. });
+        tracing::info!(room = %self.id, ?role, "relay link opens");
+        Some(
+            Peer::new(
+                user,
+                role,
+                self.id.clone(),
+                can_publish,
+                !can_publish,
+                ctx.address(),
+                self.node.clone(),
+            )
+            .start(),
+        )
+    }
+
+    /// A track arrived over a relay link: this node's subscribers get it like a local one.
+    pub(super) fn relayed_track(&mut self, source: Arc<TrackSource>) {
+        if self.tracks.contains_key(&source.id) {
+            source.clear_fanout();
+            return;
+        }
+        for m in self.members.values() {
+            if m.can_subscribe {
+                m.peer.do_send(peer::Subscribe(source.clone()));
+            }
+        }
+        tracing::info!(room = %self.id, owner = %source.owner, track = %source.id, from = ?source.relayed_from, "relayed track arrived");
+        self.tracks.insert(source.id.clone(), source);
+    }
+
+    /// Closes both ends of the relay link with `node` here.
+    fn close_link(&mut self, node: &NodeId) {
+        if let Some(s) = self.links.senders.remove(node) {
+            for source in self.tracks.values() {
+                source.remove_subscriber(&s.user);
+            }
+            s.peer.do_send(peer::Close);
+        }
+        if let Some(p) = self.links.receivers.remove(node) {
+            p.do_send(peer::Close);
+        }
+        self.links.sent_wants.remove(node);
+    }
+
+    /// The room closes on this node: the others forget its participants and close their
+    /// links with it.
+    pub(super) fn leave_cluster(&mut self) {
+        let Some(cluster) = self.node.cluster.clone() else {
+            return;
+        };
+        self.announce(RoomChange::NodeLeft);
+        for n in self.links.linked() {
+            let msg = RelayMessage {
+                v: wire::VERSION,
+                room: self.id.clone(),
+                from: self.links.me.clone(),
+                body: RelayBody::Close,
+            };
+            cluster.publish(wire::node_relay(&n), &msg);
+            self.close_link(&n);
+        }
+    }
+}
+
+async fn fetch_state(
+    cluster: &crate::cluster::Cluster,
+    node: &NodeId,
+    room: &protocol::RoomId,
+) -> Option<RoomState> {
+    let ask = RoomStateRequest {
+        v: wire::VERSION,
+        room: room.clone(),
+    };
+    match cluster
+        .request::<_, RoomState>(wire::node_room_state(node), &ask, SNAPSHOT_TIMEOUT)
+        .await
+    {
+        Ok(st) if &st.node == node && &st.room == room => Some(st),
+        Ok(_) => None,
+        // Nobody serves that node's subjects: it is gone, and so are its participants.
+        Err(crate::cluster::ClusterError::NoResponders(_)) => Some(RoomState {
+            v: wire::VERSION,
+            room: room.clone(),
+            node: node.clone(),
+            present: false,
+            seq: 0,
+            participants: Vec::new(),
+        }),
+        Err(e) => {
+            tracing::debug!(%room, %node, error = %e, "room snapshot not fetched");
+            None
+        }
+    }
+}
+
+/// An event of another node of the room.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RemoteEvent(pub RoomEvent);
+
+impl Handler<RemoteEvent> for Room {
+    type Result = ();
+    fn handle(&mut self, msg: RemoteEvent, ctx: &mut Context<Self>) {
+        let applied = self.links.remote.apply_event(&msg.0);
+        for notice in &applied.notices {
+            self.tell_all(notice);
+        }
+        if let Some(n) = applied.node_left {
+            self.close_link(&n);
+        }
+        if let Some(n) = applied.snapshot_from {
+            self.request_snapshot(n, ctx);
+        }
+        self.update_wants(ctx);
+    }
+}
+
+/// Relay link signaling from another node of the room.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Relay(pub RelayMessage);
+
+impl Handler<Relay> for Room {
+    type Result = ();
+    fn handle(&mut self, msg: Relay, ctx: &mut Context<Self>) {
+        let RelayMessage { from, body, .. } = msg.0;
+        match body {
+            RelayBody::Want { tracks } => {
+                if !self.links.senders.contains_key(&from) {
+                    let role = PeerRole::RelayOut { to: from.clone() };
+                    let (Some(peer), Some(user)) = (self.relay_peer(role, ctx), relay_user(&from))
+                    else {
+                        return;
+                    };
+                    let sender = Sender {
+                        peer,
+                        user,
+                        wanted: BTreeSet::new(),
+                    };
+                    self.links.senders.insert(from.clone(), sender);
+                }
+                let Some(sender) = self.links.senders.get_mut(&from) else {
+                    return;
+                };
+                let wanted: BTreeSet<TrackId> = tracks.into_iter().collect();
+                for id in wanted.difference(&sender.wanted) {
+                    // Only this node's own tracks cross a link: never a relayed one.
+                    if let Some(src) = self.tracks.get(id).filter(|s| s.relayed_from.is_none()) {
+                        sender.peer.do_send(peer::Subscribe(src.clone()));
+                    }
+                }
+                for id in sender.wanted.difference(&wanted) {
+                    sender.peer.do_send(peer::Unsubscribe {
+                        track_id: id.clone(),
+                    });
+                }
+                sender.wanted = wanted;
+            }
+            RelayBody::Offer { sdp } => match self.links.receivers.get(&from) {
+                Some(p) => p.do_send(peer::Publish { sdp }),
+                None => {
+                    if let Some(p) = self.relay_peer(PeerRole::RelayIn { from: from.clone() }, ctx)
+                    {
+                        p.do_send(peer::Publish { sdp });
+                        self.links.receivers.insert(from, p);
+                    }
+                }
+            },
+            RelayBody::Answer { sdp } => {
+                if let Some(s) = self.links.senders.get(&from) {
+                    s.peer.do_send(peer::SubscribeAnswer { sdp });
+                }
+            }
+            RelayBody::Close => self.close_link(&from),
+        }
+    }
+}
+
+/// This node's own participants, for another node's snapshot request.
+#[derive(Message)]
+#[rtype(result = "RoomState")]
+pub struct LocalState;
+
+impl Handler<LocalState> for Room {
+    type Result = MessageResult<LocalState>;
+    fn handle(&mut self, _: LocalState, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(RoomState {
+            v: wire::VERSION,
+            room: self.id.clone(),
+            node: self.links.me.clone(),
+            present: true,
+            seq: self.links.seq,
+            participants: self.local_participants(None),
+        })
+    }
+}
+
+/// The nodes this room has relay links with.
+#[derive(Message)]
+#[rtype(result = "Vec<NodeId>")]
+pub struct ListLinks;
+
+impl Handler<ListLinks> for Room {
+    type Result = MessageResult<ListLinks>;
+    fn handle(&mut self, _: ListLinks, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.links.linked())
+    }
+}

@@ -1,0 +1,384 @@
+//! What one node knows of a room's participants on the *other* nodes of the room, kept from
+//! their events (`room.<room>.events`) and snapshots (`node.<n>.room_state`).
+//!
+//! Each node is the source of truth for its own participants and numbers its events per
+//! room from 1. An event that follows the last one seen from its node is applied; an older
+//! one is ignored; a gap, or a node first heard of past its first event, asks for that
+//! node's snapshot, which replaces what was known of it. Every change comes out as a
+//! [`Notice`] for the local clients, so they see the whole room. No IO, no actors.
+
+use protocol::cluster::{RoomChange, RoomEvent, RoomState};
+use protocol::signal::{ParticipantInfo, ParticipantState, ServerMessage, TrackInfo};
+use protocol::{NodeId, TrackId, UserId};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A change of the room as local clients are told it.
+pub type Notice = ServerMessage;
+
+#[derive(Debug, Default, Clone, PartialEq)]
+struct NodeMembers {
+    /// The last event applied (or the snapshot's).
+    seq: u64,
+    /// Participants in the order they were first heard of.
+    participants: Vec<ParticipantState>,
+}
+
+impl NodeMembers {
+    fn find(&mut self, user: &UserId) -> Option<&mut ParticipantState> {
+        self.participants.iter_mut().find(|p| &p.id == user)
+    }
+}
+
+/// What applying an event asks of the caller.
+#[derive(Debug, Default, PartialEq)]
+pub struct Applied {
+    pub notices: Vec<Notice>,
+    /// Ask this node for its snapshot (a gap, or a node first heard of mid-stream).
+    pub snapshot_from: Option<NodeId>,
+    /// The node left the room: close the relay links with it.
+    pub node_left: Option<NodeId>,
+}
+
+#[derive(Debug, Default)]
+pub struct RemoteMembers {
+    nodes: BTreeMap<NodeId, NodeMembers>,
+}
+
+impl RemoteMembers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn knows(&self, node: &NodeId) -> bool {
+        self.nodes.contains_key(node)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeId> {
+        self.nodes.keys()
+    }
+
+    /// Every remote participant with its tracks, node by node.
+    pub fn participants(&self) -> impl Iterator<Item = &ParticipantState> {
+        self.nodes.values().flat_map(|n| n.participants.iter())
+    }
+
+    pub fn count(&self) -> usize {
+        self.nodes.values().map(|n| n.participants.len()).sum()
+    }
+
+    /// The node hosting a remote participant.
+    pub fn node_of(&self, user: &UserId) -> Option<&NodeId> {
+        self.nodes
+            .iter()
+            .find(|(_, n)| n.participants.iter().any(|p| &p.id == user))
+            .map(|(id, _)| id)
+    }
+
+    /// The tracks published on `node`, which a relay link from it would carry.
+    pub fn tracks_on(&self, node: &NodeId) -> BTreeSet<TrackId> {
+        self.nodes
+            .get(node)
+            .map(|n| {
+                n.participants
+                    .iter()
+                    .flat_map(|p| p.tracks.iter().map(|t| t.id.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn apply_event(&mut self, ev: &RoomEvent) -> Applied {
+        let mut out = Applied::default();
+        if matches!(ev.change, RoomChange::NodeLeft) {
+            out.notices = self.forget(&ev.node);
+            out.node_left = Some(ev.node.clone());
+            return out;
+        }
+        let known = self.nodes.get(&ev.node).map(|n| n.seq);
+        match known {
+            Some(seq) if ev.seq <= seq => return out,
+            Some(seq) if ev.seq > seq + 1 => {
+                out.snapshot_from = Some(ev.node.clone());
+                return out;
+            }
+            None if ev.seq != 1 => {
+                out.snapshot_from = Some(ev.node.clone());
+                return out;
+            }
+            _ => {}
+        }
+        let node = self.nodes.entry(ev.node.clone()).or_default();
+        node.seq = ev.seq;
+        match &ev.change {
+            RoomChange::Joined { participant } => {
+                if node.find(&participant.id).is_none() {
+                    node.participants.push(ParticipantState {
+                        id: participant.id.clone(),
+                        name: participant.name.clone(),
+                        tracks: Vec::new(),
+                    });
+                    out.notices.push(joined(participant.clone()));
+                }
+            }
+            RoomChange::Left { id } => {
+                if let Some(i) = node.participants.iter().position(|p| &p.id == id) {
+                    let gone = node.participants.remove(i);
+                    out.notices.extend(left(gone));
+                }
+            }
+            RoomChange::TrackPublished { participant, track } => {
+                if let Some(p) = node.find(participant) {
+                    if !p.tracks.iter().any(|t| t.id == track.id) {
+                        p.tracks.push(track.clone());
+                        out.notices.push(published(participant, track));
+                    }
+                }
+            }
+            RoomChange::TrackUnpublished {
+                participant,
+                track_id,
+            } => {
+                if let Some(p) = node.find(participant) {
+                    if let Some(i) = p.tracks.iter().position(|t| &t.id == track_id) {
+                        p.tracks.remove(i);
+                        out.notices.push(unpublished(participant, track_id));
+                    }
+                }
+            }
+            RoomChange::NodeLeft => {}
+        }
+        out
+    }
+
+    /// Replaces what is known of the snapshot's node, unless events past it were applied
+    /// already. Returns the differences as notices.
+    pub fn apply_snapshot(&mut self, st: &RoomState) -> Vec<Notice> {
+        if !st.present {
+            return self.forget(&st.node);
+        }
+        let old = match self.nodes.get(&st.node) {
+            Some(n) if n.seq > st.seq => return Vec::new(),
+            Some(n) => n.clone(),
+            None => NodeMembers::default(),
+        };
+        let mut notices = Vec::new();
+        for p in &old.participants {
+            match st.participants.iter().find(|q| q.id == p.id) {
+                None => notices.extend(left(p.clone())),
+                Some(q) => {
+                    for t in p.tracks.iter().filter(|t| !q.tracks.contains(t)) {
+                        notices.push(unpublished(&p.id, &t.id));
+                    }
+                }
+            }
+        }
+        for q in &st.participants {
+            let before = old.participants.iter().find(|p| p.id == q.id);
+            if before.is_none() {
+                notices.push(joined(ParticipantInfo {
+                    id: q.id.clone(),
+                    name: q.name.clone(),
+                }));
+            }
+            for t in &q.tracks {
+                if !before.is_some_and(|p| p.tracks.contains(t)) {
+                    notices.push(published(&q.id, t));
+                }
+            }
+        }
+        self.nodes.insert(
+            st.node.clone(),
+            NodeMembers {
+                seq: st.seq,
+                participants: st.participants.clone(),
+            },
+        );
+        notices
+    }
+
+    /// Forgets a node that left the room: each of its participants leaves.
+    pub fn forget(&mut self, node: &NodeId) -> Vec<Notice> {
+        self.nodes
+            .remove(node)
+            .map(|n| n.participants.into_iter().flat_map(left).collect())
+            .unwrap_or_default()
+    }
+}
+
+fn joined(participant: ParticipantInfo) -> Notice {
+    ServerMessage::ParticipantJoined { participant }
+}
+
+fn published(participant: &UserId, track: &TrackInfo) -> Notice {
+    ServerMessage::TrackPublished {
+        participant: participant.clone(),
+        track: track.clone(),
+    }
+}
+
+fn unpublished(participant: &UserId, track_id: &TrackId) -> Notice {
+    ServerMessage::TrackUnpublished {
+        participant: participant.clone(),
+        track_id: track_id.clone(),
+    }
+}
+
+/// A participant leaving: its tracks end first, as when a local participant leaves.
+fn left(p: ParticipantState) -> Vec<Notice> {
+    let mut out: Vec<Notice> = p.tracks.iter().map(|t| unpublished(&p.id, &t.id)).collect();
+    out.push(ServerMessage::ParticipantLeft { id: p.id });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::cluster::VERSION;
+    use protocol::signal::TrackKind;
+    use protocol::RoomId;
+
+    fn node(s: &str) -> NodeId {
+        NodeId::new(s).unwrap()
+    }
+    fn user(s: &str) -> UserId {
+        UserId::new(s).unwrap()
+    }
+    fn track(s: &str) -> TrackInfo {
+        TrackInfo {
+            id: TrackId::new(s).unwrap(),
+            kind: TrackKind::Video,
+        }
+    }
+    fn ev(n: &str, seq: u64, change: RoomChange) -> RoomEvent {
+        RoomEvent {
+            v: VERSION,
+            room: RoomId::new("r").unwrap(),
+            node: node(n),
+            seq,
+            change,
+        }
+    }
+    fn join(u: &str) -> RoomChange {
+        RoomChange::Joined {
+            participant: ParticipantInfo {
+                id: user(u),
+                name: u.into(),
+            },
+        }
+    }
+    fn publish(u: &str, t: &str) -> RoomChange {
+        RoomChange::TrackPublished {
+            participant: user(u),
+            track: track(t),
+        }
+    }
+
+    #[test]
+    fn events_in_order_build_the_room_and_tell_the_clients() {
+        let mut m = RemoteMembers::new();
+        let a = m.apply_event(&ev("eu", 1, join("alice")));
+        assert_eq!(a.notices.len(), 1);
+        assert_eq!(a.snapshot_from, None);
+        let a = m.apply_event(&ev("eu", 2, publish("alice", "T1")));
+        assert!(matches!(a.notices[0], ServerMessage::TrackPublished { .. }));
+        assert_eq!(m.tracks_on(&node("eu")).len(), 1);
+        // A repeated event changes nothing.
+        assert_eq!(
+            m.apply_event(&ev("eu", 2, publish("alice", "T1"))),
+            Applied::default()
+        );
+        let a = m.apply_event(&ev("eu", 3, RoomChange::Left { id: user("alice") }));
+        // Its track ends first, then the participant leaves.
+        assert!(matches!(
+            a.notices[0],
+            ServerMessage::TrackUnpublished { .. }
+        ));
+        assert!(matches!(
+            a.notices[1],
+            ServerMessage::ParticipantLeft { .. }
+        ));
+        assert_eq!(m.count(), 0);
+    }
+
+    #[test]
+    fn a_gap_or_a_stranger_mid_stream_asks_for_a_snapshot() {
+        let mut m = RemoteMembers::new();
+        assert_eq!(
+            m.apply_event(&ev("us", 5, join("bob"))).snapshot_from,
+            Some(node("us"))
+        );
+        assert!(!m.knows(&node("us")));
+        m.apply_event(&ev("eu", 1, join("alice")));
+        let a = m.apply_event(&ev("eu", 3, publish("alice", "T1")));
+        assert_eq!(a.snapshot_from, Some(node("eu")));
+        assert!(a.notices.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_replaces_the_node_and_reports_the_difference() {
+        let mut m = RemoteMembers::new();
+        m.apply_event(&ev("eu", 1, join("alice")));
+        m.apply_event(&ev("eu", 2, publish("alice", "T1")));
+        let st = RoomState {
+            v: VERSION,
+            room: RoomId::new("r").unwrap(),
+            node: node("eu"),
+            present: true,
+            seq: 7,
+            participants: vec![
+                ParticipantState {
+                    id: user("alice"),
+                    name: "alice".into(),
+                    tracks: vec![track("T2")],
+                },
+                ParticipantState {
+                    id: user("carol"),
+                    name: "carol".into(),
+                    tracks: vec![],
+                },
+            ],
+        };
+        let notices = m.apply_snapshot(&st);
+        let kinds: Vec<&str> = notices
+            .iter()
+            .map(|n| match n {
+                ServerMessage::TrackUnpublished { .. } => "unpublished",
+                ServerMessage::TrackPublished { .. } => "published",
+                ServerMessage::ParticipantJoined { .. } => "joined",
+                ServerMessage::ParticipantLeft { .. } => "left",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["unpublished", "published", "joined"]);
+        // Events the snapshot already covers are ignored; the next one applies.
+        assert!(m.apply_event(&ev("eu", 7, join("dave"))).notices.is_empty());
+        assert_eq!(m.apply_event(&ev("eu", 8, join("dave"))).notices.len(), 1);
+        // An older snapshot never rolls the node back.
+        assert!(m.apply_snapshot(&RoomState { seq: 6, ..st }).is_empty());
+        assert_eq!(m.count(), 3);
+        assert_eq!(m.node_of(&user("dave")), Some(&node("eu")));
+    }
+
+    #[test]
+    fn a_node_leaving_takes_its_participants() {
+        let mut m = RemoteMembers::new();
+        m.apply_event(&ev("eu", 1, join("alice")));
+        m.apply_event(&ev("eu", 2, publish("alice", "T1")));
+        let a = m.apply_event(&ev("eu", 3, RoomChange::NodeLeft));
+        assert_eq!(a.node_left, Some(node("eu")));
+        assert_eq!(a.notices.len(), 2);
+        assert!(!m.knows(&node("eu")));
+        // A node that says it does not host the room is forgotten the same way.
+        m.apply_event(&ev("us", 1, join("bob")));
+        let gone = RoomState {
+            v: VERSION,
+            room: RoomId::new("r").unwrap(),
+            node: node("us"),
+            present: false,
+            seq: 0,
+            participants: vec![],
+        };
+        assert_eq!(m.apply_snapshot(&gone).len(), 1);
+        assert_eq!(m.count(), 0);
+    }
+}
