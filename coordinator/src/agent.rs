@@ -1,7 +1,8 @@
 //! The coordinator's NATS face: the connection (retried forever, in the background), the
 //! heartbeats it hears and sends, and the subscriptions that feed [`crate::allocate`].
 
-use crate::directory::RoomDirectory;
+use crate::directory::{Left, RoomDirectory};
+use crate::metrics::LeaveOutcome;
 use crate::Shared;
 use async_nats::connection::State;
 use async_nats::{Client, Event, Subscriber};
@@ -246,6 +247,7 @@ async fn allocations(shared: Arc<Shared>, client: Client, mut sub: Subscriber) {
     }
 }
 
+/// `cluster.room.closed`: a node left a room. One coordinator (queue group) takes each.
 async fn rooms_closed(shared: Arc<Shared>, client: Client) {
     let Ok(mut sub) = client
         .queue_subscribe(ROOM_CLOSED, COORD_QUEUE.into())
@@ -266,16 +268,48 @@ async fn rooms_closed(shared: Arc<Shared>, client: Client) {
         let Some(dir) = shared.directory.get() else {
             continue;
         };
-        match dir.close(&closed).await {
-            Ok(true) => {
+        let (room, node, epoch) = (&closed.room, &closed.node, closed.epoch);
+        let outcome = match dir.leave(&closed, &shared.config.id).await {
+            Ok(Left::Unchanged) => {
+                tracing::debug!(%room, %node, epoch, "node left a room it is not listed in");
+                LeaveOutcome::Unchanged
+            }
+            Ok(Left::Closed { epoch }) => {
                 shared.metrics.room_closed();
-                tracing::info!(room = %closed.room, node = %closed.node, epoch = closed.epoch, "room closed");
+                tracing::info!(%room, %node, epoch, "last node left, room closed");
+                LeaveOutcome::Closed
             }
-            Ok(false) => {
-                tracing::debug!(room = %closed.room, epoch = closed.epoch, "stale room closed ignored")
+            Ok(Left::Updated {
+                assignment,
+                revision,
+                origin_moved,
+            }) => {
+                tracing::info!(
+                    %room,
+                    %node,
+                    origin = %assignment.node,
+                    epoch = assignment.epoch,
+                    nodes = assignment.nodes.len(),
+                    revision,
+                    origin_moved,
+                    "node left room"
+                );
+                if origin_moved {
+                    LeaveOutcome::OriginMoved
+                } else {
+                    LeaveOutcome::Removed
+                }
             }
-            Err(e) => tracing::warn!(room = %closed.room, error = %e, "room closed not recorded"),
-        }
+            Ok(Left::Contended) => {
+                tracing::warn!(%room, %node, epoch, "node leaving not recorded: directory contended");
+                LeaveOutcome::Error
+            }
+            Err(e) => {
+                tracing::warn!(%room, %node, epoch, error = %e, "node leaving not recorded");
+                LeaveOutcome::Error
+            }
+        };
+        shared.metrics.node_left(outcome);
     }
 }
 

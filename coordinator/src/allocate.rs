@@ -1,7 +1,9 @@
 //! Serving `coord.allocate`: forward to the room's deciding coordinator, or decide here and
-//! write the decision to the directory with compare-and-swap.
+//! write the decision to the directory with compare-and-swap. The reply names the room's
+//! entry as written and the node that serves the client (`serve`); a `lookup` only reads,
+//! and answers with the origin.
 
-use crate::decide::{decide, Decision, Replace, RoomRecord, Stamp};
+use crate::decide::{decide, Change, Decision, Join, RoomRecord, Stamp};
 use crate::directory::Write;
 use crate::metrics::AllocResult;
 use crate::Shared;
@@ -118,9 +120,13 @@ pub(crate) async fn decide_and_write(
         };
         if req.lookup {
             return match record {
-                RoomRecord::Assigned { assignment, .. } => {
-                    (AllocateReply::Assigned(assignment), AllocResult::Existing)
-                }
+                RoomRecord::Assigned { assignment, .. } => (
+                    AllocateReply::Assigned {
+                        serve: assignment.node.clone(),
+                        assignment,
+                    },
+                    AllocResult::Existing,
+                ),
                 _ => (
                     AllocateReply::Error {
                         code: ErrorCode::NotFound,
@@ -131,56 +137,74 @@ pub(crate) async fn decide_and_write(
             };
         }
         let decision = {
+            let join = Join {
+                room: &req.room,
+                region: req.region.as_deref(),
+                full: &req.full,
+            };
             let stamp = Stamp {
                 coordinator: &shared.config.id,
                 now: Instant::now(),
                 now_ms: crate::now_ms(),
             };
-            decide(
-                &req.room,
-                req.region.as_deref(),
-                record,
-                &mut shared.nodes(),
-                stamp,
-            )
+            decide(join, record, &mut shared.nodes(), stamp)
         };
-        let (written, assignment, result) = match decision {
-            Decision::Keep(a) => return (AllocateReply::Assigned(a), AllocResult::Existing),
+        let added = decision.new_node().cloned();
+        let (written, assignment, serve, result) = match decision {
+            Decision::Keep { assignment, serve } => {
+                return (
+                    AllocateReply::Assigned { assignment, serve },
+                    AllocResult::Existing,
+                )
+            }
             Decision::NoNode => {
                 return unavailable("no live node can take the room".into(), AllocResult::NoNode)
             }
-            Decision::Create(a) => (dir.create(&a).await, a, AllocResult::Created),
+            Decision::Create(a) => {
+                let serve = a.node.clone();
+                (dir.create(&a).await, a, serve, AllocResult::Created)
+            }
             Decision::Update {
                 assignment,
                 revision,
+                serve,
                 why,
+                ..
             } => {
                 let result = match why {
-                    Replace::Failover => AllocResult::Reassigned,
-                    Replace::Reopen => AllocResult::Reopened,
+                    Change::Failover => AllocResult::Reassigned,
+                    Change::Reopen => AllocResult::Reopened,
+                    Change::Extend => AllocResult::Extended,
                 };
-                (dir.update(&assignment, revision).await, assignment, result)
+                let written = dir.update(&assignment, revision).await;
+                (written, assignment, serve, result)
             }
         };
         match written {
             Ok(Write::Done(revision)) => {
                 tracing::info!(
                     room = %assignment.room,
-                    node = %assignment.node,
+                    origin = %assignment.node,
+                    %serve,
+                    nodes = assignment.nodes.len(),
                     epoch = assignment.epoch,
                     revision,
                     result = result.as_str(),
                     "room assigned"
                 );
-                return (AllocateReply::Assigned(assignment), result);
+                return (AllocateReply::Assigned { assignment, serve }, result);
             }
             Ok(Write::Conflict) => {
-                shared.nodes().unassigned(&assignment.node);
+                if let Some(added) = &added {
+                    shared.nodes().unassigned(added);
+                }
                 shared.metrics.conflict();
                 tracing::debug!(room = %req.room, "lost a directory race, reading the winner");
             }
             Err(e) => {
-                shared.nodes().unassigned(&assignment.node);
+                if let Some(added) = &added {
+                    shared.nodes().unassigned(added);
+                }
                 tracing::warn!(room = %req.room, error = %e, "directory write failed");
                 return unavailable(format!("room directory: {e}"), AllocResult::Error);
             }

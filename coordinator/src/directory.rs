@@ -3,20 +3,24 @@
 //!
 //! Every write is conditional on the key's last revision (`create` = "no live value",
 //! `update` = "still at revision r", `delete` = "still at revision r"), so the history of a
-//! key is a single line: each epoch is written once, by one coordinator.
+//! key is a single line: each epoch is written once, by one coordinator, and a node joins
+//! or leaves a room's entry only on top of the version it was planned from.
 
-use crate::decide::RoomRecord;
+use crate::decide::{self, RoomRecord, Stamp};
 use crate::error::{Error, Result};
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, Store, UpdateErrorKind};
 use futures::{StreamExt, TryStreamExt};
+use protocol::cascade::LeavePlan;
 use protocol::cluster::{token, untoken, RoomAssignment, RoomClosed, ROOMS_BUCKET};
 use protocol::RoomId;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// History kept per key: enough for tests and operators to audit recent epochs.
 pub const HISTORY: i64 = 10;
 /// Bound on reading a key's history or listing the bucket.
 const SCAN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read-plan-write rounds of a node's leaving before giving up on a contended room.
+pub const LEAVE_ROUNDS: usize = 4;
 /// Bound on the number of rooms `list` returns.
 pub const LIST_LIMIT: usize = 10_000;
 
@@ -27,6 +31,23 @@ pub enum Write {
     Done(u64),
     /// Someone else wrote first.
     Conflict,
+}
+
+/// What a node's leaving did to the room's entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Left {
+    /// Nothing to write: no entry, the node not in it, or a stale message.
+    Unchanged,
+    /// The node was the room's last: the entry is deleted.
+    Closed { epoch: u64 },
+    /// The entry without the node, written at `revision`.
+    Updated {
+        assignment: RoomAssignment,
+        revision: u64,
+        origin_moved: bool,
+    },
+    /// Every round lost a race to another writer.
+    Contended,
 }
 
 /// One entry of a key's history: an assignment, or a delete marker (`None`).
@@ -47,7 +68,7 @@ impl RoomDirectory {
         let js = async_nats::jetstream::new(client.clone());
         let config = kv::Config {
             bucket: ROOMS_BUCKET.into(),
-            description: "room -> primary node and epoch".into(),
+            description: "room -> its nodes with their regions, origin and epoch".into(),
             history: HISTORY,
             num_replicas: replicas,
             ..Default::default()
@@ -127,27 +148,53 @@ impl RoomDirectory {
         }
     }
 
-    /// Deletes the room's record if it still names the closing node and epoch. Returns
-    /// whether it did.
-    pub async fn close(&self, closed: &RoomClosed) -> Result<bool> {
-        let RoomRecord::Assigned {
-            assignment,
-            revision,
-        } = self.read(&closed.room).await?
-        else {
-            return Ok(false);
-        };
-        if assignment.node != closed.node || assignment.epoch != closed.epoch {
-            return Ok(false);
+    /// Applies a node's leaving to the room's entry ([`crate::decide::leave`]): removes the
+    /// node by CAS, or deletes the entry by revision when it was the last. A lost race reads
+    /// again, up to [`LEAVE_ROUNDS`] times.
+    pub async fn leave(&self, left: &RoomClosed, coordinator: &str) -> Result<Left> {
+        for _ in 0..LEAVE_ROUNDS {
+            let RoomRecord::Assigned {
+                assignment,
+                revision,
+            } = self.read(&left.room).await?
+            else {
+                return Ok(Left::Unchanged);
+            };
+            let stamp = Stamp {
+                coordinator,
+                now: Instant::now(),
+                now_ms: crate::now_ms(),
+            };
+            match decide::leave(&assignment, left, stamp) {
+                LeavePlan::Unchanged => return Ok(Left::Unchanged),
+                LeavePlan::Close => {
+                    if self.delete(&left.room, revision).await? {
+                        return Ok(Left::Closed {
+                            epoch: assignment.epoch,
+                        });
+                    }
+                }
+                LeavePlan::Update(next) => {
+                    if let Write::Done(revision) = self.update(&next, revision).await? {
+                        return Ok(Left::Updated {
+                            origin_moved: next.node != assignment.node,
+                            assignment: next,
+                            revision,
+                        });
+                    }
+                }
+            }
         }
-        let key = token(closed.room.as_str());
+        Ok(Left::Contended)
+    }
+
+    /// Deletes the room's entry if it is still at `revision`; false when it is not.
+    async fn delete(&self, room: &RoomId, revision: u64) -> Result<bool> {
+        let key = token(room.as_str());
         match self.kv.delete_expect_revision(key, Some(revision)).await {
             Ok(()) => Ok(true),
-            Err(e) => {
-                // Most likely a newer epoch was written meanwhile; that one stands.
-                tracing::debug!(room = %closed.room, error = %e, "room close lost to a newer write");
-                Ok(false)
-            }
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(Error::directory("delete", e)),
         }
     }
 

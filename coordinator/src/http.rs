@@ -4,16 +4,17 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /nodes` | every known node: region, ws url, load, health, draining, heartbeat age |
-//! | `GET /rooms` | the directory (room, node, epoch) with member counts asked of the nodes |
+//! | `GET /rooms` | the directory (room, origin, epoch, nodes with regions), each node's member count and relay links as it reports them |
 //! | `POST /nodes/{id}/drain` | mark a node draining (and tell it, on `node.<id>.drain`) |
 //! | `DELETE /nodes/{id}/drain` | undo that |
 //! | `GET /debug/snapshot` | the coordinator's own view: readiness, live coordinators, nodes |
 
+use crate::registry::Liveness;
 use crate::Shared;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::future::join_all;
-use protocol::cluster::{self, Drain, NodeRooms, VERSION};
-use protocol::NodeId;
+use protocol::cluster::{self, Drain, NodeRooms, RoomMembers, VERSION};
+use protocol::{NodeId, RoomId};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -113,17 +114,35 @@ async fn snapshot(req: HttpRequest, shared: Data) -> HttpResponse {
     HttpResponse::Ok().json(shared.snapshot())
 }
 
+/// One room of `GET /rooms`.
 #[derive(Debug, Serialize)]
 struct RoomRow {
-    room: protocol::RoomId,
+    room: RoomId,
+    /// The origin.
     node: NodeId,
     epoch: u64,
     coordinator: String,
     assigned_ms: u64,
-    /// Members on the room's node; `null` when the node did not answer or does not list it.
+    /// Members over the room's nodes that list the room; `null` when none does.
     members: Option<u32>,
-    /// Whether the room's node answered the member count request.
+    /// Whether the origin answered the member count request.
     node_answered: bool,
+    /// Every node of the room, the origin first when the entry lists none.
+    nodes: Vec<RoomNodeRow>,
+}
+
+/// One node of a room, with what it reported on `node.<n>.rooms`.
+#[derive(Debug, Serialize)]
+struct RoomNodeRow {
+    node: NodeId,
+    region: String,
+    origin: bool,
+    liveness: Liveness,
+    /// Participants on this node; `null` when it did not answer or does not list the room.
+    members: Option<u32>,
+    answered: bool,
+    /// Nodes this node has a relay link with for the room.
+    links: Vec<NodeId>,
 }
 
 async fn rooms(req: HttpRequest, shared: Data) -> HttpResponse {
@@ -140,6 +159,8 @@ async fn rooms(req: HttpRequest, shared: Data) -> HttpResponse {
     }
 }
 
+/// The directory's rooms, each node with what it says on `node.<n>.rooms`. Every live node
+/// is asked once, concurrently, whatever the number of rooms.
 async fn list_rooms(shared: Arc<Shared>) -> crate::Result<Vec<RoomRow>> {
     let (Some(dir), Some(client)) = (shared.directory.get(), shared.client.get()) else {
         return Err(crate::Error::NotConnected);
@@ -157,20 +178,53 @@ async fn list_rooms(shared: Arc<Shared>) -> crate::Result<Vec<RoomRow>> {
             .map(|r| {
                 r.rooms
                     .into_iter()
-                    .map(|m| (m.room, m.members))
+                    .map(|m| (m.room.clone(), m))
                     .collect::<HashMap<_, _>>()
             });
         (node.clone(), rooms)
     });
-    let members: HashMap<NodeId, Option<HashMap<protocol::RoomId, u32>>> =
+    let reported: HashMap<NodeId, Option<HashMap<RoomId, RoomMembers>>> =
         join_all(asks).await.into_iter().collect();
+    let now = Instant::now();
+    let nodes = shared.nodes();
     Ok(assignments
         .into_iter()
         .map(|a| {
-            let listed = members.get(&a.node).and_then(Option::as_ref);
+            let rows: Vec<RoomNodeRow> = a
+                .members()
+                .into_iter()
+                .map(|node| {
+                    let listed = reported.get(&node).and_then(Option::as_ref);
+                    let here = listed.and_then(|rooms| rooms.get(&a.room));
+                    let region = a
+                        .nodes
+                        .iter()
+                        .find(|m| m.node == node)
+                        .map(|m| m.region.as_str())
+                        .filter(|r| !r.is_empty())
+                        .or_else(|| nodes.region(&node))
+                        .unwrap_or_default()
+                        .to_owned();
+                    RoomNodeRow {
+                        region,
+                        origin: node == a.node,
+                        liveness: nodes.liveness(&node, now),
+                        members: here.map(|m| m.members),
+                        answered: listed.is_some(),
+                        links: here.map(|m| m.links.clone()).unwrap_or_default(),
+                        node,
+                    }
+                })
+                .collect();
+            // Counts come from the nodes: add them without trusting their size.
+            let members = rows
+                .iter()
+                .filter_map(|n| n.members)
+                .reduce(u32::saturating_add);
             RoomRow {
-                members: listed.and_then(|m| m.get(&a.room).copied()),
-                node_answered: listed.is_some(),
+                members,
+                node_answered: rows.iter().any(|n| n.origin && n.answered),
+                nodes: rows,
                 room: a.room,
                 node: a.node,
                 epoch: a.epoch,

@@ -5,7 +5,12 @@
 //! of the room id over the live coordinators); a coordinator that receives an allocation for
 //! a room it does not decide forwards it there, and decides itself if that fails. Safety does
 //! not rest on the sharding: every directory write is conditional on the key's revision, so
-//! two coordinators with different views still install at most one primary per epoch.
+//! two coordinators with different views still install at most one origin per epoch.
+//!
+//! A room spans nodes (DESIGN.md "Placement and cascading"): its entry lists them with their
+//! regions. An allocation is served by the room's node in the client's region, or extends
+//! the room with a node there; a node that leaves the room (`cluster.room.closed`) leaves
+//! the entry, which is deleted with the room's last node.
 //!
 //! Threads: one multi-thread tokio runtime per coordinator runs the NATS client and its
 //! tasks and drives the actix-web server (whose single worker runs on its own thread). Tests
@@ -14,7 +19,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`registry`] | live nodes and coordinators, pending rooms (pure) |
-//! | [`decide`] | the allocation decision given the directory's record (pure) |
+//! | [`decide`] | the allocation and leave decisions given the directory's record (pure) |
 //! | [`directory`] | the `rooms` KV bucket |
 //! | `agent` | NATS: connection, heartbeats, subscriptions |
 //! | `allocate` | serving `coord.allocate`: forward or decide, then write |

@@ -17,14 +17,18 @@ use std::time::Duration;
 /// How an allocation request ended, for `coord_allocations_total{result}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AllocResult {
-    /// The room already had a primary that may be alive.
+    /// A node of the room serves the client; the entry stands as it was.
     Existing,
     /// A new room, epoch 1.
     Created,
     /// A closed room opened again.
     Reopened,
-    /// The room's primary was dead: new epoch on another node.
+    /// Nodes of the room were dead and left its entry (a dead origin's role moved on with
+    /// the next epoch, or the room was placed afresh).
     Reassigned,
+    /// A node joined the room to serve the client (another region, or a full node's
+    /// sibling).
+    Extended,
     /// Answered by the room's deciding coordinator, relayed.
     Forwarded,
     /// No live node could take the room.
@@ -35,11 +39,12 @@ pub enum AllocResult {
 }
 
 impl AllocResult {
-    pub const ALL: [AllocResult; 8] = [
+    pub const ALL: [AllocResult; 9] = [
         AllocResult::Existing,
         AllocResult::Created,
         AllocResult::Reopened,
         AllocResult::Reassigned,
+        AllocResult::Extended,
         AllocResult::Forwarded,
         AllocResult::NoNode,
         AllocResult::BadRequest,
@@ -52,10 +57,46 @@ impl AllocResult {
             AllocResult::Created => "created",
             AllocResult::Reopened => "reopened",
             AllocResult::Reassigned => "reassigned",
+            AllocResult::Extended => "extended",
             AllocResult::Forwarded => "forwarded",
             AllocResult::NoNode => "no_node",
             AllocResult::BadRequest => "bad_request",
             AllocResult::Error => "error",
+        }
+    }
+}
+
+/// What a node's leaving a room did, for `coord_room_leaves_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveOutcome {
+    /// The node was not in the room's entry (or the message was stale).
+    Unchanged,
+    /// The node left the entry; the origin stayed.
+    Removed,
+    /// The origin left: the role moved to another node with the next epoch.
+    OriginMoved,
+    /// The last node left: the entry is deleted.
+    Closed,
+    /// Not recorded: the directory failed or stayed contended.
+    Error,
+}
+
+impl LeaveOutcome {
+    pub const ALL: [LeaveOutcome; 5] = [
+        LeaveOutcome::Unchanged,
+        LeaveOutcome::Removed,
+        LeaveOutcome::OriginMoved,
+        LeaveOutcome::Closed,
+        LeaveOutcome::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveOutcome::Unchanged => "unchanged",
+            LeaveOutcome::Removed => "removed",
+            LeaveOutcome::OriginMoved => "origin_moved",
+            LeaveOutcome::Closed => "closed",
+            LeaveOutcome::Error => "error",
         }
     }
 }
@@ -107,7 +148,11 @@ impl Metrics {
             );
             metrics::describe_counter!(
                 "coord_rooms_closed_total",
-                "room records deleted on cluster.room.closed"
+                "room records deleted when their last node left"
+            );
+            metrics::describe_counter!(
+                "coord_room_leaves_total",
+                "cluster.room.closed messages (a node left a room), by outcome"
             );
             // Series exist from the start, at zero, so rates and alerts see them.
             for r in AllocResult::ALL {
@@ -118,6 +163,9 @@ impl Metrics {
             }
             metrics::counter!("coord_directory_conflicts_total").increment(0);
             metrics::counter!("coord_rooms_closed_total").increment(0);
+            for o in LeaveOutcome::ALL {
+                metrics::counter!("coord_room_leaves_total", "outcome" => o.as_str()).increment(0);
+            }
         });
         m
     }
@@ -144,6 +192,12 @@ impl Metrics {
 
     pub fn room_closed(&self) {
         self.with(|| metrics::counter!("coord_rooms_closed_total").increment(1));
+    }
+
+    pub fn node_left(&self, outcome: LeaveOutcome) {
+        self.with(|| {
+            metrics::counter!("coord_room_leaves_total", "outcome" => outcome.as_str()).increment(1)
+        });
     }
 
     /// The exposition text: recorded metrics, then gauges of the cluster as seen now.

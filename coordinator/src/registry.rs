@@ -23,9 +23,11 @@ pub enum Liveness {
     Dead,
 }
 
+/// What the registry keeps of a node beside its [`NodeView`].
 #[derive(Debug)]
 struct NodeEntry {
-    last: NodeHeartbeat,
+    ws_url: String,
+    draining_reported: bool,
     seen: Instant,
     /// When this coordinator assigned rooms to the node that its heartbeats may not count yet.
     recent: VecDeque<Instant>,
@@ -56,6 +58,10 @@ pub struct NodeStatus {
 /// counted until a heartbeat arrives `settle` after it; until then placement adds it to the
 /// node's load, and a burst of new rooms spreads instead of landing on the node that looked
 /// idle. Counting a room twice for a second or two errs on the side of spreading.
+///
+/// The placement views are kept ready (updated by heartbeats, drain requests and
+/// assignments), so a decision reads them as a slice: its cost is one pass over the nodes to
+/// refresh their health, and nothing is cloned.
 #[derive(Debug)]
 pub struct NodeRegistry {
     timeout: Duration,
@@ -63,7 +69,9 @@ pub struct NodeRegistry {
     /// Since when this coordinator has been hearing heartbeats without a gap; `None` while
     /// disconnected.
     listening_since: Option<Instant>,
-    nodes: BTreeMap<NodeId, NodeEntry>,
+    /// Sorted by id; `entries[i]` belongs to `views[i]`.
+    views: Vec<NodeView>,
+    entries: Vec<NodeEntry>,
     /// Operators' drain requests, kept apart so a drain can precede a node's first heartbeat.
     drain_requests: BTreeSet<NodeId>,
 }
@@ -74,7 +82,8 @@ impl NodeRegistry {
             timeout,
             settle,
             listening_since: None,
-            nodes: BTreeMap::new(),
+            views: Vec::new(),
+            entries: Vec::new(),
             drain_requests: BTreeSet::new(),
         }
     }
@@ -93,30 +102,57 @@ impl NodeRegistry {
         self.listening_since.is_some()
     }
 
+    fn find(&self, id: &NodeId) -> Result<usize, usize> {
+        self.views.binary_search_by(|v| v.id.cmp(id))
+    }
+
     pub fn heartbeat(&mut self, hb: NodeHeartbeat, now: Instant) {
-        let cutoff = now.checked_sub(self.settle);
-        let entry = self
-            .nodes
-            .entry(hb.node.clone())
-            .or_insert_with(|| NodeEntry {
-                last: hb.clone(),
-                seen: now,
-                recent: VecDeque::new(),
-            });
-        entry.last = hb;
+        let i = match self.find(&hb.node) {
+            Ok(i) => i,
+            Err(i) => {
+                self.views.insert(
+                    i,
+                    NodeView {
+                        id: hb.node.clone(),
+                        region: String::new(),
+                        load: Default::default(),
+                        healthy: false,
+                        draining: false,
+                        pending_rooms: 0,
+                    },
+                );
+                self.entries.insert(
+                    i,
+                    NodeEntry {
+                        ws_url: String::new(),
+                        draining_reported: false,
+                        seen: now,
+                        recent: VecDeque::new(),
+                    },
+                );
+                i
+            }
+        };
+        let entry = &mut self.entries[i];
         entry.seen = now;
-        if let Some(cutoff) = cutoff {
+        entry.draining_reported = hb.draining;
+        entry.ws_url = hb.ws_url;
+        if let Some(cutoff) = now.checked_sub(self.settle) {
             while entry.recent.front().is_some_and(|t| *t <= cutoff) {
                 entry.recent.pop_front();
             }
         }
+        let pending_rooms = pending(entry);
+        let view = &mut self.views[i];
+        view.region = hb.region;
+        view.load = hb.load;
+        view.draining = hb.draining || self.drain_requests.contains(&view.id);
+        view.pending_rooms = pending_rooms;
     }
 
-    pub fn liveness(&self, id: &NodeId, now: Instant) -> Liveness {
-        if let Some(e) = self.nodes.get(id) {
-            if now.saturating_duration_since(e.seen) < self.timeout {
-                return Liveness::Alive;
-            }
+    fn liveness_of(&self, seen: Option<Instant>, now: Instant) -> Liveness {
+        if seen.is_some_and(|seen| now.saturating_duration_since(seen) < self.timeout) {
+            return Liveness::Alive;
         }
         match self.listening_since {
             Some(since) if now.saturating_duration_since(since) >= self.timeout => Liveness::Dead,
@@ -124,12 +160,25 @@ impl NodeRegistry {
         }
     }
 
+    pub fn liveness(&self, id: &NodeId, now: Instant) -> Liveness {
+        let seen = self.find(id).ok().map(|i| self.entries[i].seen);
+        self.liveness_of(seen, now)
+    }
+
     pub fn is_draining(&self, id: &NodeId) -> bool {
-        self.drain_requests.contains(id) || self.nodes.get(id).is_some_and(|e| e.last.draining)
+        self.find(id).map_or_else(
+            |_| self.drain_requests.contains(id),
+            |i| self.views[i].draining,
+        )
     }
 
     pub fn knows(&self, id: &NodeId) -> bool {
-        self.nodes.contains_key(id)
+        self.find(id).is_ok()
+    }
+
+    /// The region the node last reported, if it is known.
+    pub fn region(&self, id: &NodeId) -> Option<&str> {
+        self.find(id).ok().map(|i| self.views[i].region.as_str())
     }
 
     /// Records an operator's drain (or undrain) request; returns whether the node is known.
@@ -139,76 +188,81 @@ impl NodeRegistry {
         } else {
             self.drain_requests.remove(id);
         }
-        self.nodes.contains_key(id)
+        match self.find(id) {
+            Ok(i) => {
+                self.views[i].draining = draining || self.entries[i].draining_reported;
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// This coordinator gave `id` a room at `now`.
     pub fn assigned(&mut self, id: &NodeId, now: Instant) {
-        if let Some(e) = self.nodes.get_mut(id) {
-            e.recent.push_back(now);
+        if let Ok(i) = self.find(id) {
+            self.entries[i].recent.push_back(now);
+            self.views[i].pending_rooms = pending(&self.entries[i]);
         }
     }
 
     /// An assignment recorded with [`Self::assigned`] did not happen (another won the race).
     pub fn unassigned(&mut self, id: &NodeId) {
-        if let Some(e) = self.nodes.get_mut(id) {
-            e.recent.pop_back();
+        if let Ok(i) = self.find(id) {
+            self.entries[i].recent.pop_back();
+            self.views[i].pending_rooms = pending(&self.entries[i]);
         }
     }
 
-    /// What placement sees: only live nodes are healthy.
-    pub fn views(&self, now: Instant) -> Vec<NodeView> {
-        self.nodes
-            .iter()
-            .map(|(id, e)| NodeView {
-                id: id.clone(),
-                region: e.last.region.clone(),
-                load: e.last.load.clone(),
-                healthy: self.liveness(id, now) == Liveness::Alive,
-                draining: self.is_draining(id),
-                pending_rooms: pending(e),
-            })
-            .collect()
+    /// What placement sees, sorted by id: only live nodes are healthy. One pass to refresh
+    /// health as of `now`; nothing is allocated.
+    pub fn views(&mut self, now: Instant) -> &[NodeView] {
+        for i in 0..self.views.len() {
+            let alive = self.liveness_of(Some(self.entries[i].seen), now) == Liveness::Alive;
+            self.views[i].healthy = alive;
+        }
+        &self.views
     }
 
     /// Picks a node for a new room and counts it as pending there.
     pub fn place(&mut self, room: &RoomId, region: Option<&str>, now: Instant) -> Option<NodeId> {
-        let chosen = placement::place(room, region, &self.views(now))?;
+        let chosen = placement::place(room, region, self.views(now))?;
         self.assigned(&chosen, now);
         Some(chosen)
     }
 
+    fn live_ids(&self, now: Instant) -> impl Iterator<Item = &NodeId> {
+        self.views
+            .iter()
+            .zip(&self.entries)
+            .filter(move |(_, e)| self.liveness_of(Some(e.seen), now) == Liveness::Alive)
+            .map(|(v, _)| &v.id)
+    }
+
     pub fn live_count(&self, now: Instant) -> usize {
-        self.nodes
-            .keys()
-            .filter(|id| self.liveness(id, now) == Liveness::Alive)
-            .count()
+        self.live_ids(now).count()
     }
 
     pub fn live_nodes(&self, now: Instant) -> Vec<NodeId> {
-        self.nodes
-            .keys()
-            .filter(|id| self.liveness(id, now) == Liveness::Alive)
-            .cloned()
-            .collect()
+        self.live_ids(now).cloned().collect()
     }
 
     pub fn statuses(&self, now: Instant) -> Vec<NodeStatus> {
-        self.nodes
+        self.views
             .iter()
-            .map(|(id, e)| {
-                let liveness = self.liveness(id, now);
+            .zip(&self.entries)
+            .map(|(v, e)| {
+                let liveness = self.liveness_of(Some(e.seen), now);
                 NodeStatus {
-                    id: id.clone(),
-                    region: e.last.region.clone(),
-                    ws_url: e.last.ws_url.clone(),
-                    load: e.last.load.clone(),
-                    load_score: placement::load_score(&e.last.load, pending(e)),
+                    id: v.id.clone(),
+                    region: v.region.clone(),
+                    ws_url: e.ws_url.clone(),
+                    load: v.load.clone(),
+                    load_score: placement::load_score(&v.load, pending(e)),
                     liveness,
                     healthy: liveness == Liveness::Alive,
-                    draining: self.is_draining(id),
-                    draining_reported: e.last.draining,
-                    draining_requested: self.drain_requests.contains(id),
+                    draining: v.draining,
+                    draining_reported: e.draining_reported,
+                    draining_requested: self.drain_requests.contains(&v.id),
                     pending_rooms: pending(e),
                     last_heartbeat_age_ms: now.saturating_duration_since(e.seen).as_millis() as u64,
                 }
@@ -218,8 +272,17 @@ impl NodeRegistry {
 
     /// Forgets nodes silent for longer than `keep` (they stay listed as dead until then).
     pub fn prune(&mut self, now: Instant, keep: Duration) {
-        self.nodes
-            .retain(|_, e| now.saturating_duration_since(e.seen) < keep);
+        let kept: Vec<bool> = self
+            .entries
+            .iter()
+            .map(|e| now.saturating_duration_since(e.seen) < keep)
+            .collect();
+        let mut keep_view = kept.iter();
+        self.views
+            .retain(|_| keep_view.next().copied().unwrap_or(true));
+        let mut keep_entry = kept.iter();
+        self.entries
+            .retain(|_| keep_entry.next().copied().unwrap_or(true));
     }
 }
 
@@ -405,6 +468,29 @@ pub(crate) mod tests {
         assert_eq!(r.place(&room, None, t0 + T).unwrap().as_str(), "c");
         r.prune(t0 + T + Duration::from_secs(1), Duration::from_secs(2));
         assert_eq!(r.statuses(t0 + T).len(), 2);
+    }
+
+    #[test]
+    fn views_stay_sorted_and_follow_heartbeats_drains_and_assignments() {
+        let t0 = Instant::now();
+        let mut r = NodeRegistry::new(T, Duration::from_secs(2));
+        r.listening(t0);
+        for n in ["c", "a", "b"] {
+            r.heartbeat(hb(n, "eu"), t0);
+        }
+        r.heartbeat(hb("b", "us"), t0);
+        r.request_drain(&id("c"), true);
+        r.assigned(&id("a"), t0);
+        let views = r.views(t0 + T / 2);
+        let ids: Vec<&str> = views.iter().map(|v| v.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(views[0].pending_rooms, 1);
+        assert_eq!(views[1].region, "us");
+        assert!(views[2].draining && views.iter().all(|v| v.healthy));
+        assert_eq!(r.region(&id("b")), Some("us"));
+        assert!(r.views(t0 + T).iter().all(|v| !v.healthy));
+        r.prune(t0 + T, T / 2);
+        assert!(r.views(t0 + T).is_empty() && !r.knows(&id("a")));
     }
 
     #[test]

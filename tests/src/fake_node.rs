@@ -1,10 +1,15 @@
 //! A stand-in for a media node on the cluster protocol: a plain NATS client that heartbeats
-//! every 500 ms, answers `node.<id>.rooms` with what the test sets, and records the `Drain`
-//! messages it gets. Coordinator tests use it where a real node would add nothing.
+//! every 500 ms, answers `node.<id>.rooms` with what the test sets, records the `Drain`
+//! messages it gets, and asks `coord.allocate` and says it left a room on
+//! `cluster.room.closed` when told to. Coordinator tests use it where a real node would add
+//! nothing.
 
 use futures::StreamExt;
-use protocol::cluster::{self, Drain, NodeHeartbeat, NodeLoad, NodeRooms, RoomMembers, VERSION};
-use protocol::NodeId;
+use protocol::cluster::{
+    self, AllocateReply, AllocateRequest, Drain, NodeHeartbeat, NodeLoad, NodeRooms,
+    RoomAssignment, RoomClosed, RoomMembers, VERSION,
+};
+use protocol::{NodeId, RoomId};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -42,6 +47,27 @@ pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
         .reconnect_delay_callback(quick_reconnect)
         .connect(url)
         .await?)
+}
+
+/// One `coord.allocate` request with a 2 s timeout: the room's entry and the node that
+/// serves the client, or why not.
+pub async fn allocate(
+    client: &async_nats::Client,
+    request: &AllocateRequest,
+) -> Result<(RoomAssignment, NodeId), String> {
+    let body = serde_json::to_vec(request).map_err(|e| e.to_string())?;
+    let req = async_nats::Request::new()
+        .payload(body.into())
+        .timeout(Some(Duration::from_secs(2)));
+    let msg = client
+        .send_request(cluster::ALLOCATE, req)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    match serde_json::from_slice::<AllocateReply>(&msg.payload) {
+        Ok(AllocateReply::Assigned { assignment, serve }) => Ok((assignment, serve)),
+        Ok(AllocateReply::Error { code, message }) => Err(format!("{code:?}: {message}")),
+        Err(e) => Err(format!("bad reply: {e}")),
+    }
 }
 
 impl FakeNode {
@@ -157,6 +183,44 @@ impl FakeNode {
 
     pub fn set_load(&self, load: NodeLoad) {
         lock(&self.state).load = load;
+    }
+
+    /// Asks where a client of `region` joins `room`, as a node does on a join; `full` names
+    /// the room's nodes that refused the client. Returns the entry and the serving node.
+    pub async fn join(
+        &self,
+        room: &str,
+        region: &str,
+        full: &[&NodeId],
+    ) -> anyhow::Result<(RoomAssignment, NodeId)> {
+        let request = AllocateRequest {
+            v: VERSION,
+            room: RoomId::new(room)?,
+            region: Some(region.into()),
+            from: self.id.clone(),
+            forwarded: false,
+            lookup: false,
+            full: full.iter().map(|n| (*n).clone()).collect(),
+        };
+        allocate(&self.client, &request)
+            .await
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// Says this node left `room` (its last participant left), as a node does: a
+    /// [`RoomClosed`] with the epoch it knows, on `cluster.room.closed`.
+    pub async fn leave_room(&self, room: &RoomId, epoch: u64) -> anyhow::Result<()> {
+        let left = RoomClosed {
+            v: VERSION,
+            room: room.clone(),
+            node: self.id.clone(),
+            epoch,
+        };
+        self.client
+            .publish(cluster::ROOM_CLOSED, serde_json::to_vec(&left)?.into())
+            .await?;
+        self.client.flush().await?;
+        Ok(())
     }
 }
 

@@ -6,12 +6,12 @@
 //! a coordinator's death invisible to clients. The invariant checks read the KV *history* of
 //! every room, so a second primary that existed for a moment would be caught.
 
+use coordinator::decide::RoomRecord;
 use coordinator::registry::Liveness;
 use coordinator::{CoordinatorHandle, RoomDirectory};
 use futures::StreamExt;
 use protocol::cluster::{
-    AllocateReply, AllocateRequest, RoomAssignment, RoomClosed, RoomMembers, ALLOCATE, ROOM_CLOSED,
-    VERSION,
+    AllocateRequest, RoomAssignment, RoomClosed, RoomMembers, RoomNode, ROOM_CLOSED, VERSION,
 };
 use protocol::{NodeId, RoomId};
 use std::collections::{BTreeMap, HashSet};
@@ -73,24 +73,17 @@ fn request(room: &str) -> AllocateRequest {
         from: NodeId::new("test").unwrap(),
         forwarded: false,
         lookup: false,
+        full: Vec::new(),
     }
 }
 
-/// One allocation request with a 2 s timeout.
+/// One allocation request with a 2 s timeout, for a client of no particular region.
 async fn allocate_once(client: &async_nats::Client, room: &str) -> Result<RoomAssignment, String> {
-    let body = serde_json::to_vec(&request(room)).unwrap();
-    let req = async_nats::Request::new()
-        .payload(body.into())
-        .timeout(Some(Duration::from_secs(2)));
-    let msg = client
-        .send_request(ALLOCATE, req)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
-    match serde_json::from_slice::<AllocateReply>(&msg.payload) {
-        Ok(AllocateReply::Assigned(a)) => Ok(a),
-        Ok(AllocateReply::Error { code, message }) => Err(format!("{code:?}: {message}")),
-        Err(e) => Err(format!("bad reply: {e}")),
+    let (a, serve) = fake_node::allocate(client, &request(room)).await?;
+    if serve != a.node {
+        return Err(format!("a one-node room served by {serve}: {a:?}"));
     }
+    Ok(a)
 }
 
 /// Allocates, retrying a failed request up to 5 times. Returns the assignment and the
@@ -109,19 +102,46 @@ async fn allocate(
     anyhow::bail!("allocating {room}: {last}")
 }
 
-/// Every `Put` in the key's history, checked: one node per epoch, epochs strictly rising.
+/// Every `Put` in the key's history, checked: epochs never fall, one origin per epoch, and
+/// the origin is one of the room's nodes.
 async fn checked_history(dir: &RoomDirectory, room: &str) -> anyhow::Result<Vec<RoomAssignment>> {
     let events = dir.history(&RoomId::new(room)?).await?;
     let puts: Vec<RoomAssignment> = events.into_iter().filter_map(|e| e.assignment).collect();
     for pair in puts.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
         anyhow::ensure!(
-            pair[1].epoch > pair[0].epoch,
-            "{room}: epoch {} written after {} (two primaries?): {puts:?}",
-            pair[1].epoch,
-            pair[0].epoch
+            b.epoch > a.epoch || (b.epoch == a.epoch && b.node == a.node),
+            "{room}: epoch {} on {} written after {} on {} (two origins?): {puts:?}",
+            b.epoch,
+            b.node,
+            a.epoch,
+            a.node
+        );
+    }
+    for a in &puts {
+        anyhow::ensure!(
+            a.nodes.iter().any(|n| n.node == a.node),
+            "{room}: origin {} not among the room's nodes: {a:?}",
+            a.node
         );
     }
     Ok(puts)
+}
+
+/// The room's entry as the directory holds it now.
+async fn entry(dir: &RoomDirectory, room: &str) -> Result<Option<RoomAssignment>, String> {
+    let room = RoomId::new(room).map_err(|e| e.to_string())?;
+    match dir.read(&room).await.map_err(|e| e.to_string())? {
+        RoomRecord::Assigned { assignment, .. } => Ok(Some(assignment)),
+        _ => Ok(None),
+    }
+}
+
+fn room_node(node: &FakeNode) -> RoomNode {
+    RoomNode {
+        node: node.id().clone(),
+        region: node.state().region,
+    }
 }
 
 /// An HTTP request on loopback with an optional bearer token: (status, body).
@@ -503,6 +523,7 @@ async fn admin_api_needs_the_token_lists_nodes_and_drained_nodes_get_no_rooms() 
     nodes[1].set_rooms(vec![RoomMembers {
         room: rooms[0].room.clone(),
         members: 3,
+        links: Vec::new(),
     }]);
     let listed = admin_json(addr, "/rooms").await?;
     let rows = listed.as_array().unwrap();
@@ -585,5 +606,215 @@ async fn a_coordinator_started_before_nats_becomes_ready_when_it_appears() -> an
     let client = fake_node::connect(&nats.url()).await?;
     let (a, _) = allocate(&client, &room_name("early")).await?;
     assert_eq!(a.node.as_str(), "a");
+    Ok(())
+}
+
+/// Two coordinators and the fake nodes `eu-1`, `eu-2` (eu) and `us-1` (us), everyone seeing
+/// everyone; and the room directory.
+async fn cascade_cluster(
+    nats: &NatsServer,
+) -> anyhow::Result<(Vec<FakeNode>, [CoordinatorHandle; 2], RoomDirectory)> {
+    let nodes = fake_nodes(nats, &[("eu-1", "eu"), ("eu-2", "eu"), ("us-1", "us")]).await;
+    let coords = [start_coordinator(nats, "c1"), start_coordinator(nats, "c2")];
+    wait_cluster(&[&coords[0], &coords[1]], nodes.len()).await?;
+    let dir = RoomDirectory::open(nodes[0].client(), 1).await?;
+    Ok((nodes, coords, dir))
+}
+
+/// Waits until the room's entry has this origin, epoch and nodes (`None`: no entry).
+async fn wait_entry(
+    dir: &RoomDirectory,
+    room: &str,
+    want: Option<(&NodeId, u64, Vec<NodeId>)>,
+) -> anyhow::Result<()> {
+    wait_until(WAIT, "the room's entry", || async {
+        let now = entry(dir, room).await?;
+        let got = now.as_ref().map(|a| (&a.node, a.epoch, a.members()));
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("{now:?}, want {want:?}"))
+        }
+    })
+    .await
+}
+
+fn fake<'a>(nodes: &'a [FakeNode], id: &NodeId) -> &'a FakeNode {
+    nodes.iter().find(|n| n.id() == id).expect("a cluster node")
+}
+
+/// The sum of one series (name and labels) over the coordinators' `/metrics`.
+async fn counted(coords: &[CoordinatorHandle], series: &str) -> Result<u64, String> {
+    let mut total = 0;
+    for c in coords {
+        let (_, text) = http(c.http_addr(), "GET", "/metrics", None)
+            .await
+            .map_err(|e| e.to_string())?;
+        total += text
+            .lines()
+            .filter_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .sum::<f64>() as u64;
+    }
+    Ok(total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_spans_regions_and_each_client_is_served_in_its_own() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let (nodes, coords, dir) = cascade_cluster(&nats).await?;
+    let room = room_name("span");
+
+    let (first, eu) = nodes[0].join(&room, "eu", &[]).await?;
+    let origin = fake(&nodes, &eu);
+    assert_eq!(origin.state().region, "eu");
+    assert_eq!((&first.node, first.epoch), (&eu, 1));
+    assert_eq!(first.nodes, vec![room_node(origin)]);
+
+    let (second, us) = nodes[2].join(&room, "us", &[]).await?;
+    assert_eq!(us.as_str(), "us-1", "a us client is served in us");
+    assert_eq!((&second.node, second.epoch), (&eu, 1), "origin, epoch stay");
+    assert_eq!(second.nodes, vec![room_node(origin), room_node(&nodes[2])]);
+    let now = entry(&dir, &room).await.map_err(anyhow::Error::msg)?;
+    assert_eq!(now.as_ref(), Some(&second));
+
+    // More clients of either region: the room's node there serves them, nothing is written.
+    for (region, serve) in [("eu", &eu), ("us", &us), ("eu", &eu)] {
+        let (a, s) = nodes[1].join(&room, region, &[]).await?;
+        assert_eq!((&a, &s), (&second, serve), "{region}");
+    }
+    assert_eq!(checked_history(&dir, &room).await?, vec![first, second]);
+    wait_until(WAIT, "the extension counted once", || async {
+        match counted(&coords, "coord_allocations_total{result=\"extended\"}").await? {
+            1 => Ok(()),
+            n => Err(format!("{n} extensions")),
+        }
+    })
+    .await?;
+
+    // GET /rooms: the origin, the epoch, and each node with what it reports.
+    let report = |members, link: &NodeId| {
+        vec![RoomMembers {
+            room: RoomId::new(&room).unwrap(),
+            members,
+            links: vec![link.clone()],
+        }]
+    };
+    fake(&nodes, &eu).set_rooms(report(2, &us));
+    fake(&nodes, &us).set_rooms(report(1, &eu));
+    let listed = admin_json(coords[0].http_addr(), "/rooms").await?;
+    let row = listed
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["room"] == room.as_str()))
+        .expect("the room listed");
+    assert_eq!(
+        (&row["node"], &row["epoch"]),
+        (&eu.as_str().into(), &1.into())
+    );
+    assert_eq!(row["members"], 3, "members over the room's nodes: {row}");
+    assert_eq!(row["node_answered"], true);
+    let expect = [(&eu, "eu", true, 2, &us), (&us, "us", false, 1, &eu)];
+    let listed_nodes = row["nodes"].as_array().expect("nodes listed");
+    assert_eq!(listed_nodes.len(), expect.len(), "{row}");
+    for (n, (id, region, origin, members, link)) in listed_nodes.iter().zip(expect) {
+        let want = serde_json::json!({
+            "node": id, "region": region, "origin": origin, "liveness": "alive",
+            "members": members, "answered": true, "links": [link],
+        });
+        assert_eq!(n, &want, "{row}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_room_node_gets_a_sibling_in_its_region() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let (nodes, _coords, dir) = cascade_cluster(&nats).await?;
+    let room = room_name("full");
+
+    let (first, eu) = nodes[0].join(&room, "eu", &[]).await?;
+    let (grown, sibling) = nodes[0].join(&room, "eu", &[&eu]).await?;
+    assert_ne!(sibling, eu, "the full node does not serve again");
+    assert_eq!(fake(&nodes, &sibling).state().region, "eu");
+    assert_eq!((&grown.node, grown.epoch), (&eu, 1));
+    let pair = [fake(&nodes, &eu), fake(&nodes, &sibling)].map(room_node);
+    assert_eq!(grown.nodes, pair);
+    // Both eu nodes full, and no other eu node: the least-loaded node anywhere joins.
+    let (widest, serve) = nodes[0].join(&room, "eu", &[&eu, &sibling]).await?;
+    assert_eq!((serve.as_str(), widest.nodes.len()), ("us-1", 3));
+    // Without `full`, an eu client is back on a node of its region.
+    let (_, again) = nodes[0].join(&room, "eu", &[]).await?;
+    assert!(again == eu || again == sibling, "{again}");
+    let history = checked_history(&dir, &room).await?;
+    assert_eq!(history, vec![first, grown, widest]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_leaving_shrink_the_room_move_its_origin_and_close_it_last() -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let (nodes, coords, dir) = cascade_cluster(&nats).await?;
+    let room = room_name("leave");
+    let room_id = RoomId::new(&room)?;
+
+    // The eu origin, then us, then the origin's eu sibling.
+    let (_, origin) = nodes[0].join(&room, "eu", &[]).await?;
+    nodes[2].join(&room, "us", &[]).await?;
+    let (full, sibling) = nodes[0].join(&room, "eu", &[&origin]).await?;
+    let us = nodes[2].id().clone();
+    let all = vec![origin.clone(), us.clone(), sibling.clone()];
+    assert_eq!(full.members(), all);
+
+    // A node that is not in the room, and a message from a later epoch, change nothing.
+    let stranger = RoomClosed {
+        v: VERSION,
+        room: room_id.clone(),
+        node: NodeId::new("gone")?,
+        epoch: 1,
+    };
+    let client = nodes[1].client();
+    client
+        .publish(ROOM_CLOSED, serde_json::to_vec(&stranger)?.into())
+        .await?;
+    fake(&nodes, &us).leave_room(&room_id, 7).await?;
+
+    // A node that is not the origin leaves: the entry loses it, origin and epoch stay.
+    fake(&nodes, &us).leave_room(&room_id, 1).await?;
+    let rest = vec![origin.clone(), sibling.clone()];
+    wait_entry(&dir, &room, Some((&origin, 1, rest))).await?;
+
+    // The origin leaves: the next node becomes the origin with the next epoch.
+    fake(&nodes, &origin).leave_room(&room_id, 1).await?;
+    let last = vec![sibling.clone()];
+    wait_entry(&dir, &room, Some((&sibling, 2, last))).await?;
+    let puts = checked_history(&dir, &room).await?;
+    let origins: Vec<(&str, u64)> = puts.iter().map(|a| (a.node.as_str(), a.epoch)).collect();
+    let o = origin.as_str();
+    let want = [(o, 1), (o, 1), (o, 1), (o, 1), (sibling.as_str(), 2)];
+    assert_eq!(origins, want, "{puts:?}");
+
+    // The last node leaves (it learnt epoch 1 when it joined): the entry is deleted.
+    fake(&nodes, &sibling).leave_room(&room_id, 1).await?;
+    wait_entry(&dir, &room, None).await?;
+    let history = dir.history(&room_id).await?;
+    assert!(history.last().is_some_and(|e| e.assignment.is_none()));
+
+    // One coordinator took each message; between them they counted every outcome.
+    let want = [
+        ("unchanged", 2),
+        ("removed", 1),
+        ("origin_moved", 1),
+        ("closed", 1),
+    ];
+    wait_until(WAIT, "every leave counted", || async {
+        for (outcome, n) in want {
+            let series = format!("coord_room_leaves_total{{outcome=\"{outcome}\"}}");
+            match counted(&coords, &series).await? {
+                got if got == n => {}
+                got => return Err(format!("{outcome}: {got}, want {n}")),
+            }
+        }
+        Ok(())
+    })
+    .await?;
     Ok(())
 }

@@ -1281,6 +1281,7 @@ async fn allocate_once(client: &async_nats::Client, room: &str, from: &NodeId) -
             from: from.clone(),
             forwarded: false,
             lookup: false,
+            full: Vec::new(),
         },
         Err(e) => return AllocOutcome::Failed(format!("room id: {e}")),
     };
@@ -1293,7 +1294,7 @@ async fn allocate_once(client: &async_nats::Client, room: &str, from: &NodeId) -
         .timeout(Some(Duration::from_secs(5)));
     match client.send_request(wire::ALLOCATE, request).await {
         Ok(m) => match serde_json::from_slice::<AllocateReply>(&m.payload) {
-            Ok(AllocateReply::Assigned(a)) => AllocOutcome::Assigned(a.node.to_string()),
+            Ok(AllocateReply::Assigned { serve, .. }) => AllocOutcome::Assigned(serve.to_string()),
             Ok(AllocateReply::Error { code, message }) => {
                 AllocOutcome::Failed(format!("{} ({message})", code.as_str()))
             }
