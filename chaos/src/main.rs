@@ -1,15 +1,17 @@
 //! `chaos`: synthetic clients against a media node.
 //!
 //! Subcommands: `client` (one participant that joins, optionally publishes, and prints what it
-//! received) and `token` (mints a join token). Load generation and fault scenarios will be
-//! further subcommands of [`Command`].
+//! received), `token` (mints a join token) and `proxy` (an impaired loopback relay that puts
+//! delay, jitter, loss and a rate cap between two ports). Load generation and fault scenarios
+//! will be further subcommands of [`Command`].
 
 use anyhow::{bail, Context};
+use chaos::impair::{Impairment, Link, TcpProxy, UdpProxy};
 use chaos::{Client, ClientConfig, PublishOpts, TrackStats};
 use clap::{Args, Parser, Subcommand};
 use protocol::token::{mint, Claims};
 use protocol::{RoomId, UserId};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Parser)]
@@ -28,6 +30,9 @@ enum Command {
     Client(ClientArgs),
     /// Print a join token.
     Token(TokenArgs),
+    /// Relay a loopback address to another through an impaired link until Ctrl-C, then print
+    /// the link's counters as JSON.
+    Proxy(ProxyArgs),
     // Later: `Load` (many clients, ramp, report) and `Scenario` (scripted faults).
 }
 
@@ -76,6 +81,44 @@ struct ClientArgs {
     /// Print the statistics as JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct ProxyArgs {
+    /// Loopback address to listen on, e.g. `127.0.0.1:17882`.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Loopback address to relay to.
+    #[arg(long)]
+    to: SocketAddr,
+    /// Relay UDP (the default when neither --udp nor --tcp is given).
+    #[arg(long)]
+    udp: bool,
+    /// Relay TCP. With --udp as well, both listen on the same port number and share one link.
+    #[arg(long)]
+    tcp: bool,
+    /// One-way delay added each way: `40ms`, `1s`.
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    delay: Duration,
+    /// Uniform variation of the delay, plus or minus.
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    jitter: Duration,
+    /// Probability in [0, 1] that a UDP datagram is lost (TCP is never dropped, only delayed).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_loss)]
+    loss: f64,
+    /// Rate cap each way, in kbit/s.
+    #[arg(long)]
+    rate_kbps: Option<u64>,
+    /// Seed of the loss and jitter draws, to repeat a run; random (and printed) when absent.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+fn parse_loss(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("invalid loss `{s}` (a probability from 0 to 1)")),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -163,6 +206,46 @@ async fn run_client(args: ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let impairment = Impairment {
+        delay: args.delay,
+        jitter: args.jitter,
+        loss: args.loss,
+        rate_bps: args.rate_kbps.map(|k| k.saturating_mul(1000)),
+        partitioned: false,
+    };
+    let link = match args.seed {
+        Some(seed) => Link::with_seed(impairment, seed),
+        None => Link::new(impairment),
+    };
+    let mut listen = args.listen;
+    let tcp = if args.tcp {
+        let proxy = TcpProxy::start(listen, args.to, link.clone())
+            .await
+            .context("tcp proxy")?;
+        // With --udp too, UDP takes the port TCP got (they are separate port spaces).
+        listen = proxy.local_addr();
+        eprintln!("tcp {} -> {}", proxy.local_addr(), args.to);
+        Some(proxy)
+    } else {
+        None
+    };
+    let udp = if args.udp || !args.tcp {
+        let proxy = UdpProxy::start(listen, args.to, link.clone())
+            .await
+            .context("udp proxy")?;
+        eprintln!("udp {} -> {}", proxy.local_addr(), args.to);
+        Some(proxy)
+    } else {
+        None
+    };
+    eprintln!("{impairment:?} seed {}; ctrl-c stops", link.seed());
+    tokio::signal::ctrl_c().await?;
+    drop((tcp, udp));
+    println!("{}", serde_json::to_string_pretty(&link.stats())?);
+    Ok(())
+}
+
 fn print_table(stats: &[TrackStats]) {
     println!(
         "{:<20} {:<24} {:<5} {:>9} {:>7} {:>5} {:>9} {:>9} {:>9}",
@@ -212,6 +295,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(run_client(args))
         }
+        Command::Proxy(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(run_proxy(args))
+        }
     }
 }
 
@@ -227,5 +316,14 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn loss_is_a_probability() {
+        assert_eq!(parse_loss("0.01"), Ok(0.01));
+        assert_eq!(parse_loss("1"), Ok(1.0));
+        for bad in ["-0.1", "1.5", "NaN", "inf", "lots"] {
+            assert!(parse_loss(bad).is_err(), "{bad}");
+        }
     }
 }
