@@ -135,6 +135,56 @@ pub async fn http_request(
     Ok((status, body))
 }
 
+pub const MEDIA_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until `client` receives both tracks of each publisher in `from`, with at least
+/// `min_packets` video packets from each.
+pub async fn wait_media(client: &Client, from: &[&str], min_packets: u64) -> anyhow::Result<()> {
+    wait_until(MEDIA_WAIT, "media from every publisher", || async {
+        let stats = client.track_stats();
+        for p in from {
+            for kind in [
+                protocol::signal::TrackKind::Audio,
+                protocol::signal::TrackKind::Video,
+            ] {
+                let got = stats
+                    .iter()
+                    .filter(|t| t.publisher == *p && t.kind == kind)
+                    .map(|t| t.received)
+                    .sum::<u64>();
+                let need = if kind == protocol::signal::TrackKind::Video {
+                    min_packets
+                } else {
+                    min_packets / 2
+                };
+                if got < need {
+                    return Err(format!(
+                        "{kind:?} from {p}: {got} < {need}; stats {stats:?}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Loss over every received track stays under 1 %.
+pub fn assert_delivery(who: &str, client: &Client) {
+    for t in client.track_stats() {
+        let expected = t.received - t.duplicates + t.lost;
+        let ratio = (t.received - t.duplicates) as f64 / expected.max(1) as f64;
+        assert!(
+            ratio >= 0.99,
+            "{who} got {:.2}% of {:?} track {} from {} ({t:?})",
+            ratio * 100.0,
+            t.kind,
+            t.track_id,
+            t.publisher
+        );
+    }
+}
+
 /// Test logs: `RUST_LOG=node=debug cargo test …` shows the node's tracing output.
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()

@@ -2,57 +2,12 @@
 //! audio and video, late joiners get existing tracks, departures are announced, and the node
 //! releases everything once the room empties.
 
-use chaos::{Client, PublishOpts};
-use protocol::signal::{ServerMessage, TrackKind};
-use std::time::Duration;
-use tests::{join, room_name, start_node, wait_node_idle, wait_until};
-
-const MEDIA_WAIT: Duration = Duration::from_secs(30);
-
-/// Waits until `client` receives both tracks of each publisher in `from`, with at least
-/// `min_packets` video packets from each.
-async fn wait_media(client: &Client, from: &[&str], min_packets: u64) -> anyhow::Result<()> {
-    wait_until(MEDIA_WAIT, "media from every publisher", || async {
-        let stats = client.track_stats();
-        for p in from {
-            for kind in [TrackKind::Audio, TrackKind::Video] {
-                let got = stats
-                    .iter()
-                    .filter(|t| t.publisher == *p && t.kind == kind)
-                    .map(|t| t.received)
-                    .sum::<u64>();
-                let need = if kind == TrackKind::Video {
-                    min_packets
-                } else {
-                    min_packets / 2
-                };
-                if got < need {
-                    return Err(format!(
-                        "{kind:?} from {p}: {got} < {need}; stats {stats:?}"
-                    ));
-                }
-            }
-        }
-        Ok(())
-    })
-    .await
-}
-
-/// Loss over every received track stays under 1 %.
-fn assert_delivery(who: &str, client: &Client) {
-    for t in client.track_stats() {
-        let expected = t.received - t.duplicates + t.lost;
-        let ratio = (t.received - t.duplicates) as f64 / expected.max(1) as f64;
-        assert!(
-            ratio >= 0.99,
-            "{who} got {:.2}% of {:?} track {} from {} ({t:?})",
-            ratio * 100.0,
-            t.kind,
-            t.track_id,
-            t.publisher
-        );
-    }
-}
+use chaos::PublishOpts;
+use protocol::signal::ServerMessage;
+use tests::{
+    assert_delivery, join, room_name, start_node, wait_media, wait_node_idle, wait_until,
+    MEDIA_WAIT,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_publishers_late_joiner_and_departures() -> anyhow::Result<()> {

@@ -1,0 +1,393 @@
+//! Rooms across nodes and regions: a real nats-server, coordinators, nodes in regions `eu`,
+//! `us` and `ap`, synthetic WebRTC clients joining through their own region's node. Each
+//! track crosses each relay link once, whatever the number of subscribers behind it.
+
+use chaos::{Client, PublishOpts};
+use coordinator::CoordinatorHandle;
+use protocol::cluster::RoomAssignment;
+use protocol::signal::ServerMessage;
+use protocol::{NodeId, UserId};
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tests::nats::NatsServer;
+use tests::{assert_delivery, claims, mint, room_name, wait_media, wait_until, Config, NodeHandle};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Geo {
+    nats: NatsServer,
+    coordinators: Vec<CoordinatorHandle>,
+    nodes: Vec<NodeHandle>,
+}
+
+impl Geo {
+    /// NATS, two coordinators and one node per `(id, region)`; returns once every
+    /// coordinator sees every node.
+    async fn start(nodes: &[(&str, &str)], tweak: impl Fn(&mut Config)) -> anyhow::Result<Geo> {
+        tests::init_logs();
+        let nats = NatsServer::start()?;
+        let coordinators = (0..2)
+            .map(|_| coordinator::spawn(coordinator::Config::local(nats.url())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let nodes = nodes
+            .iter()
+            .map(|(id, region)| {
+                let mut c = Config::local_dev();
+                c.node_id = NodeId::new(*id).unwrap();
+                c.region = (*region).into();
+                c.nats_url = Some(nats.url());
+                c.resume_grace = Duration::ZERO;
+                c.room_empty_grace = Duration::from_millis(300);
+                tweak(&mut c);
+                node::spawn(c)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let geo = Geo {
+            nats,
+            coordinators,
+            nodes,
+        };
+        wait_until(WAIT, "coordinators to see every node", || async {
+            for c in &geo.coordinators {
+                let snap = c.snapshot();
+                let healthy = snap.nodes.iter().filter(|n| n.healthy).count();
+                if !snap.ready || healthy < geo.nodes.len() {
+                    return Err(format!("{snap:?}"));
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(geo)
+    }
+
+    fn node(&self, id: &str) -> &NodeHandle {
+        self.nodes
+            .iter()
+            .find(|n| n.config().node_id.as_str() == id)
+            .expect("a node of the sandbox")
+    }
+
+    /// Joins through `via` without saying a region: the socket's node region applies.
+    async fn join(&self, via: &str, room: &str, user: &str) -> anyhow::Result<Client> {
+        let node = self.node(via);
+        let client = Client::connect(&node.ws_url()).await?;
+        client
+            .join(room, &mint(node, &claims(room, user, 600)))
+            .await?;
+        Ok(client)
+    }
+
+    /// The room's entry in the `rooms` bucket, if any.
+    async fn entry(&self, room: &str) -> anyhow::Result<Option<RoomAssignment>> {
+        let client = async_nats::connect(self.nats.url()).await?;
+        let kv = async_nats::jetstream::new(client)
+            .get_key_value(protocol::cluster::ROOMS_BUCKET)
+            .await?;
+        let key = protocol::cluster::token(room);
+        Ok(match kv.get(key).await? {
+            Some(bytes) => Some(serde_json::from_slice(&bytes)?),
+            None => None,
+        })
+    }
+
+    /// Waits until the room's entry lists exactly `nodes` (any order), and returns it.
+    async fn wait_entry_nodes(&self, room: &str, nodes: &[&str]) -> anyhow::Result<RoomAssignment> {
+        let want: BTreeSet<String> = nodes.iter().map(|n| n.to_string()).collect();
+        let matches = |e: &Option<RoomAssignment>| {
+            let have: BTreeSet<String> = e
+                .as_ref()
+                .map(|e| e.members().iter().map(|n| n.to_string()).collect())
+                .unwrap_or_default();
+            have == want
+        };
+        wait_until(WAIT, "the room's entry to list its nodes", || async {
+            let e = self.entry(room).await.map_err(|e| e.to_string())?;
+            if matches(&e) {
+                Ok(())
+            } else {
+                Err(format!("want {want:?}, entry {e:?}"))
+            }
+        })
+        .await?;
+        self.entry(room)
+            .await?
+            .filter(|e| matches(&Some(e.clone())))
+            .ok_or_else(|| anyhow::anyhow!("the entry changed again"))
+    }
+}
+
+/// Waits until the client's view of the room holds exactly `users` besides itself.
+async fn wait_members(client: &Client, users: &[&str]) -> anyhow::Result<()> {
+    let want: BTreeSet<String> = users.iter().map(|u| u.to_string()).collect();
+    wait_until(WAIT, "membership to match", || async {
+        let have: BTreeSet<String> = client
+            .participants()
+            .iter()
+            .map(|p| p.id.to_string())
+            .collect();
+        if have == want {
+            Ok(())
+        } else {
+            Err(format!("want {want:?}, have {have:?}"))
+        }
+    })
+    .await
+}
+
+fn relay_bytes(node: &NodeHandle) -> u64 {
+    node.counters().relay_bytes_out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_room_spans_three_regions_and_everyone_receives_everyone() -> anyhow::Result<()> {
+    let geo = Geo::start(&[("eu-1", "eu"), ("us-1", "us"), ("ap-1", "ap")], |_| {}).await?;
+    let room = room_name("geo");
+    let alice = geo.join("eu-1", &room, "alice").await?;
+    alice.publish(PublishOpts::default()).await?;
+    let bob = geo.join("us-1", &room, "bob").await?;
+    // A client that says its region is served there, whichever socket it used.
+    let carol = Client::connect(&geo.node("eu-1").ws_url()).await?;
+    carol
+        .join_in_region(
+            &room,
+            &mint(geo.node("eu-1"), &claims(&room, "carol", 600)),
+            "ap",
+        )
+        .await?;
+    carol.publish(PublishOpts::default()).await?;
+    for (c, node) in [(&alice, "eu-1"), (&bob, "us-1"), (&carol, "ap-1")] {
+        assert_eq!(
+            c.joined().unwrap().node.as_str(),
+            node,
+            "served in its region"
+        );
+    }
+    let entry = geo
+        .wait_entry_nodes(&room, &["eu-1", "us-1", "ap-1"])
+        .await?;
+    assert_eq!(
+        entry.node.as_str(),
+        "eu-1",
+        "the first node stays the origin"
+    );
+
+    wait_media(&bob, &["alice", "carol"], 200).await?;
+    wait_media(&alice, &["carol"], 200).await?;
+    wait_media(&carol, &["alice"], 200).await?;
+    for (c, who) in [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")] {
+        assert_delivery(who, c);
+    }
+    wait_members(&alice, &["bob", "carol"]).await?;
+    wait_members(&bob, &["alice", "carol"]).await?;
+    wait_members(&carol, &["alice", "bob"]).await?;
+    // A late joiner sees everyone and every track in `joined`.
+    let dave = geo.join("us-1", &room, "dave").await?;
+    let listed: BTreeSet<String> = dave
+        .joined()
+        .unwrap()
+        .participants
+        .iter()
+        .map(|p| format!("{}:{}", p.id, p.tracks.len()))
+        .collect();
+    assert_eq!(
+        listed,
+        ["alice:2", "bob:0", "carol:2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+    wait_media(&dave, &["alice", "carol"], 100).await?;
+
+    // Messages cross regions in order.
+    for i in 0..30 {
+        alice
+            .send_message("carol", serde_json::json!({ "n": i }))
+            .await?;
+    }
+    wait_until(WAIT, "30 messages in order at carol", || async {
+        let got: Vec<i64> = carol
+            .messages()
+            .iter()
+            .filter_map(|m| match m {
+                ServerMessage::Message { from, data } if from.as_str() == "alice" => {
+                    data["n"].as_i64()
+                }
+                _ => None,
+            })
+            .collect();
+        if got == (0..30).collect::<Vec<_>>() {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await?;
+
+    // The last participant of `ap` leaves: ap-1 leaves the room and its links close.
+    carol.leave().await?;
+    geo.wait_entry_nodes(&room, &["eu-1", "us-1"]).await?;
+    wait_members(&alice, &["bob", "dave"]).await?;
+    wait_until(WAIT, "ap-1 to release the room", || async {
+        let c = geo.node("ap-1").counters();
+        if c.rooms == 0 && c.peers == 0 && c.transports == 0 {
+            Ok(())
+        } else {
+            Err(format!("{c:?}"))
+        }
+    })
+    .await?;
+
+    // The origin's last participant leaves: us-1 becomes the origin with a new epoch, and
+    // the room goes on.
+    let before = geo.entry(&room).await?.unwrap();
+    alice.leave().await?;
+    let after = geo.wait_entry_nodes(&room, &["us-1"]).await?;
+    assert_eq!(after.node.as_str(), "us-1");
+    assert_eq!(after.epoch, before.epoch + 1);
+    bob.publish(PublishOpts::default()).await?;
+    wait_media(&dave, &["bob"], 100).await?;
+    bob.leave().await?;
+    dave.leave().await?;
+    wait_until(WAIT, "the room to leave the directory", || async {
+        match geo.entry(&room).await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+/// Relay bytes leaving the publisher's node, per published byte and remote node, with
+/// `per_node` subscribers behind each of two remote nodes.
+async fn relay_ratio(geo: &Geo, per_node: usize) -> anyhow::Result<f64> {
+    let room = room_name("flat");
+    let publisher = geo.join("eu-1", &room, "pub").await?;
+    let mut subs = Vec::new();
+    for i in 0..per_node {
+        for via in ["us-1", "ap-1"] {
+            subs.push(geo.join(via, &room, &format!("{via}-s{i}")).await?);
+        }
+    }
+    publisher
+        .publish(PublishOpts {
+            video_pps: 50,
+            audio_pps: 25,
+            ..PublishOpts::default()
+        })
+        .await?;
+    for s in &subs {
+        wait_media(s, &["pub"], 25).await?;
+    }
+    // Measure a window once every subscriber receives. The node adds its forwarding counts
+    // up in batches, the relay and published bytes of one batch together: the window starts
+    // at the first batch added after every link is up, so no packet sent before is in it.
+    let eu = geo.node("eu-1");
+    let settled = eu.counters().published_bytes_in;
+    wait_until(WAIT, "a counting batch after the links are up", || async {
+        let now = eu.counters().published_bytes_in;
+        if now != settled {
+            Ok(())
+        } else {
+            Err(format!("{now}"))
+        }
+    })
+    .await?;
+    let (bytes0, in0) = (relay_bytes(eu), eu.counters().published_bytes_in);
+    let counted = subs[0].received_from("pub");
+    subs[0]
+        .wait_received_from("pub", counted + 300, WAIT)
+        .await?;
+    let (bytes1, in1) = (relay_bytes(eu), eu.counters().published_bytes_in);
+    let ratio = (bytes1 - bytes0) as f64 / ((in1 - in0) as f64 * 2.0);
+    eprintln!(
+        "{per_node} subscribers per remote node: relay {} B for {} B published ×2 = {ratio:.3}",
+        bytes1 - bytes0,
+        in1 - in0
+    );
+    publisher.leave().await?;
+    for s in subs {
+        s.leave().await?;
+    }
+    Ok(ratio)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_track_crosses_each_link_once_however_many_subscribers() -> anyhow::Result<()> {
+    let geo = Geo::start(&[("eu-1", "eu"), ("us-1", "us"), ("ap-1", "ap")], |_| {}).await?;
+    for per_node in [5, 30] {
+        let ratio = relay_ratio(&geo, per_node).await?;
+        assert!(
+            (0.9..=1.1).contains(&ratio),
+            "relay bytes / (published bytes × 2 remote nodes) = {ratio:.3} with {per_node} subscribers per node"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_past_one_nodes_share_gets_a_sibling_in_the_region() -> anyhow::Result<()> {
+    let geo = Geo::start(&[("eu-1", "eu"), ("eu-2", "eu"), ("us-1", "us")], |c| {
+        c.room_node_share = 3;
+    })
+    .await?;
+    let room = room_name("big");
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        let c = geo.join("eu-1", &room, &format!("p{i}")).await?;
+        if i < 2 {
+            c.publish(PublishOpts::default()).await?;
+        }
+        clients.push(c);
+    }
+    let served: Vec<String> = clients
+        .iter()
+        .map(|c| c.joined().unwrap().node.to_string())
+        .collect();
+    let first = served[0].clone();
+    let sibling = if first == "eu-1" { "eu-2" } else { "eu-1" };
+    assert_eq!(
+        served.iter().filter(|n| **n == first).count(),
+        3,
+        "{served:?}"
+    );
+    assert_eq!(
+        served.iter().filter(|n| *n == sibling).count(),
+        2,
+        "{served:?}"
+    );
+    geo.wait_entry_nodes(&room, &["eu-1", "eu-2"]).await?;
+    for (i, c) in clients.iter().enumerate() {
+        let from: Vec<&str> = ["p0", "p1"]
+            .into_iter()
+            .filter(|p| *p != format!("p{i}"))
+            .collect();
+        wait_media(c, &from, 100).await?;
+        let others: Vec<String> = (0..5)
+            .filter(|j| *j != i)
+            .map(|j| format!("p{j}"))
+            .collect();
+        let others: Vec<&str> = others.iter().map(String::as_str).collect();
+        wait_members(c, &others).await?;
+    }
+    for c in &clients {
+        c.leave().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_user_ids_are_reserved() -> anyhow::Result<()> {
+    let geo = Geo::start(&[("eu-1", "eu")], |_| {}).await?;
+    let node = geo.node("eu-1");
+    let room = room_name("reserved");
+    let client = Client::connect(&node.ws_url()).await?;
+    let user = UserId::new("~relay.eu-1").unwrap();
+    let err = client
+        .join(&room, &mint(node, &claims(&room, user.as_str(), 600)))
+        .await
+        .expect_err("a relay stand-in id is refused");
+    assert!(err.to_string().contains("Forbidden"), "{err}");
+    Ok(())
+}
