@@ -276,13 +276,16 @@ pub struct RoomState {
 
 /// Relay link signaling between two nodes of a room, on the receiver's [`node_relay`]. The
 /// node that has the tracks (the sender) offers; the node whose participants want them (the
-/// receiver) answers.
+/// receiver) answers. `link` names one incarnation of the link, chosen by the receiver when
+/// it opens its end: a message for another incarnation is stale and ignored, so a link that
+/// failed and was opened again can never be confused with its predecessor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelayMessage {
     pub v: u32,
     pub room: RoomId,
     /// The node that sent this message.
     pub from: NodeId,
+    pub link: u64,
     pub body: RelayBody,
 }
 
@@ -290,13 +293,14 @@ pub struct RelayMessage {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RelayBody {
     /// Receiver → sender: the sender's own tracks the receiver's participants want now
-    /// (the whole set; an empty set keeps the link open but idle).
+    /// (the whole set; an empty set keeps the link open but idle). A new `link` replaces the
+    /// sender's end of any older incarnation.
     Want { tracks: Vec<crate::TrackId> },
     /// Sender → receiver: an offer for the link, carrying exactly the wanted tracks.
     Offer { sdp: String },
     /// Receiver → sender: the answer to the latest offer.
     Answer { sdp: String },
-    /// Either way: the link is gone (the node left the room); the other side closes it too.
+    /// Either way: this incarnation is over (the node left the room, or the link failed).
     Close,
 }
 

@@ -24,19 +24,19 @@ pub enum PeerRole {
     Client,
     /// The sending end of a relay link to another node of the room: it receives this node's
     /// own tracks that the other node wants, and its offers travel over NATS.
-    RelayOut { to: NodeId },
+    RelayOut { to: NodeId, link: u64 },
     /// The receiving end of a relay link from another node: the other node offers its
     /// tracks, as a client's publisher connection would.
-    RelayIn { from: NodeId },
+    RelayIn { from: NodeId, link: u64 },
 }
 
 impl PeerRole {
     /// The node at the other end of a relay link.
-    pub fn relay_node(&self) -> Option<&NodeId> {
+    pub fn relay_node(&self) -> Option<(&NodeId, u64)> {
         match self {
             PeerRole::Client => None,
-            PeerRole::RelayOut { to } => Some(to),
-            PeerRole::RelayIn { from } => Some(from),
+            PeerRole::RelayOut { to, link } => Some((to, *link)),
+            PeerRole::RelayIn { from, link } => Some((from, *link)),
         }
     }
 }
@@ -134,11 +134,12 @@ impl Peer {
                 return tracing::warn!(room = %self.room_id, ?role, ?msg, "relay link signaling not sent");
             }
         };
-        if let (Some(to), Some(cluster)) = (self.role.relay_node(), &self.node.cluster) {
+        if let (Some((to, link)), Some(cluster)) = (self.role.relay_node(), &self.node.cluster) {
             let msg = RelayMessage {
                 v: wire::VERSION,
                 room: self.room_id.clone(),
                 from: self.node.config.node_id.clone(),
+                link,
                 body,
             };
             cluster.publish(wire::node_relay(to), &msg);
@@ -251,14 +252,15 @@ impl Peer {
             ctx.address().recipient(),
         );
         let relayed_from = match &self.role {
-            PeerRole::RelayIn { from } => Some(from.clone()),
+            PeerRole::RelayIn { from, .. } => Some(from.clone()),
             _ => None,
         };
+        let relay = self.role != PeerRole::Client;
         async move {
             match existing {
                 Some(t) => Ok((None, t)),
                 None => {
-                    let t = Transport::connect(kind, user, relayed_from, me, media)
+                    let t = Transport::connect(kind, user, relay, relayed_from, me, media)
                         .await?
                         .start();
                     Ok((Some(t.clone()), t))

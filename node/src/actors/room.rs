@@ -460,11 +460,11 @@ impl Handler<PeerGone> for Room {
         {
             self.remove_member(&msg.user);
             self.update_wants(ctx);
-        } else if let Some(node) = self.links.relay_gone(&msg.peer) {
+        } else if let Some((node, link)) = self.links.relay_gone(&msg.peer) {
             for source in self.tracks.values() {
                 source.remove_subscriber(&msg.user);
             }
-            tracing::info!(room = %self.id, %node, "relay link closed");
+            self.relay_failed(node, link, ctx);
         }
     }
 }

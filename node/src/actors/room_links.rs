@@ -37,7 +37,14 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(2);
 struct Sender {
     peer: Addr<Peer>,
     user: UserId,
+    link: u64,
     wanted: BTreeSet<TrackId>,
+}
+
+/// The receiving end of a relay link.
+struct Receiver {
+    peer: Addr<Peer>,
+    link: u64,
 }
 
 /// A room's view of its other nodes and its relay links with them.
@@ -49,7 +56,7 @@ pub struct Links {
     /// This node's last event number for the room.
     seq: u64,
     senders: HashMap<NodeId, Sender>,
-    receivers: HashMap<NodeId, Addr<Peer>>,
+    receivers: HashMap<NodeId, Receiver>,
     /// The last `want` sent to each node.
     sent_wants: HashMap<NodeId, BTreeSet<TrackId>>,
     snapshots_pending: HashSet<NodeId>,
@@ -89,17 +96,23 @@ impl Links {
         self.senders.values().any(|s| &s.user == user)
     }
 
-    /// Forgets a relay peer that stopped; the node it linked to, if it was one.
-    pub fn relay_gone(&mut self, peer: &Addr<Peer>) -> Option<NodeId> {
+    /// Forgets a relay peer that stopped on its own (its connection failed): the node it
+    /// linked to and the link's incarnation. A link closed on purpose is forgotten first.
+    pub fn relay_gone(&mut self, peer: &Addr<Peer>) -> Option<(NodeId, u64)> {
         if let Some(n) = self.senders.iter().find(|(_, s)| &s.peer == peer) {
             let n = n.0.clone();
-            self.senders.remove(&n);
-            return Some(n);
+            let s = self.senders.remove(&n)?;
+            return Some((n, s.link));
         }
-        let n = self.receivers.iter().find(|(_, p)| *p == peer)?.0.clone();
-        self.receivers.remove(&n);
+        let n = self
+            .receivers
+            .iter()
+            .find(|(_, r)| &r.peer == peer)?
+            .0
+            .clone();
+        let r = self.receivers.remove(&n)?;
         self.sent_wants.remove(&n);
-        Some(n)
+        Some((n, r.link))
     }
 
     /// Nodes this node has a relay link with, either way.
@@ -273,27 +286,34 @@ impl Room {
                 continue;
             }
             if !want.is_empty() && !self.links.receivers.contains_key(&n) {
-                let Some(peer) = self.relay_peer(PeerRole::RelayIn { from: n.clone() }, ctx) else {
+                let link = rand::random::<u64>();
+                let role = PeerRole::RelayIn {
+                    from: n.clone(),
+                    link,
+                };
+                let Some(peer) = self.relay_peer(role, ctx) else {
                     continue;
                 };
-                self.links.receivers.insert(n.clone(), peer);
+                self.links
+                    .receivers
+                    .insert(n.clone(), Receiver { peer, link });
             }
-            let msg = RelayMessage {
-                v: wire::VERSION,
-                room: self.id.clone(),
-                from: self.links.me.clone(),
-                body: RelayBody::Want {
-                    tracks: want.iter().cloned().collect(),
-                },
+            // An idle link (nothing wanted) keeps its incarnation; a node never linked gets
+            // nothing (`sent` was none and `want` empty, skipped above).
+            let Some(link) = self.links.receivers.get(&n).map(|r| r.link) else {
+                continue;
             };
             tracing::debug!(room = %self.id, node = %n, tracks = want.len(), "relay want");
-            cluster.publish(wire::node_relay(&n), &msg);
+            let body = RelayBody::Want {
+                tracks: want.iter().cloned().collect(),
+            };
+            relay_send(&cluster, &self.id, &self.links.me, &n, link, body);
             self.links.sent_wants.insert(n, want);
         }
     }
 
     fn relay_peer(&self, role: PeerRole, ctx: &mut Context<Self>) -> Option<Addr<Peer>> {
-        let node = role.relay_node()?;
+        let (node, _) = role.relay_node()?;
         let user = relay_user(node)?;
         let can_publish = matches!(role, PeerRole::RelayIn { .. });
         tracing::info!(room = %self.id, ?role, "relay link opens");
@@ -328,16 +348,43 @@ impl Room {
 
     /// Closes both ends of the relay link with `node` here.
     fn close_link(&mut self, node: &NodeId) {
+        self.close_sender(node);
+        self.close_receiver(node);
+    }
+
+    fn close_sender(&mut self, node: &NodeId) {
         if let Some(s) = self.links.senders.remove(node) {
             for source in self.tracks.values() {
                 source.remove_subscriber(&s.user);
             }
             s.peer.do_send(peer::Close);
         }
-        if let Some(p) = self.links.receivers.remove(node) {
-            p.do_send(peer::Close);
+    }
+
+    fn close_receiver(&mut self, node: &NodeId) {
+        if let Some(r) = self.links.receivers.remove(node) {
+            r.peer.do_send(peer::Close);
         }
         self.links.sent_wants.remove(node);
+    }
+
+    /// A relay peer stopped on its own: its connection failed (a partition, say). The other
+    /// end hears that this incarnation is over, and the receiver opens a new one at once, as
+    /// long as its participants still want the tracks; a new one that fails too is retried
+    /// at the pace of ICE's failure timeout.
+    pub(super) fn relay_failed(&mut self, node: NodeId, link: u64, ctx: &mut Context<Self>) {
+        tracing::info!(room = %self.id, %node, link, "relay link failed");
+        if let Some(cluster) = &self.node.cluster {
+            relay_send(
+                cluster,
+                &self.id,
+                &self.links.me,
+                &node,
+                link,
+                RelayBody::Close,
+            );
+        }
+        self.update_wants(ctx);
     }
 
     /// The room closes on this node: the others forget its participants and close their
@@ -348,16 +395,41 @@ impl Room {
         };
         self.announce(RoomChange::NodeLeft);
         for n in self.links.linked() {
-            let msg = RelayMessage {
-                v: wire::VERSION,
-                room: self.id.clone(),
-                from: self.links.me.clone(),
-                body: RelayBody::Close,
-            };
-            cluster.publish(wire::node_relay(&n), &msg);
+            let links = [
+                self.links.senders.get(&n).map(|s| s.link),
+                self.links.receivers.get(&n).map(|r| r.link),
+            ];
+            for link in links.into_iter().flatten() {
+                relay_send(
+                    &cluster,
+                    &self.id,
+                    &self.links.me,
+                    &n,
+                    link,
+                    RelayBody::Close,
+                );
+            }
             self.close_link(&n);
         }
     }
+}
+
+fn relay_send(
+    cluster: &crate::cluster::Cluster,
+    room: &protocol::RoomId,
+    me: &NodeId,
+    to: &NodeId,
+    link: u64,
+    body: RelayBody,
+) {
+    let msg = RelayMessage {
+        v: wire::VERSION,
+        room: room.clone(),
+        from: me.clone(),
+        link,
+        body,
+    };
+    cluster.publish(wire::node_relay(to), &msg);
 }
 
 async fn fetch_state(
@@ -421,11 +493,20 @@ pub struct Relay(pub RelayMessage);
 impl Handler<Relay> for Room {
     type Result = ();
     fn handle(&mut self, msg: Relay, ctx: &mut Context<Self>) {
-        let RelayMessage { from, body, .. } = msg.0;
+        let RelayMessage {
+            from, link, body, ..
+        } = msg.0;
+        let sender_link = self.links.senders.get(&from).map(|s| s.link);
+        let receiver_link = self.links.receivers.get(&from).map(|r| r.link);
         match body {
             RelayBody::Want { tracks } => {
-                if !self.links.senders.contains_key(&from) {
-                    let role = PeerRole::RelayOut { to: from.clone() };
+                if sender_link != Some(link) {
+                    // A new incarnation from the receiver: the old sending end goes.
+                    self.close_sender(&from);
+                    let role = PeerRole::RelayOut {
+                        to: from.clone(),
+                        link,
+                    };
                     let (Some(peer), Some(user)) = (self.relay_peer(role, ctx), relay_user(&from))
                     else {
                         return;
@@ -433,6 +514,7 @@ impl Handler<Relay> for Room {
                     let sender = Sender {
                         peer,
                         user,
+                        link,
                         wanted: BTreeSet::new(),
                     };
                     self.links.senders.insert(from.clone(), sender);
@@ -455,21 +537,23 @@ impl Handler<Relay> for Room {
                 sender.wanted = wanted;
             }
             RelayBody::Offer { sdp } => match self.links.receivers.get(&from) {
-                Some(p) => p.do_send(peer::Publish { sdp }),
-                None => {
-                    if let Some(p) = self.relay_peer(PeerRole::RelayIn { from: from.clone() }, ctx)
-                    {
-                        p.do_send(peer::Publish { sdp });
-                        self.links.receivers.insert(from, p);
-                    }
-                }
+                Some(r) if r.link == link => r.peer.do_send(peer::Publish { sdp }),
+                _ => tracing::debug!(room = %self.id, %from, link, "stale relay offer ignored"),
             },
-            RelayBody::Answer { sdp } => {
-                if let Some(s) = self.links.senders.get(&from) {
-                    s.peer.do_send(peer::SubscribeAnswer { sdp });
+            RelayBody::Answer { sdp } => match self.links.senders.get(&from) {
+                Some(s) if s.link == link => s.peer.do_send(peer::SubscribeAnswer { sdp }),
+                _ => tracing::debug!(room = %self.id, %from, link, "stale relay answer ignored"),
+            },
+            RelayBody::Close => {
+                if sender_link == Some(link) {
+                    self.close_sender(&from);
+                }
+                if receiver_link == Some(link) {
+                    self.close_receiver(&from);
+                    // The sender ended this incarnation: open another if still wanted.
+                    self.update_wants(ctx);
                 }
             }
-            RelayBody::Close => self.close_link(&from),
         }
     }
 }

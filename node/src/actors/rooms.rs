@@ -332,6 +332,7 @@ impl Handler<RelayFor> for RoomRegistry {
                 v: wire::VERSION,
                 room: m.room,
                 from: node.config.node_id.clone(),
+                link: m.link,
                 body: RelayBody::Close,
             };
             c.publish(wire::node_relay(&m.from), &close);

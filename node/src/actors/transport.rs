@@ -164,9 +164,12 @@ impl PeerConnectionEventHandler for Events {
 impl Transport {
     /// Builds the peer connection on the media runtime. Start the actor with the result on
     /// the arbiter that should own it.
+    /// `relay`: a link between two nodes (faster ICE pacing and failure detection, both ends
+    /// being ours); `relayed_from`: its receiving end, whose tracks keep their msid.
     pub async fn connect(
         kind: PcKind,
         owner: UserId,
+        relay: bool,
         relayed_from: Option<NodeId>,
         peer: Recipient<TransportEvent>,
         media: Arc<MediaContext>,
@@ -184,7 +187,7 @@ impl Transport {
         let built = media
             .rt
             .spawn(async move {
-                tokio::time::timeout(OP_TIMEOUT, m.new_peer_connection(kind, events))
+                tokio::time::timeout(OP_TIMEOUT, m.new_peer_connection(kind, relay, events))
                     .await
                     .unwrap_or_else(|_| {
                         Err(anyhow::anyhow!("creating a peer connection timed out"))

@@ -32,6 +32,11 @@ pub struct MediaContext {
     runtime: Arc<dyn Runtime>,
 }
 
+const RELAY_ICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+const RELAY_ICE_DISCONNECTED: std::time::Duration = std::time::Duration::from_secs(2);
+const RELAY_ICE_FAILED: std::time::Duration = std::time::Duration::from_secs(5);
+const RELAY_ICE_KEEPALIVE: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl MediaContext {
     pub fn new(
         rt: tokio::runtime::Handle,
@@ -55,6 +60,7 @@ impl MediaContext {
     pub async fn new_peer_connection(
         &self,
         kind: PcKind,
+        relay: bool,
         handler: Arc<dyn PeerConnectionEventHandler>,
     ) -> anyhow::Result<(Arc<dyn PeerConnection>, PortLease)> {
         // A port may be taken by another process; try a few before giving up.
@@ -69,6 +75,18 @@ impl MediaContext {
             }
             if self.udp_ip.is_loopback() {
                 settings = settings.with_include_loopback_candidate(true);
+            }
+            if relay {
+                // Both ends are nodes: pace checks like a browser does, and notice a dead
+                // path within seconds so the link is opened again (webrtc's defaults: 200 ms
+                // checks, failed after 25 s).
+                settings = settings
+                    .with_ice_connection_attempts(Some(RELAY_ICE_CHECK_INTERVAL), None)
+                    .with_ice_timeouts(
+                        Some(RELAY_ICE_DISCONNECTED),
+                        Some(RELAY_ICE_FAILED),
+                        Some(RELAY_ICE_KEEPALIVE),
+                    );
             }
             let built = PeerConnectionBuilder::new()
                 .with_configuration(RTCConfigurationBuilder::new().build())
