@@ -2,7 +2,10 @@
 // End-to-end test of the demo page in headless Chromium (Debian's /usr/bin/chromium, driven
 // by playwright-core; never `playwright install`).
 //
-//   node demo.e2e.mjs http://127.0.0.1:7880
+//   node demo.e2e.mjs http://127.0.0.1:7880 [http://127.0.0.1:7882]
+//
+// With a second URL, bob opens his page there (another node of the cluster, say in another
+// region, so the room spans two nodes and media crosses a relay link).
 //
 // Two participants ("alice" and "bob", each in its own Chromium with a fresh profile and
 // fake camera/microphone) join one random room through the page's own form. The test waits,
@@ -56,18 +59,21 @@ const log = (...args) => console.error(`[e2e +${(since() / 1000).toFixed(1)}s]`,
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function usage(msg) {
-  console.error(`${msg}\nusage: node demo.e2e.mjs <base url, e.g. http://127.0.0.1:7880>`);
+  console.error(`${msg}\nusage: node demo.e2e.mjs <base url, e.g. http://127.0.0.1:7880> [<bob's base url>]`);
   process.exit(2);
 }
 
 const baseArg = process.argv[2];
 if (!baseArg) usage('missing base URL');
-let base;
-try {
-  base = new URL(baseArg);
-} catch (e) {
-  usage(`bad base URL ${JSON.stringify(baseArg)}: ${e.message}`);
+function parseBase(arg) {
+  try {
+    return new URL(arg);
+  } catch (e) {
+    usage(`bad base URL ${JSON.stringify(arg)}: ${e.message}`);
+  }
 }
+const base = parseBase(baseArg);
+const bases = { alice: base, bob: process.argv[3] ? parseBase(process.argv[3]) : base };
 if (!fs.existsSync(CHROMIUM)) {
   usage(`no Chromium at ${CHROMIUM} (apt-get install -y chromium chromium-driver, or set CHROMIUM_PATH)`);
 }
@@ -77,6 +83,7 @@ const result = {
   ok: false,
   reason: null,
   base: base.origin,
+  bob_base: bases.bob.origin,
   room,
   trickle: TRICKLE,
   phases: {},
@@ -160,7 +167,7 @@ async function snapshot(p) {
 }
 
 async function join(p) {
-  const url = new URL('/', base);
+  const url = new URL('/', bases[p.who]);
   url.searchParams.set('room', room);
   url.searchParams.set('name', p.name);
   if (trickleFor(p.who)) url.searchParams.set('trickle', '1');

@@ -100,11 +100,11 @@ fn wait_with_deadline(child: &mut Child, timeout: Duration) -> anyhow::Result<Op
     }
 }
 
-#[test]
-fn two_browsers_see_and_hear_each_other() -> anyhow::Result<()> {
+/// Chromium and Node.js for the driver, or `None` when `SKIP_BROWSER_TESTS=1`.
+fn browser_setup() -> anyhow::Result<Option<(String, PathBuf, PathBuf)>> {
     if std::env::var_os("SKIP_BROWSER_TESTS").is_some_and(|v| v == "1") {
         eprintln!("SKIP_BROWSER_TESTS=1: skipping the browser end-to-end test");
-        return Ok(());
+        return Ok(None);
     }
     let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
     if !Path::new(&chromium).is_file() {
@@ -113,32 +113,37 @@ fn two_browsers_see_and_hear_each_other() -> anyhow::Result<()> {
              (or set CHROMIUM_PATH, or SKIP_BROWSER_TESTS=1 to skip this test)"
         );
     }
-    let root = workspace_root();
-    let browser_dir = root.join("tests/browser");
+    let browser_dir = workspace_root().join("tests/browser");
     let node_js = node_js()?;
     ensure_npm_deps(&browser_dir)?;
-
     tests::init_logs();
-    let handle = node::spawn(node::Config::local_dev()).context("starting the node")?;
-    let base = format!("http://{}", handle.http_addr());
+    Ok(Some((chromium, browser_dir, node_js)))
+}
+
+/// Runs the driver with alice's page on `bases[0]` and bob's on the last of `bases`, and
+/// checks that each decoded the other's video and received the other's audio.
+fn run_driver(
+    (chromium, browser_dir, node_js): &(String, PathBuf, PathBuf),
+    bases: &[String],
+    resume: bool,
+    screenshot_name: &str,
+) -> anyhow::Result<()> {
     let screenshot = std::env::var("E2E_SCREENSHOT").unwrap_or_else(|_| {
         Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("browser_demo.png")
+            .join(screenshot_name)
             .display()
             .to_string()
     });
-    eprintln!("node at {base}; running the browser driver (screenshot: {screenshot})");
-
-    let mut child = Command::new(&node_js)
+    eprintln!("pages at {bases:?}; running the browser driver (screenshot: {screenshot})");
+    let resume =
+        std::env::var("E2E_RESUME").unwrap_or_else(|_| if resume { "1" } else { "0" }.into());
+    let mut child = Command::new(node_js)
         .arg(browser_dir.join("demo.e2e.mjs"))
-        .arg(&base)
-        .current_dir(&browser_dir)
-        .env("CHROMIUM_PATH", &chromium)
+        .args(bases)
+        .current_dir(browser_dir)
+        .env("CHROMIUM_PATH", chromium)
         .env("E2E_SCREENSHOT", &screenshot)
-        .env(
-            "E2E_RESUME",
-            std::env::var("E2E_RESUME").unwrap_or_else(|_| "1".into()),
-        )
+        .env("E2E_RESUME", resume)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -149,7 +154,6 @@ fn two_browsers_see_and_hear_each_other() -> anyhow::Result<()> {
     let status = wait_with_deadline(&mut child, DRIVER_TIMEOUT);
     let stdout = stdout.join().unwrap_or_default();
     let stderr = stderr.join().unwrap_or_default();
-    handle.stop();
     let status = status?;
 
     eprintln!("---- driver stderr\n{stderr}---- driver stdout\n{stdout}");
@@ -175,5 +179,75 @@ fn two_browsers_see_and_hear_each_other() -> anyhow::Result<()> {
         assert!(frames > 0, "{who} decoded no video frames: {stats}");
         assert!(packets > 0, "{who} received no audio packets: {stats}");
     }
+    Ok(())
+}
+
+#[test]
+fn two_browsers_see_and_hear_each_other() -> anyhow::Result<()> {
+    let Some(setup) = browser_setup()? else {
+        return Ok(());
+    };
+    let handle = node::spawn(node::Config::local_dev()).context("starting the node")?;
+    let base = format!("http://{}", handle.http_addr());
+    let outcome = run_driver(&setup, &[base], true, "browser_demo.png");
+    handle.stop();
+    outcome
+}
+
+/// Two regions, one node each, a real nats-server and coordinator: alice's page on the `eu`
+/// node, bob's on the `us` node. Each is served in its own region, so the room spans both
+/// nodes and each decodes the other's video through the relay link.
+#[test]
+fn two_browsers_in_two_regions_see_each_other_through_the_cascade() -> anyhow::Result<()> {
+    let Some(setup) = browser_setup()? else {
+        return Ok(());
+    };
+    let nats = tests::nats::NatsServer::start()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let coordinator = coordinator::spawn(coordinator::Config::local(nats.url()))?;
+    let nodes = [("eu-1", "eu"), ("us-1", "us")]
+        .iter()
+        .map(|(id, region)| {
+            let mut c = node::Config::local_dev();
+            c.node_id = protocol::NodeId::new(*id).expect("a valid id");
+            c.region = (*region).into();
+            c.nats_url = Some(nats.url());
+            node::spawn(c)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    rt.block_on(tests::wait_until(
+        Duration::from_secs(30),
+        "the coordinator to see both nodes",
+        || async {
+            let snap = coordinator.snapshot();
+            let healthy = snap.nodes.iter().filter(|n| n.healthy).count();
+            if snap.ready && healthy == 2 {
+                Ok(())
+            } else {
+                Err(format!("{snap:?}"))
+            }
+        },
+    ))?;
+    let bases: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("http://{}", n.http_addr()))
+        .collect();
+    let outcome = run_driver(&setup, &bases, false, "browser_cascade.png");
+    // Both nodes served the room: the media crossed the relay link.
+    let relayed: Vec<u64> = nodes
+        .iter()
+        .map(|n| n.counters().relay_packets_out)
+        .collect();
+    for n in nodes {
+        n.stop();
+    }
+    outcome?;
+    assert!(
+        relayed.iter().all(|p| *p > 0),
+        "each node sent media over the relay link: {relayed:?}"
+    );
     Ok(())
 }
