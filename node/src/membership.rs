@@ -62,6 +62,11 @@ impl RemoteMembers {
         self.nodes.values().flat_map(|n| n.participants.iter())
     }
 
+    /// Whether `user` is a participant on some other node.
+    pub fn contains(&self, user: &UserId) -> bool {
+        self.node_of(user).is_some()
+    }
+
     pub fn count(&self) -> usize {
         self.nodes.values().map(|n| n.participants.len()).sum()
     }

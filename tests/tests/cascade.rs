@@ -391,3 +391,46 @@ async fn relay_user_ids_are_reserved() -> anyhow::Result<()> {
     assert!(err.to_string().contains("Forbidden"), "{err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_joining_again_in_another_region_replaces_the_first_participant(
+) -> anyhow::Result<()> {
+    let geo = Geo::start(&[("eu-1", "eu"), ("us-1", "us")], |_| {}).await?;
+    let room = room_name("again");
+    let bob = geo.join("eu-1", &room, "bob").await?;
+    let alice = geo.join("eu-1", &room, "alice").await?;
+    alice.publish(PublishOpts::default()).await?;
+    wait_media(&bob, &["alice"], 50).await?;
+    let cursor = bob.message_count();
+    // Alice again, now through the us node: one participant per user, cluster-wide.
+    let alice2 = geo.join("us-1", &room, "alice").await?;
+    assert_eq!(alice2.joined().unwrap().node.as_str(), "us-1");
+    wait_until(WAIT, "eu-1 to drop its alice", || async {
+        let snap = geo.node("eu-1").snapshot().await;
+        let members: Vec<String> = snap["rooms"][0]["members"]
+            .as_array()
+            .map(|m| m.iter().map(|p| p["id"].to_string()).collect())
+            .unwrap_or_default();
+        if members == ["\"bob\""] {
+            Ok(())
+        } else {
+            Err(format!("{members:?}"))
+        }
+    })
+    .await?;
+    alice2.publish(PublishOpts::default()).await?;
+    let before = bob.received_from("alice");
+    bob.wait_received_from("alice", before + 100, WAIT).await?;
+    wait_members(&bob, &["alice"]).await?;
+    assert!(
+        !bob.messages()[cursor..]
+            .iter()
+            .any(|m| matches!(m, ServerMessage::ParticipantLeft { .. })),
+        "bob never saw alice leave"
+    );
+    wait_members(&alice2, &["bob"]).await?;
+    drop(alice);
+    alice2.leave().await?;
+    bob.leave().await?;
+    Ok(())
+}

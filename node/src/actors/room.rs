@@ -113,7 +113,7 @@ impl Room {
             self.links
                 .remote
                 .participants()
-                .filter(|p| &p.id != except)
+                .filter(|p| &p.id != except && !self.members.contains_key(&p.id))
                 .cloned(),
         );
         all
@@ -177,14 +177,14 @@ impl Room {
         }
     }
 
-    fn remove_member(&mut self, user: &UserId) {
+    pub(super) fn remove_member(&mut self, user: &UserId) {
         let Some(member) = self.members.remove(user) else {
             return;
         };
         let owned: Vec<TrackId> = self
             .tracks
             .values()
-            .filter(|t| &t.owner == user)
+            .filter(|t| &t.owner == user && t.relayed_from.is_none())
             .map(|t| t.id.clone())
             .collect();
         for id in owned {
@@ -193,7 +193,10 @@ impl Room {
         for source in self.tracks.values() {
             source.remove_subscriber(user);
         }
-        self.broadcast(user, &ServerMessage::ParticipantLeft { id: user.clone() });
+        // A user who joined again on another node of the room is still in the room.
+        if !self.links.remote.contains(user) {
+            self.broadcast(user, &ServerMessage::ParticipantLeft { id: user.clone() });
+        }
         self.announce(RoomChange::Left { id: user.clone() });
         member.peer.do_send(peer::Close);
         self.registry.do_send(MemberLeft {

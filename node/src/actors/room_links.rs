@@ -235,6 +235,27 @@ impl Room {
         }
     }
 
+    /// Tells local clients what changed on other nodes.
+    fn apply_notices(&mut self, notices: Vec<ServerMessage>) {
+        for notice in notices {
+            match &notice {
+                // The same user joined on another node: that participant replaces this
+                // node's one (one participant per user in a room, cluster-wide), and local
+                // clients, who saw the user already, hear nothing new.
+                ServerMessage::ParticipantJoined { participant }
+                    if self.members.contains_key(&participant.id) =>
+                {
+                    tracing::info!(room = %self.id, user = %participant.id, "participant replaced by a join on another node");
+                    self.remove_member(&participant.id);
+                }
+                // Still in the room, here or on another node.
+                ServerMessage::ParticipantLeft { id }
+                    if self.members.contains_key(id) || self.links.remote.contains(id) => {}
+                _ => self.tell_all(&notice),
+            }
+        }
+    }
+
     fn request_snapshot(&mut self, node: NodeId, ctx: &mut Context<Self>) {
         let Some(cluster) = self.node.cluster.clone() else {
             return;
@@ -261,9 +282,8 @@ impl Room {
         if !st.present {
             self.close_link(&node);
         }
-        for notice in self.links.remote.apply_snapshot(&st) {
-            self.tell_all(&notice);
-        }
+        let notices = self.links.remote.apply_snapshot(&st);
+        self.apply_notices(notices);
         self.update_wants(ctx);
     }
 
@@ -472,9 +492,7 @@ impl Handler<RemoteEvent> for Room {
     type Result = ();
     fn handle(&mut self, msg: RemoteEvent, ctx: &mut Context<Self>) {
         let applied = self.links.remote.apply_event(&msg.0);
-        for notice in &applied.notices {
-            self.tell_all(notice);
-        }
+        self.apply_notices(applied.notices);
         if let Some(n) = applied.node_left {
             self.close_link(&n);
         }
