@@ -182,6 +182,7 @@ async fn one_room_spans_three_regions_and_everyone_receives_everyone() -> anyhow
     wait_members(&bob, &["alice", "carol"]).await?;
     wait_members(&carol, &["alice", "bob"]).await?;
     // A late joiner sees everyone and every track in `joined`.
+    let keyframes_at_origin = geo.node("eu-1").counters().keyframe_requests;
     let dave = geo.join("us-1", &room, "dave").await?;
     let listed: BTreeSet<String> = dave
         .joined()
@@ -198,6 +199,16 @@ async fn one_room_spans_three_regions_and_everyone_receives_everyone() -> anyhow
             .collect()
     );
     wait_media(&dave, &["alice", "carol"], 100).await?;
+    // Dave's keyframe request crossed the link: alice's node asked her for one.
+    wait_until(WAIT, "a keyframe request at the publisher's node", || async {
+        let now = geo.node("eu-1").counters().keyframe_requests;
+        if now > keyframes_at_origin {
+            Ok(())
+        } else {
+            Err(format!("{now}"))
+        }
+    })
+    .await?;
 
     // Messages cross regions in order.
     for i in 0..30 {
