@@ -31,6 +31,7 @@ pub mod bench;
 mod client;
 mod error;
 mod events;
+pub mod geo;
 pub mod impair;
 pub mod payload;
 mod peer;

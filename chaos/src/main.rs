@@ -1,11 +1,13 @@
 //! `chaos`: synthetic clients against a media node.
 //!
 //! Subcommands: `client` (one participant that joins, optionally publishes, and prints what it
-//! received), `token` (mints a join token) and `proxy` (an impaired loopback relay that puts
-//! delay, jitter, loss and a rate cap between two ports). Load generation and fault scenarios
-//! will be further subcommands of [`Command`].
+//! received), `token` (mints a join token), `proxy` (an impaired loopback relay that puts
+//! delay, jitter, loss and a rate cap between two ports) and `geo` (regions on loopback with
+//! delayed links between them, see [`chaos::geo`]). Load generation and fault scenarios will
+//! be further subcommands of [`Command`].
 
 use anyhow::{bail, Context};
+use chaos::geo::GeoNet;
 use chaos::impair::{Impairment, Link, TcpProxy, UdpProxy};
 use chaos::{Client, ClientConfig, PublishOpts, TrackStats};
 use clap::{Args, Parser, Subcommand};
@@ -33,6 +35,9 @@ enum Command {
     /// Relay a loopback address to another through an impaired link until Ctrl-C, then print
     /// the link's counters as JSON.
     Proxy(ProxyArgs),
+    /// Put regions on loopback with delayed links between them until Ctrl-C: print the
+    /// flags each region's nodes need, then, at the end, every pair's counters as JSON.
+    Geo(GeoArgs),
     // Later: `Load` (many clients, ramp, report) and `Scenario` (scripted faults).
 }
 
@@ -112,6 +117,55 @@ struct ProxyArgs {
     /// Seed of the loss and jitter draws, to repeat a run; random (and printed) when absent.
     #[arg(long)]
     seed: Option<u64>,
+}
+
+#[derive(Args)]
+struct GeoArgs {
+    /// Region names, comma separated; the first is NATS's home (coordinators run there).
+    #[arg(long, value_delimiter = ',', required = true)]
+    regions: Vec<String>,
+    /// One-way delay between any two regions: a round trip pays it twice.
+    #[arg(long, default_value = "40ms", value_parser = parse_duration)]
+    delay: Duration,
+    /// Uniform variation of the delay, plus or minus.
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    jitter: Duration,
+    /// The NATS server; regions other than the home region reach it through their link.
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    nats: SocketAddr,
+    /// A node's media gateway, `region:k:first-last` (node k of the region, its inclusive
+    /// UDP port range); repeat for each node.
+    #[arg(long = "node", value_parser = parse_node)]
+    nodes: Vec<NodeSpec>,
+    /// Seed of the jitter draws, to repeat a run; random (and printed) when absent.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// `--node region:k:first-last`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NodeSpec {
+    region: String,
+    k: u8,
+    ports: (u16, u16),
+}
+
+fn parse_node(s: &str) -> Result<NodeSpec, String> {
+    let bad = || format!("invalid node `{s}` (want region:k:first-last, e.g. eu:0:50000-50299)");
+    let mut parts = s.trim().rsplitn(3, ':');
+    let (ports, k, region) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(ports), Some(k), Some(region)) if !region.is_empty() => (ports, k, region),
+        _ => return Err(bad()),
+    };
+    let (first, last) = ports.split_once('-').ok_or_else(bad)?;
+    Ok(NodeSpec {
+        region: region.to_string(),
+        k: k.parse().map_err(|_| bad())?,
+        ports: (
+            first.parse().map_err(|_| bad())?,
+            last.parse().map_err(|_| bad())?,
+        ),
+    })
 }
 
 fn parse_loss(s: &str) -> Result<f64, String> {
@@ -246,6 +300,61 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints, on stdout, lines whose words after the name are flags, so a script can read them
+/// with `read kind name flags`: per region the NATS URL of its processes and the first
+/// client address (`chaos client --bind-ip`), per node what `node run` needs:
+///
+/// ```text
+/// region us --nats-url nats://127.0.0.1:40123
+/// client us --bind-ip 127.0.11.100
+/// node us:0 --region us --udp-ip 127.0.11.1 --public-ip 127.0.11.2 --udp-ports 50300-50599 --nats-url nats://127.0.0.1:40123
+/// ```
+///
+/// then a line `ready`, and waits for Ctrl-C.
+async fn run_geo(args: GeoArgs) -> anyhow::Result<()> {
+    let names: Vec<&str> = args.regions.iter().map(|r| r.trim()).collect();
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let mut geo = GeoNet::new(&names, args.delay, args.jitter, seed).context("regions")?;
+    let mut urls = Vec::with_capacity(names.len());
+    for region in &names {
+        let url = geo
+            .nats_url(region, args.nats)
+            .await
+            .with_context(|| format!("nats proxy of {region}"))?;
+        let client = geo.client_ip(region, 0).context("no client address")?;
+        println!("region {region} --nats-url {url}");
+        println!("client {region} --bind-ip {client}");
+        urls.push(url);
+    }
+    for node in &args.nodes {
+        let NodeSpec { region, k, ports } = node;
+        let i = geo
+            .region_index(region)
+            .with_context(|| format!("--node {region}:{k}: unknown region"))?;
+        let (bind, announce) = geo
+            .node_ips(region, *k)
+            .with_context(|| format!("--node {region}:{k}: no such node"))?;
+        geo.add_node(region, *k, *ports)
+            .await
+            .with_context(|| format!("gateway of {region}:{k}"))?;
+        println!(
+            "node {region}:{k} --region {region} --udp-ip {bind} --public-ip {announce} \
+             --udp-ports {}-{} --nats-url {}",
+            ports.0, ports.1, urls[i]
+        );
+    }
+    println!("ready");
+    eprintln!(
+        "geo: {} regions, one-way delay {:?} jitter {:?}, seed {seed}; ctrl-c stops",
+        names.len(),
+        args.delay,
+        args.jitter
+    );
+    tokio::signal::ctrl_c().await?;
+    println!("{}", serde_json::to_string_pretty(&geo.stats())?);
+    Ok(())
+}
+
 fn print_table(stats: &[TrackStats]) {
     println!(
         "{:<20} {:<24} {:<5} {:>9} {:>7} {:>5} {:>9} {:>9} {:>9}",
@@ -301,6 +410,13 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(run_proxy(args))
         }
+        Command::Geo(args) => {
+            // Hundreds of gateways relay media at once: use every core.
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(run_geo(args))
+        }
     }
 }
 
@@ -316,6 +432,35 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn nodes_parse_as_region_index_and_port_range() {
+        assert_eq!(
+            parse_node("eu:0:50000-50299"),
+            Ok(NodeSpec {
+                region: "eu".into(),
+                k: 0,
+                ports: (50_000, 50_299)
+            })
+        );
+        assert_eq!(
+            parse_node("us-east:2:1-1").map(|n| n.region),
+            Ok("us-east".into())
+        );
+        for bad in [
+            "",
+            "eu",
+            "eu:0",
+            ":0:1-2",
+            "eu:x:1-2",
+            "eu:256:1-2",
+            "eu:0:1",
+            "eu:0:1-70000",
+            "eu:0:-",
+        ] {
+            assert!(parse_node(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

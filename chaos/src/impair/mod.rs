@@ -56,7 +56,7 @@ pub use schedule::{
     DelayLine, DropReason, Lane, Mode, Scheduler, Verdict, MAX_ADDED_DELAY, MAX_RATE_WAIT,
 };
 pub use tcp::TcpProxy;
-pub use udp::UdpProxy;
+pub use udp::{Route, UdpProxy};
 
 use serde::Serialize;
 use std::fmt;

@@ -1,18 +1,24 @@
 //! The UDP shell: one listen socket, one upstream socket per client address (so `to` sees a
-//! distinct source per client and its replies find their way back), two impaired lanes.
+//! distinct source per client and its replies find their way back), and impaired lanes.
 //!
-//! One task owns the listen socket, the client table and both lanes; a small task per
+//! Which link a client's traffic crosses is decided once, when its mapping opens, by a
+//! [`Route`] on the client's IP: a geography gateway impairs clients of other regions and
+//! lets its own region's clients through untouched. Each direction keeps one lane per link
+//! in use, so a link's rate cap, jitter draws and partition apply to that link's packets
+//! only; a mapping without a link skips the lanes and is relayed at once.
+//!
+//! One task owns the listen socket, the client table and the lanes; a small task per
 //! mapping reads its upstream socket and hands replies over a bounded channel. The client
 //! table is a plain struct with time passed in.
 
 use super::{
-    ensure_loopback, now, sleep_until, Direction, DropReason, Impairment, Lane, Link, Mode,
-    UDP_QUEUE_BYTES, UDP_QUEUE_PACKETS,
+    ensure_loopback, now, sleep_until, Direction, DropReason, Lane, Link, Mode, UDP_QUEUE_BYTES,
+    UDP_QUEUE_PACKETS,
 };
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +37,14 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Replies read by mapping tasks but not yet scheduled; beyond it they are dropped as overflow.
 const REPLY_CHANNEL: usize = 1024;
 const MAX_DATAGRAM: usize = 65_536;
+/// Links one direction of a proxy keeps a lane for at once. A route normally returns a
+/// handful (a region's peers); lanes of links no mapping uses any more are pruned at each
+/// sweep, and a packet for a link past the cap is dropped as overflow.
+pub const UDP_MAX_LANES: usize = 64;
+
+/// Picks the link a client's traffic crosses from the client's IP, once per mapping;
+/// `None` relays that client unimpaired and uncounted.
+pub type Route = Arc<dyn Fn(IpAddr) -> Option<Link> + Send + Sync>;
 
 /// A running UDP impairment proxy; it stops when dropped.
 #[derive(Debug)]
@@ -45,12 +59,22 @@ impl UdpProxy {
     /// Binds `listen` and relays every datagram to `to` through `link`. Both must be loopback
     /// addresses (`InvalidInput` otherwise). Needs a tokio runtime.
     pub async fn start(listen: SocketAddr, to: SocketAddr, link: Link) -> io::Result<Self> {
+        Self::start_routed(listen, to, Arc::new(move |_| Some(link.clone()))).await
+    }
+
+    /// Like [`UdpProxy::start`], but each client's link is `route(client ip)`, asked when
+    /// its mapping opens; replies on that mapping cross the same link the other way.
+    pub async fn start_routed(
+        listen: SocketAddr,
+        to: SocketAddr,
+        route: Route,
+    ) -> io::Result<Self> {
         ensure_loopback(listen)?;
         ensure_loopback(to)?;
         let socket = UdpSocket::bind(listen).await?;
         let local_addr = socket.local_addr()?;
         let mappings = Arc::new(AtomicUsize::new(0));
-        let relay = Relay::new(socket, to, link, mappings.clone());
+        let relay = Relay::new(socket, to, route, mappings.clone());
         let task = tokio::spawn(relay.run());
         debug!(%local_addr, %to, "udp impairment proxy started");
         Ok(Self {
@@ -89,9 +113,11 @@ impl Drop for UdpProxy {
     }
 }
 
-/// One client's upstream socket; dropping it stops the task reading its replies.
+/// One client's upstream socket and the link its route chose; dropping it stops the task
+/// reading its replies.
 struct Mapping {
     upstream: Arc<UdpSocket>,
+    link: Option<Link>,
     reader: AbortHandle,
 }
 
@@ -104,41 +130,30 @@ impl Drop for Mapping {
 struct Relay {
     listen: UdpSocket,
     to: SocketAddr,
-    link: Link,
+    route: Route,
     clients: ClientTable<Mapping>,
     mappings: Arc<AtomicUsize>,
     readers: JoinSet<()>,
     replies_tx: mpsc::Sender<(SocketAddr, Bytes)>,
     replies_rx: mpsc::Receiver<(SocketAddr, Bytes)>,
-    forward: Lane<(Arc<UdpSocket>, Bytes)>,
-    reverse: Lane<(SocketAddr, Bytes)>,
+    forward: Lanes<Arc<UdpSocket>>,
+    reverse: Lanes<SocketAddr>,
 }
 
 impl Relay {
-    fn new(listen: UdpSocket, to: SocketAddr, link: Link, mappings: Arc<AtomicUsize>) -> Self {
-        let (forward_seed, reverse_seed) = link.flow_seeds();
+    fn new(listen: UdpSocket, to: SocketAddr, route: Route, mappings: Arc<AtomicUsize>) -> Self {
         let (replies_tx, replies_rx) = mpsc::channel(REPLY_CHANNEL);
         Self {
             listen,
             to,
-            link,
+            route,
             clients: ClientTable::new(UDP_IDLE_TIMEOUT, UDP_MAX_MAPPINGS),
             mappings,
             readers: JoinSet::new(),
             replies_tx,
             replies_rx,
-            forward: Lane::new(
-                Mode::Datagram,
-                forward_seed,
-                UDP_QUEUE_PACKETS,
-                UDP_QUEUE_BYTES,
-            ),
-            reverse: Lane::new(
-                Mode::Datagram,
-                reverse_seed,
-                UDP_QUEUE_PACKETS,
-                UDP_QUEUE_BYTES,
-            ),
+            forward: Lanes::new(Direction::Forward),
+            reverse: Lanes::new(Direction::Reverse),
         }
     }
 
@@ -154,7 +169,7 @@ impl Relay {
                     Ok((len, client)) => self.client_sent(client, &buf[..len]).await,
                     Err(e) => recv_failed(&e, "listen").await,
                 },
-                Some((client, data)) = self.replies_rx.recv() => self.upstream_replied(client, data),
+                Some((client, data)) = self.replies_rx.recv() => self.upstream_replied(client, data).await,
                 _ = sleep_until(forward_due), if forward_due.is_some() => self.release_forward().await,
                 _ = sleep_until(reverse_due), if reverse_due.is_some() => self.release_reverse().await,
                 _ = sweep.tick() => self.expire(),
@@ -165,48 +180,49 @@ impl Relay {
 
     async fn client_sent(&mut self, client: SocketAddr, data: &[u8]) {
         let now = now();
-        let upstream = match self.clients.touch(client, now) {
-            Some(mapping) => mapping.upstream.clone(),
+        let (upstream, link) = match self.clients.touch(client, now) {
+            Some(mapping) => (mapping.upstream.clone(), mapping.link.clone()),
             None => match self.open_mapping(client, now).await {
-                Ok(upstream) => upstream,
+                Ok(opened) => opened,
                 Err(e) => {
                     debug!(%client, error = %e, "udp mapping could not be opened");
                     return;
                 }
             },
         };
-        let imp = self.link.impairment();
-        let item = (upstream, Bytes::copy_from_slice(data));
-        offer(
-            &mut self.forward,
-            &self.link,
-            Direction::Forward,
-            &imp,
-            data.len(),
-            item,
-        );
+        match link {
+            Some(link) => self
+                .forward
+                .offer(&link, upstream, Bytes::copy_from_slice(data)),
+            None => {
+                if let Err(e) = upstream.send(data).await {
+                    debug!(error = %e, "udp send upstream failed");
+                }
+            }
+        }
     }
 
-    fn upstream_replied(&mut self, client: SocketAddr, data: Bytes) {
-        let now = now();
-        self.clients.touch(client, now);
-        let imp = self.link.impairment();
-        let len = data.len();
-        offer(
-            &mut self.reverse,
-            &self.link,
-            Direction::Reverse,
-            &imp,
-            len,
-            (client, data),
-        );
+    async fn upstream_replied(&mut self, client: SocketAddr, data: Bytes) {
+        let link = match self.clients.touch(client, now()) {
+            Some(mapping) => mapping.link.clone(),
+            // Evicted after its reader queued this reply: the route still knows the link.
+            None => (self.route)(client.ip()),
+        };
+        match link {
+            Some(link) => self.reverse.offer(&link, client, data),
+            None => {
+                if let Err(e) = self.listen.send_to(&data, client).await {
+                    debug!(%client, error = %e, "udp send to client failed");
+                }
+            }
+        }
     }
 
     async fn open_mapping(
         &mut self,
         client: SocketAddr,
         now: Instant,
-    ) -> io::Result<Arc<UdpSocket>> {
+    ) -> io::Result<(Arc<UdpSocket>, Option<Link>)> {
         let local: SocketAddr = if self.to.is_ipv4() {
             (Ipv4Addr::LOCALHOST, 0).into()
         } else {
@@ -215,35 +231,36 @@ impl Relay {
         let upstream = UdpSocket::bind(local).await?;
         upstream.connect(self.to).await?;
         let upstream = Arc::new(upstream);
+        let link = (self.route)(client.ip());
         let reader = self.readers.spawn(read_replies(
             upstream.clone(),
             client,
             self.replies_tx.clone(),
-            self.link.clone(),
+            link.clone(),
         ));
         let mapping = Mapping {
             upstream: upstream.clone(),
+            link: link.clone(),
             reader,
         };
         if let Some((evicted, _)) = self.clients.insert(client, mapping, now) {
             debug!(%evicted, "udp mapping evicted");
         }
-        debug!(%client, upstream = ?upstream.local_addr().ok(), "udp mapping opened");
+        debug!(
+            %client,
+            upstream = ?upstream.local_addr().ok(),
+            impaired = link.is_some(),
+            "udp mapping opened"
+        );
         self.mappings.store(self.clients.len(), Ordering::Relaxed);
-        Ok(upstream)
+        Ok((upstream, link))
     }
 
     async fn release_forward(&mut self) {
         let now = now();
-        let partitioned = self.link.impairment().partitioned;
-        let counters = self.link.counters(Direction::Forward);
-        while let Some((upstream, data)) = self.forward.pop_due(now) {
-            if partitioned {
-                counters.dropped(DropReason::Partition);
-                continue;
-            }
+        while let Some((link, upstream, data)) = self.forward.pop_due(now) {
             match upstream.send(&data).await {
-                Ok(_) => counters.forwarded(data.len()),
+                Ok(_) => link.counters(Direction::Forward).forwarded(data.len()),
                 Err(e) => debug!(error = %e, "udp send upstream failed"),
             }
         }
@@ -251,15 +268,9 @@ impl Relay {
 
     async fn release_reverse(&mut self) {
         let now = now();
-        let partitioned = self.link.impairment().partitioned;
-        let counters = self.link.counters(Direction::Reverse);
-        while let Some((client, data)) = self.reverse.pop_due(now) {
-            if partitioned {
-                counters.dropped(DropReason::Partition);
-                continue;
-            }
+        while let Some((link, client, data)) = self.reverse.pop_due(now) {
             match self.listen.send_to(&data, client).await {
-                Ok(_) => counters.forwarded(data.len()),
+                Ok(_) => link.counters(Direction::Reverse).forwarded(data.len()),
                 Err(e) => debug!(%client, error = %e, "udp send to client failed"),
             }
         }
@@ -271,20 +282,114 @@ impl Relay {
             debug!(count = expired.len(), "udp mappings expired");
             self.mappings.store(self.clients.len(), Ordering::Relaxed);
         }
+        let clients = &self.clients;
+        let in_use = |link: &Link| {
+            clients
+                .values()
+                .any(|m| m.link.as_ref().is_some_and(|l| same_link(l, link)))
+        };
+        self.forward.prune(in_use);
+        self.reverse.prune(in_use);
     }
 }
 
-/// Queues a packet on `lane` or counts why it was dropped.
-fn offer<T>(
-    lane: &mut Lane<T>,
-    link: &Link,
+fn same_link(a: &Link, b: &Link) -> bool {
+    Arc::ptr_eq(&a.shared, &b.shared)
+}
+
+/// One direction's lanes, one per link, with one bound on what they hold together: the
+/// proxy holds no more with many links than with one.
+struct Lanes<T> {
     direction: Direction,
-    imp: &Impairment,
-    len: usize,
-    item: T,
-) {
-    if let Err(reason) = lane.offer(now(), imp, len, item) {
-        link.counters(direction).dropped(reason);
+    lanes: Vec<(Link, Lane<(T, Bytes)>)>,
+    packets: usize,
+    bytes: usize,
+}
+
+impl<T> Lanes<T> {
+    fn new(direction: Direction) -> Self {
+        Self {
+            direction,
+            lanes: Vec::new(),
+            packets: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Queues `data` for `to` on `link`'s lane (made on first use), or counts on `link` why
+    /// it was dropped.
+    fn offer(&mut self, link: &Link, to: T, data: Bytes) {
+        let counters = link.counters(self.direction);
+        let len = data.len();
+        if self.packets >= UDP_QUEUE_PACKETS || self.bytes.saturating_add(len) > UDP_QUEUE_BYTES {
+            counters.dropped(DropReason::Overflow);
+            return;
+        }
+        let Some(lane) = self.lane(link) else {
+            counters.dropped(DropReason::Overflow);
+            return;
+        };
+        match lane.offer(now(), &link.impairment(), len, (to, data)) {
+            Ok(()) => {
+                self.packets += 1;
+                self.bytes += len;
+            }
+            Err(reason) => counters.dropped(reason),
+        }
+    }
+
+    fn lane(&mut self, link: &Link) -> Option<&mut Lane<(T, Bytes)>> {
+        let index = match self.lanes.iter().position(|(l, _)| same_link(l, link)) {
+            Some(index) => index,
+            None if self.lanes.len() < UDP_MAX_LANES => {
+                let (forward, reverse) = link.flow_seeds();
+                let seed = match self.direction {
+                    Direction::Forward => forward,
+                    Direction::Reverse => reverse,
+                };
+                let lane = Lane::new(Mode::Datagram, seed, UDP_QUEUE_PACKETS, UDP_QUEUE_BYTES);
+                self.lanes.push((link.clone(), lane));
+                self.lanes.len() - 1
+            }
+            None => return None,
+        };
+        self.lanes.get_mut(index).map(|(_, lane)| lane)
+    }
+
+    fn next_release(&self) -> Option<Instant> {
+        self.lanes
+            .iter()
+            .filter_map(|(_, lane)| lane.next_release())
+            .min()
+    }
+
+    /// The next packet due at `now` that its link lets through, with that link; packets due
+    /// on a partitioned link are dropped and counted on the way.
+    fn pop_due(&mut self, now: Instant) -> Option<(Link, T, Bytes)> {
+        for (link, lane) in &mut self.lanes {
+            while let Some((to, data)) = lane.pop_due(now) {
+                self.packets = self.packets.saturating_sub(1);
+                self.bytes = self.bytes.saturating_sub(data.len());
+                if link.impairment().partitioned {
+                    link.counters(self.direction).dropped(DropReason::Partition);
+                    continue;
+                }
+                return Some((link.clone(), to, data));
+            }
+        }
+        None
+    }
+
+    /// Forgets the empty lanes of links `in_use` no longer wants, so a route that hands out
+    /// ever new links cannot fill the table.
+    fn prune(&mut self, in_use: impl Fn(&Link) -> bool) {
+        self.lanes
+            .retain(|(link, lane)| !lane.is_empty() || in_use(link));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lanes.len()
     }
 }
 
@@ -293,7 +398,7 @@ async fn read_replies(
     upstream: Arc<UdpSocket>,
     client: SocketAddr,
     replies: mpsc::Sender<(SocketAddr, Bytes)>,
-    link: Link,
+    link: Option<Link>,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
@@ -302,9 +407,12 @@ async fn read_replies(
                 let reply = (client, Bytes::copy_from_slice(&buf[..len]));
                 match replies.try_send(reply) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => link
-                        .counters(Direction::Reverse)
-                        .dropped(DropReason::Overflow),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        if let Some(link) = &link {
+                            link.counters(Direction::Reverse)
+                                .dropped(DropReason::Overflow);
+                        }
+                    }
                     Err(mpsc::error::TrySendError::Closed(_)) => return,
                 }
             }
@@ -385,11 +493,86 @@ impl<V> ClientTable<V> {
     fn len(&self) -> usize {
         self.entries.len()
     }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.values().map(|(value, _)| value)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::impair::Impairment;
+
+    fn delayed(ms: u64, seed: u64) -> Link {
+        Link::with_seed(
+            Impairment {
+                delay: Duration::from_millis(ms),
+                ..Impairment::default()
+            },
+            seed,
+        )
+    }
+
+    #[test]
+    fn each_link_gets_its_own_lane_delay_and_partition() {
+        let (slow, fast) = (delayed(50, 1), delayed(10, 2));
+        let mut lanes = Lanes::new(Direction::Forward);
+        lanes.offer(&slow, "slow", Bytes::from_static(b"aaaa"));
+        lanes.offer(&fast, "fast", Bytes::from_static(b"bb"));
+        lanes.offer(&slow.clone(), "slow again", Bytes::from_static(b"c"));
+        assert_eq!(lanes.len(), 2, "a clone is the same link");
+        let t0 = now();
+        let due = lanes.next_release().expect("queued");
+        assert!(due <= t0 + Duration::from_millis(10), "the fast lane leads");
+
+        let later = t0 + Duration::from_millis(100);
+        slow.partition(true);
+        let (link, to, data) = lanes.pop_due(later).expect("the fast packet");
+        assert!(same_link(&link, &fast));
+        assert_eq!((to, &data[..]), ("fast", &b"bb"[..]));
+        // Both slow packets fall due on a partitioned link: dropped and counted there.
+        assert!(lanes.pop_due(later).is_none());
+        assert_eq!(slow.stats().forward.dropped_partition, 2);
+        assert_eq!(fast.stats().forward.dropped_partition, 0);
+        assert_eq!((lanes.packets, lanes.bytes), (0, 0));
+    }
+
+    #[test]
+    fn lanes_are_capped_and_unused_empty_ones_pruned() {
+        let mut lanes = Lanes::new(Direction::Reverse);
+        let links: Vec<Link> = (0..=UDP_MAX_LANES as u64).map(|s| delayed(5, s)).collect();
+        for link in &links {
+            lanes.offer(link, (), Bytes::from_static(b"x"));
+        }
+        assert_eq!(lanes.len(), UDP_MAX_LANES);
+        let past_cap = &links[UDP_MAX_LANES];
+        assert_eq!(past_cap.stats().reverse.dropped_overflow, 1);
+
+        // Queued packets keep their lane whoever uses the link.
+        lanes.prune(|_| false);
+        assert_eq!(lanes.len(), UDP_MAX_LANES);
+        while lanes.pop_due(now() + Duration::from_secs(1)).is_some() {}
+        lanes.prune(|link| same_link(link, &links[0]));
+        assert_eq!(lanes.len(), 1);
+        lanes.offer(past_cap, (), Bytes::from_static(b"x"));
+        assert_eq!(lanes.len(), 2);
+    }
+
+    #[test]
+    fn the_queue_bound_holds_across_lanes() {
+        let (a, b) = (delayed(1000, 1), delayed(1000, 2));
+        let mut lanes = Lanes::new(Direction::Forward);
+        for i in 0..UDP_QUEUE_PACKETS {
+            let link = if i % 2 == 0 { &a } else { &b };
+            lanes.offer(link, (), Bytes::from_static(b"x"));
+        }
+        lanes.offer(&a, (), Bytes::from_static(b"x"));
+        lanes.offer(&b, (), Bytes::from_static(b"x"));
+        assert_eq!(a.stats().forward.dropped_overflow, 1);
+        assert_eq!(b.stats().forward.dropped_overflow, 1);
+        assert_eq!(lanes.packets, UDP_QUEUE_PACKETS);
+    }
 
     fn addr(port: u16) -> SocketAddr {
         (Ipv4Addr::LOCALHOST, port).into()
