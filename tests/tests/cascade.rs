@@ -200,14 +200,18 @@ async fn one_room_spans_three_regions_and_everyone_receives_everyone() -> anyhow
     );
     wait_media(&dave, &["alice", "carol"], 100).await?;
     // Dave's keyframe request crossed the link: alice's node asked her for one.
-    wait_until(WAIT, "a keyframe request at the publisher's node", || async {
-        let now = geo.node("eu-1").counters().keyframe_requests;
-        if now > keyframes_at_origin {
-            Ok(())
-        } else {
-            Err(format!("{now}"))
-        }
-    })
+    wait_until(
+        WAIT,
+        "a keyframe request at the publisher's node",
+        || async {
+            let now = geo.node("eu-1").counters().keyframe_requests;
+            if now > keyframes_at_origin {
+                Ok(())
+            } else {
+                Err(format!("{now}"))
+            }
+        },
+    )
     .await?;
 
     // Messages cross regions in order.
