@@ -2,7 +2,7 @@
 //! endpoint and `/debug/snapshot`.
 
 use crate::actors::session::SignalingSession;
-use crate::actors::{NodeCtx, Observe};
+use crate::actors::{NodeEntry, Observe};
 use actix_web::{web, HttpRequest, HttpResponse, Responder};
 use protocol::token::{self, Claims};
 use protocol::{RoomId, UserId};
@@ -43,7 +43,7 @@ async fn static_file(content_type: &'static str, body: &'static str) -> HttpResp
 async fn ws(
     req: HttpRequest,
     body: web::Payload,
-    node: web::Data<NodeCtx>,
+    node: web::Data<NodeEntry>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     SignalingSession::start(node.get_ref().clone(), session, stream);
@@ -51,15 +51,15 @@ async fn ws(
 }
 
 /// Ready when it can take joins: standalone at once, in a cluster once NATS is connected.
-async fn readyz(node: web::Data<NodeCtx>) -> HttpResponse {
-    match &node.cluster {
+async fn readyz(node: web::Data<NodeEntry>) -> HttpResponse {
+    match &node.shared.cluster {
         Some(c) if !c.connected() => HttpResponse::ServiceUnavailable().body("nats not connected"),
         _ => HttpResponse::Ok().body("ready"),
     }
 }
 
-async fn metrics(node: web::Data<NodeCtx>) -> impl Responder {
-    crate::metrics::publish(&node.counters);
+async fn metrics(node: web::Data<NodeEntry>) -> impl Responder {
+    crate::metrics::publish(&node.shared.counters);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(crate::metrics::render())
@@ -67,9 +67,9 @@ async fn metrics(node: web::Data<NodeCtx>) -> impl Responder {
 
 /// Operators' view: every actor's snapshot. Needs the API secret as a bearer token unless
 /// the node runs with dev tokens.
-async fn snapshot(req: HttpRequest, node: web::Data<NodeCtx>) -> HttpResponse {
-    if !node.config.dev_tokens {
-        let expected = format!("Bearer {}", node.config.api_secret);
+async fn snapshot(req: HttpRequest, node: web::Data<NodeEntry>) -> HttpResponse {
+    if !node.shared.config.dev_tokens {
+        let expected = format!("Bearer {}", node.shared.config.api_secret);
         let given = req
             .headers()
             .get("authorization")
@@ -90,8 +90,8 @@ struct TokenQuery {
 }
 
 /// Mints join tokens for the demo page. Off unless the node runs with `--dev-tokens`.
-async fn dev_token(q: web::Query<TokenQuery>, node: web::Data<NodeCtx>) -> HttpResponse {
-    if !node.config.dev_tokens {
+async fn dev_token(q: web::Query<TokenQuery>, node: web::Data<NodeEntry>) -> HttpResponse {
+    if !node.shared.config.dev_tokens {
         return HttpResponse::NotFound().body("dev tokens are off");
     }
     let (Ok(room), Ok(user)) = (RoomId::new(q.room.clone()), UserId::new(q.user.clone())) else {
@@ -105,12 +105,12 @@ async fn dev_token(q: web::Query<TokenQuery>, node: web::Data<NodeCtx>) -> HttpR
         .clone()
         .filter(|n| !n.is_empty())
         .map(|n| n.chars().take(64).collect());
-    let token = token::mint(node.config.api_secret.as_bytes(), &claims);
+    let token = token::mint(node.shared.config.api_secret.as_bytes(), &claims);
     HttpResponse::Ok().json(serde_json::json!({ "token": token }))
 }
 
-pub(crate) async fn observe_all(node: &NodeCtx) -> (serde_json::Value, serde_json::Value) {
+pub(crate) async fn observe_all(node: &NodeEntry) -> (serde_json::Value, serde_json::Value) {
     let rooms = node.rooms.send(Observe).await.unwrap_or_default();
-    let router = node.router.send(Observe).await.unwrap_or_default();
+    let router = node.shared.router.send(Observe).await.unwrap_or_default();
     (rooms, router)
 }

@@ -18,9 +18,9 @@ pub use config::Config;
 
 use actix::{Actor, Addr};
 use actors::agent::NodeAgent;
-use actors::rooms::{RoomRegistry, SetContext};
+use actors::rooms::RoomRegistry;
 use actors::router::SessionRouter;
-use actors::NodeCtx;
+use actors::{NodeCtx, NodeEntry};
 use cluster::Cluster;
 use counters::{Counters, CountersSnapshot};
 use media::MediaContext;
@@ -37,12 +37,13 @@ pub fn unix_secs() -> u64 {
 }
 
 /// Everything an operator or a test can see of a node, from the actors' own snapshots.
-pub async fn snapshot(node: &NodeCtx) -> serde_json::Value {
+pub async fn snapshot(node: &NodeEntry) -> serde_json::Value {
     let (rooms, router) = http::observe_all(node).await;
+    let shared = &node.shared;
     serde_json::json!({
-        "node": node.config.node_id,
-        "region": node.config.region,
-        "counters": node.counters.snapshot(),
+        "node": shared.config.node_id,
+        "region": shared.config.region,
+        "counters": shared.counters.snapshot(),
         "router": router,
         "rooms": rooms["rooms"],
     })
@@ -62,7 +63,7 @@ pub fn media_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime>
 pub async fn start_in_system(
     config: Config,
     media_rt: tokio::runtime::Handle,
-) -> anyhow::Result<(actix_web::dev::Server, SocketAddr, NodeCtx)> {
+) -> anyhow::Result<(actix_web::dev::Server, SocketAddr, NodeEntry)> {
     metrics::install();
     let counters = Arc::new(Counters::default());
     let media = Arc::new(MediaContext::new(
@@ -77,52 +78,52 @@ pub async fn start_in_system(
         None => None,
     };
     let router = SessionRouter::new(cluster.clone()).start();
-    let rooms: Addr<RoomRegistry> = RoomRegistry::new().start();
-    let ctx = NodeCtx {
+    let shared = NodeCtx {
         config: Arc::new(config),
         media,
         counters,
         router,
-        rooms: rooms.clone(),
         cluster: cluster.clone(),
         draining: Arc::new(AtomicBool::new(false)),
     };
-    let data = actix_web::web::Data::new(ctx.clone());
+    let rooms: Addr<RoomRegistry> = RoomRegistry::new(shared.clone()).start();
+    let node = NodeEntry { shared, rooms };
+    let data = actix_web::web::Data::new(node.clone());
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .app_data(data.clone())
             .configure(http::routes)
     })
-    .workers(ctx.config.http_workers.max(1))
+    .workers(node.shared.config.http_workers.max(1))
     // Signaling is many small frames in quick succession; Nagle held the second of two
     // back-to-back messages (`joined`, then `subscribe_offer`) for ~40 ms.
     .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(2)
-    .bind(ctx.config.listen)?;
+    .bind(node.shared.config.listen)?;
     let addr = server
         .addrs()
         .first()
         .copied()
         .ok_or_else(|| anyhow::anyhow!("server bound no address"))?;
     // The advertised URL defaults to the address actually bound (port 0 picks one).
-    let ws_url = ctx
+    let ws_url = node
+        .shared
         .config
         .advertise_url
         .clone()
         .unwrap_or_else(|| format!("ws://{addr}/ws"));
-    rooms.do_send(SetContext(ctx.clone()));
     if let Some(c) = cluster {
-        NodeAgent::new(ctx.clone(), c, ws_url).start();
+        NodeAgent::new(node.clone(), c, ws_url).start();
     }
-    tracing::info!(node = %ctx.config.node_id, %addr, cluster = ctx.cluster.is_some(), "node listening");
-    Ok((server.run(), addr, ctx))
+    tracing::info!(node = %node.shared.config.node_id, %addr, cluster = node.shared.cluster.is_some(), "node listening");
+    Ok((server.run(), addr, node))
 }
 
 /// A node running on its own threads, for tests and embedding.
 pub struct NodeHandle {
     http_addr: SocketAddr,
-    ctx: NodeCtx,
+    node: NodeEntry,
     server: actix_web::dev::ServerHandle,
     system: actix::System,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -140,8 +141,8 @@ pub fn spawn(config: Config) -> anyhow::Result<NodeHandle> {
             let system = actix::System::new();
             let started = system.block_on(start_in_system(config, rt_handle));
             match started {
-                Ok((server, addr, ctx)) => {
-                    let _ = tx.send(Ok((addr, ctx, server.handle(), actix::System::current())));
+                Ok((server, addr, node)) => {
+                    let _ = tx.send(Ok((addr, node, server.handle(), actix::System::current())));
                     system.block_on(async move {
                         let _ = server.await;
                     });
@@ -151,12 +152,12 @@ pub fn spawn(config: Config) -> anyhow::Result<NodeHandle> {
                 }
             }
         })?;
-    let (http_addr, ctx, server, system) = rx
+    let (http_addr, node, server, system) = rx
         .recv()
         .map_err(|_| anyhow::anyhow!("node thread ended before starting"))??;
     Ok(NodeHandle {
         http_addr,
-        ctx,
+        node,
         server,
         system,
         thread: Some(thread),
@@ -174,16 +175,16 @@ impl NodeHandle {
     }
 
     pub fn config(&self) -> &Config {
-        &self.ctx.config
+        &self.node.shared.config
     }
 
     pub fn counters(&self) -> CountersSnapshot {
-        self.ctx.counters.snapshot()
+        self.node.shared.counters.snapshot()
     }
 
     /// The actors' snapshots (rooms, members, tracks, fanouts) and the counters.
     pub async fn snapshot(&self) -> serde_json::Value {
-        snapshot(&self.ctx).await
+        snapshot(&self.node).await
     }
 
     /// Stops the server, the actors and the media runtime.

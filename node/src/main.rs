@@ -71,7 +71,7 @@ fn run(args: NodeArgs) -> anyhow::Result<()> {
     let handle = media_rt.handle().clone();
     let system = actix::System::new();
     system.block_on(async move {
-        let (server, addr, _ctx) = node::start_in_system(config, handle).await?;
+        let (server, addr, _node) = node::start_in_system(config, handle).await?;
         let stopper = server.handle();
         actix::spawn(async move {
             let _ = tokio::signal::ctrl_c().await;

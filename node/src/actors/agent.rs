@@ -2,10 +2,12 @@
 //! serves what other processes ask of this node: joins for rooms hosted here, signaling of
 //! participants whose socket is on another node, drain, and the room list.
 
+use super::room::JoinedInfo;
 use super::rooms::{
-    ForPeer, JoinRoom, JoinedInfo, ListRooms, RelayFor, ResumeRoom, RoomRegistry, StateOfRoom,
+    JoinRoom, ListRooms, RemotePeerCommand, RemoteRelayMessage, ResumeRoom, RoomRegistry,
+    StateOfRoom,
 };
-use super::{NodeCtx, Observe};
+use super::{NodeCtx, NodeEntry, Observe};
 use crate::cluster::Cluster;
 use actix::prelude::*;
 use futures::StreamExt;
@@ -20,6 +22,7 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct NodeAgent {
     node: NodeCtx,
+    rooms: Addr<RoomRegistry>,
     cluster: Cluster,
     ws_url: String,
     cpu: CpuProbe,
@@ -28,10 +31,15 @@ pub struct NodeAgent {
 }
 
 impl NodeAgent {
-    pub fn new(node: NodeCtx, cluster: Cluster, ws_url: String) -> Self {
+    pub fn new(entry: NodeEntry, cluster: Cluster, ws_url: String) -> Self {
+        let NodeEntry {
+            shared: node,
+            rooms,
+        } = entry;
         let bytes = node.counters.snapshot().bytes_forwarded;
         NodeAgent {
             node,
+            rooms,
             cluster,
             ws_url,
             cpu: CpuProbe::new(),
@@ -82,17 +90,17 @@ impl NodeAgent {
     fn serve(&self) {
         let id = &self.node.config.node_id;
         let c = &self.cluster;
-        let rooms = self.node.rooms.clone();
+        let rooms = self.rooms.clone();
         serve_requests(c, wire::node_join(id), move |payload| {
             let rooms = rooms.clone();
             async move { remote_join(&rooms, &payload).await }
         });
-        let rooms = self.node.rooms.clone();
+        let rooms = self.rooms.clone();
         serve_requests(c, wire::node_resume(id), move |payload| {
             let rooms = rooms.clone();
             async move { remote_resume(&rooms, &payload).await }
         });
-        let (rooms, node) = (self.node.rooms.clone(), id.clone());
+        let (rooms, node) = (self.rooms.clone(), id.clone());
         serve_requests(c, wire::node_rooms(id), move |_| {
             let (rooms, node) = (rooms.clone(), node.clone());
             async move {
@@ -103,7 +111,7 @@ impl NodeAgent {
                 }
             }
         });
-        let rooms = self.node.rooms.clone();
+        let rooms = self.rooms.clone();
         serve_requests(c, wire::node_room_state(id), move |payload| {
             let rooms = rooms.clone();
             async move {
@@ -116,23 +124,23 @@ impl NodeAgent {
                 }
             }
         });
-        let rooms = self.node.rooms.clone();
+        let rooms = self.rooms.clone();
         serve_in_order(
             c,
             wire::node_relay(id),
             move |payload| match serde_json::from_slice::<wire::RelayMessage>(&payload) {
-                Ok(m) if m.v == wire::VERSION => rooms.do_send(RelayFor(m)),
+                Ok(m) if m.v == wire::VERSION => rooms.do_send(RemoteRelayMessage(m)),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "bad relay message"),
             },
         );
         // In order: `do_send` keeps the order the commands were published in.
-        let rooms = self.node.rooms.clone();
+        let rooms = self.rooms.clone();
         serve_in_order(
             c,
             wire::node_peer(id),
             move |payload| match serde_json::from_slice::<wire::PeerCommand>(&payload) {
-                Ok(cmd) => rooms.do_send(ForPeer(cmd)),
+                Ok(cmd) => rooms.do_send(RemotePeerCommand(cmd)),
                 Err(e) => tracing::warn!(error = %e, "bad peer command"),
             },
         );

@@ -3,11 +3,43 @@
 //! [`rooms::RoomRegistry`] for room lifecycle, [`room::Room`] per room, [`peer::Peer`] per
 //! participant and [`transport::Transport`] per peer connection. Each answers [`Observe`]
 //! with a serializable snapshot.
+//!
+//! # Dependencies
+//!
+//! The actor modules import each other one way, from the entry points down:
+//!
+//! ```text
+//! agent, session       entry points: WebSocket and NATS
+//!       │
+//!     rooms            the registry of rooms hosted here
+//!       │
+//!     room             with its child room::links
+//!       │
+//!     peer
+//!       │
+//! transport, router    leaves: import no other actor module
+//! ```
+//!
+//! Each imports only modules below it; exactly (an arrow reads "imports"):
+//!
+//! - agent → rooms, room
+//! - session → rooms, room, peer, router
+//! - rooms → room
+//! - room (and its child `room::links`) → peer, router
+//! - peer → transport, router
+//! - transport, router → no other actor module
+//!
+//! Messages an actor receives are defined in its own module. A lower actor talks back up
+//! only through an output type of its own, sent to a [`actix::Recipient`] its owner gave it
+//! at construction: [`transport::TransportEvent`] to the peer, [`peer::PeerEvent`] to the
+//! room, [`room::RoomReport`] to the registry, [`router::Routed`] to a session.
+//!
+//! [`NodeCtx`] names no actor above the router, so every module may hold it; the room
+//! registry is reached from the entry points only, through [`NodeEntry`].
 
 pub mod agent;
 pub mod peer;
 pub mod room;
-pub mod room_links;
 pub mod rooms;
 pub mod router;
 pub mod session;
@@ -27,11 +59,19 @@ pub struct NodeCtx {
     pub media: Arc<MediaContext>,
     pub counters: Arc<Counters>,
     pub router: actix::Addr<router::SessionRouter>,
-    pub rooms: actix::Addr<rooms::RoomRegistry>,
     /// The cluster connection; `None` for a standalone node.
     pub cluster: Option<Cluster>,
     /// Set by a drain command: the coordinator sends no new rooms here.
     pub draining: Arc<AtomicBool>,
+}
+
+/// What the node's entry points hold (WebSocket sessions, the NATS agent, HTTP): the node
+/// context and the room registry every join and resume goes through. The actors the
+/// registry owns (rooms, peers) get the [`NodeCtx`] only.
+#[derive(Clone)]
+pub struct NodeEntry {
+    pub shared: NodeCtx,
+    pub rooms: actix::Addr<rooms::RoomRegistry>,
 }
 
 /// Asks an actor for a snapshot of its state.

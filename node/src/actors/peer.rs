@@ -3,7 +3,6 @@
 //! subscriber connection has negotiated, and outlives a dropped socket for the resume grace
 //! period.
 
-use super::room::{DownTrackReady, PeerGone, Room, TrackEnded, TrackPublished};
 use super::router::Deliver;
 use super::transport::{self, SubSlot, Transport, TransportError, TransportEvent};
 use super::{NodeCtx, Observe};
@@ -41,13 +40,28 @@ impl PeerRole {
     }
 }
 
+/// What a peer tells its room.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum PeerEvent {
+    /// A publisher's connection delivered a new track.
+    TrackPublished(Arc<TrackSource>),
+    /// A published track ended.
+    TrackEnded { owner: UserId, track_id: TrackId },
+    /// A subscriber's connection negotiated a down track: start forwarding to it.
+    DownTrackReady(Arc<DownTrack>),
+    /// The peer ended (leave, connection failure, resume grace over).
+    Gone { user: UserId, peer: Addr<Peer> },
+}
+
 pub struct Peer {
     user: UserId,
     role: PeerRole,
     room_id: RoomId,
     can_publish: bool,
     can_subscribe: bool,
-    room: Addr<Room>,
+    /// The room this peer belongs to, which handles its [`PeerEvent`]s.
+    room: Recipient<PeerEvent>,
     node: NodeCtx,
     publisher: Option<Addr<Transport>>,
     subscriber: Option<Addr<Transport>>,
@@ -85,7 +99,7 @@ impl Peer {
         room_id: RoomId,
         can_publish: bool,
         can_subscribe: bool,
-        room: Addr<Room>,
+        room: Recipient<PeerEvent>,
         node: NodeCtx,
     ) -> Self {
         let live = Live::new(&node.counters, Kind::Peer);
@@ -315,7 +329,7 @@ impl Peer {
     fn end_track(&mut self, track_id: TrackId) {
         // A relay link's tracks belong to the publishers on the other node.
         if let Some(source) = self.own_tracks.remove(&track_id) {
-            self.room.do_send(TrackEnded {
+            self.room.do_send(PeerEvent::TrackEnded {
                 owner: source.owner.clone(),
                 track_id,
             });
@@ -324,7 +338,7 @@ impl Peer {
 
     fn announce_ready(&mut self, dt: Arc<DownTrack>) {
         if self.subscriber_connected {
-            self.room.do_send(DownTrackReady(dt));
+            self.room.do_send(PeerEvent::DownTrackReady(dt));
         } else {
             self.pending_ready.push(dt);
         }
@@ -336,7 +350,7 @@ impl Actor for Peer {
 
     fn stopped(&mut self, ctx: &mut Context<Self>) {
         self.stop_transports();
-        self.room.do_send(PeerGone {
+        self.room.do_send(PeerEvent::Gone {
             user: self.user.clone(),
             peer: ctx.address(),
         });
@@ -530,13 +544,13 @@ impl Handler<TransportEvent> for Peer {
         match msg {
             TransportEvent::TrackArrived(source) => {
                 self.own_tracks.insert(source.id.clone(), source.clone());
-                self.room.do_send(TrackPublished(source));
+                self.room.do_send(PeerEvent::TrackPublished(source));
             }
             TransportEvent::TrackEnded(track_id) => self.end_track(track_id),
             TransportEvent::Connected(PcKind::Subscriber) => {
                 self.subscriber_connected = true;
                 for dt in std::mem::take(&mut self.pending_ready) {
-                    self.room.do_send(DownTrackReady(dt));
+                    self.room.do_send(PeerEvent::DownTrackReady(dt));
                 }
             }
             TransportEvent::Connected(PcKind::Publisher) => {}

@@ -2,18 +2,25 @@
 //! what. It owns the forwarding tables: every change of membership or subscription ends in
 //! an update of the affected sources' fanout.
 //!
-//! In a cluster a room may span nodes ([`super::room_links`]): the room also knows the other
-//! nodes' participants, tells them about its own, and exchanges tracks over relay links.
+//! In a cluster a room may span nodes ([`links`]): the room also knows the other nodes'
+//! participants, tells them about its own, and exchanges tracks over relay links.
+//!
+//! The room hears from its peers through [`PeerEvent`]s and reports to the registry that
+//! hosts it through [`RoomReport`]s, sent to the recipient the registry gave it: this module
+//! does not name the registry.
 
-use super::peer::{self, Peer, PeerRole};
-use super::room_links::Links;
-use super::rooms::{JoinedInfo, MemberLeft, RoomRegistry};
+mod links;
+
+pub use links::{ListLinks, LocalState, RelaySignal, RELAY_USER_PREFIX};
+
+use super::peer::{self, Peer, PeerEvent, PeerRole};
 use super::router::Deliver;
 use super::{NodeCtx, Observe};
 use crate::counters::{Kind, Live};
 use crate::media::forward::{DownTrack, TrackSource};
 use actix::prelude::*;
 use base64::Engine;
+use links::Links;
 use protocol::cluster::{PeerCmd, RoomChange};
 use protocol::signal::{IceServer, ParticipantInfo, ParticipantState, ServerMessage, TrackInfo};
 use protocol::token::Claims;
@@ -21,26 +28,27 @@ use protocol::{ErrorCode, NodeId, RoomId, TrackId, UserId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-pub(super) struct Member {
+struct Member {
     info: ParticipantInfo,
-    pub(super) peer: Addr<Peer>,
-    pub(super) can_subscribe: bool,
+    peer: Addr<Peer>,
+    can_subscribe: bool,
     resume_token: String,
     /// Join order, so `joined` lists participants as they arrived.
     seq: u64,
 }
 
 pub struct Room {
-    pub(super) id: RoomId,
-    pub(super) node: NodeCtx,
-    registry: Addr<RoomRegistry>,
+    id: RoomId,
+    node: NodeCtx,
+    /// The registry hosting the room, which handles its [`RoomReport`]s.
+    registry: Recipient<RoomReport>,
     /// Participants whose peer is on this node.
-    pub(super) members: HashMap<UserId, Member>,
+    members: HashMap<UserId, Member>,
     /// Every track this node forwards: its members' own, and those relayed from other nodes.
-    pub(super) tracks: BTreeMap<TrackId, Arc<TrackSource>>,
+    tracks: BTreeMap<TrackId, Arc<TrackSource>>,
     next_seq: u64,
     /// The other nodes of the room: their participants, and the relay links with them.
-    pub(super) links: Links,
+    links: Links,
     _live: Live,
 }
 
@@ -49,7 +57,7 @@ impl Room {
     pub fn new(
         id: RoomId,
         node: NodeCtx,
-        registry: Addr<RoomRegistry>,
+        registry: Recipient<RoomReport>,
         nodes: Vec<NodeId>,
     ) -> Self {
         let live = Live::new(&node.counters, Kind::Room);
@@ -66,7 +74,7 @@ impl Room {
         }
     }
 
-    pub(super) fn broadcast(&self, except: &UserId, msg: &ServerMessage) {
+    fn broadcast(&self, except: &UserId, msg: &ServerMessage) {
         for id in self.members.keys().filter(|id| *id != except) {
             self.node.router.do_send(Deliver {
                 to: id.clone(),
@@ -89,7 +97,7 @@ impl Room {
     }
 
     /// This node's participants with their tracks, in join order.
-    pub(super) fn local_participants(&self, except: Option<&UserId>) -> Vec<ParticipantState> {
+    fn local_participants(&self, except: Option<&UserId>) -> Vec<ParticipantState> {
         let mut members: Vec<&Member> = self
             .members
             .values()
@@ -148,7 +156,7 @@ impl Room {
 
     /// A track leaves the room. A local one is announced to the clients and the other
     /// nodes; a relayed one was announced by its own node already.
-    pub(super) fn unpublish(&mut self, track_id: &TrackId) {
+    fn unpublish(&mut self, track_id: &TrackId) {
         let Some(source) = self.tracks.remove(track_id) else {
             return;
         };
@@ -177,7 +185,7 @@ impl Room {
         }
     }
 
-    pub(super) fn remove_member(&mut self, user: &UserId) {
+    fn remove_member(&mut self, user: &UserId) {
         let Some(member) = self.members.remove(user) else {
             return;
         };
@@ -199,7 +207,7 @@ impl Room {
         }
         self.announce(RoomChange::Left { id: user.clone() });
         member.peer.do_send(peer::Close);
-        self.registry.do_send(MemberLeft {
+        self.registry.do_send(RoomReport::MemberLeft {
             room: self.id.clone(),
             resume_token: member.resume_token,
         });
@@ -219,58 +227,52 @@ impl Actor for Room {
     }
 }
 
+/// What a room reports to the registry that hosts it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum RoomReport {
+    /// The room lost a member (left, replaced, failed, or its grace period ran out).
+    MemberLeft { room: RoomId, resume_token: String },
+}
+
+/// What a session needs to answer `joined`.
+pub struct JoinedInfo {
+    pub room: RoomId,
+    pub participant: ParticipantInfo,
+    pub peer: Addr<Peer>,
+    pub resume_token: String,
+    pub ice_servers: Vec<IceServer>,
+    pub participants: Vec<ParticipantState>,
+}
+
+/// Makes the token's user a member of the room, with a new peer on this node.
 #[derive(Message)]
 #[rtype(result = "Result<JoinedInfo, ErrorCode>")]
-pub struct RoomJoin {
+pub struct AdmitMember {
     pub claims: Claims,
     /// The room's other nodes as the directory lists them now.
     pub nodes: Vec<NodeId>,
 }
 
+/// Hands a member, named by its resume token, to a new socket.
 #[derive(Message)]
 #[rtype(result = "Result<JoinedInfo, ErrorCode>")]
-pub struct RoomResume {
+pub struct ResumeMember {
     pub user: UserId,
     pub resume_token: String,
-}
-
-/// A publisher's connection delivered a new track.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct TrackPublished(pub Arc<TrackSource>);
-
-/// A published track ended.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct TrackEnded {
-    pub owner: UserId,
-    pub track_id: TrackId,
-}
-
-/// A subscriber's connection negotiated a down track: start forwarding to it.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DownTrackReady(pub Arc<DownTrack>);
-
-/// A peer ended (leave, connection failure, resume grace over).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct PeerGone {
-    pub user: UserId,
-    pub peer: Addr<Peer>,
 }
 
 /// Signaling for a member whose socket is on another node.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct RoomForPeer {
+pub struct MemberCommand {
     pub user: UserId,
     pub cmd: PeerCmd,
 }
 
-impl Handler<RoomForPeer> for Room {
+impl Handler<MemberCommand> for Room {
     type Result = ();
-    fn handle(&mut self, msg: RoomForPeer, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: MemberCommand, _: &mut Context<Self>) {
         let Some(m) = self.members.get(&msg.user) else {
             return;
         };
@@ -283,10 +285,10 @@ impl Handler<RoomForPeer> for Room {
 #[rtype(result = "()")]
 pub struct Shutdown;
 
-impl Handler<RoomJoin> for Room {
+impl Handler<AdmitMember> for Room {
     type Result = Result<JoinedInfo, ErrorCode>;
 
-    fn handle(&mut self, msg: RoomJoin, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: AdmitMember, ctx: &mut Context<Self>) -> Self::Result {
         let claims = msg.claims;
         let user = claims.sub.clone();
         self.learn_nodes(msg.nodes, ctx);
@@ -310,7 +312,7 @@ impl Handler<RoomJoin> for Room {
             self.id.clone(),
             claims.can_publish,
             claims.can_subscribe,
-            ctx.address(),
+            ctx.address().recipient(),
             self.node.clone(),
         )
         .start();
@@ -361,10 +363,10 @@ impl Handler<RoomJoin> for Room {
     }
 }
 
-impl Handler<RoomResume> for Room {
+impl Handler<ResumeMember> for Room {
     type Result = Result<JoinedInfo, ErrorCode>;
 
-    fn handle(&mut self, msg: RoomResume, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ResumeMember, _: &mut Context<Self>) -> Self::Result {
         let member = self
             .members
             .get(&msg.user)
@@ -386,11 +388,21 @@ impl Handler<RoomResume> for Room {
     }
 }
 
-impl Handler<TrackPublished> for Room {
+impl Handler<PeerEvent> for Room {
     type Result = ();
+    fn handle(&mut self, msg: PeerEvent, ctx: &mut Context<Self>) {
+        match msg {
+            PeerEvent::TrackPublished(source) => self.track_published(source),
+            PeerEvent::TrackEnded { owner, track_id } => self.track_ended(&owner, &track_id),
+            PeerEvent::DownTrackReady(dt) => self.down_track_ready(dt),
+            PeerEvent::Gone { user, peer } => self.peer_gone(&user, &peer, ctx),
+        }
+    }
+}
 
-    fn handle(&mut self, msg: TrackPublished, _: &mut Context<Self>) {
-        let source = msg.0;
+impl Room {
+    /// A publisher's connection delivered a new track: the room's subscribers get it.
+    fn track_published(&mut self, source: Arc<TrackSource>) {
         if source.relayed_from.is_some() {
             return self.relayed_track(source);
         }
@@ -423,25 +435,15 @@ impl Handler<TrackPublished> for Room {
             track,
         });
     }
-}
 
-impl Handler<TrackEnded> for Room {
-    type Result = ();
-    fn handle(&mut self, msg: TrackEnded, _: &mut Context<Self>) {
-        if self
-            .tracks
-            .get(&msg.track_id)
-            .is_some_and(|t| t.owner == msg.owner)
-        {
-            self.unpublish(&msg.track_id);
+    fn track_ended(&mut self, owner: &UserId, track_id: &TrackId) {
+        if self.tracks.get(track_id).is_some_and(|t| &t.owner == owner) {
+            self.unpublish(track_id);
         }
     }
-}
 
-impl Handler<DownTrackReady> for Room {
-    type Result = ();
-    fn handle(&mut self, msg: DownTrackReady, _: &mut Context<Self>) {
-        let dt = msg.0;
+    /// A subscriber's down track is negotiated: forwarding to it starts.
+    fn down_track_ready(&mut self, dt: Arc<DownTrack>) {
         let subscribed =
             self.members.contains_key(&dt.subscriber) || self.links.is_sender(&dt.subscriber);
         let (Some(source), true) = (self.tracks.get(&dt.source), subscribed) else {
@@ -451,21 +453,15 @@ impl Handler<DownTrackReady> for Room {
         // A new subscriber can decode nothing until the next keyframe.
         source.request_keyframe(&self.node.media.rt);
     }
-}
 
-impl Handler<PeerGone> for Room {
-    type Result = ();
-    fn handle(&mut self, msg: PeerGone, ctx: &mut Context<Self>) {
-        if self
-            .members
-            .get(&msg.user)
-            .is_some_and(|m| m.peer == msg.peer)
-        {
-            self.remove_member(&msg.user);
+    /// A member's peer ended, or a relay link's peer failed.
+    fn peer_gone(&mut self, user: &UserId, peer: &Addr<Peer>, ctx: &mut Context<Self>) {
+        if self.members.get(user).is_some_and(|m| &m.peer == peer) {
+            self.remove_member(user);
             self.update_wants(ctx);
-        } else if let Some((node, link)) = self.links.relay_gone(&msg.peer) {
+        } else if let Some((node, link)) = self.links.relay_gone(peer) {
             for source in self.tracks.values() {
-                source.remove_subscriber(&msg.user);
+                source.remove_subscriber(user);
             }
             self.relay_failed(node, link, ctx);
         }

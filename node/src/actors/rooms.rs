@@ -3,15 +3,15 @@
 //! forwarded and departures rooms report, so "empty" is decided in one place and a join can
 //! never land in a room that is shutting down.
 
-use super::peer::Peer;
-use super::room::{Room, RoomForPeer, RoomJoin, RoomResume, Shutdown};
-use super::room_links::{ListLinks, LocalState, Relay};
+use super::room::{
+    AdmitMember, JoinedInfo, ListLinks, LocalState, MemberCommand, RelaySignal, ResumeMember, Room,
+    RoomReport, Shutdown,
+};
 use super::{NodeCtx, Observe};
 use actix::prelude::*;
 use protocol::cluster::{
     self as wire, PeerCommand, RelayBody, RelayMessage, RoomMembers, RoomState, RoomStateRequest,
 };
-use protocol::signal::{IceServer, ParticipantInfo, ParticipantState};
 use protocol::token::Claims;
 use protocol::{ErrorCode, NodeId, RoomId, UserId};
 use std::collections::HashMap;
@@ -26,25 +26,19 @@ struct Hosted {
 }
 
 pub struct RoomRegistry {
-    ctx: Option<NodeCtx>,
+    node: NodeCtx,
     rooms: HashMap<RoomId, Hosted>,
     /// resume token → (room, user)
     resume: HashMap<String, (RoomId, UserId)>,
 }
 
 impl RoomRegistry {
-    pub fn new() -> Self {
+    pub fn new(node: NodeCtx) -> Self {
         RoomRegistry {
-            ctx: None,
+            node,
             rooms: HashMap::new(),
             resume: HashMap::new(),
         }
-    }
-}
-
-impl Default for RoomRegistry {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -52,28 +46,7 @@ impl Actor for RoomRegistry {
     type Context = Context<Self>;
 }
 
-/// The node context, given once the router and registry both exist.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SetContext(pub NodeCtx);
-
-impl Handler<SetContext> for RoomRegistry {
-    type Result = ();
-    fn handle(&mut self, msg: SetContext, _: &mut Context<Self>) {
-        self.ctx = Some(msg.0);
-    }
-}
-
-/// What a session needs to answer `joined`.
-pub struct JoinedInfo {
-    pub room: RoomId,
-    pub participant: ParticipantInfo,
-    pub peer: Addr<Peer>,
-    pub resume_token: String,
-    pub ice_servers: Vec<IceServer>,
-    pub participants: Vec<ParticipantState>,
-}
-
+/// Joins a room hosted here, creating it on its first join.
 #[derive(Message)]
 #[rtype(result = "Result<JoinedInfo, ErrorCode>")]
 pub struct JoinRoom {
@@ -87,24 +60,17 @@ pub struct JoinRoom {
 /// Signaling from a participant whose socket is on another node.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ForPeer(pub PeerCommand);
+pub struct RemotePeerCommand(pub PeerCommand);
 
 /// Rooms hosted here with their member counts.
 #[derive(Message)]
 #[rtype(result = "Vec<RoomMembers>")]
 pub struct ListRooms;
 
+/// Resumes the participant a resume token names, in the room hosted here that holds it.
 #[derive(Message)]
 #[rtype(result = "Result<JoinedInfo, ErrorCode>")]
 pub struct ResumeRoom {
-    pub resume_token: String,
-}
-
-/// A room lost a member (left, replaced, failed, or its grace period ran out).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct MemberLeft {
-    pub room: RoomId,
     pub resume_token: String,
 }
 
@@ -112,10 +78,8 @@ impl Handler<JoinRoom> for RoomRegistry {
     type Result = AtomicResponse<Self, Result<JoinedInfo, ErrorCode>>;
 
     fn handle(&mut self, msg: JoinRoom, ctx: &mut Context<Self>) -> Self::Result {
-        let Some(node) = self.ctx.clone() else {
-            return AtomicResponse::new(Box::pin(fut::ready(Err(ErrorCode::Unavailable))));
-        };
-        let registry = ctx.address();
+        let node = self.node.clone();
+        let registry = ctx.address().recipient();
         let nodes = msg.nodes.clone();
         let hosted = self.rooms.entry(msg.room.clone()).or_insert_with(|| {
             tracing::info!(room = %msg.room, "room created");
@@ -134,7 +98,7 @@ impl Handler<JoinRoom> for RoomRegistry {
         // departure is handled until this one is settled.
         AtomicResponse::new(Box::pin(
             async move {
-                addr.send(RoomJoin {
+                addr.send(AdmitMember {
                     claims: msg.claims,
                     nodes: msg.nodes,
                 })
@@ -172,7 +136,7 @@ impl Handler<ResumeRoom> for RoomRegistry {
         let token = msg.resume_token;
         Box::pin(
             async move {
-                addr.send(RoomResume {
+                addr.send(ResumeMember {
                     user,
                     resume_token: token,
                 })
@@ -184,15 +148,19 @@ impl Handler<ResumeRoom> for RoomRegistry {
     }
 }
 
-impl Handler<MemberLeft> for RoomRegistry {
+impl Handler<RoomReport> for RoomRegistry {
     type Result = ();
-    fn handle(&mut self, msg: MemberLeft, ctx: &mut Context<Self>) {
-        self.resume.remove(&msg.resume_token);
-        if let Some(h) = self.rooms.get_mut(&msg.room) {
-            h.members = h.members.saturating_sub(1);
-            h.generation += 1;
+    fn handle(&mut self, msg: RoomReport, ctx: &mut Context<Self>) {
+        match msg {
+            RoomReport::MemberLeft { room, resume_token } => {
+                self.resume.remove(&resume_token);
+                if let Some(h) = self.rooms.get_mut(&room) {
+                    h.members = h.members.saturating_sub(1);
+                    h.generation += 1;
+                }
+                self.close_if_empty(&room, ctx);
+            }
         }
-        self.close_if_empty(&msg.room, ctx);
     }
 }
 
@@ -205,11 +173,7 @@ impl RoomRegistry {
         if h.members > 0 {
             return;
         }
-        let grace = self
-            .ctx
-            .as_ref()
-            .map(|c| c.config.room_empty_grace)
-            .unwrap_or_default();
+        let grace = self.node.config.room_empty_grace;
         if grace.is_zero() {
             return self.close(room);
         }
@@ -231,26 +195,24 @@ impl RoomRegistry {
         };
         tracing::info!(%room, "room closed");
         h.addr.do_send(Shutdown);
-        if let Some(node) = &self.ctx {
-            if let Some(c) = &node.cluster {
-                let closed = wire::RoomClosed {
-                    v: wire::VERSION,
-                    room: room.clone(),
-                    node: node.config.node_id.clone(),
-                    epoch: h.epoch,
-                };
-                c.publish(wire::ROOM_CLOSED.to_owned(), &closed);
-            }
+        if let Some(c) = &self.node.cluster {
+            let closed = wire::RoomClosed {
+                v: wire::VERSION,
+                room: room.clone(),
+                node: self.node.config.node_id.clone(),
+                epoch: h.epoch,
+            };
+            c.publish(wire::ROOM_CLOSED.to_owned(), &closed);
         }
     }
 }
 
-impl Handler<ForPeer> for RoomRegistry {
+impl Handler<RemotePeerCommand> for RoomRegistry {
     type Result = ();
-    fn handle(&mut self, msg: ForPeer, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: RemotePeerCommand, _: &mut Context<Self>) {
         let cmd = msg.0;
         match self.rooms.get(&cmd.room) {
-            Some(h) => h.addr.do_send(RoomForPeer {
+            Some(h) => h.addr.do_send(MemberCommand {
                 user: cmd.user,
                 cmd: cmd.cmd,
             }),
@@ -290,11 +252,11 @@ impl Handler<StateOfRoom> for RoomRegistry {
     type Result = ResponseFuture<RoomState>;
     fn handle(&mut self, msg: StateOfRoom, _: &mut Context<Self>) -> Self::Result {
         let room = msg.0.room;
-        let me = self.ctx.as_ref().map(|c| c.config.node_id.clone());
+        let me = self.node.config.node_id.clone();
         let absent = move |room| RoomState {
             v: wire::VERSION,
             room,
-            node: me.unwrap_or_else(|| NodeId::new("unknown").expect("a valid id")),
+            node: me,
             present: false,
             seq: 0,
             participants: Vec::new(),
@@ -314,24 +276,24 @@ impl Handler<StateOfRoom> for RoomRegistry {
 /// Relay link signaling from another node.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct RelayFor(pub RelayMessage);
+pub struct RemoteRelayMessage(pub RelayMessage);
 
-impl Handler<RelayFor> for RoomRegistry {
+impl Handler<RemoteRelayMessage> for RoomRegistry {
     type Result = ();
-    fn handle(&mut self, msg: RelayFor, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: RemoteRelayMessage, _: &mut Context<Self>) {
         let m = msg.0;
         if let Some(h) = self.rooms.get(&m.room) {
-            return h.addr.do_send(Relay(m));
+            return h.addr.do_send(RelaySignal(m));
         }
         // A link for a room this node left: tell the other side to close its end.
-        let (Some(node), false) = (&self.ctx, matches!(m.body, RelayBody::Close)) else {
+        if matches!(m.body, RelayBody::Close) {
             return;
-        };
-        if let Some(c) = &node.cluster {
+        }
+        if let Some(c) = &self.node.cluster {
             let close = RelayMessage {
                 v: wire::VERSION,
                 room: m.room,
-                from: node.config.node_id.clone(),
+                from: self.node.config.node_id.clone(),
                 link: m.link,
                 body: RelayBody::Close,
             };

@@ -3,7 +3,6 @@
 //! in the cluster through NATS on that user's subject (`user.<id>`), which the node holding
 //! the user's socket subscribes to for as long as the session is registered.
 
-use super::session::{Kick, SignalingSession, ToClient};
 use super::Observe;
 use crate::cluster::{Cluster, ClusterError};
 use actix::prelude::*;
@@ -20,7 +19,7 @@ const REMOTE_MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
 struct Entry {
     session_id: u64,
     room: RoomId,
-    addr: Addr<SignalingSession>,
+    session: Recipient<Routed>,
     /// The `user.<id>` subscription feeding this session from other nodes.
     remote: Option<tokio::task::JoinHandle<()>>,
 }
@@ -43,7 +42,7 @@ impl SessionRouter {
     fn deliver_local(&self, to: &UserId, room: &RoomId, msg: ServerMessage) -> bool {
         match self.sessions.get(to) {
             Some(e) if &e.room == room => {
-                e.addr.do_send(ToClient(msg));
+                e.session.do_send(Routed::ToClient(msg));
                 true
             }
             _ => false,
@@ -55,6 +54,16 @@ impl Actor for SessionRouter {
     type Context = Context<Self>;
 }
 
+/// What the router hands the session a user is routed to.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum Routed {
+    /// A server message for the session's client.
+    ToClient(ServerMessage),
+    /// The route to the user went to a newer session.
+    Kick { reason: &'static str },
+}
+
 /// Makes `session` the route to `user`; an older session of the same user is told to close.
 /// Resolves once messages from other nodes can reach the session.
 #[derive(Message)]
@@ -63,7 +72,7 @@ pub struct Register {
     pub user: UserId,
     pub room: RoomId,
     pub session_id: u64,
-    pub addr: Addr<SignalingSession>,
+    pub session: Recipient<Routed>,
 }
 
 /// Removes the route if it still points at this session.
@@ -131,7 +140,7 @@ impl Handler<Register> for SessionRouter {
         let entry = Entry {
             session_id: msg.session_id,
             room: msg.room,
-            addr: msg.addr,
+            session: msg.session,
             remote,
         };
         if let Some(old) = self.sessions.insert(msg.user, entry) {
@@ -139,7 +148,7 @@ impl Handler<Register> for SessionRouter {
                 task.abort();
             }
             if old.session_id != msg.session_id {
-                old.addr.do_send(Kick {
+                old.session.do_send(Routed::Kick {
                     reason: "the same user joined from another connection",
                 });
             }

@@ -3,10 +3,10 @@
 //! panic it or reach another session except through the router.
 
 use super::peer::{self, Peer};
-use super::room_links::RELAY_USER_PREFIX;
-use super::rooms::{JoinRoom, JoinedInfo, ResumeRoom};
-use super::router::{Register, RouteUserMessage, Unregister};
-use super::NodeCtx;
+use super::room::{JoinedInfo, RELAY_USER_PREFIX};
+use super::rooms::{JoinRoom, ResumeRoom, RoomRegistry};
+use super::router::{Register, RouteUserMessage, Routed, Unregister};
+use super::{NodeCtx, NodeEntry};
 use crate::cluster::ClusterError;
 use crate::counters::{Kind, Live};
 use actix::prelude::*;
@@ -36,18 +36,6 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 const OUTBOX: usize = 1024;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
-
-/// A server message for this session's client.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ToClient(pub ServerMessage);
-
-/// The router gave this user's route to a newer session.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Kick {
-    pub reason: &'static str,
-}
 
 enum Out {
     Text(String),
@@ -102,7 +90,8 @@ enum State {
 
 pub struct SignalingSession {
     id: u64,
-    ctx: NodeCtx,
+    node: NodeCtx,
+    rooms: Addr<RoomRegistry>,
     out: mpsc::Sender<Out>,
     state: State,
     started: Instant,
@@ -117,14 +106,18 @@ pub struct SignalingSession {
 impl SignalingSession {
     /// Starts a session on the current arbiter, writing through `ws`.
     pub fn start(
-        ctx: NodeCtx,
+        entry: NodeEntry,
         ws: actix_ws::Session,
         stream: actix_ws::MessageStream,
     ) -> Addr<Self> {
+        let NodeEntry {
+            shared: node,
+            rooms,
+        } = entry;
         let (tx, rx) = mpsc::channel(OUTBOX);
         actix::spawn(write_loop(ws, rx));
-        let rate = ctx.config.msg_rate.max(1);
-        let live = Live::new(&ctx.counters, Kind::Session);
+        let rate = node.config.msg_rate.max(1);
+        let live = Live::new(&node.counters, Kind::Session);
         let stream = stream
             .max_frame_size(MAX_READ_FRAME)
             .aggregate_continuations()
@@ -133,7 +126,8 @@ impl SignalingSession {
             c.add_stream(stream);
             SignalingSession {
                 id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
-                ctx,
+                node,
+                rooms,
                 out: tx,
                 state: State::AwaitingJoin,
                 started: Instant::now(),
@@ -179,7 +173,7 @@ impl SignalingSession {
         match peer {
             PeerRef::Local(addr) => peer::command(addr, self.id, cmd),
             PeerRef::Remote(node) => {
-                if let Some(c) = &self.ctx.cluster {
+                if let Some(c) = &self.node.cluster {
                     let command = PeerCommand {
                         v: wire::VERSION,
                         room: room.clone(),
@@ -196,7 +190,7 @@ impl SignalingSession {
     /// resume grace period.
     fn detach_from_peer(&mut self, leaving: bool) {
         if let State::Joined { user, .. } = &self.state {
-            self.ctx.router.do_send(Unregister {
+            self.node.router.do_send(Unregister {
                 user: user.clone(),
                 session_id: self.id,
             });
@@ -229,11 +223,14 @@ impl SignalingSession {
             self.last_rate_error = Some(now);
             self.error(
                 ErrorCode::RateLimited,
-                format!("more than {} messages per second", self.ctx.config.msg_rate),
+                format!(
+                    "more than {} messages per second",
+                    self.node.config.msg_rate
+                ),
                 ctx,
             );
         }
-        if self.dropped > u64::from(self.ctx.config.msg_rate) * 10 + 100 {
+        if self.dropped > u64::from(self.node.config.msg_rate) * 10 + 100 {
             self.close(CloseCode::Policy, "message flood", ctx);
         }
         false
@@ -290,7 +287,7 @@ impl SignalingSession {
                     to: to.clone(),
                     data,
                 };
-                self.ctx
+                self.node
                     .router
                     .send(route)
                     .into_actor(self)
@@ -326,7 +323,7 @@ impl SignalingSession {
         ctx: &mut Context<Self>,
     ) {
         let now = crate::unix_secs();
-        let claims = match token::verify(self.ctx.config.api_secret.as_bytes(), &token, &room, now)
+        let claims = match token::verify(self.node.config.api_secret.as_bytes(), &token, &room, now)
         {
             Ok(c) => c,
             Err(e) => {
@@ -347,21 +344,21 @@ impl SignalingSession {
         self.state = State::Joining;
         let user = claims.sub.clone();
         // Without `join.region` the client is served from this node's region.
-        let region = region.or_else(|| Some(self.ctx.config.region.clone()));
+        let region = region.or_else(|| Some(self.node.config.region.clone()));
         let register = Register {
             user: user.clone(),
             room: room.clone(),
             session_id: self.id,
-            addr: ctx.address(),
+            session: ctx.address().recipient(),
         };
         let room = room.clone();
-        let router = self.ctx.router.clone();
-        let node = self.ctx.clone();
+        let router = self.node.router.clone();
+        let (node, rooms) = (self.node.clone(), self.rooms.clone());
         // The route exists before the room knows the user, so nothing sent to the new
         // participant is lost; `wait` holds this session's mailbox until `joined` is out.
         async move {
             router.send(register).await.ok();
-            join_anywhere(&node, room.clone(), claims, region).await
+            join_anywhere(&node, &rooms, room.clone(), claims, region).await
         }
         .into_actor(self)
         .map(move |res, act, ctx| act.finish_join(user, res, ctx))
@@ -370,17 +367,17 @@ impl SignalingSession {
 
     fn resume(&mut self, resume_token: String, ctx: &mut Context<Self>) {
         self.state = State::Joining;
-        let node = self.ctx.clone();
-        let me = ctx.address();
+        let (node, rooms) = (self.node.clone(), self.rooms.clone());
+        let me = ctx.address().recipient();
         let id = self.id;
         async move {
-            let outcome = resume_anywhere(&node, resume_token).await?;
+            let outcome = resume_anywhere(&node, &rooms, resume_token).await?;
             node.router
                 .send(Register {
                     user: outcome.participant.id.clone(),
                     room: outcome.room.clone(),
                     session_id: id,
-                    addr: me,
+                    session: me,
                 })
                 .await
                 .ok();
@@ -413,7 +410,7 @@ impl SignalingSession {
         let info = match res {
             Ok(info) => info,
             Err(code) => {
-                self.ctx.router.do_send(Unregister {
+                self.node.router.do_send(Unregister {
                     user,
                     session_id: self.id,
                 });
@@ -437,7 +434,9 @@ impl SignalingSession {
         let joined = ServerMessage::Joined {
             room: info.room,
             participant: info.participant,
-            node: info.node.unwrap_or_else(|| self.ctx.config.node_id.clone()),
+            node: info
+                .node
+                .unwrap_or_else(|| self.node.config.node_id.clone()),
             resume_token: info.resume_token,
             ice_servers: info.ice_servers,
             participants: info.participants,
@@ -448,14 +447,18 @@ impl SignalingSession {
 
 /// Resumes a participant wherever it is: the token names its room and the node that hosts
 /// it, and that node restores it.
-async fn resume_anywhere(node: &NodeCtx, resume_token: String) -> Result<JoinOutcome, ErrorCode> {
+async fn resume_anywhere(
+    node: &NodeCtx,
+    rooms: &Addr<RoomRegistry>,
+    resume_token: String,
+) -> Result<JoinOutcome, ErrorCode> {
     let Some(cluster) = &node.cluster else {
-        return resume_local(node, resume_token).await;
+        return resume_local(rooms, resume_token).await;
     };
     let (room, host) = wire::resume_token_place(&resume_token).ok_or(ErrorCode::NotFound)?;
     let me = node.config.node_id.clone();
     if host == me {
-        return resume_local(node, resume_token).await;
+        return resume_local(rooms, resume_token).await;
     }
     let ask = wire::RemoteResume {
         v: wire::VERSION,
@@ -498,9 +501,11 @@ fn remote_outcome(
     }
 }
 
-async fn resume_local(node: &NodeCtx, resume_token: String) -> Result<JoinOutcome, ErrorCode> {
-    let info = node
-        .rooms
+async fn resume_local(
+    rooms: &Addr<RoomRegistry>,
+    resume_token: String,
+) -> Result<JoinOutcome, ErrorCode> {
+    let info = rooms
         .send(ResumeRoom { resume_token })
         .await
         .map_err(|_| ErrorCode::Unavailable)??;
@@ -519,12 +524,13 @@ const MAX_SHARE_REFUSALS: usize = 2;
 /// room when needed), and a room node elsewhere is joined over NATS.
 async fn join_anywhere(
     node: &NodeCtx,
+    rooms: &Addr<RoomRegistry>,
     room: RoomId,
     claims: protocol::token::Claims,
     region: Option<String>,
 ) -> Result<JoinOutcome, ErrorCode> {
     let local = |epoch, nodes| {
-        let rooms = node.rooms.clone();
+        let rooms = rooms.clone();
         let (room, claims) = (room.clone(), claims.clone());
         async move {
             let info = rooms
@@ -675,28 +681,28 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for SignalingSessio
     }
 }
 
-impl Handler<ToClient> for SignalingSession {
+impl Handler<Routed> for SignalingSession {
     type Result = ();
-    fn handle(&mut self, msg: ToClient, ctx: &mut Context<Self>) {
-        if !matches!(self.state, State::Closing) {
-            self.send(&msg.0, ctx);
+    fn handle(&mut self, msg: Routed, ctx: &mut Context<Self>) {
+        match msg {
+            Routed::ToClient(msg) => {
+                if !matches!(self.state, State::Closing) {
+                    self.send(&msg, ctx);
+                }
+            }
+            Routed::Kick { reason } => {
+                // The newer session owns the participant now: do not detach it.
+                self.state = State::Closing;
+                let _ = self.out.try_send(Out::Text(
+                    ServerMessage::error(ErrorCode::Unauthorized, reason).to_json(),
+                ));
+                let _ = self.out.try_send(Out::Close(CloseReason {
+                    code: CloseCode::Policy,
+                    description: Some(reason.into()),
+                }));
+                ctx.stop();
+            }
         }
-    }
-}
-
-impl Handler<Kick> for SignalingSession {
-    type Result = ();
-    fn handle(&mut self, msg: Kick, ctx: &mut Context<Self>) {
-        // The newer session owns the participant now: do not detach it.
-        self.state = State::Closing;
-        let _ = self.out.try_send(Out::Text(
-            ServerMessage::error(ErrorCode::Unauthorized, msg.reason).to_json(),
-        ));
-        let _ = self.out.try_send(Out::Close(CloseReason {
-            code: CloseCode::Policy,
-            description: Some(msg.reason.into()),
-        }));
-        ctx.stop();
     }
 }
 

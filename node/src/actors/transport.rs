@@ -263,11 +263,12 @@ fn webrtc_err(e: impl std::fmt::Display) -> TransportError {
 async fn local_sdp(
     pc: &Arc<dyn PeerConnection>,
     mut gathered: watch::Receiver<bool>,
+    media: &MediaContext,
 ) -> Result<String, TransportError> {
     let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.wait_for(|done| *done)).await;
     pc.local_description()
         .await
-        .map(|d| d.sdp)
+        .map(|d| media.announced(d.sdp))
         .ok_or_else(|| TransportError::Webrtc("no local description".into()))
 }
 
@@ -279,6 +280,7 @@ pub struct ApplyOffer(pub String);
 impl Handler<ApplyOffer> for Transport {
     type Result = AtomicResponse<Self, Result<String, TransportError>>;
     fn handle(&mut self, msg: ApplyOffer, _: &mut Context<Self>) -> Self::Result {
+        let media = self.media.clone();
         self.run("apply_offer", move |pc, gathered| async move {
             let offer = RTCSessionDescription::offer(msg.0)
                 .map_err(|e| TransportError::InvalidSdp(e.to_string()))?;
@@ -287,7 +289,7 @@ impl Handler<ApplyOffer> for Transport {
                 .map_err(|e| TransportError::InvalidSdp(e.to_string()))?;
             let answer = pc.create_answer(None).await.map_err(webrtc_err)?;
             pc.set_local_description(answer).await.map_err(webrtc_err)?;
-            local_sdp(&pc, gathered).await
+            local_sdp(&pc, gathered, &media).await
         })
     }
 }
@@ -300,10 +302,11 @@ pub struct CreateOffer;
 impl Handler<CreateOffer> for Transport {
     type Result = AtomicResponse<Self, Result<String, TransportError>>;
     fn handle(&mut self, _: CreateOffer, _: &mut Context<Self>) -> Self::Result {
+        let media = self.media.clone();
         self.run("create_offer", move |pc, gathered| async move {
             let offer = pc.create_offer(None).await.map_err(webrtc_err)?;
             pc.set_local_description(offer).await.map_err(webrtc_err)?;
-            local_sdp(&pc, gathered).await
+            local_sdp(&pc, gathered, &media).await
         })
     }
 }

@@ -1,4 +1,4 @@
-//! A room across nodes: how one node's `Room` learns the other nodes' participants, tells
+//! A room across nodes: how one node's [`Room`] learns the other nodes' participants, tells
 //! them about its own, and exchanges tracks with them over relay links.
 //!
 //! - **Membership**: every change of a local participant is published on
@@ -13,8 +13,9 @@
 //!   own members' tracks, never relayed ones, so the full mesh has no loops, and each track
 //!   crosses each link once however many subscribers are behind it.
 
-use super::peer::{self, Peer, PeerRole};
-use super::room::Room;
+use super::Room;
+use crate::actors::peer::{self, Peer, PeerRole};
+use crate::actors::router::Deliver;
 use crate::media::forward::TrackSource;
 use crate::membership::RemoteMembers;
 use actix::prelude::*;
@@ -227,7 +228,7 @@ impl Room {
 
     fn tell_all(&self, msg: &ServerMessage) {
         for id in self.members.keys() {
-            self.node.router.do_send(super::router::Deliver {
+            self.node.router.do_send(Deliver {
                 to: id.clone(),
                 room: self.id.clone(),
                 msg: msg.clone(),
@@ -344,7 +345,7 @@ impl Room {
                 self.id.clone(),
                 can_publish,
                 !can_publish,
-                ctx.address(),
+                ctx.address().recipient(),
                 self.node.clone(),
             )
             .start(),
@@ -394,6 +395,10 @@ impl Room {
     /// at the pace of ICE's failure timeout.
     pub(super) fn relay_failed(&mut self, node: NodeId, link: u64, ctx: &mut Context<Self>) {
         tracing::info!(room = %self.id, %node, link, "relay link failed");
+        self.node
+            .counters
+            .relay_link_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(cluster) = &self.node.cluster {
             relay_send(
                 cluster,
@@ -486,7 +491,7 @@ async fn fetch_state(
 /// An event of another node of the room.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct RemoteEvent(pub RoomEvent);
+struct RemoteEvent(RoomEvent);
 
 impl Handler<RemoteEvent> for Room {
     type Result = ();
@@ -506,11 +511,11 @@ impl Handler<RemoteEvent> for Room {
 /// Relay link signaling from another node of the room.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Relay(pub RelayMessage);
+pub struct RelaySignal(pub RelayMessage);
 
-impl Handler<Relay> for Room {
+impl Handler<RelaySignal> for Room {
     type Result = ();
-    fn handle(&mut self, msg: Relay, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: RelaySignal, ctx: &mut Context<Self>) {
         let RelayMessage {
             from, link, body, ..
         } = msg.0;
