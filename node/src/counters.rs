@@ -26,6 +26,8 @@ pub struct Counters {
     /// totals).
     pub relay_packets_out: AtomicU64,
     pub relay_bytes_out: AtomicU64,
+    /// Relay links whose connection failed (ICE consent lost: a partition, a dead node).
+    pub relay_link_failures: AtomicU64,
     /// A subscriber's send queue was full (slow subscriber).
     pub dropped_congested: AtomicU64,
     /// A retransmission or duplicate arrived twice from the publisher.
@@ -50,6 +52,7 @@ pub struct CountersSnapshot {
     pub published_bytes_in: u64,
     pub relay_packets_out: u64,
     pub relay_bytes_out: u64,
+    pub relay_link_failures: u64,
     pub dropped_congested: u64,
     pub dropped_duplicate: u64,
     pub dropped_write_error: u64,
@@ -74,6 +77,7 @@ impl Counters {
             published_bytes_in: c(&self.published_bytes_in),
             relay_packets_out: c(&self.relay_packets_out),
             relay_bytes_out: c(&self.relay_bytes_out),
+            relay_link_failures: c(&self.relay_link_failures),
             dropped_congested: c(&self.dropped_congested),
             dropped_duplicate: c(&self.dropped_duplicate),
             dropped_write_error: c(&self.dropped_write_error),

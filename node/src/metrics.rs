@@ -53,6 +53,7 @@ pub fn publish(c: &Counters) {
     metrics::counter!("sfu_published_bytes_received_total").absolute(s.published_bytes_in);
     metrics::counter!("sfu_relay_packets_sent_total").absolute(s.relay_packets_out);
     metrics::counter!("sfu_relay_bytes_sent_total").absolute(s.relay_bytes_out);
+    metrics::counter!("sfu_relay_link_failures_total").absolute(s.relay_link_failures);
     metrics::counter!("sfu_packets_dropped_total", "reason" => "congested")
         .absolute(s.dropped_congested);
     metrics::counter!("sfu_packets_dropped_total", "reason" => "duplicate")

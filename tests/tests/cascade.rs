@@ -2,7 +2,8 @@
 //! `us` and `ap`, synthetic WebRTC clients joining through their own region's node. Each
 //! track crosses each relay link once, whatever the number of subscribers behind it.
 
-use chaos::{Client, PublishOpts};
+use chaos::geo::GeoNet;
+use chaos::{Client, ClientConfig, PublishOpts};
 use coordinator::CoordinatorHandle;
 use protocol::cluster::RoomAssignment;
 use protocol::signal::ServerMessage;
@@ -18,34 +19,74 @@ struct Geo {
     nats: NatsServer,
     coordinators: Vec<CoordinatorHandle>,
     nodes: Vec<NodeHandle>,
+    /// Latency and partitions between regions, when the sandbox has them.
+    net: Option<GeoNet>,
+    /// Clients started, numbering their addresses in their region.
+    clients: std::sync::atomic::AtomicUsize,
 }
 
 impl Geo {
     /// NATS, two coordinators and one node per `(id, region)`; returns once every
     /// coordinator sees every node.
     async fn start(nodes: &[(&str, &str)], tweak: impl Fn(&mut Config)) -> anyhow::Result<Geo> {
+        Self::start_with(nodes, None, tweak).await
+    }
+
+    /// Like [`Geo::start`], with `one_way` delay between the regions (in the order the nodes
+    /// name them, the first being NATS's home): every node's media goes through its region's
+    /// gateway and every other region's NATS through a delayed proxy (`chaos::geo`). One
+    /// node per region.
+    async fn start_far(nodes: &[(&str, &str)], one_way: Duration) -> anyhow::Result<Geo> {
+        let mut regions: Vec<&str> = Vec::new();
+        for (_, r) in nodes {
+            if !regions.contains(r) {
+                regions.push(r);
+            }
+        }
+        let net = GeoNet::new(&regions, one_way, Duration::ZERO, rand::random())?;
+        Self::start_with(nodes, Some(net), |_| {}).await
+    }
+
+    async fn start_with(
+        nodes: &[(&str, &str)],
+        mut net: Option<GeoNet>,
+        tweak: impl Fn(&mut Config),
+    ) -> anyhow::Result<Geo> {
         tests::init_logs();
         let nats = NatsServer::start()?;
         let coordinators = (0..2)
             .map(|_| coordinator::spawn(coordinator::Config::local(nats.url())))
             .collect::<Result<Vec<_>, _>>()?;
-        let nodes = nodes
-            .iter()
-            .map(|(id, region)| {
-                let mut c = Config::local_dev();
-                c.node_id = NodeId::new(*id).unwrap();
-                c.region = (*region).into();
-                c.nats_url = Some(nats.url());
-                c.resume_grace = Duration::ZERO;
-                c.room_empty_grace = Duration::from_millis(300);
-                tweak(&mut c);
-                node::spawn(c)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        // Below the ephemeral range, so no client socket takes a gateway's port.
+        let mut next_port = 20_000 + 40 * rand::Rng::gen_range(&mut rand::thread_rng(), 0..250u16);
+        let mut started = Vec::new();
+        for (id, region) in nodes {
+            let mut c = Config::local_dev();
+            c.node_id = NodeId::new(*id).unwrap();
+            c.region = (*region).into();
+            c.nats_url = Some(nats.url());
+            c.resume_grace = Duration::ZERO;
+            c.room_empty_grace = Duration::from_millis(300);
+            if let Some(net) = net.as_mut() {
+                let (bind, announce) = net.node_ips(region, 0).expect("a region of the net");
+                let ports = (next_port, next_port + 39);
+                next_port += 40;
+                net.add_node(region, 0, ports).await?;
+                let nats_addr = ([127, 0, 0, 1], nats.port()).into();
+                c.nats_url = Some(net.nats_url(region, nats_addr).await?);
+                c.udp_ip = bind;
+                c.public_ip = Some(announce.to_string());
+                c.udp_ports = ports;
+            }
+            tweak(&mut c);
+            started.push(node::spawn(c)?);
+        }
         let geo = Geo {
             nats,
             coordinators,
-            nodes,
+            nodes: started,
+            net,
+            clients: Default::default(),
         };
         wait_until(WAIT, "coordinators to see every node", || async {
             for c in &geo.coordinators {
@@ -68,10 +109,20 @@ impl Geo {
             .expect("a node of the sandbox")
     }
 
-    /// Joins through `via` without saying a region: the socket's node region applies.
+    /// Joins through `via` without saying a region: the socket's node region applies. With
+    /// a geo net the client's media sockets sit in the node's region.
     async fn join(&self, via: &str, room: &str, user: &str) -> anyhow::Result<Client> {
         let node = self.node(via);
-        let client = Client::connect(&node.ws_url()).await?;
+        let mut config = ClientConfig::default();
+        if let Some(net) = &self.net {
+            let n = self
+                .clients
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed) as u8;
+            config.bind_ip = net
+                .client_ip(&node.config().region, n % 100)
+                .expect("a region of the net");
+        }
+        let client = Client::connect_with(&node.ws_url(), config).await?;
         client
             .join(room, &mint(node, &claims(room, user, 600)))
             .await?;
@@ -446,6 +497,73 @@ async fn a_user_joining_again_in_another_region_replaces_the_first_participant(
     wait_members(&alice2, &["bob"]).await?;
     drop(alice);
     alice2.leave().await?;
+    bob.leave().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_between_regions_cuts_the_relay_until_it_heals() -> anyhow::Result<()> {
+    let geo = Geo::start_far(&[("eu-1", "eu"), ("us-1", "us")], Duration::from_millis(20)).await?;
+    let net = geo.net.as_ref().unwrap();
+    let room = room_name("split");
+    let alice = geo.join("eu-1", &room, "alice").await?;
+    alice.publish(PublishOpts::default()).await?;
+    let bob = geo.join("us-1", &room, "bob").await?;
+    wait_media(&bob, &["alice"], 200).await?;
+    let crossed = |stats: &chaos::impair::LinkStats| stats.forward.packets + stats.reverse.packets;
+    let link = net.link("eu", "us").unwrap();
+    assert!(
+        crossed(&link.stats()) > 200,
+        "media crossed the regions' link"
+    );
+
+    // Cut: nothing crosses between eu and us until the relay link fails (5 s without an
+    // answer to ICE consent checks) on both nodes.
+    let failures = |id: &str| geo.node(id).counters().relay_link_failures;
+    let before = (failures("eu-1"), failures("us-1"));
+    net.partition("eu", "us", true);
+    wait_until(WAIT, "the relay link to fail on both nodes", || async {
+        let now = (failures("eu-1"), failures("us-1"));
+        if now.0 > before.0 && now.1 > before.1 {
+            Ok(())
+        } else {
+            Err(format!("failures {now:?}, before {before:?}"))
+        }
+    })
+    .await?;
+    let dropped = |stats: &chaos::impair::LinkStats| {
+        stats.forward.dropped_partition + stats.reverse.dropped_partition
+    };
+    assert!(dropped(&link.stats()) > 0, "the partition dropped packets");
+    let during = bob.received_from("alice");
+    // A second of alice's media reaches her node meanwhile, and none of it reaches bob.
+    let published = geo.node("eu-1").counters().packets_in;
+    wait_until(
+        WAIT,
+        "a second more of alice's media at her node",
+        || async {
+            let now = geo.node("eu-1").counters().packets_in;
+            if now >= published + 150 {
+                Ok(())
+            } else {
+                Err(format!("{now}"))
+            }
+        },
+    )
+    .await?;
+    assert!(
+        bob.received_from("alice") <= during + 5,
+        "nothing reaches bob through the partition"
+    );
+
+    // Heal: the relay comes back and media resumes, without anything from the clients.
+    net.partition("eu", "us", false);
+    let healed = bob.received_from("alice");
+    bob.wait_received_from("alice", healed + 200, WAIT).await?;
+    for c in [&alice, &bob] {
+        assert!(!c.is_closed(), "no client was disconnected");
+    }
+    alice.leave().await?;
     bob.leave().await?;
     Ok(())
 }

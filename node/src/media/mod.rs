@@ -55,6 +55,15 @@ impl MediaContext {
         }
     }
 
+    /// The node's own SDP as clients must see it: with `--public-ip`, candidates announce
+    /// that address instead of the bound one (see [`sdp::announce_address`]).
+    pub fn announced(&self, sdp: String) -> String {
+        match &self.public_ip {
+            Some(public) => sdp::announce_address(&sdp, &self.udp_ip.to_string(), public),
+            None => sdp,
+        }
+    }
+
     /// Builds a peer connection bound to one port of the node's range. Must run on the
     /// media runtime. The lease returns the port when dropped.
     pub async fn new_peer_connection(
