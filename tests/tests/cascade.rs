@@ -192,7 +192,12 @@ fn relay_bytes(node: &NodeHandle) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_room_spans_three_regions_and_everyone_receives_everyone() -> anyhow::Result<()> {
-    let geo = Geo::start(&[("eu-1", "eu"), ("us-1", "us"), ("ap-1", "ap")], |_| {}).await?;
+    // 50 ms round trips between regions, on the relay paths and the NATS links alike.
+    let geo = Geo::start_far(
+        &[("eu-1", "eu"), ("us-1", "us"), ("ap-1", "ap")],
+        Duration::from_millis(25),
+    )
+    .await?;
     let room = room_name("geo");
     let alice = geo.join("eu-1", &room, "alice").await?;
     alice.publish(PublishOpts::default()).await?;
@@ -228,6 +233,15 @@ async fn one_room_spans_three_regions_and_everyone_receives_everyone() -> anyhow
     wait_media(&carol, &["alice"], 200).await?;
     for (c, who) in [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")] {
         assert_delivery(who, c);
+    }
+    // The media crossed the regions' links, delayed.
+    let net = geo.net.as_ref().unwrap();
+    for (a, b) in [("eu", "us"), ("eu", "ap"), ("us", "ap")] {
+        let stats = net.link(a, b).unwrap().stats();
+        assert!(
+            stats.forward.packets + stats.reverse.packets > 100,
+            "{a}-{b}: {stats:?}"
+        );
     }
     wait_members(&alice, &["bob", "carol"]).await?;
     wait_members(&bob, &["alice", "carol"]).await?;
