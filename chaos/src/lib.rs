@@ -50,6 +50,30 @@ pub use events::CloseInfo;
 pub use publisher::{PublishOpts, SentStats};
 pub use stats::TrackStats;
 
+/// Polls `check` until it returns `Ok`, or fails after `timeout` with the last reason it
+/// gave: what tests and scenario runs wait on instead of sleeping.
+pub async fn wait_until<F, Fut>(
+    timeout: std::time::Duration,
+    what: &str,
+    mut check: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<(), String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let reason = match check().await {
+            Ok(()) => return Ok(()),
+            Err(r) => r,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}: {reason}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Logs of the chaos programs: warnings to stderr, webrtc-rs's benign loopback races (early
 /// STUN checks, DTLS server name) silenced; `RUST_LOG` overrides.
 pub fn init_logs() {

@@ -4,7 +4,7 @@
 //! bounds only catch a path that was impaired when it should not be.
 
 use chaos::geo::GeoNet;
-use std::future::Future;
+use chaos::wait_until;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -20,26 +20,6 @@ fn ms(n: u64) -> Duration {
 
 fn geo() -> GeoNet {
     GeoNet::new(&["eu", "us", "ap"], DELAY, Duration::ZERO, 11).unwrap()
-}
-
-/// Polls `check` until it holds, failing with its last reason after `timeout`.
-async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        let reason = match check().await {
-            Ok(()) => return,
-            Err(reason) => reason,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}: {reason}"
-        );
-        tokio::time::sleep(ms(10)).await;
-    }
 }
 
 /// A UDP echo server on node `k` of `region`'s bind address, with its gateway; returns the
@@ -157,7 +137,8 @@ async fn a_partition_cuts_one_pair_until_healed() {
             .then_some(())
             .ok_or(format!("{dropped} dropped"))
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(round_trip(&eu, node, ms(300)).await, None);
     round_trips(&ap, node, 2).await;
     round_trips(&us, node, 2).await;
@@ -169,7 +150,8 @@ async fn a_partition_cuts_one_pair_until_healed() {
             .map(|_| ())
             .ok_or_else(|| "no echo".to_string())
     })
-    .await;
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! latency are strict, upper bounds only catch a proxy that forgot to release.
 
 use chaos::impair::{Impairment, Link, TcpProxy, UdpProxy};
-use std::future::Future;
+use chaos::wait_until;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,26 +21,6 @@ fn any_port() -> SocketAddr {
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
-}
-
-/// Polls `check` until it holds, failing with its last reason after `timeout`.
-async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        let reason = match check().await {
-            Ok(()) => return,
-            Err(reason) => reason,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}: {reason}"
-        );
-        tokio::time::sleep(ms(10)).await;
-    }
 }
 
 /// A UDP server that sends every datagram back; the task ends with the test's runtime.
@@ -178,7 +158,8 @@ async fn udp_loss_drops_about_the_configured_share() {
                 .then_some(())
                 .ok_or(format!("{handled} of {want} decided"))
         })
-        .await;
+        .await
+        .unwrap();
     }
     let stats = link.stats().forward;
     assert_eq!(stats.dropped_partition + stats.dropped_overflow, 0);
@@ -193,7 +174,8 @@ async fn udp_loss_drops_about_the_configured_share() {
             .then_some(())
             .ok_or(format!("{got} of {}", stats.packets))
     })
-    .await;
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -220,7 +202,8 @@ async fn udp_partition_drops_everything_until_healed() {
             .then_some(())
             .ok_or(format!("{dropped} dropped"))
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(recv_within(&client, ms(200)).await, None);
     assert_eq!(link.stats().forward.packets, 1);
 
@@ -257,7 +240,8 @@ async fn udp_rate_cap_spaces_datagrams_and_drops_what_would_wait_too_long() {
             .then_some(())
             .ok_or(format!("{handled} decided"))
     })
-    .await;
+    .await
+    .unwrap();
     let stats = link.stats().forward;
     // The 6th waits 450 ms at most, so it always passes; the 7th would wait 550 ms unless
     // the sends themselves were that slow.
@@ -339,7 +323,8 @@ async fn tcp_stream_arrives_intact_and_in_order_under_jitter() {
         let open = proxy.connections();
         (open == 0).then_some(()).ok_or(format!("{open} open"))
     })
-    .await;
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -396,7 +381,8 @@ async fn tcp_cut_closes_current_connections_and_new_ones_work() {
         let open = proxy.connections();
         (open == 0).then_some(()).ok_or(format!("{open} open"))
     })
-    .await;
+    .await
+    .unwrap();
 
     let mut again = TcpStream::connect(proxy.local_addr()).await.unwrap();
     again.write_all(b"again").await.unwrap();

@@ -7,29 +7,11 @@ pub mod nats;
 use chaos::Client;
 use protocol::token::{self, Claims};
 use protocol::{RoomId, UserId};
-use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use node::{Config, NodeHandle};
 
-/// Polls `check` until it returns `Ok`, or fails after `timeout` with the last reason.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), String>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let reason = match check().await {
-            Ok(()) => return Ok(()),
-            Err(r) => r,
-        };
-        if tokio::time::Instant::now() >= deadline {
-            anyhow::bail!("timed out after {timeout:?} waiting for {what}: {reason}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+pub use chaos::wait_until;
 
 pub fn now_unix() -> u64 {
     SystemTime::now()
@@ -183,6 +165,36 @@ pub fn assert_delivery(who: &str, client: &Client) {
             t.publisher
         );
     }
+}
+
+/// Waits until `client` has received, in order, the application messages `{"n": 0}` …
+/// `{"n": count - 1}` from `from`, and no other numbered message from it.
+pub async fn wait_numbered_messages(
+    client: &Client,
+    from: &str,
+    count: i64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    wait_until(timeout, "numbered messages in order", || async {
+        let got: Vec<i64> = client
+            .messages()
+            .iter()
+            .filter_map(|m| match m {
+                protocol::signal::ServerMessage::Message { from: f, data }
+                    if f.as_str() == from =>
+                {
+                    data["n"].as_i64()
+                }
+                _ => None,
+            })
+            .collect();
+        if got == (0..count).collect::<Vec<_>>() {
+            Ok(())
+        } else {
+            Err(format!("from {from}: {got:?}"))
+        }
+    })
+    .await
 }
 
 /// Test logs: `RUST_LOG=node=debug cargo test …` shows the node's tracing output.

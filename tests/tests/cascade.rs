@@ -11,7 +11,10 @@ use protocol::{NodeId, UserId};
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tests::nats::NatsServer;
-use tests::{assert_delivery, claims, mint, room_name, wait_media, wait_until, Config, NodeHandle};
+use tests::{
+    assert_delivery, claims, mint, room_name, wait_media, wait_numbered_messages, wait_until,
+    Config, NodeHandle,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -285,24 +288,7 @@ async fn one_room_spans_three_regions_and_everyone_receives_everyone() -> anyhow
             .send_message("carol", serde_json::json!({ "n": i }))
             .await?;
     }
-    wait_until(WAIT, "30 messages in order at carol", || async {
-        let got: Vec<i64> = carol
-            .messages()
-            .iter()
-            .filter_map(|m| match m {
-                ServerMessage::Message { from, data } if from.as_str() == "alice" => {
-                    data["n"].as_i64()
-                }
-                _ => None,
-            })
-            .collect();
-        if got == (0..30).collect::<Vec<_>>() {
-            Ok(())
-        } else {
-            Err(format!("{got:?}"))
-        }
-    })
-    .await?;
+    wait_numbered_messages(&carol, "alice", 30, WAIT).await?;
 
     // The last participant of `ap` leaves: ap-1 leaves the room and its links close.
     carol.leave().await?;

@@ -6,7 +6,7 @@ use coordinator::CoordinatorHandle;
 use protocol::signal::ServerMessage;
 use std::time::Duration;
 use tests::nats::NatsServer;
-use tests::{http_get, join, room_name, wait_until, Config, NodeHandle};
+use tests::{http_get, join, room_name, wait_numbered_messages, wait_until, Config, NodeHandle};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -190,25 +190,8 @@ async fn messages_cross_nodes_in_order() -> anyhow::Result<()> {
         a.send_message("carol", serde_json::json!({ "n": i }))
             .await?;
     }
-    for (client, name) in [(&b, "bob"), (&c, "carol")] {
-        wait_until(WAIT, "50 messages in order", || async {
-            let got: Vec<i64> = client
-                .messages()
-                .iter()
-                .filter_map(|m| match m {
-                    ServerMessage::Message { from, data } if from.as_str() == "alice" => {
-                        data["n"].as_i64()
-                    }
-                    _ => None,
-                })
-                .collect();
-            if got == (0..50).collect::<Vec<_>>() {
-                Ok(())
-            } else {
-                Err(format!("{name}: {got:?}"))
-            }
-        })
-        .await?;
+    for client in [&b, &c] {
+        wait_numbered_messages(client, "alice", 50, WAIT).await?;
     }
     let cursor = a.message_count();
     a.send_message("nobody", serde_json::json!(1)).await?;

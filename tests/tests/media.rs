@@ -5,8 +5,8 @@
 use chaos::PublishOpts;
 use protocol::signal::ServerMessage;
 use tests::{
-    assert_delivery, join, room_name, start_node, wait_media, wait_node_idle, wait_until,
-    MEDIA_WAIT,
+    assert_delivery, join, room_name, start_node, wait_media, wait_node_idle,
+    wait_numbered_messages, wait_until, MEDIA_WAIT,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,22 +130,7 @@ async fn application_messages_reach_the_user_in_order() -> anyhow::Result<()> {
     for i in 0..20 {
         a.send_message("b", serde_json::json!({ "n": i })).await?;
     }
-    wait_until(MEDIA_WAIT, "20 messages at b", || async {
-        let got: Vec<i64> = b
-            .messages()
-            .iter()
-            .filter_map(|m| match m {
-                ServerMessage::Message { from, data } if from.as_str() == "a" => data["n"].as_i64(),
-                _ => None,
-            })
-            .collect();
-        if got == (0..20).collect::<Vec<_>>() {
-            Ok(())
-        } else {
-            Err(format!("{got:?}"))
-        }
-    })
-    .await?;
+    wait_numbered_messages(&b, "a", 20, MEDIA_WAIT).await?;
     // A user who is not in the room is `not_found`.
     let cursor = a.message_count();
     a.send_message("nobody", serde_json::json!(1)).await?;
