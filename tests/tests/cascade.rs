@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use tests::nats::NatsServer;
 use tests::{
-    assert_delivery, claims, mint, room_name, wait_media, wait_numbered_messages, wait_until,
-    Config, NodeHandle,
+    assert_delivery, claims, mint, room_name, wait_media, wait_node_idle, wait_numbered_messages,
+    wait_until, Config, NodeHandle,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -290,29 +290,40 @@ async fn one_room_spans_three_regions_and_everyone_receives_everyone() -> anyhow
     }
     wait_numbered_messages(&carol, "alice", 30, WAIT).await?;
 
-    // The last participant of `ap` leaves: ap-1 leaves the room and its links close.
+    // The origin's last participant leaves while bob (us) publishes to carol (ap): us-1
+    // becomes the origin with the next epoch, and the media between us and ap flows on.
+    bob.publish(PublishOpts::default()).await?;
+    wait_media(&carol, &["bob"], 100).await?;
+    let before = geo.entry(&room).await?.unwrap();
+    let from_bob = carol.received_from("bob");
+    alice.leave().await?;
+    let after = geo.wait_entry_nodes(&room, &["us-1", "ap-1"]).await?;
+    assert_eq!(after.node.as_str(), "us-1");
+    assert_eq!(after.epoch, before.epoch + 1);
+    carol
+        .wait_received_from("bob", from_bob + 200, WAIT)
+        .await?;
+    assert_delivery("carol", &carol);
+    wait_members(&carol, &["bob", "dave"]).await?;
+    wait_node_idle(geo.node("eu-1"), WAIT).await?;
+
+    // The last participant of `ap` leaves: ap-1 leaves the room and the links close.
     carol.leave().await?;
-    geo.wait_entry_nodes(&room, &["eu-1", "us-1"]).await?;
-    wait_members(&alice, &["bob", "dave"]).await?;
-    wait_until(WAIT, "ap-1 to release the room", || async {
-        let c = geo.node("ap-1").counters();
-        if c.rooms == 0 && c.peers == 0 && c.transports == 0 {
+    geo.wait_entry_nodes(&room, &["us-1"]).await?;
+    wait_members(&bob, &["dave"]).await?;
+    wait_node_idle(geo.node("ap-1"), WAIT).await?;
+    wait_until(WAIT, "us-1 to close its links", || async {
+        let snap = geo.node("us-1").snapshot().await;
+        let links = &snap["rooms"][0]["links"];
+        let open = links["sending_to"].as_array().map_or(0, Vec::len)
+            + links["receiving_from"].as_array().map_or(0, Vec::len);
+        if open == 0 {
             Ok(())
         } else {
-            Err(format!("{c:?}"))
+            Err(format!("{links}"))
         }
     })
     .await?;
-
-    // The origin's last participant leaves: us-1 becomes the origin with a new epoch, and
-    // the room goes on.
-    let before = geo.entry(&room).await?.unwrap();
-    alice.leave().await?;
-    let after = geo.wait_entry_nodes(&room, &["us-1"]).await?;
-    assert_eq!(after.node.as_str(), "us-1");
-    assert_eq!(after.epoch, before.epoch + 1);
-    bob.publish(PublishOpts::default()).await?;
-    wait_media(&dave, &["bob"], 100).await?;
     bob.leave().await?;
     dave.leave().await?;
     wait_until(WAIT, "the room to leave the directory", || async {
@@ -322,6 +333,9 @@ async fn one_room_spans_three_regions_and_everyone_receives_everyone() -> anyhow
         }
     })
     .await?;
+    for n in &geo.nodes {
+        wait_node_idle(n, WAIT).await?;
+    }
     Ok(())
 }
 
