@@ -581,3 +581,38 @@ async fn a_partition_between_regions_cuts_the_relay_until_it_heals() -> anyhow::
     bob.leave().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_on_a_relay_path_is_repaired_hop_by_hop() -> anyhow::Result<()> {
+    let geo = Geo::start_far(&[("eu-1", "eu"), ("us-1", "us")], Duration::from_millis(10)).await?;
+    let link = geo.net.as_ref().unwrap().link("eu", "us").unwrap();
+    // 3 % of the datagrams between the regions are lost, each way, from the start.
+    link.set(chaos::impair::Impairment {
+        delay: Duration::from_millis(10),
+        loss: 0.03,
+        ..Default::default()
+    });
+    let room = room_name("lossy");
+    let alice = geo.join("eu-1", &room, "alice").await?;
+    alice.publish(PublishOpts::default()).await?;
+    let bob = geo.join("us-1", &room, "bob").await?;
+    wait_media(&bob, &["alice"], 100).await?;
+    let start = bob.received_from("alice");
+    bob.wait_received_from("alice", start + 1_000, WAIT).await?;
+    let stats = link.stats();
+    let dropped = stats.forward.dropped_loss + stats.reverse.dropped_loss;
+    assert!(dropped > 20, "the link lost packets: {stats:?}");
+    // Video is repaired: the receiving node asked for the lost packets again (NACK) and the
+    // sending node resent them. Audio negotiates no NACK (Opus has its own concealment).
+    for t in bob.track_stats() {
+        let expected = t.received - t.duplicates + t.lost;
+        let ratio = (t.received - t.duplicates) as f64 / expected.max(1) as f64;
+        eprintln!("{:?}: {:.2} % delivered ({t:?})", t.kind, ratio * 100.0);
+        if t.kind == protocol::signal::TrackKind::Video {
+            assert!(ratio >= 0.995, "video repaired: {t:?}");
+        }
+    }
+    alice.leave().await?;
+    bob.leave().await?;
+    Ok(())
+}
