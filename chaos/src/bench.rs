@@ -1,10 +1,13 @@
 //! Helpers shared by the benchmark programs (`src/bin/bench_*.rs`): machine facts, CPU
-//! accounting from `/proc`, a bounded loopback HTTP GET, Prometheus text lookup, exact
-//! percentiles, and rewriting one delimited section of a markdown file.
+//! accounting from `/proc` (per process, per thread, the machine), a least-squares rate, a
+//! bounded loopback HTTP GET, Prometheus text lookup, exact percentiles, and rewriting one
+//! delimited section of a markdown file. The processes themselves come from
+//! [`crate::sandbox`].
 //!
 //! Everything here is plain std/tokio: no state, no background work.
 
 use anyhow::{anyhow, bail, Context, Result};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -70,10 +73,10 @@ impl MachineFacts {
     }
 }
 
-/// Trimmed stdout of a command that succeeded.
 /// Logs of a benchmark program (the CLI's, see [`crate::init_logs`]).
 pub use crate::init_logs;
 
+/// Trimmed stdout of a command that succeeded.
 pub fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(cmd).args(args).output().ok()?;
     if !out.status.success() {
@@ -94,6 +97,30 @@ pub fn command_line() -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// This process's command line without `flag` and its value (`--note FILE` or
+/// `--note=FILE`): for a section that already holds what the flag brought in.
+pub fn command_line_without(flag: &str) -> String {
+    let line = command_line();
+    let mut out: Vec<&str> = Vec::new();
+    let mut skip = false;
+    let joined = format!("{flag}=");
+    for w in line.split(' ') {
+        if skip {
+            skip = false;
+            continue;
+        }
+        if w == flag {
+            skip = true;
+            continue;
+        }
+        if w.starts_with(&joined) {
+            continue;
+        }
+        out.push(w);
+    }
+    out.join(" ")
 }
 
 pub fn unix_secs() -> u64 {
@@ -284,6 +311,175 @@ pub fn vm_rss_kib(pid: u32) -> Result<u64> {
         .ok_or_else(|| anyhow!("{path} has no VmRSS"))
 }
 
+/// Every thread of a process: tid → (name, utime + stime ticks).
+pub fn thread_ticks(pid: u32) -> BTreeMap<u32, (String, u64)> {
+    let mut out = BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            continue;
+        };
+        let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default();
+        if let Ok(t) = proc_cpu_ticks(&format!("{pid}/task/{tid}")) {
+            out.insert(tid, (name, t));
+        }
+    }
+    out
+}
+
+/// CPU counters of some processes (by name), of this process and of the whole machine at
+/// one instant; two of them give a [`CpuUse`].
+#[derive(Debug, Clone)]
+pub struct CpuSnap {
+    at: Instant,
+    /// Per process: its name and utime + stime ticks (`None` once it is gone).
+    procs: Vec<(String, Option<u64>)>,
+    /// Per process: thread id → (thread name, ticks).
+    threads: Vec<BTreeMap<u32, (String, u64)>>,
+    bench: u64,
+    machine: (u64, u64),
+}
+
+impl CpuSnap {
+    /// Reads `/proc` for each `(name, pid)`, for this process and for the machine.
+    pub fn take(procs: &[(String, u32)]) -> CpuSnap {
+        CpuSnap {
+            at: Instant::now(),
+            procs: procs
+                .iter()
+                .map(|(id, pid)| (id.clone(), proc_cpu_ticks(&pid.to_string()).ok()))
+                .collect(),
+            threads: procs.iter().map(|(_, pid)| thread_ticks(*pid)).collect(),
+            bench: proc_cpu_ticks("self").unwrap_or(0),
+            machine: machine_ticks().unwrap_or((0, 0)),
+        }
+    }
+}
+
+/// CPU over an interval, in % of one core (the machine has nproc × 100 %).
+#[derive(Debug, Clone)]
+pub struct CpuUse {
+    pub secs: f64,
+    pub procs: Vec<(String, f64)>,
+    /// Per process, its busiest thread over the interval: (process, thread name, % of one
+    /// core).
+    pub busiest_thread: Vec<(String, String, f64)>,
+    /// This process.
+    pub bench: f64,
+    /// Everything else on the machine: all cores' busy time minus the processes and this one.
+    pub other: f64,
+    /// Share of all cores busy, %.
+    pub machine_busy: f64,
+}
+
+impl CpuUse {
+    /// From two snapshots of the same processes, `a` first.
+    pub fn between(a: &CpuSnap, b: &CpuSnap) -> CpuUse {
+        let (clk_tck, nproc) = clk_and_nproc();
+        let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
+        let pct = |ticks: u64| 100.0 * ticks as f64 / clk_tck / secs;
+        let procs: Vec<(String, f64)> = a
+            .procs
+            .iter()
+            .zip(&b.procs)
+            .map(|((id, x), (_, y))| {
+                let v = match (x, y) {
+                    (Some(x), Some(y)) => pct(y.saturating_sub(*x)),
+                    _ => f64::NAN,
+                };
+                (id.clone(), v)
+            })
+            .collect();
+        let busiest_thread = a
+            .procs
+            .iter()
+            .zip(a.threads.iter().zip(&b.threads))
+            .filter_map(|((id, _), (ta, tb))| {
+                tb.iter()
+                    .map(|(tid, (name, t1))| {
+                        let t0 = ta.get(tid).map_or(0, |(_, t)| *t);
+                        (name.clone(), pct(t1.saturating_sub(t0)))
+                    })
+                    .max_by(|x, y| x.1.total_cmp(&y.1))
+                    .map(|(name, v)| (id.clone(), name, v))
+            })
+            .collect();
+        let bench = pct(b.bench.saturating_sub(a.bench));
+        let (busy, total) = (
+            b.machine.0.saturating_sub(a.machine.0),
+            b.machine.1.saturating_sub(a.machine.1),
+        );
+        let machine_busy = if total > 0 {
+            100.0 * busy as f64 / total as f64
+        } else {
+            f64::NAN
+        };
+        let ours: f64 = procs.iter().map(|(_, v)| v).filter(|v| v.is_finite()).sum();
+        let other = (machine_busy * nproc - ours - bench).max(0.0);
+        CpuUse {
+            secs,
+            procs,
+            busiest_thread,
+            bench,
+            other,
+            machine_busy,
+        }
+    }
+
+    /// % of one core used by process `id` (NaN when unknown).
+    pub fn of(&self, id: &str) -> f64 {
+        self.procs
+            .iter()
+            .find(|(p, _)| p == id)
+            .map(|(_, v)| *v)
+            .unwrap_or(f64::NAN)
+    }
+
+    /// CPU-seconds used by process `id` over the interval (NaN when unknown).
+    pub fn secs_of(&self, id: &str) -> f64 {
+        self.of(id) / 100.0 * self.secs
+    }
+
+    /// The busiest thread of process `id`: (thread name, % of one core).
+    pub fn busiest(&self, id: &str) -> Option<(&str, f64)> {
+        self.busiest_thread
+            .iter()
+            .find(|(p, _, _)| p == id)
+            .map(|(_, name, v)| (name.as_str(), *v))
+    }
+}
+
+/// (CLK_TCK, nproc), read once.
+pub fn clk_and_nproc() -> (f64, f64) {
+    static FACTS: std::sync::OnceLock<(f64, f64)> = std::sync::OnceLock::new();
+    *FACTS.get_or_init(|| {
+        let f = MachineFacts::collect();
+        (f.clk_tck as f64, f.nproc as f64)
+    })
+}
+
+/// Least-squares slope of `(seconds, value)` samples, per second; `None` with fewer than
+/// two distinct times. Counters the node adds to in batches need it: a two-point delta
+/// over a short window is off by up to one batch.
+pub fn slope(samples: &[(f64, f64)]) -> Option<f64> {
+    let n = samples.len() as f64;
+    if samples.len() < 2 {
+        return None;
+    }
+    let mt = samples.iter().map(|s| s.0).sum::<f64>() / n;
+    let mv = samples.iter().map(|s| s.1).sum::<f64>() / n;
+    let (mut num, mut den) = (0.0, 0.0);
+    for (t, v) in samples {
+        num += (t - mt) * (v - mv);
+        den += (t - mt) * (t - mt);
+    }
+    (den > 0.0).then(|| num / den)
+}
+
 /// Samples the machine's busy share over 1 s until it is below `below` % or `max` passes;
 /// returns the last sample.
 pub async fn wait_quiet(max: Duration, below: f64) -> Result<f64> {
@@ -345,6 +541,16 @@ sfu_packets_dropped_total{reason=\"write_error\"} 0\n";
             Some(0.0)
         );
         assert_eq!(metric(text, "sfu_rooms", None), None);
+    }
+
+    #[test]
+    fn slope_of_a_line_and_of_too_few_points() {
+        let line: Vec<(f64, f64)> = (0..10)
+            .map(|i| (i as f64 * 0.25, 3.0 + 8.0 * i as f64 * 0.25))
+            .collect();
+        assert!((slope(&line).unwrap() - 8.0).abs() < 1e-9);
+        assert_eq!(slope(&[(1.0, 2.0)]), None);
+        assert_eq!(slope(&[(1.0, 2.0), (1.0, 5.0)]), None);
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod impair;
 pub mod payload;
 mod peer;
 mod publisher;
+pub mod sandbox;
 pub mod stats;
 mod subscriber;
 pub mod view;

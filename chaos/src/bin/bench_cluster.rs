@@ -36,7 +36,8 @@
 //! section of FILE. Traffic goes to 127.0.0.1 only; every loop is bounded in count and time.
 
 use anyhow::{anyhow, bail, Context, Result};
-use chaos::bench::{self, ms, percentile_sorted, MachineFacts};
+use chaos::bench::{self, ms, percentile_sorted, CpuUse, MachineFacts};
+use chaos::sandbox::{Cluster, ClusterSpec, NodeSpec, Proc};
 use chaos::stats::LatencyHistogram;
 use chaos::{Client, ClientConfig, PublishOpts};
 use clap::{Parser, ValueEnum};
@@ -48,7 +49,6 @@ use protocol::{NodeId, RoomId, UserId};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -232,17 +232,6 @@ fn main() -> Result<()> {
 }
 
 fn validate(args: &Args) -> Result<()> {
-    for (what, p) in [
-        ("node", &args.node_bin),
-        ("coordinator", &args.coordinator_bin),
-    ] {
-        if !p.is_file() {
-            bail!(
-                "{what} binary {} not found: run `cargo build --release -p node -p coordinator -p chaos` first",
-                p.display()
-            );
-        }
-    }
     if args.parts.is_empty() {
         bail!("--parts is empty");
     }
@@ -272,7 +261,8 @@ fn validate(args: &Args) -> Result<()> {
     if args.udp_ports_per_node < 10 || top > 65535 {
         bail!("--udp-base/--udp-ports-per-node give ports beyond 65535 or under 10 per node");
     }
-    Ok(())
+    // Binaries present, ids and port ranges apart.
+    cluster_spec(args, Path::new(".")).validate()
 }
 
 /// Everything measured; a part not asked for is `None`.
@@ -305,16 +295,8 @@ async fn run(args: &Args) -> Result<Report> {
             args.quiet_wait
         );
     }
-    let mut cluster = Cluster::new(&dir);
-    let started = cluster.start(args).await;
-    if let Err(e) = started {
-        let tails = cluster.log_tails();
-        cluster.stop();
-        return Err(e.context(format!(
-            "starting the cluster; logs in {}\n{tails}",
-            dir.display()
-        )));
-    }
+    // On failure the sandbox stops what it started and names the logs.
+    let mut cluster = Cluster::start(cluster_spec(args, &dir)).await?;
     eprintln!("== cluster is up");
     let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
     let mut report = Report {
@@ -376,558 +358,43 @@ fn log_outcome<T>(what: &str, r: &Result<T>) {
 }
 
 // ---------------------------------------------------------------------------------------
-// The cluster's processes.
+// The cluster.
 
 const NODES: [(&str, &str); 3] = [("n1", "eu"), ("n2", "eu"), ("n3", "us")];
 const COORDINATORS: [&str; 2] = ["c1", "c2"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Nats,
-    Coordinator,
-    Node,
-}
-
-/// One child process, killed when dropped.
-struct Proc {
-    /// `nats`, `c1`, `n1`, …
-    id: String,
-    kind: Kind,
-    /// HTTP port (coordinators, nodes) or client port (nats).
-    port: u16,
-    child: Child,
-    log: PathBuf,
-    exit: Option<ExitStatus>,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
+/// Two coordinators and three nodes on distinct UDP ranges, all on nats-server directly.
+fn cluster_spec(args: &Args, dir: &Path) -> ClusterSpec {
+    let mut spec = ClusterSpec::new(dir);
+    spec.nats.bin = args.nats_bin.clone();
+    spec.coordinator_bin = args.coordinator_bin.clone();
+    spec.node_bin = args.node_bin.clone();
+    spec.admin_token = ADMIN_TOKEN.into();
+    spec.api_secret = API_SECRET.into();
+    spec.child_log = args.child_log.clone();
+    for id in COORDINATORS {
+        spec = spec.coordinator(id);
     }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            self.exit = self.child.try_wait().ok().flatten();
-        }
-        self.exit
-    }
-
-    fn ws_url(&self) -> String {
-        format!("ws://127.0.0.1:{}/ws", self.port)
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-struct Cluster {
-    dir: PathBuf,
-    nats_url: String,
-    /// In start order: nats, coordinators, nodes.
-    procs: Vec<Proc>,
-    stopped: bool,
-    /// Children that had exited on their own when [`Cluster::stop`] ran.
-    died: Vec<String>,
-}
-
-impl Cluster {
-    fn new(dir: &Path) -> Cluster {
-        Cluster {
-            dir: dir.to_owned(),
-            nats_url: String::new(),
-            procs: Vec::new(),
-            stopped: false,
-            died: Vec::new(),
-        }
-    }
-
-    fn spawn(
-        &mut self,
-        id: &str,
-        kind: Kind,
-        port: u16,
-        program: &Path,
-        args: &[String],
-        rust_log: &str,
-    ) -> Result<()> {
-        let log = self.dir.join(format!("{id}.log"));
-        let out =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let child = Command::new(program)
-            .args(args)
-            .env("RUST_LOG", rust_log)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {} ({id})", program.display()))?;
-        eprintln!(
-            "   started {id} (pid {}, log {})",
-            child.id(),
-            log.display()
-        );
-        self.procs.push(Proc {
-            id: id.to_owned(),
-            kind,
-            port,
-            child,
-            log,
-            exit: None,
-        });
-        Ok(())
-    }
-
-    async fn start(&mut self, args: &Args) -> Result<()> {
-        // nats-server, JetStream in the run directory.
-        let nats_port = bench::free_port()?;
-        let js = self.dir.join("jetstream");
-        std::fs::create_dir_all(&js)?;
-        let nats_args: Vec<String> = vec![
-            "-js".into(),
-            "-sd".into(),
-            js.to_string_lossy().into_owned(),
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            nats_port.to_string(),
-        ];
-        self.spawn(
-            "nats",
-            Kind::Nats,
-            nats_port,
-            &args.nats_bin,
-            &nats_args,
-            &args.child_log,
-        )?;
-        self.nats_url = format!("nats://127.0.0.1:{nats_port}");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(dead) = self.first_exited() {
-                bail!("{dead} exited during startup");
-            }
-            match probe_nats(nats_port).await {
-                Ok(()) => break,
-                Err(e) if Instant::now() >= deadline => {
-                    bail!("nats-server not ready within 15 s: {e}")
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+    for (i, (id, region)) in NODES.iter().enumerate() {
+        let lo = args.udp_base + i as u16 * args.udp_ports_per_node;
+        let hi = lo + args.udp_ports_per_node - 1;
+        let mut node = NodeSpec::new(id, region, (lo, hi))
+            .flag("--dev-tokens")
+            .flag("--msg-rate")
+            .flag(args.node_msg_rate.to_string());
+        if args.node_capacity > 0 {
+            for flag in ["--max-rooms", "--max-peers"] {
+                node = node.flag(flag).flag(args.node_capacity.to_string());
             }
         }
-
-        for id in COORDINATORS {
-            let port = bench::free_port()?;
-            let a: Vec<String> = [
-                "--id",
-                id,
-                "--nats-url",
-                &self.nats_url,
-                "--http-listen",
-                &format!("127.0.0.1:{port}"),
-                "--admin-token",
-                ADMIN_TOKEN,
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            let bin = args.coordinator_bin.clone();
-            self.spawn(id, Kind::Coordinator, port, &bin, &a, &args.child_log)?;
-        }
-        for (i, (id, region)) in NODES.iter().enumerate() {
-            let port = bench::free_port()?;
-            let lo = args.udp_base + i as u16 * args.udp_ports_per_node;
-            let hi = lo + args.udp_ports_per_node - 1;
-            let a: Vec<String> = [
-                "--node-id",
-                id,
-                "--region",
-                region,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--udp-ip",
-                "127.0.0.1",
-                "--udp-ports",
-                &format!("{lo}-{hi}"),
-                "--nats-url",
-                &self.nats_url,
-                "--api-secret",
-                API_SECRET,
-                "--dev-tokens",
-                "--msg-rate",
-                &args.node_msg_rate.to_string(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            let mut a = a;
-            if args.node_capacity > 0 {
-                for flag in ["--max-rooms", "--max-peers"] {
-                    a.push(flag.into());
-                    a.push(args.node_capacity.to_string());
-                }
-            }
-            let bin = args.node_bin.clone();
-            self.spawn(id, Kind::Node, port, &bin, &a, &args.child_log)?;
-        }
-
-        // Ready: every /readyz answers 200, and each coordinator sees the three nodes and
-        // the other coordinator (placement and the rendezvous sharding need both).
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(dead) = self.first_exited() {
-                bail!("{dead} exited during startup");
-            }
-            let waiting = self.not_ready().await;
-            if waiting.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("not ready within 30 s: {}", waiting.join("; "));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        spec = spec.node(node);
     }
-
-    /// What is not ready yet, one entry per process.
-    async fn not_ready(&self) -> Vec<String> {
-        let mut waiting = Vec::new();
-        for p in self.procs.iter().filter(|p| p.kind != Kind::Nats) {
-            if let Err(e) = bench::http_get(p.port, "/readyz").await {
-                waiting.push(format!("{}: /readyz {e:#}", p.id));
-                continue;
-            }
-            if p.kind == Kind::Coordinator {
-                match bench::http_get(p.port, "/metrics").await {
-                    Ok(text) => {
-                        let nodes = bench::metric(&text, "coord_live_nodes", None).unwrap_or(0.0);
-                        let coords =
-                            bench::metric(&text, "coord_live_coordinators", None).unwrap_or(0.0);
-                        if nodes < NODES.len() as f64 || coords < COORDINATORS.len() as f64 {
-                            waiting.push(format!(
-                                "{}: sees {nodes} nodes and {coords} coordinators",
-                                p.id
-                            ));
-                        }
-                    }
-                    Err(e) => waiting.push(format!("{}: /metrics {e:#}", p.id)),
-                }
-            }
-        }
-        waiting
-    }
-
-    fn first_exited(&mut self) -> Option<String> {
-        self.procs
-            .iter_mut()
-            .find_map(|p| p.exited().map(|s| format!("{} ({s})", p.id)))
-    }
-
-    fn node(&self, id: &str) -> Result<&Proc> {
-        self.procs
-            .iter()
-            .find(|p| p.kind == Kind::Node && p.id == id)
-            .ok_or_else(|| anyhow!("no node {id}"))
-    }
-
-    fn nodes(&self) -> impl Iterator<Item = &Proc> {
-        self.procs.iter().filter(|p| p.kind == Kind::Node)
-    }
-
-    fn coordinators(&self) -> impl Iterator<Item = &Proc> {
-        self.procs.iter().filter(|p| p.kind == Kind::Coordinator)
-    }
-
-    fn log_tails(&self) -> String {
-        let mut s = String::new();
-        for p in &self.procs {
-            let _ = writeln!(s, "--- {} (last lines of {})", p.id, p.log.display());
-            let _ = writeln!(s, "{}", p.log_tail(8));
-        }
-        s
-    }
-
-    /// SIGINT to every child (nodes first), then SIGKILL to those still running after 5 s.
-    fn stop(&mut self) {
-        if self.stopped {
-            return;
-        }
-        // Record children that died on their own before we stop them.
-        for p in self.procs.iter_mut() {
-            p.exited();
-        }
-        let died: Vec<String> = self
-            .procs
-            .iter()
-            .filter_map(|p| p.exit.map(|s| format!("{} exited on its own ({s})", p.id)))
-            .collect();
-        self.stopped = true;
-        for p in self.procs.iter_mut().rev() {
-            if p.exit.is_none() {
-                let _ = Command::new("kill")
-                    .args(["-INT", &p.pid().to_string()])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && self.procs.iter_mut().any(|p| p.exited().is_none()) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        for p in self.procs.iter_mut() {
-            if p.exited().is_none() {
-                eprintln!("   {} did not stop within 5 s of SIGINT; killing it", p.id);
-                let _ = p.child.kill();
-                let _ = p.child.wait();
-            }
-        }
-        for d in &died {
-            eprintln!("   {d}");
-        }
-        self.died = died;
-    }
-
-    /// After [`Cluster::stop`]: processes that had died by themselves, and the number of
-    /// WARN/ERROR lines in each log.
-    fn health(&self) -> Vec<String> {
-        let mut out = self.died.clone();
-        for p in &self.procs {
-            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
-            let mut warn = 0usize;
-            let mut error = 0usize;
-            let mut first: Option<String> = None;
-            for l in text.lines() {
-                let l = strip_ansi(l);
-                let is_warn = l.contains(" WARN ");
-                let is_error = l.contains(" ERROR ") || l.contains("panicked");
-                if is_warn || is_error {
-                    if is_error {
-                        error += 1;
-                    } else {
-                        warn += 1;
-                    }
-                    if first.is_none() {
-                        first = Some(l.chars().take(300).collect());
-                    }
-                }
-            }
-            if warn + error > 0 {
-                out.push(format!(
-                    "{}: {error} ERROR and {warn} WARN log lines; first: `{}`",
-                    p.id,
-                    first.unwrap_or_default().replace('`', "'")
-                ));
-            }
-        }
-        out
-    }
+    spec
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // Proc::drop kills whatever still runs (on errors, panics and Ctrl-C too); the
-        // JetStream store goes with the server, the logs stay.
-        self.procs.clear();
-        let _ = std::fs::remove_dir_all(self.dir.join("jetstream"));
-    }
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Ready = accepts a connection and greets with an INFO announcing JetStream.
-async fn probe_nats(port: u16) -> Result<()> {
-    use tokio::io::AsyncReadExt;
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        let mut buf = vec![0u8; 4096];
-        let n = s.read(&mut buf).await?;
-        anyhow::Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-    };
-    let info = tokio::time::timeout(Duration::from_secs(1), exchange)
-        .await
-        .map_err(|_| anyhow!("no INFO within 1 s"))??;
-    if !info.starts_with("INFO ") {
-        bail!("unexpected greeting {info:?}");
-    }
-    if !info.contains("\"jetstream\":true") {
-        bail!("jetstream not enabled yet");
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------
-// CPU accounting.
-
-struct CpuSnap {
-    at: Instant,
-    procs: Vec<(String, Option<u64>)>,
-    /// Per process: thread id → (thread name, ticks).
-    threads: Vec<BTreeMap<u32, (String, u64)>>,
-    bench: u64,
-    machine: (u64, u64),
-}
-
-/// Every thread of a process: tid → (name, utime + stime ticks).
-fn thread_ticks(pid: u32) -> BTreeMap<u32, (String, u64)> {
-    let mut out = BTreeMap::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
-            continue;
-        };
-        let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default();
-        if let Ok(t) = bench::proc_cpu_ticks(&format!("{pid}/task/{tid}")) {
-            out.insert(tid, (name, t));
-        }
-    }
-    out
-}
-
-fn cpu_snap(cluster: &Cluster) -> CpuSnap {
-    CpuSnap {
-        at: Instant::now(),
-        procs: cluster
-            .procs
-            .iter()
-            .map(|p| {
-                (
-                    p.id.clone(),
-                    bench::proc_cpu_ticks(&p.pid().to_string()).ok(),
-                )
-            })
-            .collect(),
-        threads: cluster
-            .procs
-            .iter()
-            .map(|p| thread_ticks(p.pid()))
-            .collect(),
-        bench: bench::proc_cpu_ticks("self").unwrap_or(0),
-        machine: bench::machine_ticks().unwrap_or((0, 0)),
-    }
-}
-
-/// CPU over an interval, in % of one core (the machine has nproc × 100 %).
-#[derive(Debug, Clone)]
-struct CpuUse {
-    secs: f64,
-    procs: Vec<(String, f64)>,
-    /// Per process, its busiest thread over the interval: (name, % of one core).
-    busiest_thread: Vec<(String, String, f64)>,
-    bench: f64,
-    other: f64,
-    /// Share of all cores busy, %.
-    machine_busy: f64,
-}
-
-impl CpuUse {
-    fn between(a: &CpuSnap, b: &CpuSnap) -> CpuUse {
-        let facts = clk_and_nproc();
-        let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
-        let pct = |ticks: u64| 100.0 * ticks as f64 / facts.0 / secs;
-        let procs: Vec<(String, f64)> = a
-            .procs
-            .iter()
-            .zip(&b.procs)
-            .map(|((id, x), (_, y))| {
-                let v = match (x, y) {
-                    (Some(x), Some(y)) => pct(y.saturating_sub(*x)),
-                    _ => f64::NAN,
-                };
-                (id.clone(), v)
-            })
-            .collect();
-        let busiest_thread = a
-            .procs
-            .iter()
-            .zip(a.threads.iter().zip(&b.threads))
-            .filter_map(|((id, _), (ta, tb))| {
-                tb.iter()
-                    .map(|(tid, (name, t1))| {
-                        let t0 = ta.get(tid).map_or(0, |(_, t)| *t);
-                        (name.clone(), pct(t1.saturating_sub(t0)))
-                    })
-                    .max_by(|x, y| x.1.total_cmp(&y.1))
-                    .map(|(name, v)| (id.clone(), name, v))
-            })
-            .collect();
-        let bench = pct(b.bench.saturating_sub(a.bench));
-        let (busy, total) = (
-            b.machine.0.saturating_sub(a.machine.0),
-            b.machine.1.saturating_sub(a.machine.1),
-        );
-        let machine_busy = if total > 0 {
-            100.0 * busy as f64 / total as f64
-        } else {
-            f64::NAN
-        };
-        let ours: f64 = procs.iter().map(|(_, v)| v).filter(|v| v.is_finite()).sum();
-        let other = (machine_busy * facts.1 - ours - bench).max(0.0);
-        CpuUse {
-            secs,
-            procs,
-            busiest_thread,
-            bench,
-            other,
-            machine_busy,
-        }
-    }
-
-    /// "name pct" of the busiest thread of `id`.
-    fn busiest(&self, id: &str) -> String {
-        self.busiest_thread
-            .iter()
-            .find(|(p, _, _)| p == id)
-            .map_or("–".into(), |(_, name, v)| format!("{} `{name}`", f0(*v)))
-    }
-
-    fn of(&self, id: &str) -> f64 {
-        self.procs
-            .iter()
-            .find(|(p, _)| p == id)
-            .map(|(_, v)| *v)
-            .unwrap_or(f64::NAN)
-    }
-}
-
-/// (CLK_TCK, nproc), read once.
-fn clk_and_nproc() -> (f64, f64) {
-    static FACTS: std::sync::OnceLock<(f64, f64)> = std::sync::OnceLock::new();
-    *FACTS.get_or_init(|| {
-        let f = MachineFacts::collect();
-        (f.clk_tck as f64, f.nproc as f64)
-    })
+fn f0_busiest(c: &CpuUse, id: &str) -> String {
+    c.busiest(id)
+        .map_or("–".into(), |(name, v)| format!("{} `{name}`", f0(v)))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1021,7 +488,7 @@ async fn bench_joins(args: &Args, cluster: &Cluster, run_id: &str) -> Result<Joi
     let publisher = Client::connect(&entry.ws_url())
         .await
         .context("publisher connect")?;
-    let result = joins_with_publisher(args, cluster, &room, &publisher, &entry.id).await;
+    let result = joins_with_publisher(args, cluster, &room, &publisher, entry.id()).await;
     leave(&publisher).await;
     result
 }
@@ -1041,10 +508,10 @@ async fn joins_with_publisher(
     let host_proc = cluster
         .node(&host)
         .with_context(|| format!("joined names node {host}, which is not ours"))?;
-    let others: Vec<&Proc> = cluster.nodes().filter(|p| p.id != host).collect();
+    let others: Vec<&Proc> = cluster.nodes().filter(|p| p.id() != host).collect();
     eprintln!(
         "   room {room} is hosted on {host}; publisher connected via {publisher_via}; other-node joiners use {}",
-        others.iter().map(|p| p.id.as_str()).collect::<Vec<_>>().join(" and ")
+        others.iter().map(|p| p.id()).collect::<Vec<_>>().join(" and ")
     );
     let publisher_id = joined.participant.id.to_string();
     publisher
@@ -1106,7 +573,7 @@ async fn join_run(
     let mut same = JoinCase::default();
     let mut other = JoinCase::default();
     let per_case = args.join_warmup + args.joins;
-    let cpu0 = cpu_snap(cluster);
+    let cpu0 = cluster.cpu_snapshot();
     // Bounded: each join is bounded (connect 10 s + join 10 s + offer 10 s + media 10 s +
     // leave 5 s), and the whole part by this deadline.
     let deadline = Instant::now() + Duration::from_secs(60 + 5 * per_case as u64);
@@ -1131,12 +598,12 @@ async fn join_run(
                 consecutive_failures = 0;
                 if measured {
                     case.samples.push(s);
-                    *case.via.entry(via.id.clone()).or_default() += 1;
+                    *case.via.entry(via.id().to_owned()).or_default() += 1;
                 }
             }
             Err(e) => {
                 consecutive_failures += 1;
-                let msg = format!("{user} via {}: {e:#}", via.id);
+                let msg = format!("{user} via {}: {e:#}", via.id());
                 eprintln!("   join failed: {msg}");
                 case.failures.push(msg);
                 if consecutive_failures >= 10 {
@@ -1149,7 +616,7 @@ async fn join_run(
         }
         tokio::time::sleep(Duration::from_millis(args.join_gap_ms)).await;
     }
-    let cpu = CpuUse::between(&cpu0, &cpu_snap(cluster));
+    let cpu = CpuUse::between(&cpu0, &cluster.cpu_snapshot());
     Ok(JoinRun {
         ice_ms,
         same,
@@ -1175,7 +642,13 @@ async fn join_once(
         .context("connect")?;
     let open = t0.elapsed();
     let r = async {
-        let j = c.join(room, &tok).await.context("join")?;
+        // The joiner says the host's region, so it is served by the host whichever node its
+        // socket reached (a client is served in its own region otherwise).
+        let region = NODES
+            .iter()
+            .find(|(id, _)| *id == host)
+            .map_or("eu", |(_, r)| *r);
+        let j = c.join_in_region(room, &tok, region).await.context("join")?;
         let joined = t0.elapsed();
         if j.node.as_str() != host {
             bail!("joined names node {} instead of {host}", j.node);
@@ -1240,9 +713,7 @@ impl CoordCounters {
     async fn fetch(cluster: &Cluster) -> Result<CoordCounters> {
         let mut c = CoordCounters::default();
         for p in cluster.coordinators() {
-            let text = bench::http_get(p.port, "/metrics")
-                .await
-                .with_context(|| format!("{} /metrics", p.id))?;
+            let text = p.http_get("/metrics").await?;
             let get =
                 |name: &str, label: Option<&str>| bench::metric(&text, name, label).unwrap_or(0.0);
             c.created += get("coord_allocations_total", Some("result=\"created\""));
@@ -1308,7 +779,7 @@ async fn bench_allocs(args: &Args, cluster: &Cluster, run_id: &str) -> Result<Al
     let client = async_nats::ConnectOptions::new()
         .name("bench_cluster")
         .connection_timeout(Duration::from_secs(5))
-        .connect(cluster.nats_url.as_str())
+        .connect(cluster.nats_url())
         .await
         .context("connecting to nats")?;
     let from = NodeId::new("n1")?;
@@ -1349,11 +820,11 @@ async fn bench_allocs(args: &Args, cluster: &Cluster, run_id: &str) -> Result<Al
         eprintln!("   warm-up: {} requests, {bad} failed", w.len());
     }
     let c0 = CoordCounters::fetch(cluster).await?;
-    let cpu0 = cpu_snap(cluster);
+    let cpu0 = cluster.cpu_snapshot();
     let (elapsed, outcomes) = tokio::time::timeout(bound(args.allocs), run("m", args.allocs))
         .await
         .map_err(|_| anyhow!("allocations exceeded their time bound"))?;
-    let cpu = CpuUse::between(&cpu0, &cpu_snap(cluster));
+    let cpu = CpuUse::between(&cpu0, &cluster.cpu_snapshot());
     // Counters are updated after the reply is sent; give them a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let coord = CoordCounters::fetch(cluster).await?.minus(c0);
@@ -1678,7 +1149,7 @@ async fn run_step(
 ) -> Result<MsgStep> {
     let per_sender = f64::from(rate) / pairs.len() as f64;
     let cursors: Vec<usize> = pairs.iter().map(|p| p.sender.message_count()).collect();
-    let cpu0 = cpu_snap(cluster);
+    let cpu0 = cluster.cpu_snapshot();
     let recv0 = total.load(Ordering::Relaxed);
     let t0 = Instant::now();
     let sends = futures::future::join_all(
@@ -1689,7 +1160,7 @@ async fn run_step(
     .await;
     let secs = t0.elapsed().as_secs_f64();
     let delivered_in_window = total.load(Ordering::Relaxed) - recv0;
-    let cpu = CpuUse::between(&cpu0, &cpu_snap(cluster));
+    let cpu = CpuUse::between(&cpu0, &cluster.cpu_snapshot());
     let sent: u64 = sends.iter().map(|(n, _)| n).sum();
     let send_failures: Vec<String> = sends.iter().filter_map(|(_, e)| e.clone()).collect();
 
@@ -1952,9 +1423,9 @@ fn render_tables(r: &Report) -> String {
                             errs.join(", ")
                         },
                         f0(s.cpu.of(&m.from)),
-                        s.cpu.busiest(&m.from),
+                        f0_busiest(&s.cpu, &m.from),
                         f0(s.cpu.of(&m.to)),
-                        s.cpu.busiest(&m.to),
+                        f0_busiest(&s.cpu, &m.to),
                         f0(s.cpu.of("nats")),
                         f0(s.cpu.bench),
                         f0(s.cpu.machine_busy),
@@ -2043,28 +1514,6 @@ fn c_via(via: &BTreeMap<String, usize>) -> Option<String> {
 
 fn one_line(e: &anyhow::Error) -> String {
     format!("{e:#}").replace('\n', " ").replace('|', "/")
-}
-
-/// This program's command line without `--note FILE` (the note's text is in the section).
-fn command_without_note() -> String {
-    let line = bench::command_line();
-    let mut out: Vec<&str> = Vec::new();
-    let mut skip = false;
-    for w in line.split(' ') {
-        if skip {
-            skip = false;
-            continue;
-        }
-        if w == "--note" {
-            skip = true;
-            continue;
-        }
-        if w.starts_with("--note=") {
-            continue;
-        }
-        out.push(w);
-    }
-    out.join(" ")
 }
 
 /// Measured figures against the issue's targets, one line each.
@@ -2180,7 +1629,7 @@ fn render_section(
     let _ = writeln!(
         s,
         "```\ncargo build --release -p node -p coordinator -p chaos\n{}\n```\n",
-        command_without_note()
+        bench::command_line_without("--note")
     );
     let _ = writeln!(s, "- date: {}", bench::utc_date());
     if let Some(c) = bench::git_commit() {
@@ -2244,18 +1693,4 @@ p99 exceeded 1 s, anything was lost, or a sender got an error; later steps are t
     }
     let _ = writeln!(s, "{SECTION_END}");
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ansi_colours_are_stripped_from_log_lines() {
-        assert_eq!(
-            strip_ansi("2026 \u{1b}[33m WARN\u{1b}[0m x: y"),
-            "2026  WARN x: y"
-        );
-        assert_eq!(strip_ansi("plain"), "plain");
-    }
 }
