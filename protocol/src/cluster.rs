@@ -13,6 +13,7 @@
 //! | `node.<node>.drain` | publish | [`Drain`] |
 //! | `node.<node>.rooms` | request | `{}` → [`NodeRooms`] |
 //! | `user.<user>` | publish (request for `message`) | [`UserDelivery`] → [`DeliveryAck`] |
+//! | `user.<user>` | publish, when a session of the user registers | [`SessionClaim`] |
 //! | `room.<room>.events` | publish, per-node sequence | [`RoomEvent`] |
 //! | `node.<node>.room_state` | request | [`RoomStateRequest`] → [`RoomState`] |
 //! | `node.<node>.relay` | publish, ordered | [`RelayMessage`] |
@@ -295,7 +296,13 @@ pub enum RelayBody {
     /// Receiver → sender: the sender's own tracks the receiver's participants want now
     /// (the whole set; an empty set keeps the link open but idle). A new `link` replaces the
     /// sender's end of any older incarnation.
-    Want { tracks: Vec<crate::TrackId> },
+    Want {
+        tracks: Vec<crate::TrackId>,
+        /// Every track the sender's own participants publish, now and later, instead of
+        /// `tracks`: what a node that just joined the room asks for before it knows them.
+        #[serde(default)]
+        all: bool,
+    },
     /// Sender → receiver: an offer for the link, carrying exactly the wanted tracks.
     Offer { sdp: String },
     /// Receiver → sender: the answer to the latest offer.
@@ -429,6 +436,40 @@ pub enum DeliveryAck {
     NotFound,
 }
 
+/// A session of `user` (the subject's) registered on `node` for `room`. Published on
+/// [`user`] once `node` listens there, so it reaches every node holding a session of the
+/// user: an older session of the user in the room closes (one participant per user,
+/// cluster-wide). A node whose own session is newer answers with that session's claim, so
+/// the older of two closes in whatever order their claims cross.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClaim {
+    pub v: u32,
+    pub room: RoomId,
+    pub node: NodeId,
+    /// The session's id on `node`.
+    pub session: u64,
+    /// When the session registered: milliseconds since the Unix epoch by `node`'s clock.
+    pub claimed_ms: u64,
+}
+
+impl SessionClaim {
+    /// Whether this claim's session is newer than `other`'s: registered later, ties broken
+    /// by node and then session id, so every node ranks two claims the same way.
+    pub fn supersedes(&self, other: &SessionClaim) -> bool {
+        (self.claimed_ms, &self.node, self.session) > (other.claimed_ms, &other.node, other.session)
+    }
+}
+
+/// What arrives on [`user`]: a delivery for the user's session, or another session's claim
+/// on the user. Both are plain objects (a delivery has `msg`, a claim `node` and `session`),
+/// so a node that knows only deliveries reads them as before.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum UserInbound {
+    Delivery(UserDelivery),
+    Claim(SessionClaim),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,6 +491,48 @@ mod tests {
         assert_eq!(resume_token_place(&t), Some((room, node)));
         assert_eq!(resume_token_place("no-dot"), None);
         assert_eq!(resume_token_place("a.b."), None);
+    }
+
+    fn claim(node: &str, session: u64, claimed_ms: u64) -> SessionClaim {
+        SessionClaim {
+            v: VERSION,
+            room: RoomId::new("r").unwrap(),
+            node: NodeId::new(node).unwrap(),
+            session,
+            claimed_ms,
+        }
+    }
+
+    #[test]
+    fn the_later_claim_supersedes_and_ties_rank_the_same_everywhere() {
+        let (old, new) = (claim("n2", 9, 1_000), claim("n1", 1, 1_001));
+        assert!(new.supersedes(&old));
+        assert!(!old.supersedes(&new));
+        // The same millisecond on two nodes: exactly one of the two wins.
+        let (a, b) = (claim("n1", 5, 7), claim("n2", 5, 7));
+        assert!(a.supersedes(&b) != b.supersedes(&a));
+        assert!(!a.supersedes(&a.clone()));
+    }
+
+    #[test]
+    fn the_user_subject_tells_deliveries_from_claims() {
+        let c = claim("n1", 3, 42);
+        let json = serde_json::to_vec(&c).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<UserInbound>(&json).unwrap(),
+            UserInbound::Claim(c)
+        );
+        let d = UserDelivery {
+            v: VERSION,
+            room: RoomId::new("r").unwrap(),
+            msg: crate::signal::ServerMessage::Pong,
+        };
+        let json = serde_json::to_vec(&d).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<UserInbound>(&json).unwrap(),
+            UserInbound::Delivery(d)
+        );
+        assert!(serde_json::from_slice::<UserInbound>(br#"{"v":1,"room":"r"}"#).is_err());
     }
 
     proptest::proptest! {

@@ -40,6 +40,8 @@ struct Sender {
     user: UserId,
     link: u64,
     wanted: BTreeSet<TrackId>,
+    /// The receiver asked for every track of this node's participants, later ones too.
+    all: bool,
 }
 
 /// The receiving end of a relay link.
@@ -59,7 +61,8 @@ pub struct Links {
     senders: HashMap<NodeId, Sender>,
     receivers: HashMap<NodeId, Receiver>,
     /// The last `want` sent to each node.
-    sent_wants: HashMap<NodeId, BTreeSet<TrackId>>,
+    /// `None`: everything (asked before the node's tracks were known).
+    sent_wants: HashMap<NodeId, Option<BTreeSet<TrackId>>>,
     snapshots_pending: HashSet<NodeId>,
     events: Option<tokio::task::JoinHandle<()>>,
 }
@@ -84,11 +87,17 @@ impl Links {
         self.senders.values().map(|s| &s.peer)
     }
 
-    pub fn senders_wanting(&self, track: &TrackId) -> Vec<Addr<Peer>> {
+    /// The sending ends that want a track just published here: those that asked for it
+    /// before it existed, and those that asked for everything.
+    pub fn senders_wanting(&mut self, track: &TrackId) -> Vec<Addr<Peer>> {
         self.senders
-            .values()
-            .filter(|s| s.wanted.contains(track))
-            .map(|s| s.peer.clone())
+            .values_mut()
+            .filter_map(|s| {
+                if s.all {
+                    s.wanted.insert(track.clone());
+                }
+                s.wanted.contains(track).then(|| s.peer.clone())
+            })
             .collect()
     }
 
@@ -161,10 +170,10 @@ impl Room {
         );
         let subject = wire::room_events(&self.id);
         self.links.events = Some(cluster.rt.spawn(async move {
+            // The snapshot requests below go out on the same connection after the SUB, so
+            // the server has the subscription before any node answers: no event published
+            // after a snapshot is missed, and no round trip is spent on a flush.
             let sub = client.subscribe(subject.clone()).await;
-            // The server knows the subscription once the flush returns: no event published
-            // after the snapshots below is missed.
-            let _ = client.flush().await;
             let _ = subscribed_tx.send(());
             let Ok(mut sub) = sub else {
                 return tracing::warn!(%subject, "cannot subscribe to room events");
@@ -181,6 +190,12 @@ impl Room {
         }));
         let initial = std::mem::take(&mut self.links.initial);
         self.links.snapshots_pending.extend(initial.iter().cloned());
+        // A room new on this node is joined by a participant who (by default) subscribes:
+        // ask every other node for all its tracks now, alongside the snapshot request, so the
+        // relay links are under way a round trip earlier. The snapshot then narrows the ask.
+        for n in &initial {
+            self.want_everything(&cluster, n, ctx);
+        }
         let room = self.id.clone();
         let sync = async move {
             let _ = tokio::time::timeout(SYNC_TIMEOUT, subscribed).await;
@@ -288,6 +303,31 @@ impl Room {
         self.update_wants(ctx);
     }
 
+    fn want_everything(
+        &mut self,
+        cluster: &crate::cluster::Cluster,
+        n: &NodeId,
+        ctx: &mut Context<Self>,
+    ) {
+        let link = rand::random::<u64>();
+        let role = PeerRole::RelayIn {
+            from: n.clone(),
+            link,
+        };
+        let Some(peer) = self.relay_peer(role, ctx) else {
+            return;
+        };
+        self.links
+            .receivers
+            .insert(n.clone(), Receiver { peer, link });
+        let body = RelayBody::Want {
+            tracks: Vec::new(),
+            all: true,
+        };
+        relay_send(cluster, &self.id, &self.links.me, n, link, body);
+        self.links.sent_wants.insert(n.clone(), None);
+    }
+
     /// Asks each other node for exactly the tracks this node's subscribers want from it,
     /// when that changed; a node with wanted tracks gets a receiving relay peer here.
     pub(super) fn update_wants(&mut self, ctx: &mut Context<Self>) {
@@ -303,7 +343,8 @@ impl Room {
                 BTreeSet::new()
             };
             let sent = self.links.sent_wants.get(&n);
-            if sent == Some(&want) || (sent.is_none() && want.is_empty()) {
+            let unchanged = matches!(sent, Some(Some(s)) if *s == want);
+            if unchanged || (sent.is_none() && want.is_empty()) {
                 continue;
             }
             if !want.is_empty() && !self.links.receivers.contains_key(&n) {
@@ -327,9 +368,10 @@ impl Room {
             tracing::debug!(room = %self.id, node = %n, tracks = want.len(), "relay want");
             let body = RelayBody::Want {
                 tracks: want.iter().cloned().collect(),
+                all: false,
             };
             relay_send(&cluster, &self.id, &self.links.me, &n, link, body);
-            self.links.sent_wants.insert(n, want);
+            self.links.sent_wants.insert(n, Some(want));
         }
     }
 
@@ -522,7 +564,7 @@ impl Handler<RelaySignal> for Room {
         let sender_link = self.links.senders.get(&from).map(|s| s.link);
         let receiver_link = self.links.receivers.get(&from).map(|r| r.link);
         match body {
-            RelayBody::Want { tracks } => {
+            RelayBody::Want { tracks, all } => {
                 if sender_link != Some(link) {
                     // A new incarnation from the receiver: the old sending end goes.
                     self.close_sender(&from);
@@ -539,13 +581,20 @@ impl Handler<RelaySignal> for Room {
                         user,
                         link,
                         wanted: BTreeSet::new(),
+                        all: false,
                     };
                     self.links.senders.insert(from.clone(), sender);
                 }
                 let Some(sender) = self.links.senders.get_mut(&from) else {
                     return;
                 };
-                let wanted: BTreeSet<TrackId> = tracks.into_iter().collect();
+                let wanted: BTreeSet<TrackId> = if all {
+                    let own = self.tracks.values().filter(|t| t.relayed_from.is_none());
+                    own.map(|t| t.id.clone()).collect()
+                } else {
+                    tracks.into_iter().collect()
+                };
+                sender.all = all;
                 for id in wanted.difference(&sender.wanted) {
                     // Only this node's own tracks cross a link: never a relayed one.
                     if let Some(src) = self.tracks.get(id).filter(|s| s.relayed_from.is_none()) {
