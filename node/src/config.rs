@@ -38,6 +38,10 @@ pub struct Config {
     pub resume_grace: Duration,
     /// Signaling messages per second a socket may send (burst: twice that).
     pub msg_rate: u32,
+    /// A WebSocket without any frame from its client for this long is closed. The node
+    /// pings each client at least every third of it, so only a client that answers nothing
+    /// (a half-open socket) goes idle.
+    pub ws_idle_timeout: Duration,
     /// Participants per room, across every node of the room.
     pub max_room_size: usize,
     /// Participants of one room this node takes before the room gets a sibling node in
@@ -78,6 +82,7 @@ impl Config {
             log_json: false,
             resume_grace: Duration::from_secs(10),
             msg_rate: 50,
+            ws_idle_timeout: Duration::from_secs(45),
             max_room_size: 500,
             room_node_share: 200,
             media_threads: 2,
@@ -149,6 +154,9 @@ impl Config {
             c.resume_grace = Duration::from_secs(s);
         }
         layer!(msg_rate);
+        if let Some(s) = flags.ws_idle_timeout_secs.or(file.ws_idle_timeout_secs) {
+            c.ws_idle_timeout = Duration::from_secs(s);
+        }
         layer!(max_room_size);
         layer!(room_node_share);
         layer!(media_threads);
@@ -173,6 +181,9 @@ impl Config {
         }
         if c.udp_ports.0 > c.udp_ports.1 {
             bail!("udp port range is empty");
+        }
+        if c.ws_idle_timeout.is_zero() {
+            bail!("the websocket idle timeout must be at least a second");
         }
         Ok(c)
     }
@@ -233,6 +244,9 @@ pub struct NodeArgs {
     /// Signaling messages per second per socket.
     #[arg(long, env = "NODE_MSG_RATE")]
     pub msg_rate: Option<u32>,
+    /// Seconds without any frame from a client before its WebSocket closes [default: 45].
+    #[arg(long, env = "NODE_WS_IDLE_TIMEOUT_SECS")]
+    pub ws_idle_timeout_secs: Option<u64>,
     #[arg(long, env = "NODE_MAX_ROOM_SIZE")]
     pub max_room_size: Option<usize>,
     /// Participants of one room this node takes before a sibling node joins the room.
@@ -276,6 +290,7 @@ struct FileConfig {
     log_json: Option<bool>,
     resume_grace_secs: Option<u64>,
     msg_rate: Option<u32>,
+    ws_idle_timeout_secs: Option<u64>,
     max_room_size: Option<usize>,
     room_node_share: Option<usize>,
     media_threads: Option<usize>,
@@ -299,7 +314,7 @@ mod tests {
         let path = dir.join("node.toml");
         std::fs::write(
             &path,
-            "region = \"eu\"\napi_secret = \"s3\"\nudp_ports = \"40000-40010\"\n",
+            "region = \"eu\"\napi_secret = \"s3\"\nudp_ports = \"40000-40010\"\nws_idle_timeout_secs = 20\n",
         )
         .unwrap();
         let flags = NodeArgs {
@@ -311,6 +326,8 @@ mod tests {
         assert_eq!(c.region, "us");
         assert_eq!(c.api_secret, "s3");
         assert_eq!(c.udp_ports, (40000, 40010));
+        assert_eq!(c.ws_idle_timeout, Duration::from_secs(20));
+        assert_eq!(Config::local_dev().ws_idle_timeout, Duration::from_secs(45));
         assert!(!c.dev_tokens);
         assert!(Config::from_sources(&NodeArgs::default()).is_err());
         std::fs::write(&path, "nonsense = 1\n").unwrap();

@@ -609,7 +609,7 @@ async fn loss_on_a_relay_path_is_repaired_hop_by_hop() -> anyhow::Result<()> {
         let ratio = (t.received - t.duplicates) as f64 / expected.max(1) as f64;
         eprintln!("{:?}: {:.2} % delivered ({t:?})", t.kind, ratio * 100.0);
         if t.kind == protocol::signal::TrackKind::Video {
-            assert!(ratio >= 0.995, "video repaired: {t:?}");
+            assert!(ratio >= 0.99, "video repaired (3 % lost raw): {t:?}");
         }
     }
     alice.leave().await?;

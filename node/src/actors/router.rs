@@ -2,16 +2,20 @@
 //! A user connected to this node is reached through its session's mailbox; a user elsewhere
 //! in the cluster through NATS on that user's subject (`user.<id>`), which the node holding
 //! the user's socket subscribes to for as long as the session is registered.
+//!
+//! One participant per user, cluster-wide: a session registering a user replaces an older one
+//! on this node at once, and publishes a [`SessionClaim`] on the user's subject so that the
+//! node of an older session elsewhere closes it too ([`judge`] decides).
 
 use super::Observe;
 use crate::cluster::{Cluster, ClusterError};
 use actix::prelude::*;
 use futures::StreamExt;
-use protocol::cluster::{self as wire, DeliveryAck, UserDelivery};
+use protocol::cluster::{self as wire, DeliveryAck, SessionClaim, UserDelivery, UserInbound};
 use protocol::signal::ServerMessage;
-use protocol::{ErrorCode, RoomId, UserId};
+use protocol::{ErrorCode, NodeId, RoomId, UserId};
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long a cross-node application message may take before the sender hears `not_found`.
 const REMOTE_MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -20,14 +24,70 @@ struct Entry {
     session_id: u64,
     room: RoomId,
     session: Recipient<Routed>,
+    /// When the session registered (ms since the Unix epoch): its rank among the user's
+    /// sessions across the cluster.
+    registered_ms: u64,
     /// The `user.<id>` subscription feeding this session from other nodes.
     remote: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Entry {
+    fn claim(&self, node: &NodeId) -> SessionClaim {
+        SessionClaim {
+            v: wire::VERSION,
+            room: self.room.clone(),
+            node: node.clone(),
+            session: self.session_id,
+            claimed_ms: self.registered_ms,
+        }
+    }
+
+    /// Closes the session (the newer one owns the participant now) and stops listening on
+    /// the user's subject, so deliveries reach only the newer session.
+    fn kick(self, reason: &'static str) {
+        if let Some(task) = self.remote {
+            task.abort();
+        }
+        self.session.do_send(Routed::Kick { reason });
+    }
+}
+
+/// What a claim from the user's subject means for this node's session of the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimVerdict {
+    /// Not about this session: this node's own claim (its sessions were ranked when they
+    /// registered), another room, or another protocol version.
+    Ignore,
+    /// A newer session of the user in the room: close this one.
+    Superseded,
+    /// An older session elsewhere: answer with this session's claim, so its node closes it.
+    Answer,
+}
+
+/// Judges `claim` against `local`, the claim of this node's session of the same user.
+fn judge(local: &SessionClaim, claim: &SessionClaim) -> ClaimVerdict {
+    if claim.v != wire::VERSION || claim.node == local.node || claim.room != local.room {
+        ClaimVerdict::Ignore
+    } else if claim.supersedes(local) {
+        ClaimVerdict::Superseded
+    } else {
+        ClaimVerdict::Answer
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[derive(Default)]
 pub struct SessionRouter {
     sessions: HashMap<UserId, Entry>,
     cluster: Option<Cluster>,
+    /// Sessions closed because the same user joined again (here or on another node).
+    superseded: u64,
 }
 
 impl SessionRouter {
@@ -35,6 +95,7 @@ impl SessionRouter {
         SessionRouter {
             sessions: HashMap::new(),
             cluster,
+            superseded: 0,
         }
     }
 
@@ -111,46 +172,67 @@ struct Inbound {
     reply: Option<async_nats::Subject>,
 }
 
+/// Another session's claim on a user with a session here, from the user's subject.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Claimed {
+    user: UserId,
+    claim: SessionClaim,
+}
+
 impl Handler<Register> for SessionRouter {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) -> Self::Result {
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel::<()>();
-        let remote = self.cluster.as_ref().map(|c| {
+        let mut entry = Entry {
+            session_id: msg.session_id,
+            room: msg.room,
+            session: msg.session,
+            registered_ms: unix_ms(),
+            remote: None,
+        };
+        entry.remote = self.cluster.as_ref().map(|c| {
             let (client, user, me) = (c.client.clone(), msg.user.clone(), ctx.address());
+            let claim = serde_json::to_vec(&entry.claim(&c.node)).ok();
             c.rt.spawn(async move {
-                let sub = client.subscribe(wire::user(&user)).await;
-                // Flushing makes the server know the subscription before we go on.
+                let subject = wire::user(&user);
+                let sub = client.subscribe(subject.clone()).await;
+                // Claimed only once listening, so a newer session elsewhere can answer; the
+                // flush makes the server know both before the join goes on, and the
+                // server relays them ahead of anything this node publishes later.
+                if let (Ok(_), Some(claim)) = (&sub, claim) {
+                    let _ = client.publish(subject, claim.into()).await;
+                }
                 let _ = client.flush().await;
                 let _ = subscribed_tx.send(());
                 let Ok(mut sub) = sub else {
                     return tracing::warn!(%user, "cannot subscribe to the user's subject");
                 };
                 while let Some(m) = sub.next().await {
-                    match serde_json::from_slice::<UserDelivery>(&m.payload) {
-                        Ok(delivery) => me.do_send(Inbound {
+                    match serde_json::from_slice::<UserInbound>(&m.payload) {
+                        Ok(UserInbound::Delivery(delivery)) => me.do_send(Inbound {
                             to: user.clone(),
                             delivery,
                             reply: m.reply,
+                        }),
+                        Ok(UserInbound::Claim(claim)) => me.do_send(Claimed {
+                            user: user.clone(),
+                            claim,
                         }),
                         Err(e) => tracing::debug!(error = %e, "bad user delivery"),
                     }
                 }
             })
         });
-        let entry = Entry {
-            session_id: msg.session_id,
-            room: msg.room,
-            session: msg.session,
-            remote,
-        };
-        if let Some(old) = self.sessions.insert(msg.user, entry) {
-            if let Some(task) = old.remote {
-                task.abort();
-            }
-            if old.session_id != msg.session_id {
-                old.session.do_send(Routed::Kick {
-                    reason: "the same user joined from another connection",
-                });
+        if let Some(old) = self.sessions.insert(msg.user.clone(), entry) {
+            if old.session_id == msg.session_id {
+                if let Some(task) = old.remote {
+                    task.abort();
+                }
+            } else {
+                tracing::info!(user = %msg.user, session = old.session_id, "session replaced by a join on this node");
+                self.superseded += 1;
+                old.kick("the same user joined from another connection");
             }
         }
         let standalone = self.cluster.is_none();
@@ -159,6 +241,30 @@ impl Handler<Register> for SessionRouter {
                 let _ = tokio::time::timeout(Duration::from_secs(5), subscribed).await;
             }
         })
+    }
+}
+
+impl Handler<Claimed> for SessionRouter {
+    type Result = ();
+    fn handle(&mut self, msg: Claimed, _: &mut Context<Self>) {
+        let (Some(c), Some(entry)) = (&self.cluster, self.sessions.get(&msg.user)) else {
+            return;
+        };
+        let local = entry.claim(&c.node);
+        match judge(&local, &msg.claim) {
+            ClaimVerdict::Ignore => {}
+            ClaimVerdict::Superseded => {
+                tracing::info!(user = %msg.user, session = local.session, by = %msg.claim.node, "session replaced by a join on another node");
+                self.superseded += 1;
+                if let Some(old) = self.sessions.remove(&msg.user) {
+                    old.kick("the same user joined through another node");
+                }
+            }
+            ClaimVerdict::Answer => {
+                tracing::info!(user = %msg.user, older = %msg.claim.node, "an older session of the user remains elsewhere; claiming again");
+                c.publish(wire::user(&msg.user), &local);
+            }
+        }
     }
 }
 
@@ -247,6 +353,54 @@ impl Handler<RouteUserMessage> for SessionRouter {
 impl Handler<Observe> for SessionRouter {
     type Result = MessageResult<Observe>;
     fn handle(&mut self, _: Observe, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(serde_json::json!({ "routes": self.sessions.len() }))
+        MessageResult(serde_json::json!({
+            "routes": self.sessions.len(),
+            "superseded": self.superseded,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(node: &str, room: &str, session: u64, claimed_ms: u64) -> SessionClaim {
+        SessionClaim {
+            v: wire::VERSION,
+            room: RoomId::new(room).unwrap(),
+            node: NodeId::new(node).unwrap(),
+            session,
+            claimed_ms,
+        }
+    }
+
+    #[test]
+    fn a_newer_claim_elsewhere_supersedes_and_an_older_one_is_answered() {
+        let local = claim("n1", "r", 1, 1_000);
+        let newer = claim("n2", "r", 7, 2_000);
+        let older = claim("n2", "r", 7, 500);
+        assert_eq!(judge(&local, &newer), ClaimVerdict::Superseded);
+        assert_eq!(judge(&local, &older), ClaimVerdict::Answer);
+        // Answering makes the other node judge the same pair the other way round.
+        assert_eq!(judge(&older, &local), ClaimVerdict::Superseded);
+        assert_eq!(judge(&newer, &local), ClaimVerdict::Answer);
+    }
+
+    #[test]
+    fn own_claims_other_rooms_and_other_versions_are_ignored() {
+        let local = claim("n1", "r", 1, 1_000);
+        // This node's claims, its own echo included, never close a session of this node.
+        assert_eq!(judge(&local, &local), ClaimVerdict::Ignore);
+        assert_eq!(
+            judge(&local, &claim("n1", "r", 2, 2_000)),
+            ClaimVerdict::Ignore
+        );
+        assert_eq!(
+            judge(&local, &claim("n2", "other", 2, 2_000)),
+            ClaimVerdict::Ignore
+        );
+        let mut future = claim("n2", "r", 2, 2_000);
+        future.v = wire::VERSION + 1;
+        assert_eq!(judge(&local, &future), ClaimVerdict::Ignore);
     }
 }

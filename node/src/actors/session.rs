@@ -29,9 +29,11 @@ pub const MAX_READ_FRAME: usize = 2 * 1024 * 1024;
 const MAX_BAD_MESSAGES: u32 = 20;
 /// A socket must join or resume within this time.
 const JOIN_DEADLINE: Duration = Duration::from_secs(30);
-/// Without any frame from the client for this long the socket is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+/// The node pings its client at least this often; a client that answers (any RFC 6455
+/// client does) is never idle, and one that does not is closed after `ws_idle_timeout`.
 const HEARTBEAT: Duration = Duration::from_secs(15);
+/// The shortest heartbeat, whatever the idle timeout.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
 /// Server messages queued for a slow client before it is disconnected.
 const OUTBOX: usize = 1024;
 
@@ -40,6 +42,8 @@ static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 enum Out {
     Text(String),
     Ping,
+    /// The answer to a client's Ping frame, with its payload.
+    Pong(bytes::Bytes),
     Close(CloseReason),
 }
 
@@ -632,8 +636,13 @@ impl Actor for SignalingSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(HEARTBEAT, |act, ctx| {
-            if act.last_seen.elapsed() > IDLE_TIMEOUT {
+        // Any frame from the client is a sign of life, its Pongs to these Pings included;
+        // a half-open socket answers none and is closed once the idle timeout has passed.
+        let idle = self.node.config.ws_idle_timeout;
+        let heartbeat = (idle / 3).clamp(MIN_HEARTBEAT, HEARTBEAT);
+        ctx.run_interval(heartbeat, move |act, ctx| {
+            if act.last_seen.elapsed() > idle {
+                tracing::info!(session = act.id, "idle timeout; closing");
                 return act.close(CloseCode::Policy, "idle timeout", ctx);
             }
             if matches!(act.state, State::AwaitingJoin) && act.started.elapsed() > JOIN_DEADLINE {
@@ -658,7 +667,14 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for SignalingSessio
                     self.bad_message("binary frames are not part of the protocol".into(), ctx)
                 }
             }
-            Ok(AggregatedMessage::Ping(_) | AggregatedMessage::Pong(_)) => {}
+            // RFC 6455 5.5.2: a Ping gets a Pong with the same payload, behind what is queued.
+            Ok(AggregatedMessage::Ping(payload)) => {
+                if self.admit(ctx) && self.out.try_send(Out::Pong(payload)).is_err() {
+                    tracing::info!(session = self.id, "client too slow to read; closing");
+                    self.close(CloseCode::Policy, "outbox full", ctx);
+                }
+            }
+            Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(_)) => {
                 self.detach_from_peer(false);
                 self.state = State::Closing;
@@ -713,6 +729,7 @@ async fn write_loop(mut ws: actix_ws::Session, mut rx: mpsc::Receiver<Out>) {
         let ok = match out {
             Out::Text(t) => ws.text(t).await.is_ok(),
             Out::Ping => ws.ping(b"").await.is_ok(),
+            Out::Pong(payload) => ws.pong(&payload).await.is_ok(),
             Out::Close(reason) => {
                 let _ = ws.close(Some(reason)).await;
                 return;
