@@ -616,3 +616,30 @@ async fn loss_on_a_relay_path_is_repaired_hop_by_hop() -> anyhow::Result<()> {
     bob.leave().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_dies_takes_its_participants_out_of_the_others_view() -> anyhow::Result<()> {
+    let mut geo = Geo::start(&[("eu-1", "eu"), ("us-1", "us")], |_| {}).await?;
+    let room = room_name("gone");
+    let alice = geo.join("eu-1", &room, "alice").await?;
+    let bob = geo.join("us-1", &room, "bob").await?;
+    bob.publish(PublishOpts::default()).await?;
+    wait_media(&alice, &["bob"], 50).await?;
+    let cursor = alice.message_count();
+    // us-1 stops without leaving the room: no event, no goodbye on NATS.
+    let us = geo.nodes.remove(1);
+    us.stop();
+    // The relay link fails, the probe finds nobody behind us-1, and bob leaves alice's view.
+    alice
+        .wait_for_since(
+            cursor,
+            WAIT,
+            |m| matches!(m, ServerMessage::ParticipantLeft { id } if id.as_str() == "bob"),
+        )
+        .await?;
+    wait_members(&alice, &[]).await?;
+    assert!(geo.node("eu-1").counters().relay_link_failures >= 1);
+    alice.leave().await?;
+    wait_node_idle(geo.node("eu-1"), WAIT).await?;
+    Ok(())
+}

@@ -431,10 +431,12 @@ impl Room {
         self.links.sent_wants.remove(node);
     }
 
-    /// A relay peer stopped on its own: its connection failed (a partition, say). The other
-    /// end hears that this incarnation is over, and the receiver opens a new one at once, as
-    /// long as its participants still want the tracks; a new one that fails too is retried
-    /// at the pace of ICE's failure timeout.
+    /// A relay peer stopped on its own: its connection failed (a partition, or the other
+    /// node died). The other end hears that this incarnation is over, and the receiver opens
+    /// a new one at once, as long as its participants still want the tracks; a new one that
+    /// fails too is retried at the pace of ICE's failure timeout. The other node is also
+    /// asked for its snapshot: a node that is gone answers "no responders" at once, and its
+    /// participants leave this node's view of the room.
     pub(super) fn relay_failed(&mut self, node: NodeId, link: u64, ctx: &mut Context<Self>) {
         tracing::info!(room = %self.id, %node, link, "relay link failed");
         self.node
@@ -451,6 +453,7 @@ impl Room {
                 RelayBody::Close,
             );
         }
+        self.request_snapshot(node, ctx);
         self.update_wants(ctx);
     }
 
