@@ -514,6 +514,45 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// The text of a `--note` file, if one was given.
+pub fn read_note(path: Option<&Path>) -> Result<Option<String>> {
+    path.map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()
+}
+
+/// Runs a benchmark's body on a multi-thread runtime until it ends or Ctrl-C: dropping the
+/// body drops its cluster, which kills every child. Clients closing in the background get
+/// five seconds to finish before the runtime goes.
+pub fn run_until_ctrl_c<T>(body: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = rt.block_on(async {
+        tokio::select! {
+            r = body => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(5));
+    outcome
+}
+
+/// The head every BENCHMARKS.md section starts with: its begin marker, its title, the
+/// command that reproduces it (after `build`, without `--note`), date, commit and machine.
+pub fn section_head(begin: &str, title: &str, build: &str, facts: &MachineFacts) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "{begin}");
+    let _ = writeln!(s, "## {title}\n");
+    let _ = writeln!(s, "```\n{build}\n{}\n```\n", command_line_without("--note"));
+    let _ = writeln!(s, "- date: {}", utc_date());
+    if let Some(c) = git_commit() {
+        let _ = writeln!(s, "- commit: {c}");
+    }
+    let _ = writeln!(s, "- machine: {}", facts.describe());
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

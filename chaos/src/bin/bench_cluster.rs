@@ -176,25 +176,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     bench::init_logs();
     validate(&args)?;
-    let note = match &args.note {
-        Some(p) => {
-            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
-        }
-        None => None,
-    };
+    let note = bench::read_note(args.note.as_deref())?;
     let facts = MachineFacts::collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let outcome = rt.block_on(async {
-        tokio::select! {
-            r = run(&args) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-        }
-    });
-    // Clients closing in the background finish before the runtime goes.
-    rt.shutdown_timeout(Duration::from_secs(5));
-    let report = outcome?;
+    let report = bench::run_until_ctrl_c(run(&args))?;
 
     let tables = render_tables(&report);
     println!("{tables}");
@@ -1620,22 +1604,12 @@ fn render_section(
     verdict: &str,
     note: Option<&str>,
 ) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "{SECTION_BEGIN}");
-    let _ = writeln!(
-        s,
-        "## Cluster: join latency, allocations, cross-node messages (`bench_cluster`)\n"
+    let mut s = bench::section_head(
+        SECTION_BEGIN,
+        "Cluster: join latency, allocations, cross-node messages (`bench_cluster`)",
+        "cargo build --release -p node -p coordinator -p chaos",
+        facts,
     );
-    let _ = writeln!(
-        s,
-        "```\ncargo build --release -p node -p coordinator -p chaos\n{}\n```\n",
-        bench::command_line_without("--note")
-    );
-    let _ = writeln!(s, "- date: {}", bench::utc_date());
-    if let Some(c) = bench::git_commit() {
-        let _ = writeln!(s, "- commit: {c}");
-    }
-    let _ = writeln!(s, "- machine: {}", facts.describe());
     let nats_version = bench::command_output(&args.nats_bin.to_string_lossy(), &["--version"])
         .unwrap_or_else(|| "unknown".into());
     let _ = writeln!(

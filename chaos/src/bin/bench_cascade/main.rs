@@ -169,26 +169,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     bench::init_logs();
     validate(&args)?;
-    let note = match &args.note {
-        Some(p) => {
-            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
-        }
-        None => None,
-    };
+    let note = bench::read_note(args.note.as_deref())?;
     let facts = MachineFacts::collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let outcome = rt.block_on(async {
-        tokio::select! {
-            r = run(&args) => r,
-            // Dropping `run` drops the cluster, which kills every child.
-            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-        }
-    });
-    // Clients closing in the background finish before the runtime goes.
-    rt.shutdown_timeout(Duration::from_secs(5));
-    let report = outcome?;
+    let report = bench::run_until_ctrl_c(run(&args))?;
 
     let tables = report::tables(&args, &report);
     println!("{tables}");

@@ -430,22 +430,12 @@ pub fn section(
     verdict: &str,
     note: Option<&str>,
 ) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "{SECTION_BEGIN}");
-    let _ = writeln!(
-        s,
-        "## Cascading: relay hop latency and CPU, relay bytes, join into a new region (`bench_cascade`)\n"
+    let mut s = bench::section_head(
+        SECTION_BEGIN,
+        "Cascading: relay hop latency and CPU, relay bytes, join into a new region (`bench_cascade`)",
+        "cargo build --release -p node -p coordinator -p chaos",
+        facts,
     );
-    let _ = writeln!(
-        s,
-        "```\ncargo build --release -p node -p coordinator -p chaos\n{}\n```\n",
-        bench::command_line_without("--note")
-    );
-    let _ = writeln!(s, "- date: {}", bench::utc_date());
-    if let Some(c) = bench::git_commit() {
-        let _ = writeln!(s, "- commit: {c}");
-    }
-    let _ = writeln!(s, "- machine: {}", facts.describe());
     let nats_version = bench::command_output(&args.nats_bin.to_string_lossy(), &["--version"])
         .unwrap_or_else(|| "unknown".into());
     let nodes: Vec<String> = NODES.iter().map(|(id, r)| format!("{id} ({r})")).collect();
