@@ -3,13 +3,14 @@
 
 use crate::directory::{Left, RoomDirectory};
 use crate::metrics::LeaveOutcome;
+use crate::registry::Liveness;
 use crate::Shared;
 use async_nats::connection::State;
 use async_nats::{Client, Event, Subscriber};
 use futures::StreamExt;
 use protocol::cluster::{
-    self, untoken, CoordHeartbeat, Drain, NodeHeartbeat, RoomClosed, ALLOCATE, COORD_HEARTBEAT,
-    COORD_QUEUE, NODE_HEARTBEAT, ROOM_CLOSED, VERSION,
+    self, untoken, CoordHeartbeat, Drain, NodeHeartbeat, NodeStatus, NodeStatusRequest, RoomClosed,
+    ALLOCATE, COORD_HEARTBEAT, COORD_QUEUE, NODE_HEARTBEAT, NODE_STATUS, ROOM_CLOSED, VERSION,
 };
 use protocol::NodeId;
 use std::sync::{Arc, Weak};
@@ -71,6 +72,7 @@ pub(crate) async fn run(
             Err(e) => tracing::error!(error = %e, "subscribe own allocate subject"),
         }
         tasks.spawn(rooms_closed(shared.clone(), client.clone()));
+        tasks.spawn(node_status(shared.clone(), client.clone()));
         let _ = stop.wait_for(|s| *s).await;
     }
 
@@ -244,6 +246,40 @@ async fn allocations(shared: Arc<Shared>, client: Client, mut sub: Subscriber) {
             crate::allocate::serve(&shared, &client, msg).await;
             drop(permit);
         });
+    }
+}
+
+/// `coord.node_status`: whether this coordinator counts a node as alive — a node is ready for
+/// joins once one does (and the directory is open, or this is not served at all).
+async fn node_status(shared: Arc<Shared>, client: Client) {
+    let Ok(mut sub) = client
+        .queue_subscribe(NODE_STATUS, COORD_QUEUE.into())
+        .await
+    else {
+        tracing::error!("subscribe node status");
+        return;
+    };
+    while let Some(msg) = sub.next().await {
+        let Some(reply) = msg.reply else {
+            continue;
+        };
+        let req = match serde_json::from_slice::<NodeStatusRequest>(&msg.payload) {
+            Ok(r) if r.v == VERSION => r,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "unreadable node status request");
+                continue;
+            }
+        };
+        let alive = shared.nodes().liveness(&req.node, Instant::now()) == Liveness::Alive;
+        let status = NodeStatus {
+            v: VERSION,
+            alive,
+            coordinator: shared.config.id.clone(),
+        };
+        if let Ok(body) = serde_json::to_vec(&status) {
+            let _ = client.publish(reply, body.into()).await;
+        }
     }
 }
 

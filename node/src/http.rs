@@ -50,10 +50,19 @@ async fn ws(
     Ok(response)
 }
 
-/// Ready when it can take joins: standalone at once, in a cluster once NATS is connected.
+/// Ready when a join through it can succeed: standalone at once; in a cluster while NATS is
+/// connected, once a coordinator has counted the node as alive.
 async fn readyz(node: web::Data<NodeEntry>) -> HttpResponse {
     match &node.shared.cluster {
         Some(c) if !c.connected() => HttpResponse::ServiceUnavailable().body("nats not connected"),
+        Some(_)
+            if !node
+                .shared
+                .placeable
+                .load(std::sync::atomic::Ordering::Relaxed) =>
+        {
+            HttpResponse::ServiceUnavailable().body("no coordinator counts this node yet")
+        }
         _ => HttpResponse::Ok().body("ready"),
     }
 }

@@ -85,6 +85,7 @@ pub async fn start_in_system(
         router,
         cluster: cluster.clone(),
         draining: Arc::new(AtomicBool::new(false)),
+        placeable: Arc::new(AtomicBool::new(cluster.is_none())),
     };
     let rooms: Addr<RoomRegistry> = RoomRegistry::new(shared.clone()).start();
     let node = NodeEntry { shared, rooms };

@@ -6,6 +6,7 @@
 //! | `cluster.coord.heartbeat` | publish, every second | [`CoordHeartbeat`] |
 //! | `cluster.room.closed` | publish | [`RoomClosed`] |
 //! | `coord.allocate` | request, queue group `coord` | [`AllocateRequest`] → [`AllocateReply`] |
+//! | `coord.node_status` | request, queue group `coord` | [`NodeStatusRequest`] → [`NodeStatus`] |
 //! | `coord.<coordinator>.allocate` | request to the room's deciding coordinator | same |
 //! | `node.<node>.join` | request | [`RemoteJoin`] → [`RemoteJoinReply`] |
 //! | `node.<node>.peer` | publish, ordered | [`PeerCommand`] |
@@ -35,6 +36,9 @@ pub const NODE_HEARTBEAT: &str = "cluster.node.heartbeat";
 pub const COORD_HEARTBEAT: &str = "cluster.coord.heartbeat";
 pub const ROOM_CLOSED: &str = "cluster.room.closed";
 pub const ALLOCATE: &str = "coord.allocate";
+/// Request (queue group `coord`): does a coordinator count the node as alive, so that a join
+/// through it can be placed? [`NodeStatusRequest`] → [`NodeStatus`].
+pub const NODE_STATUS: &str = "coord.node_status";
 pub const COORD_QUEUE: &str = "coord";
 /// JetStream KV bucket: room token → [`RoomAssignment`].
 pub const ROOMS_BUCKET: &str = "rooms";
@@ -128,6 +132,20 @@ pub struct NodeLoad {
     pub max_rooms: u32,
     pub max_peers: u32,
     pub max_egress_bps: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatusRequest {
+    pub v: u32,
+    pub node: NodeId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub v: u32,
+    /// The answering coordinator has the node's heartbeat within its timeout.
+    pub alive: bool,
+    pub coordinator: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -272,21 +272,44 @@ async fn media_survives_a_nats_restart_and_joins_resume() -> anyhow::Result<()> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_started_before_nats_becomes_ready_when_it_appears() -> anyhow::Result<()> {
+async fn a_node_is_ready_once_nats_and_a_coordinator_can_place_its_joins() -> anyhow::Result<()> {
     tests::init_logs();
     let port = NatsServer::free_port()?;
     let url = format!("nats://127.0.0.1:{port}");
     let node = node::spawn(node_config(&url, "early", "eu"))?;
-    let (status, _) = http_get(node.http_addr(), "/readyz", &[]).await?;
+    let readyz = || async {
+        http_get(node.http_addr(), "/readyz", &[])
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let (status, _) = readyz().await.map_err(anyhow::Error::msg)?;
     assert_eq!(status, 503);
-    let _nats = NatsServer::start_on(port)?;
-    wait_until(WAIT, "node ready once NATS is up", || async {
-        match http_get(node.http_addr(), "/readyz", &[]).await {
-            Ok((200, _)) => Ok(()),
+    let nats = NatsServer::start_on(port)?;
+    // NATS alone is not enough: nobody would place a join.
+    wait_until(
+        WAIT,
+        "node connected to NATS, waiting for a coordinator",
+        || async {
+            match readyz().await? {
+                (503, body) if body.contains("coordinator") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await?;
+    let _coordinator = coordinator::spawn(coordinator::Config::local(nats.url()))?;
+    wait_until(WAIT, "node ready once a coordinator counts it", || async {
+        match readyz().await? {
+            (200, _) => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })
     .await?;
+    // Ready means a join succeeds, at once.
+    join(&node, &room_name("first"), "first")
+        .await?
+        .leave()
+        .await?;
     Ok(())
 }
 

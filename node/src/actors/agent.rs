@@ -19,6 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a node not yet counted by a coordinator asks again.
+const PLACEABLE_CHECK: Duration = Duration::from_millis(250);
 
 pub struct NodeAgent {
     node: NodeCtx,
@@ -83,6 +85,30 @@ impl NodeAgent {
         };
         self.cluster.publish(wire::NODE_HEARTBEAT.to_owned(), &hb);
         self.heartbeats += 1;
+    }
+
+    /// Until a coordinator counts this node as alive, asks whether one does: a node whose
+    /// heartbeat no coordinator has heard yet would see its joins refused, so it is not
+    /// ready before (DESIGN: ready means a join can succeed).
+    fn check_placeable(&self) {
+        if self.node.placeable.load(Ordering::Relaxed) || !self.cluster.connected() {
+            return;
+        }
+        let (cluster, placeable) = (self.cluster.clone(), self.node.placeable.clone());
+        let ask = wire::NodeStatusRequest {
+            v: wire::VERSION,
+            node: self.node.config.node_id.clone(),
+        };
+        self.cluster.rt.spawn(async move {
+            let status = cluster
+                .request::<_, wire::NodeStatus>(wire::NODE_STATUS.to_owned(), &ask, PLACEABLE_CHECK)
+                .await;
+            if let Ok(s) = status {
+                if s.alive && !placeable.swap(true, Ordering::Relaxed) {
+                    tracing::info!(coordinator = %s.coordinator, "a coordinator counts this node: ready for joins");
+                }
+            }
+        });
     }
 
     /// Serves this node's subjects on the media runtime. Subscriptions outlive NATS
@@ -259,6 +285,7 @@ impl Actor for NodeAgent {
         self.serve();
         self.heartbeat();
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, _| act.heartbeat());
+        ctx.run_interval(PLACEABLE_CHECK, |act, _| act.check_placeable());
     }
 }
 
@@ -268,6 +295,7 @@ impl Handler<Observe> for NodeAgent {
         MessageResult(serde_json::json!({
             "connected": self.cluster.connected(),
             "draining": self.node.draining.load(Ordering::Relaxed),
+            "placeable": self.node.placeable.load(Ordering::Relaxed),
             "heartbeats": self.heartbeats,
             "ws_url": self.ws_url,
         }))

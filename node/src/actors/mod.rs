@@ -63,6 +63,9 @@ pub struct NodeCtx {
     pub cluster: Option<Cluster>,
     /// Set by a drain command: the coordinator sends no new rooms here.
     pub draining: Arc<AtomicBool>,
+    /// A coordinator counts this node as alive, so joins through it can be placed: with NATS
+    /// connected, what `/readyz` means by ready. Always true standalone.
+    pub placeable: Arc<AtomicBool>,
 }
 
 /// What the node's entry points hold (WebSocket sessions, the NATS agent, HTTP): the node
