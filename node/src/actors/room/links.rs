@@ -334,6 +334,13 @@ impl Room {
         let Some(cluster) = self.node.cluster.clone() else {
             return;
         };
+        // Before its first member is admitted (the room syncing with the other nodes) and
+        // after its last one left (it is closing), a room keeps what it asked for: narrowing
+        // an early "everything" to nothing would tear down the link being set up for the
+        // join that created the room.
+        if self.members.is_empty() {
+            return;
+        }
         let any_subscriber = self.members.values().any(|m| m.can_subscribe);
         let nodes: Vec<NodeId> = self.links.remote.nodes().cloned().collect();
         for n in nodes {
