@@ -275,8 +275,10 @@ async fn a_silent_socket_closes_after_the_idle_timeout_a_pinging_one_stays() -> 
     let node = start_node(|c| c.ws_idle_timeout = idle);
     let room = room_name("idle");
     let mut silent = RawWs::connect(node.http_addr()).await?;
-    silent.join(&node, &room, "silent").await?;
+    // Before the join frame goes out: the node's idle clock starts at its last frame (the
+    // join), never earlier than this.
     let silent_since = Instant::now();
+    silent.join(&node, &room, "silent").await?;
     let mut answering = RawWs::connect(node.http_addr()).await?;
     answering.join(&node, &room, "answering").await?;
     let mut pinging = RawWs::connect(node.http_addr()).await?;
