@@ -22,8 +22,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(30);
-/// How soon a Pong must follow its Ping.
-const PONG_WITHIN: Duration = Duration::from_secs(1);
+/// How long a Ping may wait for its Pong: a behaviour check, not a speed one (a node that
+/// never answers fails it; real clients give up after about 20 s).
+const PONG_WITHIN: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------
 // Keepalive
@@ -286,7 +287,7 @@ async fn a_silent_socket_closes_after_the_idle_timeout_a_pinging_one_stays() -> 
     let (answered, pongs) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let stop = Arc::new(AtomicBool::new(false));
     let answering = tokio::spawn(answer_pings(answering, answered.clone(), stop.clone()));
-    // Pongs within a second are the first test's business; here only staying matters.
+    // Pongs at all are the first test's business; here only staying matters.
     let pinging = tokio::spawn(only_ping(pinging, idle, pongs.clone(), stop.clone()));
 
     // Reading sends nothing, so the silent client stays silent: it sees the node's pings,
