@@ -82,9 +82,10 @@ async fn a_regions_own_clients_reach_its_node_unimpaired() {
     let node = echo_node(&mut geo, "eu", 0).await;
     let local = client_at(geo.client_ip("eu", 0).unwrap()).await;
     let unplanned = client_at("127.0.0.1".parse().unwrap()).await;
+    // They pass through no link: no pair's counters move (a speed check would flake on a
+    // busy machine; the counters say which path was taken).
     for client in [&local, &unplanned] {
-        let rtts = round_trips(client, node, 10).await;
-        assert!(rtts[0] < DELAY, "fastest round trip {:?}", rtts[0]);
+        round_trips(client, node, 10).await;
     }
     for pair in geo.stats() {
         let (f, r) = (pair.link.forward, pair.link.reverse);
@@ -215,9 +216,6 @@ async fn a_remote_regions_nats_crosses_its_link_to_home() {
     let mut us = TcpStream::connect(url_addr(&us_url)).await.unwrap();
     let rtt = tcp_round_trip(&mut us, WAIT).await.expect("an echo");
     assert!(rtt >= 2 * DELAY, "round trip {rtt:?}");
-    let mut home = TcpStream::connect(nats).await.unwrap();
-    let rtt = tcp_round_trip(&mut home, WAIT).await.expect("an echo");
-    assert!(rtt < DELAY, "home round trip {rtt:?}");
 
     // A partition between us and ap leaves us's NATS alone; one with home stalls it.
     assert!(geo.partition("us", "ap", true));

@@ -119,13 +119,11 @@ async fn udp_round_trip_pays_the_delay_both_ways() {
         assert_eq!(reply, i.to_be_bytes());
     }
     rtts.sort();
-    let median = rtts[rtts.len() / 2];
     assert!(
         rtts[0] >= ms(60),
         "fastest round trip {:?} beat the delay",
         rtts[0]
     );
-    assert!(median < ms(400), "median round trip {median:?}");
     let stats = link.stats();
     assert_eq!((stats.forward.packets, stats.reverse.packets), (15, 15));
     assert_eq!(proxy.mappings(), 1);
