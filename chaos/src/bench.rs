@@ -553,6 +553,31 @@ pub fn section_head(begin: &str, title: &str, build: &str, facts: &MachineFacts)
     s
 }
 
+/// The end every BENCHMARKS.md section shares: the interpretation, the hand-written
+/// `--note` if any, what the processes' logs said, and the end marker.
+pub fn section_tail(verdict: &str, note: Option<&str>, health: &[String], end: &str) -> String {
+    use std::fmt::Write;
+    let mut s = String::from("### Interpretation\n\n");
+    s.push_str(verdict);
+    s.push('\n');
+    if let Some(n) = note {
+        s.push_str(
+            "Notes (written by hand from the experiments they name, given with `--note`):\n\n",
+        );
+        s.push_str(n.trim());
+        s.push_str("\n\n");
+    }
+    if !health.is_empty() {
+        s.push_str("Process logs of this run:\n\n");
+        for h in health {
+            let _ = writeln!(s, "- {h}");
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(s, "{end}");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1648,23 +1648,6 @@ log-linear histogram (≤ 1.6 % bucket error). A step is *saturated* when delive
 p99 exceeded 1 s, anything was lost, or a sender got an error; later steps are then skipped.\n\
 - *CPU*: utime + stime from `/proc/<pid>/stat` of each process over the interval; *other processes* = all cores' busy time \
 (`/proc/stat`) minus ours; well above 0 means the figures were disturbed.\n\n");
-    s.push_str("### Interpretation\n\n");
-    s.push_str(verdict);
-    s.push('\n');
-    if let Some(n) = note {
-        s.push_str(
-            "Notes (written by hand from the experiments they name, given with `--note`):\n\n",
-        );
-        s.push_str(n.trim());
-        s.push_str("\n\n");
-    }
-    if !r.health.is_empty() {
-        s.push_str("Process logs of this run:\n\n");
-        for h in &r.health {
-            let _ = writeln!(s, "- {h}");
-        }
-        s.push('\n');
-    }
-    let _ = writeln!(s, "{SECTION_END}");
+    s.push_str(&bench::section_tail(verdict, note, &r.health, SECTION_END));
     s
 }

@@ -459,23 +459,6 @@ pub fn section(
 - *CPU*: utime + stime of each node process (all threads, `/proc/<pid>/stat`) over the window; 100 % = one core. *bench CPU*: this process (publishers and subscribers); *other CPU*: all cores' busy time (`/proc/stat`) minus the cluster's processes and this one — well above 0 means the window was disturbed.\n\
 - *relay bytes*: `sfu_relay_bytes_sent_total` of eu-1 against `sfu_published_bytes_received_total` of eu-1 (payload bytes its own publisher sent in); with one remote node the ratio is 1.0 when each track crosses the link once whatever the subscribers behind it.\n\
 - *join*: from just before `join` is sent (socket already open) to `joined`, to the first `subscribe_offer`, and to the first synthetic packet of the publisher counted by the joiner (polled every 1 ms). Exact nearest-rank percentiles. A not-reached sample's publisher joins a fresh room on eu-1 300 ms before the joiner. The breakdown places us-1's log timestamps against the joiner's wall clock.\n\n");
-    s.push_str("### Interpretation\n\n");
-    s.push_str(verdict);
-    s.push('\n');
-    if let Some(n) = note {
-        s.push_str(
-            "Notes (written by hand from the experiments they name, given with `--note`):\n\n",
-        );
-        s.push_str(n.trim());
-        s.push_str("\n\n");
-    }
-    if !r.health.is_empty() {
-        s.push_str("Process logs of this run:\n\n");
-        for h in &r.health {
-            let _ = writeln!(s, "- {h}");
-        }
-        s.push('\n');
-    }
-    let _ = writeln!(s, "{SECTION_END}");
+    s.push_str(&bench::section_tail(verdict, note, &r.health, SECTION_END));
     s
 }

@@ -303,23 +303,29 @@ impl Room {
         self.update_wants(ctx);
     }
 
+    /// Opens the receiving end of a new incarnation of the link from `n`; its id.
+    fn open_receiver(&mut self, n: &NodeId, ctx: &mut Context<Self>) -> Option<u64> {
+        let link = rand::random::<u64>();
+        let role = PeerRole::RelayIn {
+            from: n.clone(),
+            link,
+        };
+        let peer = self.relay_peer(role, ctx)?;
+        self.links
+            .receivers
+            .insert(n.clone(), Receiver { peer, link });
+        Some(link)
+    }
+
     fn want_everything(
         &mut self,
         cluster: &crate::cluster::Cluster,
         n: &NodeId,
         ctx: &mut Context<Self>,
     ) {
-        let link = rand::random::<u64>();
-        let role = PeerRole::RelayIn {
-            from: n.clone(),
-            link,
-        };
-        let Some(peer) = self.relay_peer(role, ctx) else {
+        let Some(link) = self.open_receiver(n, ctx) else {
             return;
         };
-        self.links
-            .receivers
-            .insert(n.clone(), Receiver { peer, link });
         let body = RelayBody::Want {
             tracks: Vec::new(),
             all: true,
@@ -355,17 +361,7 @@ impl Room {
                 continue;
             }
             if !want.is_empty() && !self.links.receivers.contains_key(&n) {
-                let link = rand::random::<u64>();
-                let role = PeerRole::RelayIn {
-                    from: n.clone(),
-                    link,
-                };
-                let Some(peer) = self.relay_peer(role, ctx) else {
-                    continue;
-                };
-                self.links
-                    .receivers
-                    .insert(n.clone(), Receiver { peer, link });
+                self.open_receiver(&n, ctx);
             }
             // An idle link (nothing wanted) keeps its incarnation; a node never linked gets
             // nothing (`sent` was none and `want` empty, skipped above).
