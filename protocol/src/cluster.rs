@@ -5,6 +5,8 @@
 //! | `cluster.node.heartbeat` | publish, every second | [`NodeHeartbeat`] |
 //! | `cluster.coord.heartbeat` | publish, every second | [`CoordHeartbeat`] |
 //! | `cluster.room.closed` | publish | [`RoomClosed`] |
+//! | `cluster.node.suspect` | publish | [`NodeSuspect`] |
+//! | `cluster.node.down` | publish | [`NodeDown`] |
 //! | `coord.allocate` | request, queue group `coord` | [`AllocateRequest`] → [`AllocateReply`] |
 //! | `coord.node_status` | request, queue group `coord` | [`NodeStatusRequest`] → [`NodeStatus`] |
 //! | `coord.<coordinator>.allocate` | request to the room's deciding coordinator | same |
@@ -13,6 +15,7 @@
 //! | `node.<node>.resume` | request | [`RemoteResume`] → [`RemoteJoinReply`] |
 //! | `node.<node>.drain` | publish | [`Drain`] |
 //! | `node.<node>.rooms` | request | `{}` → [`NodeRooms`] |
+//! | `node.<node>.ping` | request | `{}` → [`NodePong`] |
 //! | `user.<user>` | publish (request for `message`) | [`UserDelivery`] → [`DeliveryAck`] |
 //! | `user.<user>` | publish, when a session of the user registers | [`SessionClaim`] |
 //! | `room.<room>.events` | publish, per-node sequence | [`RoomEvent`] |
@@ -40,6 +43,14 @@ pub const ALLOCATE: &str = "coord.allocate";
 /// through it can be placed? [`NodeStatusRequest`] → [`NodeStatus`].
 pub const NODE_STATUS: &str = "coord.node_status";
 pub const COORD_QUEUE: &str = "coord";
+/// Publish: something suggests a node is gone (a request it did not answer, a relay link
+/// with it failed, its client came back through another node). Every coordinator probes
+/// the node ([`node_ping`]); "no responders" proves it dead at once. [`NodeSuspect`].
+pub const NODE_SUSPECT: &str = "cluster.node.suspect";
+/// Publish: a coordinator found a node dead (a probe nobody answered, or heartbeat silence)
+/// and moved its rooms. Nodes tell the clients they serve from it to reconnect, and a node
+/// that reads its own death fences itself. [`NodeDown`].
+pub const NODE_DOWN: &str = "cluster.node.down";
 /// JetStream KV bucket: room token → [`RoomAssignment`].
 pub const ROOMS_BUCKET: &str = "rooms";
 
@@ -102,6 +113,11 @@ pub fn node_room_state(node: &NodeId) -> String {
 pub fn node_relay(node: &NodeId) -> String {
     format!("node.{}.relay", token(node.as_str()))
 }
+/// Request: is the node there? Any reply means yes ([`NodePong`]); "no responders" means its
+/// NATS connection is gone.
+pub fn node_ping(node: &NodeId) -> String {
+    format!("node.{}.ping", token(node.as_str()))
+}
 pub fn user(user: &UserId) -> String {
     format!("user.{}", token(user.as_str()))
 }
@@ -146,6 +162,44 @@ pub struct NodeStatus {
     /// The answering coordinator has the node's heartbeat within its timeout.
     pub alive: bool,
     pub coordinator: String,
+}
+
+/// On [`NODE_SUSPECT`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSuspect {
+    pub v: u32,
+    pub node: NodeId,
+    /// Who suspects it (a node or coordinator id), for the logs.
+    pub from: String,
+    /// Why, for the logs and metrics: `request`, `relay`, `resume`.
+    pub reason: String,
+}
+
+/// How a coordinator found a node dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeathCause {
+    /// A direct probe found nobody listening (the process or its connection is gone).
+    Probe,
+    /// No heartbeat for the node timeout (a stopped or cut-off process).
+    Silence,
+}
+
+/// On [`NODE_DOWN`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDown {
+    pub v: u32,
+    pub node: NodeId,
+    pub coordinator: String,
+    pub cause: DeathCause,
+}
+
+/// The answer to [`node_ping`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePong {
+    pub v: u32,
+    pub node: NodeId,
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -352,6 +406,9 @@ pub enum RemoteJoinReply {
         ice_servers: Vec<IceServer>,
         participants: Vec<ParticipantState>,
     },
+    /// The node no longer serves the room (it drains, or was fenced): the participant is to
+    /// be joined afresh wherever the cluster serves the room now.
+    Moved,
     Error {
         code: ErrorCode,
         message: String,
@@ -365,25 +422,6 @@ pub struct RemoteResume {
     pub v: u32,
     pub resume_token: String,
     pub session_node: NodeId,
-}
-
-/// A resume token: `<token(room)>.<token(node)>.<secret>`, so any node can find the
-/// participant's node from the token alone.
-pub fn resume_token(room: &RoomId, node: &NodeId, secret: &str) -> String {
-    format!("{}.{}.{secret}", token(room.as_str()), token(node.as_str()))
-}
-
-/// The room and the node a resume token belongs to (see [`resume_token`]).
-pub fn resume_token_place(resume_token: &str) -> Option<(RoomId, NodeId)> {
-    let mut parts = resume_token.splitn(3, '.');
-    let (room, node, secret) = (parts.next()?, parts.next()?, parts.next()?);
-    if secret.is_empty() {
-        return None;
-    }
-    Some((
-        RoomId::new(untoken(room)?).ok()?,
-        NodeId::new(untoken(node)?).ok()?,
-    ))
 }
 
 /// A client's signaling for its participant on the receiving node, in the order sent.
@@ -503,12 +541,6 @@ mod tests {
         }
         assert_eq!(untoken("=4"), None);
         assert_eq!(node_peer(&NodeId::new("n.1").unwrap()), "node.n=2E1.peer");
-        let room = RoomId::new("a.b@c").unwrap();
-        let node = NodeId::new("eu.1").unwrap();
-        let t = resume_token(&room, &node, "s3cr3t");
-        assert_eq!(resume_token_place(&t), Some((room, node)));
-        assert_eq!(resume_token_place("no-dot"), None);
-        assert_eq!(resume_token_place("a.b."), None);
     }
 
     fn claim(node: &str, session: u64, claimed_ms: u64) -> SessionClaim {

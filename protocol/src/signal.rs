@@ -127,6 +127,10 @@ pub enum ServerMessage {
         resume_token: String,
         ice_servers: Vec<IceServer>,
         participants: Vec<ParticipantState>,
+        /// Other nodes' WebSocket URLs, nearest first: where to reconnect if this node is
+        /// gone and the client's URL is this node's own (PROTOCOL.md, an extension of v1).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        fallback_urls: Vec<String>,
     },
     PublishAnswer {
         sdp: String,

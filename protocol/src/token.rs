@@ -1,8 +1,10 @@
-//! Join tokens: JWT, HS256, signed with the cluster's API secret (PROTOCOL.md `join`).
+//! Join tokens: JWT, HS256, signed with the cluster's API secret (PROTOCOL.md `join`); and
+//! resume tokens, signed the same way and self-contained, so any node of the cluster can
+//! restore a participant from the token alone (PROTOCOL.md `resume`).
 //!
 //! Verification takes the current time as an argument so that it stays pure and testable.
 
-use crate::ids::{RoomId, UserId};
+use crate::ids::{NodeId, RoomId, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +69,104 @@ pub fn mint(secret: &[u8], claims: &Claims) -> String {
     .unwrap_or_default()
 }
 
+/// The `typ` claim of a resume token; a join token has none.
+const RESUME_TYP: &str = "resume";
+
+/// The claims of a resume token: who the participant is, in which room, with which grants,
+/// on which node it was when the token was issued, until when the token is good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeClaims {
+    /// Always `resume`: a resume token is never accepted as a join token, nor the reverse.
+    pub typ: String,
+    pub sub: UserId,
+    pub room: RoomId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub can_publish: bool,
+    pub can_subscribe: bool,
+    /// The node hosting the participant when the token was issued; it restores the
+    /// participant while it lives, any node restores it when it is gone.
+    pub node: NodeId,
+    /// A random value per participant incarnation: the hosting node only hands its
+    /// participant to a socket presenting the token it issued for that incarnation.
+    pub nonce: String,
+    pub exp: u64,
+}
+
+impl ResumeClaims {
+    /// A resume token's claims for a participant joined with `claims`, hosted on `node`.
+    pub fn new(claims: &Claims, node: NodeId, nonce: String, now_unix: u64, ttl_secs: u64) -> Self {
+        ResumeClaims {
+            typ: RESUME_TYP.into(),
+            sub: claims.sub.clone(),
+            room: claims.room.clone(),
+            name: claims.name.clone(),
+            can_publish: claims.can_publish,
+            can_subscribe: claims.can_subscribe,
+            node,
+            nonce,
+            exp: now_unix.saturating_add(ttl_secs),
+        }
+    }
+
+    /// The join claims this token stands for, to join the participant afresh elsewhere.
+    pub fn join_claims(&self) -> Claims {
+        Claims {
+            sub: self.sub.clone(),
+            room: self.room.clone(),
+            name: self.name.clone(),
+            can_publish: self.can_publish,
+            can_subscribe: self.can_subscribe,
+            exp: self.exp,
+        }
+    }
+}
+
+/// Signs resume claims with `secret` (HS256).
+pub fn mint_resume(secret: &[u8], claims: &ResumeClaims) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap_or_default()
+}
+
+fn validation() -> Validation {
+    let mut validation = Validation::new(Algorithm::HS256);
+    // Expiry is checked by the callers against their clock, without leeway.
+    validation.validate_exp = false;
+    validation.required_spec_claims.clear();
+    validation
+}
+
+/// Checks a resume token's signature, type and expiry.
+pub fn verify_resume(secret: &[u8], token: &str, now_unix: u64) -> Result<ResumeClaims, TokenError> {
+    let claims = jsonwebtoken::decode::<ResumeClaims>(
+        token,
+        &DecodingKey::from_secret(secret),
+        &validation(),
+    )
+    .map_err(|_| TokenError::Invalid)?
+    .claims;
+    if claims.typ != RESUME_TYP {
+        return Err(TokenError::Invalid);
+    }
+    if claims.exp <= now_unix {
+        return Err(TokenError::Expired);
+    }
+    Ok(claims)
+}
+
+/// A join token's claims and, to tell a resume token apart, its `typ`.
+#[derive(Deserialize)]
+struct JoinToken {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(default)]
+    typ: Option<String>,
+}
+
 /// Checks signature, algorithm, expiry (against `now_unix`) and the room.
 pub fn verify(
     secret: &[u8],
@@ -74,14 +174,13 @@ pub fn verify(
     room: &RoomId,
     now_unix: u64,
 ) -> Result<Claims, TokenError> {
-    let mut validation = Validation::new(Algorithm::HS256);
-    // Expiry is checked below against the caller's clock, without leeway.
-    validation.validate_exp = false;
-    validation.required_spec_claims.clear();
     let data =
-        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
+        jsonwebtoken::decode::<JoinToken>(token, &DecodingKey::from_secret(secret), &validation())
             .map_err(|_| TokenError::Invalid)?;
-    let claims = data.claims;
+    if data.claims.typ.is_some() {
+        return Err(TokenError::Invalid);
+    }
+    let claims = data.claims.claims;
     if claims.exp <= now_unix {
         return Err(TokenError::Expired);
     }
@@ -144,6 +243,56 @@ mod tests {
         let t = format!("{header}.{body}.");
         assert_eq!(
             verify(b"secret", &t, &RoomId::new("r1").unwrap(), NOW),
+            Err(TokenError::Invalid)
+        );
+    }
+
+    fn resume_claims() -> ResumeClaims {
+        let mut c = claims();
+        c.name = Some("Alice".into());
+        c.can_publish = false;
+        ResumeClaims::new(&c, NodeId::new("n1").unwrap(), "x1".into(), NOW, 600)
+    }
+
+    #[test]
+    fn a_resume_token_carries_the_participant_and_verifies_anywhere() {
+        let rc = resume_claims();
+        let t = mint_resume(b"secret", &rc);
+        let back = verify_resume(b"secret", &t, NOW + 599).unwrap();
+        assert_eq!(back, rc);
+        let join = back.join_claims();
+        assert_eq!(join.sub.as_str(), "alice");
+        assert_eq!(join.name.as_deref(), Some("Alice"));
+        assert!(!join.can_publish && join.can_subscribe);
+    }
+
+    #[test]
+    fn resume_and_join_tokens_are_not_interchangeable() {
+        let room = RoomId::new("r1").unwrap();
+        let resume = mint_resume(b"secret", &resume_claims());
+        assert_eq!(verify(b"secret", &resume, &room, NOW), Err(TokenError::Invalid));
+        let join = mint(b"secret", &claims());
+        assert_eq!(verify_resume(b"secret", &join, NOW), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn forged_and_expired_resume_tokens_are_refused() {
+        let t = mint_resume(b"secret", &resume_claims());
+        assert_eq!(verify_resume(b"other", &t, NOW), Err(TokenError::Invalid));
+        assert_eq!(verify_resume(b"secret", &t, NOW + 600), Err(TokenError::Expired));
+        assert_eq!(verify_resume(b"secret", "r.n.x", NOW), Err(TokenError::Invalid));
+        // A valid signature over edited claims is impossible; an edited body breaks it.
+        let mut parts: Vec<&str> = t.split('.').collect();
+        let forged_body = {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let mut c = resume_claims();
+            c.sub = UserId::new("mallory").unwrap();
+            b64.encode(serde_json::to_vec(&c).unwrap())
+        };
+        parts[1] = &forged_body;
+        assert_eq!(
+            verify_resume(b"secret", &parts.join("."), NOW),
             Err(TokenError::Invalid)
         );
     }
