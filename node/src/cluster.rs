@@ -152,4 +152,29 @@ impl Cluster {
             metrics::counter!("cluster_publish_dropped_total").increment(1);
         }
     }
+
+    /// Tells the coordinators that `node` did not answer (a request got "no responders" or
+    /// timed out, a relay link with it failed): they probe it and, if it is gone, move its
+    /// rooms at once instead of after the heartbeat timeout.
+    pub fn suspect(&self, node: &NodeId, reason: &str) {
+        if node == &self.node {
+            return;
+        }
+        tracing::info!(%node, reason, "suspecting node");
+        metrics::counter!("cluster_suspicions_total", "reason" => reason.to_owned()).increment(1);
+        let msg = protocol::cluster::NodeSuspect {
+            v: protocol::cluster::VERSION,
+            node: node.clone(),
+            from: self.node.to_string(),
+            reason: reason.to_owned(),
+        };
+        self.publish(protocol::cluster::NODE_SUSPECT.to_owned(), &msg);
+    }
+}
+
+impl ClusterError {
+    /// Whether the other side seems gone: nobody listens, or nobody answered in time.
+    pub fn unanswered(&self) -> bool {
+        matches!(self, ClusterError::NoResponders(_) | ClusterError::Timeout(_))
+    }
 }

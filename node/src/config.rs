@@ -58,6 +58,17 @@ pub struct Config {
     pub max_egress_bps: u64,
     /// How long an empty room stays before it closes and leaves the directory.
     pub room_empty_grace: Duration,
+    /// How long a resume token is good for (each `joined` issues a fresh one).
+    pub resume_token_ttl: Duration,
+    /// A drain ends by this deadline even if participants remain (they are told to
+    /// reconnect elsewhere; the node then exits).
+    pub drain_deadline: Duration,
+    /// Participants told to move at once while draining; the next batch goes when these
+    /// have left or after a few seconds.
+    pub drain_batch: usize,
+    /// The coordinators' death timeout: a node cut off from NATS this long has been
+    /// declared dead and its rooms moved, so it stops serving them (fencing).
+    pub node_timeout: Duration,
     /// Worker threads of the media runtime (webrtc, forwarding).
     pub media_threads: usize,
     /// actix-web worker threads (signaling).
@@ -93,6 +104,10 @@ impl Config {
             max_peers: 1000,
             max_egress_bps: 1_000_000_000,
             room_empty_grace: Duration::from_secs(5),
+            resume_token_ttl: Duration::from_secs(24 * 3600),
+            drain_deadline: Duration::from_secs(60),
+            drain_batch: 10,
+            node_timeout: Duration::from_secs(3),
         }
     }
 
@@ -172,6 +187,17 @@ impl Config {
         layer!(max_egress_bps);
         if let Some(s) = flags.room_empty_grace_secs.or(file.room_empty_grace_secs) {
             c.room_empty_grace = Duration::from_secs(s);
+        }
+        if let Some(s) = flags.resume_token_ttl_secs.or(file.resume_token_ttl_secs) {
+            c.resume_token_ttl = Duration::from_secs(s.max(1));
+        }
+        if let Some(s) = flags.drain_deadline_secs.or(file.drain_deadline_secs) {
+            c.drain_deadline = Duration::from_secs(s);
+        }
+        layer!(drain_batch);
+        c.drain_batch = c.drain_batch.max(1);
+        if let Some(ms) = flags.node_timeout_ms.or(file.node_timeout_ms) {
+            c.node_timeout = Duration::from_millis(ms.max(100));
         }
 
         if !c.dev_tokens && c.api_secret == "devsecret" {
@@ -271,6 +297,20 @@ pub struct NodeArgs {
     /// Seconds an empty room lingers before it closes.
     #[arg(long, env = "NODE_ROOM_EMPTY_GRACE_SECS")]
     pub room_empty_grace_secs: Option<u64>,
+    /// Seconds a resume token is good for [default: 86400].
+    #[arg(long, env = "NODE_RESUME_TOKEN_TTL_SECS")]
+    pub resume_token_ttl_secs: Option<u64>,
+    /// Seconds a drain (SIGTERM or the admin API) may take before the node exits anyway
+    /// [default: 60].
+    #[arg(long, env = "NODE_DRAIN_DEADLINE_SECS")]
+    pub drain_deadline_secs: Option<u64>,
+    /// Participants moved at once while draining [default: 10].
+    #[arg(long, env = "NODE_DRAIN_BATCH")]
+    pub drain_batch: Option<usize>,
+    /// The coordinators' node timeout in ms: cut off from NATS this long, the node stops
+    /// serving its cluster rooms [default: 3000].
+    #[arg(long, env = "NODE_NODE_TIMEOUT_MS")]
+    pub node_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -301,6 +341,10 @@ struct FileConfig {
     max_peers: Option<u32>,
     max_egress_bps: Option<u64>,
     room_empty_grace_secs: Option<u64>,
+    resume_token_ttl_secs: Option<u64>,
+    drain_deadline_secs: Option<u64>,
+    drain_batch: Option<usize>,
+    node_timeout_ms: Option<u64>,
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics))
         .route("/debug/snapshot", web::get().to(snapshot))
         .route("/dev/token", web::get().to(dev_token))
+        .route("/admin/drain", web::post().to(admin_drain))
         .route(
             "/",
             web::get().to(|| static_file("text/html; charset=utf-8", INDEX)),
@@ -63,6 +64,13 @@ async fn readyz(node: web::Data<NodeEntry>) -> HttpResponse {
         {
             HttpResponse::ServiceUnavailable().body("no coordinator counts this node yet")
         }
+        _ if node
+            .shared
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed) =>
+        {
+            HttpResponse::ServiceUnavailable().body("draining")
+        }
         _ => HttpResponse::Ok().body("ready"),
     }
 }
@@ -74,19 +82,33 @@ async fn metrics(node: web::Data<NodeEntry>) -> impl Responder {
         .body(crate::metrics::render())
 }
 
+fn bearer_ok(req: &HttpRequest, secret: &str) -> bool {
+    let expected = format!("Bearer {secret}");
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|given| given == expected)
+}
+
+/// `POST /admin/drain` (bearer API secret): the node moves its participants to other nodes
+/// and exits (DESIGN "drain"); the same as SIGTERM.
+async fn admin_drain(req: HttpRequest, node: web::Data<NodeEntry>) -> HttpResponse {
+    if !bearer_ok(&req, &node.shared.config.api_secret) {
+        return HttpResponse::Unauthorized().body("bearer api secret required");
+    }
+    let started = crate::actors::drain::start(&node.shared, &node.rooms, "admin api");
+    HttpResponse::Accepted().json(serde_json::json!({
+        "draining": true,
+        "started": started,
+        "deadline_secs": node.shared.config.drain_deadline.as_secs(),
+    }))
+}
+
 /// Operators' view: every actor's snapshot. Needs the API secret as a bearer token unless
 /// the node runs with dev tokens.
 async fn snapshot(req: HttpRequest, node: web::Data<NodeEntry>) -> HttpResponse {
-    if !node.shared.config.dev_tokens {
-        let expected = format!("Bearer {}", node.shared.config.api_secret);
-        let given = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if given != expected {
-            return HttpResponse::Unauthorized().body("bearer api secret required");
-        }
+    if !node.shared.config.dev_tokens && !bearer_ok(&req, &node.shared.config.api_secret) {
+        return HttpResponse::Unauthorized().body("bearer api secret required");
     }
     HttpResponse::Ok().json(crate::snapshot(&node).await)
 }

@@ -13,6 +13,7 @@ pub mod http;
 pub mod media;
 pub mod membership;
 pub mod metrics;
+pub mod peers;
 
 pub use config::Config;
 
@@ -78,6 +79,11 @@ pub async fn start_in_system(
         None => None,
     };
     let router = SessionRouter::new(cluster.clone()).start();
+    let peers = peers::PeerNodes::new(
+        config.node_id.clone(),
+        config.region.clone(),
+        config.node_timeout,
+    );
     let shared = NodeCtx {
         config: Arc::new(config),
         media,
@@ -86,6 +92,9 @@ pub async fn start_in_system(
         cluster: cluster.clone(),
         draining: Arc::new(AtomicBool::new(false)),
         placeable: Arc::new(AtomicBool::new(cluster.is_none())),
+        peers: Arc::new(std::sync::Mutex::new(peers)),
+        drain_started: Arc::new(AtomicBool::new(false)),
+        exit: Arc::new(tokio::sync::Notify::new()),
     };
     let rooms: Addr<RoomRegistry> = RoomRegistry::new(shared.clone()).start();
     let node = NodeEntry { shared, rooms };
@@ -143,8 +152,14 @@ pub fn spawn(config: Config) -> anyhow::Result<NodeHandle> {
             let started = system.block_on(start_in_system(config, rt_handle));
             match started {
                 Ok((server, addr, node)) => {
+                    // A drain ends the node as the process would end.
+                    let (exit, handle) = (node.shared.exit.clone(), server.handle());
                     let _ = tx.send(Ok((addr, node, server.handle(), actix::System::current())));
                     system.block_on(async move {
+                        actix::spawn(async move {
+                            exit.notified().await;
+                            handle.stop(true).await;
+                        });
                         let _ = server.await;
                     });
                 }

@@ -71,11 +71,34 @@ fn run(args: NodeArgs) -> anyhow::Result<()> {
     let handle = media_rt.handle().clone();
     let system = actix::System::new();
     system.block_on(async move {
-        let (server, addr, _node) = node::start_in_system(config, handle).await?;
+        let (server, addr, node) = node::start_in_system(config, handle).await?;
         let stopper = server.handle();
+        let exit = node.shared.exit.clone();
         actix::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("shutting down");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let sigterm = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+                _ = exit.notified() => tracing::info!("shutting down"),
+                _ = sigterm => {
+                    // SIGTERM drains: participants move to other nodes, then the node exits
+                    // (at the latest at --drain-deadline). A second signal stops at once.
+                    node::actors::drain::start(&node.shared, &node.rooms, "sigterm");
+                    tokio::select! {
+                        _ = exit.notified() => tracing::info!("drained; shutting down"),
+                        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted while draining"),
+                        _ = async { if let Some(t) = term.as_mut() { t.recv().await; } } => tracing::info!("second SIGTERM while draining"),
+                    }
+                }
+            }
             stopper.stop(true).await;
         });
         tracing::info!(%addr, "demo page at http://{addr}/");

@@ -19,6 +19,9 @@ pub type Notice = ServerMessage;
 struct NodeMembers {
     /// The last event applied (or the snapshot's).
     seq: u64,
+    /// The node died: its participants wait for their resume elsewhere, without tracks,
+    /// and nothing more is heard from it.
+    suspended: bool,
     /// Participants in the order they were first heard of.
     participants: Vec<ParticipantState>,
 }
@@ -53,8 +56,44 @@ impl RemoteMembers {
         self.nodes.contains_key(node)
     }
 
+    /// The live nodes (not suspended).
     pub fn nodes(&self) -> impl Iterator<Item = &NodeId> {
-        self.nodes.keys()
+        self.nodes
+            .iter()
+            .filter(|(_, n)| !n.suspended)
+            .map(|(id, _)| id)
+    }
+
+    pub fn is_suspended(&self, node: &NodeId) -> bool {
+        self.nodes.get(node).is_some_and(|n| n.suspended)
+    }
+
+    /// A node died: its participants' tracks end now; the participants stay until they
+    /// come back through another node or [`RemoteMembers::forget`] removes them.
+    pub fn suspend(&mut self, node: &NodeId) -> Vec<Notice> {
+        let Some(n) = self.nodes.get_mut(node) else {
+            return Vec::new();
+        };
+        n.suspended = true;
+        let mut out = Vec::new();
+        for p in &mut n.participants {
+            for t in p.tracks.drain(..) {
+                out.push(unpublished(&p.id, &t.id));
+            }
+        }
+        out
+    }
+
+    /// A participant of a suspended node is back (joined here or on another node): it is
+    /// no longer waited for. Whether it was.
+    pub fn take_suspended(&mut self, user: &UserId) -> bool {
+        let mut found = false;
+        for n in self.nodes.values_mut().filter(|n| n.suspended) {
+            let before = n.participants.len();
+            n.participants.retain(|p| &p.id != user);
+            found |= n.participants.len() != before;
+        }
+        found
     }
 
     /// Every remote participant with its tracks, node by node.
@@ -94,6 +133,15 @@ impl RemoteMembers {
 
     pub fn apply_event(&mut self, ev: &RoomEvent) -> Applied {
         let mut out = Applied::default();
+        if self.is_suspended(&ev.node) {
+            return out;
+        }
+        // A participant who was waited for comes back through this node: the clients
+        // never saw it leave, so its return is no news (its new tracks are).
+        let returning = match &ev.change {
+            RoomChange::Joined { participant } => self.take_suspended(&participant.id),
+            _ => false,
+        };
         if matches!(ev.change, RoomChange::NodeLeft) {
             out.notices = self.forget(&ev.node);
             out.node_left = Some(ev.node.clone());
@@ -122,7 +170,9 @@ impl RemoteMembers {
                         name: participant.name.clone(),
                         tracks: Vec::new(),
                     });
-                    out.notices.push(joined(participant.clone()));
+                    if !returning {
+                        out.notices.push(joined(participant.clone()));
+                    }
                 }
             }
             RoomChange::Left { id } => {
@@ -158,6 +208,9 @@ impl RemoteMembers {
     /// Replaces what is known of the snapshot's node, unless events past it were applied
     /// already. Returns the differences as notices.
     pub fn apply_snapshot(&mut self, st: &RoomState) -> Vec<Notice> {
+        if self.is_suspended(&st.node) {
+            return Vec::new();
+        }
         if !st.present {
             return self.forget(&st.node);
         }
@@ -166,6 +219,12 @@ impl RemoteMembers {
             Some(n) => n.clone(),
             None => NodeMembers::default(),
         };
+        let returning: Vec<UserId> = st
+            .participants
+            .iter()
+            .filter(|q| self.take_suspended(&q.id))
+            .map(|q| q.id.clone())
+            .collect();
         let mut notices = Vec::new();
         for p in &old.participants {
             match st.participants.iter().find(|q| q.id == p.id) {
@@ -179,7 +238,7 @@ impl RemoteMembers {
         }
         for q in &st.participants {
             let before = old.participants.iter().find(|p| p.id == q.id);
-            if before.is_none() {
+            if before.is_none() && !returning.contains(&q.id) {
                 notices.push(joined(ParticipantInfo {
                     id: q.id.clone(),
                     name: q.name.clone(),
@@ -195,6 +254,7 @@ impl RemoteMembers {
             st.node.clone(),
             NodeMembers {
                 seq: st.seq,
+                suspended: false,
                 participants: st.participants.clone(),
             },
         );
@@ -385,5 +445,43 @@ mod tests {
         };
         assert_eq!(m.apply_snapshot(&gone).len(), 1);
         assert_eq!(m.count(), 0);
+    }
+
+    #[test]
+    fn a_dead_nodes_participants_wait_for_their_resume() {
+        let mut m = RemoteMembers::new();
+        m.apply_event(&ev("eu", 1, join("alice")));
+        m.apply_event(&ev("eu", 2, publish("alice", "T1")));
+        m.apply_event(&ev("eu", 3, join("carol")));
+        m.apply_event(&ev("us", 1, join("bob")));
+        // Its tracks end at once; its participants stay, and it is asked for nothing.
+        let notices = m.suspend(&node("eu"));
+        assert_eq!(notices.len(), 1);
+        assert!(matches!(&notices[0], ServerMessage::TrackUnpublished { .. }));
+        assert_eq!(m.count(), 3);
+        assert!(m.tracks_on(&node("eu")).is_empty());
+        assert_eq!(m.nodes().collect::<Vec<_>>(), vec![&node("us")]);
+        // Nothing more is heard from it.
+        assert!(m.apply_event(&ev("eu", 4, join("dave"))).notices.is_empty());
+        // Alice comes back through another node: no news for the clients but her tracks.
+        assert!(m.apply_event(&ev("us", 2, join("alice"))).notices.is_empty());
+        assert_eq!(m.node_of(&user("alice")), Some(&node("us")));
+        assert_eq!(m.apply_event(&ev("us", 3, publish("alice", "T2"))).notices.len(), 1);
+        // Carol never does: forgetting the node lets her leave.
+        let left = m.forget(&node("eu"));
+        assert_eq!(left, vec![ServerMessage::ParticipantLeft { id: user("carol") }]);
+        assert!(!m.is_suspended(&node("eu")));
+        assert_eq!(m.count(), 2);
+    }
+
+    #[test]
+    fn a_suspended_participant_is_taken_once() {
+        let mut m = RemoteMembers::new();
+        m.apply_event(&ev("eu", 1, join("alice")));
+        assert!(!m.take_suspended(&user("alice")));
+        m.suspend(&node("eu"));
+        assert!(m.take_suspended(&user("alice")));
+        assert!(!m.take_suspended(&user("alice")));
+        assert!(m.forget(&node("eu")).is_empty());
     }
 }

@@ -8,9 +8,14 @@
 //! the same region. A region without any eligible node is served by the room's least-loaded
 //! node elsewhere, or failing that by a new node of any region. Each decision is one pass
 //! over the nodes.
+//!
+//! Failover (DESIGN.md "Failover, fencing, drain") is the same arithmetic on the entry:
+//! [`survivors`] drops a room's dead nodes (a dead origin's role moving to the earliest
+//! surviving node with the next epoch), which a join ([`plan_join`] after it), a node leaving
+//! ([`plan_leave`]) and a coordinator reacting to a death ([`plan_failover`]) all share.
 
 use crate::cluster::{RoomAssignment, RoomNode};
-use crate::placement::{eligible, least_loaded, NodeView};
+use crate::placement::{self, eligible, least_loaded, NodeView};
 use crate::{NodeId, RoomId};
 
 /// Which node serves a joining client.
@@ -94,25 +99,113 @@ pub enum LeavePlan {
 }
 
 pub fn plan_leave(entry: &RoomAssignment, node: &NodeId) -> LeavePlan {
-    if !entry.serves(node) {
-        return LeavePlan::Unchanged;
+    // Leaving is dying politely: the entry loses the node the same way.
+    match survivors(entry, "", |n| n == node) {
+        Survivors::Intact(_) => LeavePlan::Unchanged,
+        Survivors::Shrunk(next) => LeavePlan::Update(next),
+        Survivors::Orphaned => LeavePlan::Close,
     }
+}
+
+/// A room's entry without its dead nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Survivors {
+    /// No node of the room is dead: the entry as it was, its origin listed among its nodes.
+    Intact(RoomAssignment),
+    /// The entry without its dead nodes, in the order they joined; when the origin died, the
+    /// earliest surviving node is the new origin and the epoch grows by one.
+    Shrunk(RoomAssignment),
+    /// Every node of the room is dead.
+    Orphaned,
+}
+
+/// Drops the nodes `is_dead` names from the room's entry. The origin counts as one of the
+/// room's nodes even in an entry that does not list it (one from before cascading), listed
+/// first with `origin_region`. The epoch grows exactly when the origin changes, so a room
+/// never has two origins in one epoch; `coordinator` and `assigned_ms` are left for the
+/// caller to stamp.
+pub fn survivors(
+    entry: &RoomAssignment,
+    origin_region: &str,
+    is_dead: impl Fn(&NodeId) -> bool,
+) -> Survivors {
     let mut next = entry.clone();
-    next.nodes = entry
+    if !next.nodes.iter().any(|n| n.node == entry.node) {
+        next.nodes.insert(
+            0,
+            RoomNode {
+                node: entry.node.clone(),
+                region: origin_region.to_owned(),
+            },
+        );
+    }
+    let listed = next.nodes.len();
+    next.nodes.retain(|n| !is_dead(&n.node));
+    let Some(first) = next.nodes.first() else {
+        return Survivors::Orphaned;
+    };
+    if next.nodes.len() == listed {
+        return Survivors::Intact(next);
+    }
+    if is_dead(&entry.node) {
+        next.node = first.node.clone();
+        next.epoch += 1;
+    }
+    Survivors::Shrunk(next)
+}
+
+/// What a room's entry becomes when a coordinator finds nodes of it dead, before anyone
+/// joins it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailoverPlan {
+    /// No node of the room is dead: nothing to write.
+    Unchanged,
+    /// Some nodes survive: the entry without the dead ones ([`survivors`]).
+    Shrunk(RoomAssignment),
+    /// Every node died: the room moves whole to the least-loaded eligible node, of the dead
+    /// origin's region first, as its origin and only node, with the next epoch.
+    Replaced(RoomAssignment),
+    /// Every node died and no node can take the room: leave the entry as it is (the next
+    /// join places the room afresh).
+    Stranded,
+}
+
+/// Plans a room's failover from its entry, which nodes are dead, and the nodes placement
+/// may choose from (only eligible ones are: healthy, not draining, below capacity).
+pub fn plan_failover(
+    entry: &RoomAssignment,
+    is_dead: impl Fn(&NodeId) -> bool,
+    views: &[NodeView],
+) -> FailoverPlan {
+    let origin_region = entry
         .nodes
         .iter()
-        .filter(|n| &n.node != node)
-        .cloned()
-        .collect();
-    if &entry.node != node {
-        return LeavePlan::Update(next);
-    }
-    match next.nodes.first() {
-        None => LeavePlan::Close,
-        Some(first) => {
-            next.node = first.node.clone();
+        .find(|n| n.node == entry.node)
+        .map(|n| n.region.as_str())
+        .or_else(|| {
+            views
+                .iter()
+                .find(|v| v.id == entry.node)
+                .map(|v| v.region.as_str())
+        })
+        .unwrap_or_default();
+    match survivors(entry, origin_region, &is_dead) {
+        Survivors::Intact(_) => FailoverPlan::Unchanged,
+        Survivors::Shrunk(next) => FailoverPlan::Shrunk(next),
+        Survivors::Orphaned => {
+            let region = Some(origin_region).filter(|r| !r.is_empty());
+            let chosen = placement::place_among(&entry.room, region, views, |v| !is_dead(&v.id));
+            let Some(origin) = chosen else {
+                return FailoverPlan::Stranded;
+            };
+            let mut next = entry.clone();
+            next.node = origin.id.clone();
             next.epoch += 1;
-            LeavePlan::Update(next)
+            next.nodes = vec![RoomNode {
+                node: origin.id.clone(),
+                region: origin.region.clone(),
+            }];
+            FailoverPlan::Replaced(next)
         }
     }
 }
@@ -290,6 +383,63 @@ mod tests {
         assert_eq!(with_node(&e, member("b", "us")), e);
     }
 
+    #[test]
+    fn dead_nodes_leave_and_a_dead_origins_role_moves_on() {
+        let e = entry("a", &["a", "b", "c"]);
+        let dead = |names: &'static [&'static str]| move |n: &NodeId| names.contains(&n.as_str());
+        assert_eq!(survivors(&e, "eu", dead(&["x"])), Survivors::Intact(e.clone()));
+        let Survivors::Shrunk(next) = survivors(&e, "eu", dead(&["b"])) else {
+            panic!()
+        };
+        assert_eq!((next.node.as_str(), next.epoch), ("a", 3));
+        assert_eq!(next.members(), vec![id("a"), id("c")]);
+        let Survivors::Shrunk(next) = survivors(&e, "eu", dead(&["a", "b"])) else {
+            panic!()
+        };
+        assert_eq!((next.node.as_str(), next.epoch), ("c", 4));
+        assert_eq!(next.nodes, vec![member("c", "eu")]);
+        assert_eq!(survivors(&e, "eu", dead(&["a", "b", "c"])), Survivors::Orphaned);
+        // An entry from before cascading lists no nodes: its origin is its one node, listed
+        // with the region the caller knows.
+        let legacy = entry("a", &[]);
+        let Survivors::Intact(listed) = survivors(&legacy, "us", dead(&[])) else {
+            panic!()
+        };
+        assert_eq!(listed.nodes, vec![member("a", "us")]);
+        assert_eq!(survivors(&legacy, "us", dead(&["a"])), Survivors::Orphaned);
+    }
+
+    #[test]
+    fn a_room_whose_nodes_all_died_moves_whole_to_its_origins_region_first() {
+        let mut e = entry("a", &["a", "b"]);
+        e.nodes[0].region = "us".into();
+        let views = [
+            view("eu-1", "eu", 0.0),
+            view("us-1", "us", 0.5),
+            view("us-2", "us", 0.2),
+        ];
+        let all = |n: &NodeId| e.serves(n);
+        let FailoverPlan::Replaced(next) = plan_failover(&e, all, &views) else {
+            panic!()
+        };
+        assert_eq!((next.node.as_str(), next.epoch), ("us-2", 4));
+        assert_eq!(next.nodes, vec![member("us-2", "us")]);
+        // No node of that region can take it: the least-loaded anywhere.
+        let FailoverPlan::Replaced(next) = plan_failover(&e, all, &views[..1]) else {
+            panic!()
+        };
+        assert_eq!(next.node.as_str(), "eu-1");
+        // Nobody can: the entry stays for the next join.
+        let mut busy = views[..1].to_vec();
+        busy[0].draining = true;
+        assert_eq!(plan_failover(&e, all, &busy), FailoverPlan::Stranded);
+        assert_eq!(plan_failover(&e, |_| false, &views), FailoverPlan::Unchanged);
+        let FailoverPlan::Shrunk(next) = plan_failover(&e, |n| n.as_str() == "a", &views) else {
+            panic!()
+        };
+        assert_eq!((next.node.as_str(), next.epoch), ("b", 4));
+    }
+
     fn arb_views() -> impl Strategy<Value = Vec<NodeView>> {
         proptest::collection::vec((0u8..3, 0.0f64..1.3, any::<bool>(), any::<bool>()), 1..12)
             .prop_map(|specs| {
@@ -352,6 +502,67 @@ mod tests {
                         // The room first, before another region joins it.
                         prop_assert!(!views.iter().any(|m| is_member(m) && headroom(m)));
                     }
+                }
+            }
+        }
+
+        #[test]
+        fn failover_keeps_one_origin_per_epoch_and_no_dead_node(
+            views in arb_views(),
+            in_room in proptest::collection::vec(any::<bool>(), 12),
+            dead in proptest::collection::vec(any::<bool>(), 12),
+            origin in 0usize..12,
+            legacy in any::<bool>(),
+        ) {
+            // The room: some of the views' nodes plus a node no view knows ("gone"), its
+            // origin among them; or an entry from before cascading that lists none.
+            let mut nodes: Vec<RoomNode> = views.iter().enumerate()
+                .filter(|(i, _)| in_room[*i])
+                .map(|(_, v)| RoomNode { node: v.id.clone(), region: v.region.clone() })
+                .collect();
+            nodes.push(member("gone", "r0"));
+            let mut e = entry("x", &[]);
+            e.node = nodes[origin % nodes.len()].node.clone();
+            e.nodes = if legacy { Vec::new() } else { nodes };
+            let is_dead = |n: &NodeId| {
+                n.as_str() == "gone"
+                    || views.iter().position(|v| &v.id == n).is_some_and(|i| dead[i])
+            };
+            let members = e.members();
+            let plan = plan_failover(&e, is_dead, &views);
+            prop_assert_eq!(&plan, &plan_failover(&e, is_dead, &views), "deterministic");
+            match &plan {
+                FailoverPlan::Unchanged => prop_assert!(!members.iter().any(is_dead)),
+                FailoverPlan::Shrunk(next) => {
+                    let kept: Vec<NodeId> = members.iter().filter(|n| !is_dead(n)).cloned().collect();
+                    prop_assert!(!kept.is_empty() && kept.len() < members.len());
+                    prop_assert_eq!(next.members(), kept.clone(), "survivors kept, in order");
+                    prop_assert!(next.nodes.iter().any(|m| m.node == next.node), "origin listed");
+                    if is_dead(&e.node) {
+                        prop_assert_eq!((&next.node, next.epoch), (&kept[0], e.epoch + 1));
+                    } else {
+                        prop_assert_eq!((&next.node, next.epoch), (&e.node, e.epoch));
+                    }
+                }
+                FailoverPlan::Replaced(next) => {
+                    prop_assert!(members.iter().all(is_dead));
+                    let v = views.iter().find(|v| v.id == next.node).unwrap();
+                    prop_assert!(eligible(v) && !is_dead(&v.id), "an eligible live node");
+                    prop_assert_eq!(next.epoch, e.epoch + 1);
+                    prop_assert_eq!(next.members(), vec![v.id.clone()]);
+                    prop_assert_eq!(&next.nodes[0].region, &v.region);
+                    // The dead origin's region first, when it has an eligible node.
+                    let region = e.nodes.iter().find(|m| m.node == e.node).map(|m| m.region.clone())
+                        .or_else(|| views.iter().find(|w| w.id == e.node).map(|w| w.region.clone()));
+                    if let Some(r) = region {
+                        if views.iter().any(|w| eligible(w) && !is_dead(&w.id) && w.region == r) {
+                            prop_assert_eq!(&v.region, &r);
+                        }
+                    }
+                }
+                FailoverPlan::Stranded => {
+                    prop_assert!(members.iter().all(is_dead));
+                    prop_assert!(!views.iter().any(|v| eligible(v) && !is_dead(&v.id)));
                 }
             }
         }

@@ -229,6 +229,11 @@ pub struct AllocateRequest {
     /// already: the coordinator serves the client elsewhere (a sibling in the same region).
     #[serde(default)]
     pub full: Vec<NodeId>,
+    /// Nodes the asking node found unresponsive (a request to them got "no responders" or
+    /// timed out): the deciding coordinator probes each it still counts alive before it
+    /// decides, and one found dead leaves the room's entry in this very decision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspects: Vec<NodeId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

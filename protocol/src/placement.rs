@@ -118,12 +118,21 @@ pub fn least_loaded<'a>(
 /// heartbeat ranks nodes but never refuses one, because each coordinator counts only its own
 /// assignments and an estimate must not turn a burst away from idle nodes.
 pub fn place(room: &RoomId, region: Option<&str>, nodes: &[NodeView]) -> Option<NodeId> {
+    place_among(room, region, nodes, |_| true).map(|n| n.id.clone())
+}
+
+/// [`place`] among the nodes `allowed` admits (say, not one the caller knows is dead).
+pub fn place_among<'a>(
+    room: &RoomId,
+    region: Option<&str>,
+    nodes: &'a [NodeView],
+    allowed: impl Fn(&NodeView) -> bool,
+) -> Option<&'a NodeView> {
     let key = room.as_str();
+    let open = |n: &&NodeView| eligible(n) && allowed(n);
     let local = region
-        .and_then(|r| least_loaded(key, nodes.iter().filter(|n| eligible(n) && n.region == r)));
-    local
-        .or_else(|| least_loaded(key, nodes.iter().filter(|n| eligible(n))))
-        .map(|n| n.id.clone())
+        .and_then(|r| least_loaded(key, nodes.iter().filter(open).filter(|n| n.region == r)));
+    local.or_else(|| least_loaded(key, nodes.iter().filter(open)))
 }
 
 #[cfg(test)]

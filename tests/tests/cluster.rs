@@ -384,7 +384,12 @@ async fn a_participant_resumes_through_another_node() -> anyhow::Result<()> {
     // Tokens of unknown rooms, or forged for a known room, are refused.
     let c = Client::connect(&sb.nodes[1].ws_url()).await?;
     assert!(c.resume("nope.nope").await.is_err());
-    let forged = format!("{}.forged", protocol::cluster::token(&room));
+    // The real participant's claims, signed with another secret: refused.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let claims = protocol::token::verify_resume(sb.nodes[0].config().api_secret.as_bytes(), &token, now)?;
+    let forged = protocol::token::mint_resume(b"not the cluster's secret", &claims);
     assert!(c.resume(&forged).await.is_err());
     a2.leave().await?;
     b.leave().await?;

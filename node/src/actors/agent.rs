@@ -4,9 +4,10 @@
 
 use super::room::JoinedInfo;
 use super::rooms::{
-    JoinRoom, ListRooms, RemotePeerCommand, RemoteRelayMessage, ResumeRoom, RoomRegistry,
-    StateOfRoom,
+    Assigned, Fence, JoinRoom, ListRooms, NodeGone, RemotePeerCommand, RemoteRelayMessage,
+    ResumeRefused, ResumeRoom, RoomRegistry, StateOfRoom,
 };
+use super::router::{Broadcast, Routed};
 use super::{NodeCtx, NodeEntry, Observe};
 use crate::cluster::Cluster;
 use actix::prelude::*;
@@ -30,6 +31,9 @@ pub struct NodeAgent {
     cpu: CpuProbe,
     last_bytes: (Instant, u64),
     heartbeats: u64,
+    /// Since when NATS has been unreachable.
+    cut_off_since: Option<Instant>,
+    fenced_for_cut: bool,
 }
 
 impl NodeAgent {
@@ -47,6 +51,8 @@ impl NodeAgent {
             cpu: CpuProbe::new(),
             last_bytes: (Instant::now(), bytes),
             heartbeats: 0,
+            cut_off_since: None,
+            fenced_for_cut: false,
         }
     }
 
@@ -121,10 +127,10 @@ impl NodeAgent {
             let rooms = rooms.clone();
             async move { remote_join(&rooms, &payload).await }
         });
-        let rooms = self.rooms.clone();
+        let (rooms, secret) = (self.rooms.clone(), self.node.config.api_secret.clone());
         serve_requests(c, wire::node_resume(id), move |payload| {
-            let rooms = rooms.clone();
-            async move { remote_resume(&rooms, &payload).await }
+            let (rooms, secret) = (rooms.clone(), secret.clone());
+            async move { remote_resume(&rooms, secret.as_bytes(), &payload).await }
         });
         let (rooms, node) = (self.rooms.clone(), id.clone());
         serve_requests(c, wire::node_rooms(id), move |_| {
@@ -170,14 +176,156 @@ impl NodeAgent {
                 Err(e) => tracing::warn!(error = %e, "bad peer command"),
             },
         );
-        let draining = self.node.draining.clone();
+        let (me, draining) = (id.clone(), self.node.draining.clone());
+        serve_requests(c, wire::node_ping(id), move |_| {
+            let pong = wire::NodePong {
+                v: wire::VERSION,
+                node: me.clone(),
+                draining: draining.load(Ordering::Relaxed),
+            };
+            async move { pong }
+        });
+        let peers = self.node.peers.clone();
+        serve_in_order(c, wire::NODE_HEARTBEAT.to_owned(), move |payload| {
+            if let Ok(hb) = serde_json::from_slice::<NodeHeartbeat>(&payload) {
+                if hb.v == wire::VERSION {
+                    super::lock(&peers).heartbeat(&hb, Instant::now());
+                }
+            }
+        });
+        let (node, rooms) = (self.node.clone(), self.rooms.clone());
+        serve_in_order(c, wire::NODE_DOWN.to_owned(), move |payload| {
+            match serde_json::from_slice::<wire::NodeDown>(&payload) {
+                Ok(down) if down.v == wire::VERSION => node_down(&node, &rooms, down),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "bad node down message"),
+            }
+        });
+        self.watch_assignments();
+        let (node, rooms) = (self.node.clone(), self.rooms.clone());
         serve_in_order(c, wire::node_drain(id), move |payload| {
-            if let Ok(d) = serde_json::from_slice::<wire::Drain>(&payload) {
-                tracing::info!(draining = d.draining, "drain requested");
-                draining.store(d.draining, Ordering::Relaxed);
+            match serde_json::from_slice::<wire::Drain>(&payload) {
+                Ok(d) if d.v == wire::VERSION && d.draining => {
+                    super::drain::start(&node, &rooms, "coordinator");
+                }
+                // A drain under way runs to its end: the process exits at the end of it.
+                Ok(d) if d.v == wire::VERSION && !node.drain_started.load(Ordering::SeqCst) => {
+                    node.draining.store(false, Ordering::Relaxed)
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "bad drain message"),
             }
         });
     }
+}
+
+impl NodeAgent {
+    /// Watches the room directory (KV `rooms`): a room hosted here whose entry moved to
+    /// other nodes with a newer epoch has a new owner, and this node stops serving it
+    /// (fencing; DESIGN "Failover, fencing, drain").
+    fn watch_assignments(&self) {
+        let (client, rooms) = (self.cluster.client.clone(), self.rooms.clone());
+        self.cluster.rt.spawn(async move {
+            let js = async_nats::jetstream::new(client);
+            let mut from: Option<u64> = None;
+            // Bounded by the process's life; each round waits for the bucket or the stream.
+            loop {
+                let store = match js.get_key_value(wire::ROOMS_BUCKET).await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        tokio::time::sleep(WATCH_RETRY).await;
+                        continue;
+                    }
+                };
+                let watch = match from {
+                    Some(rev) => store.watch_all_from_revision(rev + 1).await,
+                    None => store.watch_all().await,
+                };
+                let Ok(mut watch) = watch else {
+                    tokio::time::sleep(WATCH_RETRY).await;
+                    continue;
+                };
+                while let Some(Ok(entry)) = watch.next().await {
+                    from = Some(entry.revision);
+                    if entry.operation != async_nats::jetstream::kv::Operation::Put {
+                        continue;
+                    }
+                    match serde_json::from_slice::<wire::RoomAssignment>(&entry.value) {
+                        Ok(a) => rooms.do_send(Assigned(a)),
+                        Err(e) => tracing::debug!(key = %entry.key, error = %e, "unreadable room entry"),
+                    }
+                }
+                tokio::time::sleep(WATCH_RETRY).await;
+            }
+        });
+    }
+
+    /// Cut off from NATS for longer than the coordinators' death timeout, this node has been
+    /// declared dead and its rooms moved: it stops serving them, and every client here is
+    /// sent to another node.
+    fn check_cut_off(&mut self) {
+        let connected = self.cluster.connected();
+        let now = Instant::now();
+        match (connected, self.cut_off_since) {
+            (true, _) => {
+                self.cut_off_since = None;
+                self.fenced_for_cut = false;
+            }
+            (false, None) => self.cut_off_since = Some(now),
+            (false, Some(since)) => {
+                if !self.fenced_for_cut
+                    && now.duration_since(since) >= self.node.config.node_timeout
+                {
+                    self.fenced_for_cut = true;
+                    tracing::warn!(after_ms = now.duration_since(since).as_millis() as u64, "cut off from the cluster; fencing every room and moving clients away");
+                    metrics::counter!("node_fenced_total", "cause" => "cut_off").increment(1);
+                    self.rooms.do_send(Fence {
+                        rooms: None,
+                        reason: "fenced",
+                    });
+                    let url = self.node.fallback_urls().into_iter().next();
+                    self.node.router.do_send(Broadcast(Routed::Leave {
+                        reason: "fenced",
+                        url,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Pause before the directory watch is opened again.
+const WATCH_RETRY: Duration = Duration::from_millis(500);
+/// How often the NATS connection's state is checked for a cut.
+const CUT_CHECK: Duration = Duration::from_millis(100);
+
+/// A coordinator found a node dead. About another node: sessions whose participant lived
+/// there tell their clients to reconnect, and rooms stop waiting for it. About this node
+/// (it was stopped or cut off, and is back): its rooms have moved; it stops serving them.
+fn node_down(node: &NodeCtx, rooms: &Addr<RoomRegistry>, down: wire::NodeDown) {
+    if down.node == node.config.node_id {
+        tracing::warn!(coordinator = %down.coordinator, cause = ?down.cause, "a coordinator declared this node dead; fencing its rooms");
+        return rooms.do_send(Fence {
+            rooms: None,
+            reason: "fenced",
+        });
+    }
+    let first = {
+        let mut peers = super::lock(&node.peers);
+        let first = !peers.is_dead(&down.node);
+        peers.dead(&down.node);
+        first
+    };
+    if first {
+        tracing::info!(node = %down.node, coordinator = %down.coordinator, cause = ?down.cause, "node died");
+        metrics::counter!("cluster_node_deaths_seen_total").increment(1);
+    }
+    // The client's socket is fine (it is here): it reconnects here, and this node
+    // restores its participant elsewhere.
+    node.router.do_send(Broadcast(Routed::NodeGone {
+        node: down.node.clone(),
+    }));
+    rooms.do_send(NodeGone(down.node));
 }
 
 /// Answers every request on `subject` with `handler`'s JSON reply, each in its own task.
@@ -236,15 +384,35 @@ async fn remote_join(rooms: &Addr<RoomRegistry>, payload: &[u8]) -> RemoteJoinRe
     }
 }
 
-async fn remote_resume(rooms: &Addr<RoomRegistry>, payload: &[u8]) -> RemoteJoinReply {
-    match serde_json::from_slice::<wire::RemoteResume>(payload) {
-        Ok(req) => {
-            let resume = ResumeRoom {
-                resume_token: req.resume_token,
-            };
-            joined_reply(rooms.send(resume).await, "resume token unknown or expired")
+/// A participant of a room hosted here resumes through another node. The token is checked
+/// again here: a cluster message is no proof of anything.
+async fn remote_resume(
+    rooms: &Addr<RoomRegistry>,
+    secret: &[u8],
+    payload: &[u8],
+) -> RemoteJoinReply {
+    let req = match serde_json::from_slice::<wire::RemoteResume>(payload) {
+        Ok(req) => req,
+        Err(e) => return bad_request(e),
+    };
+    let claims = match protocol::token::verify_resume(secret, &req.resume_token, crate::unix_secs())
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return RemoteJoinReply::Error {
+                code: protocol::ErrorCode::Unauthorized,
+                message: e.to_string(),
+            }
         }
-        Err(e) => bad_request(e),
+    };
+    let resume = ResumeRoom {
+        claims,
+        resume_token: req.resume_token,
+    };
+    match rooms.send(resume).await {
+        Ok(Err(ResumeRefused::Moved)) | Err(_) => RemoteJoinReply::Moved,
+        Ok(Err(ResumeRefused::Failed(code))) => joined_reply(Ok(Err(code)), "participant gone"),
+        Ok(Ok(info)) => joined_reply(Ok(Ok(info)), ""),
     }
 }
 
@@ -286,6 +454,7 @@ impl Actor for NodeAgent {
         self.heartbeat();
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, _| act.heartbeat());
         ctx.run_interval(PLACEABLE_CHECK, |act, _| act.check_placeable());
+        ctx.run_interval(CUT_CHECK, |act, _| act.check_cut_off());
     }
 }
 

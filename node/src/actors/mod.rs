@@ -38,6 +38,7 @@
 //! registry is reached from the entry points only, through [`NodeEntry`].
 
 pub mod agent;
+pub mod drain;
 pub mod peer;
 pub mod room;
 pub mod rooms;
@@ -49,8 +50,9 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::counters::Counters;
 use crate::media::MediaContext;
+use crate::peers::PeerNodes;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// What every actor of one node can reach.
 #[derive(Clone)]
@@ -66,6 +68,24 @@ pub struct NodeCtx {
     /// A coordinator counts this node as alive, so joins through it can be placed: with NATS
     /// connected, what `/readyz` means by ready. Always true standalone.
     pub placeable: Arc<AtomicBool>,
+    /// The other nodes, from their heartbeats.
+    pub peers: Arc<Mutex<PeerNodes>>,
+    /// A drain runs (it sets `draining` and ends in `exit`).
+    pub drain_started: Arc<AtomicBool>,
+    /// Notified when the node should exit (a drain ended).
+    pub exit: Arc<tokio::sync::Notify>,
+}
+
+impl NodeCtx {
+    /// Other nodes' WebSocket URLs for `joined.fallback_urls`, nearest first.
+    pub fn fallback_urls(&self) -> Vec<String> {
+        lock(&self.peers).fallback_urls(std::time::Instant::now(), crate::peers::FALLBACK_URLS)
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What the node's entry points hold (WebSocket sessions, the NATS agent, HTTP): the node

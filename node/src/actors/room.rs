@@ -11,7 +11,7 @@
 
 mod links;
 
-pub use links::{ListLinks, LocalState, RelaySignal, RELAY_USER_PREFIX};
+pub use links::{ListLinks, LocalState, RelaySignal, RoomNodeGone, RELAY_USER_PREFIX};
 
 use super::peer::{self, Peer, PeerEvent, PeerRole};
 use super::router::Deliver;
@@ -209,7 +209,6 @@ impl Room {
         member.peer.do_send(peer::Close);
         self.registry.do_send(RoomReport::MemberLeft {
             room: self.id.clone(),
-            resume_token: member.resume_token,
         });
         tracing::info!(room = %self.id, %user, "participant left");
     }
@@ -232,7 +231,7 @@ impl Actor for Room {
 #[rtype(result = "()")]
 pub enum RoomReport {
     /// The room lost a member (left, replaced, failed, or its grace period ran out).
-    MemberLeft { room: RoomId, resume_token: String },
+    MemberLeft { room: RoomId },
 }
 
 /// What a session needs to answer `joined`.
@@ -316,21 +315,30 @@ impl Handler<AdmitMember> for Room {
             self.node.clone(),
         )
         .start();
+        // A participant of a dead node resuming here: the clients never saw it leave.
+        let returning = self.links.remote.take_suspended(&user);
         let participants = self.participants(&user);
-        self.broadcast(
-            &user,
-            &ServerMessage::ParticipantJoined {
-                participant: info.clone(),
-            },
-        );
-        let mut raw = [0u8; 24];
+        if !returning {
+            self.broadcast(
+                &user,
+                &ServerMessage::ParticipantJoined {
+                    participant: info.clone(),
+                },
+            );
+        }
+        // Self-contained and signed: any node of the cluster restores the participant from
+        // it, also when this node is gone (PROTOCOL.md `resume`).
+        let mut raw = [0u8; 18];
         rand::Rng::fill(&mut rand::thread_rng(), &mut raw);
-        // Names the room and this node: any node can find the participant from it alone.
-        let resume_token = protocol::cluster::resume_token(
-            &self.id,
-            &self.node.config.node_id,
-            &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw),
+        let cfg = &self.node.config;
+        let resume = protocol::token::ResumeClaims::new(
+            &claims,
+            cfg.node_id.clone(),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw),
+            crate::unix_secs(),
+            cfg.resume_token_ttl.as_secs(),
         );
+        let resume_token = protocol::token::mint_resume(cfg.api_secret.as_bytes(), &resume);
         self.next_seq += 1;
         self.members.insert(
             user.clone(),
@@ -476,6 +484,35 @@ impl Handler<Shutdown> for Room {
             self.remove_member(&u);
         }
         self.leave_cluster();
+        ctx.stop();
+    }
+}
+
+/// From the registry: this node no longer serves the room (fenced). Clients are told to
+/// reconnect, and the room stops here without a word to the other nodes, which moved on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FenceRoom {
+    pub reason: &'static str,
+    pub url: Option<String>,
+}
+
+impl Handler<FenceRoom> for Room {
+    type Result = ();
+    fn handle(&mut self, msg: FenceRoom, ctx: &mut Context<Self>) {
+        tracing::warn!(room = %self.id, members = self.members.len(), reason = msg.reason, "room fenced");
+        let reconnect = ServerMessage::Reconnect {
+            reason: msg.reason.into(),
+            url: msg.url,
+        };
+        self.tell_all(&reconnect);
+        for (_, m) in self.members.drain() {
+            m.peer.do_send(peer::Close);
+        }
+        for source in std::mem::take(&mut self.tracks).into_values() {
+            source.clear_fanout();
+        }
+        self.close_all_links();
         ctx.stop();
     }
 }

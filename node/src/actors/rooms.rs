@@ -4,15 +4,15 @@
 //! never land in a room that is shutting down.
 
 use super::room::{
-    AdmitMember, JoinedInfo, ListLinks, LocalState, MemberCommand, RelaySignal, ResumeMember, Room,
-    RoomReport, Shutdown,
+    AdmitMember, FenceRoom, JoinedInfo, ListLinks, LocalState, MemberCommand, RelaySignal,
+    ResumeMember, Room, RoomNodeGone, RoomReport, Shutdown,
 };
 use super::{NodeCtx, Observe};
 use actix::prelude::*;
 use protocol::cluster::{
     self as wire, PeerCommand, RelayBody, RelayMessage, RoomMembers, RoomState, RoomStateRequest,
 };
-use protocol::token::Claims;
+use protocol::token::{Claims, ResumeClaims};
 use protocol::{ErrorCode, NodeId, RoomId, UserId};
 use std::collections::HashMap;
 
@@ -28,8 +28,6 @@ struct Hosted {
 pub struct RoomRegistry {
     node: NodeCtx,
     rooms: HashMap<RoomId, Hosted>,
-    /// resume token → (room, user)
-    resume: HashMap<String, (RoomId, UserId)>,
 }
 
 impl RoomRegistry {
@@ -37,7 +35,6 @@ impl RoomRegistry {
         RoomRegistry {
             node,
             rooms: HashMap::new(),
-            resume: HashMap::new(),
         }
     }
 }
@@ -67,11 +64,23 @@ pub struct RemotePeerCommand(pub PeerCommand);
 #[rtype(result = "Vec<RoomMembers>")]
 pub struct ListRooms;
 
-/// Resumes the participant a resume token names, in the room hosted here that holds it.
+/// Resumes the participant a (verified) resume token names, in the room hosted here.
 #[derive(Message)]
-#[rtype(result = "Result<JoinedInfo, ErrorCode>")]
+#[rtype(result = "Result<JoinedInfo, ResumeRefused>")]
 pub struct ResumeRoom {
+    pub claims: ResumeClaims,
     pub resume_token: String,
+}
+
+/// Why a participant was not resumed here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeRefused {
+    /// This node does not serve the room (any more): join the participant afresh wherever
+    /// the cluster serves it.
+    Moved,
+    /// The participant is gone (it left, was replaced, or its grace period ran out), or the
+    /// node cannot tell right now.
+    Failed(ErrorCode),
 }
 
 impl Handler<JoinRoom> for RoomRegistry {
@@ -93,7 +102,6 @@ impl Handler<JoinRoom> for RoomRegistry {
         hosted.epoch = hosted.epoch.max(msg.epoch);
         let addr = hosted.addr.clone();
         let room = msg.room.clone();
-        let user = msg.claims.sub.clone();
         // Waiting here (see `AtomicResponse`) keeps the member count exact: no other join or
         // departure is handled until this one is settled.
         AtomicResponse::new(Box::pin(
@@ -107,13 +115,11 @@ impl Handler<JoinRoom> for RoomRegistry {
             .into_actor(self)
             .map(move |res, act, ctx| {
                 let res = res.map_err(|_| ErrorCode::Unavailable)?;
-                if let Ok(info) = &res {
+                if res.is_ok() {
                     if let Some(h) = act.rooms.get_mut(&room) {
                         h.members += 1;
                         h.generation += 1;
                     }
-                    act.resume
-                        .insert(info.resume_token.clone(), (room.clone(), user));
                 }
                 act.close_if_empty(&room, ctx);
                 res
@@ -123,25 +129,24 @@ impl Handler<JoinRoom> for RoomRegistry {
 }
 
 impl Handler<ResumeRoom> for RoomRegistry {
-    type Result = ResponseActFuture<Self, Result<JoinedInfo, ErrorCode>>;
+    type Result = ResponseActFuture<Self, Result<JoinedInfo, ResumeRefused>>;
 
     fn handle(&mut self, msg: ResumeRoom, _: &mut Context<Self>) -> Self::Result {
-        let found = self
-            .resume
-            .get(&msg.resume_token)
-            .and_then(|(room, user)| Some((self.rooms.get(room)?.addr.clone(), user.clone())));
-        let Some((addr, user)) = found else {
-            return Box::pin(fut::ready(Err(ErrorCode::NotFound)));
+        let draining = self.node.draining.load(std::sync::atomic::Ordering::Relaxed);
+        let hosted = self.rooms.get(&msg.claims.room).map(|h| h.addr.clone());
+        let Some(addr) = hosted.filter(|_| !draining) else {
+            return Box::pin(fut::ready(Err(ResumeRefused::Moved)));
         };
-        let token = msg.resume_token;
+        let resume = ResumeMember {
+            user: msg.claims.sub,
+            resume_token: msg.resume_token,
+        };
         Box::pin(
             async move {
-                addr.send(ResumeMember {
-                    user,
-                    resume_token: token,
-                })
-                .await
-                .map_err(|_| ErrorCode::Unavailable)?
+                match addr.send(resume).await {
+                    Ok(res) => res.map_err(ResumeRefused::Failed),
+                    Err(_) => Err(ResumeRefused::Moved),
+                }
             }
             .into_actor(self),
         )
@@ -152,8 +157,7 @@ impl Handler<RoomReport> for RoomRegistry {
     type Result = ();
     fn handle(&mut self, msg: RoomReport, ctx: &mut Context<Self>) {
         match msg {
-            RoomReport::MemberLeft { room, resume_token } => {
-                self.resume.remove(&resume_token);
+            RoomReport::MemberLeft { room } => {
                 if let Some(h) = self.rooms.get_mut(&room) {
                     h.members = h.members.saturating_sub(1);
                     h.generation += 1;
@@ -270,6 +274,121 @@ impl Handler<StateOfRoom> for RoomRegistry {
                 Err(_) => absent(room),
             }
         })
+    }
+}
+
+/// Every participant hosted here, with its room.
+#[derive(Message)]
+#[rtype(result = "Vec<(RoomId, UserId)>")]
+pub struct ListMembers;
+
+impl Handler<ListMembers> for RoomRegistry {
+    type Result = ResponseFuture<Vec<(RoomId, UserId)>>;
+    fn handle(&mut self, _: ListMembers, _: &mut Context<Self>) -> Self::Result {
+        let rooms: Vec<(RoomId, Addr<Room>)> = self
+            .rooms
+            .iter()
+            .filter(|(_, h)| h.members > 0)
+            .map(|(r, h)| (r.clone(), h.addr.clone()))
+            .collect();
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for (room, addr) in rooms {
+                if let Ok(st) = addr.send(LocalState).await {
+                    out.extend(st.participants.into_iter().map(|p| (room.clone(), p.id)));
+                }
+            }
+            out
+        })
+    }
+}
+
+/// Closes every room hosted here now (a drained node leaving the cluster).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseAll;
+
+impl Handler<CloseAll> for RoomRegistry {
+    type Result = ();
+    fn handle(&mut self, _: CloseAll, _: &mut Context<Self>) {
+        let rooms: Vec<RoomId> = self.rooms.keys().cloned().collect();
+        for room in rooms {
+            self.close(&room);
+        }
+    }
+}
+
+/// The directory's entry for a room changed (KV watch).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Assigned(pub wire::RoomAssignment);
+
+impl Handler<Assigned> for RoomRegistry {
+    type Result = ();
+    fn handle(&mut self, msg: Assigned, _: &mut Context<Self>) {
+        let a = msg.0;
+        let me = &self.node.config.node_id;
+        let Some(h) = self.rooms.get_mut(&a.room) else {
+            return;
+        };
+        if a.serves(me) {
+            h.epoch = h.epoch.max(a.epoch);
+            return;
+        }
+        // An entry of an epoch this node was told about (or an older one) may be a write
+        // from before this node joined the room, read late; only a newer epoch that leaves
+        // this node out proves the room moved on without it.
+        if a.epoch > h.epoch {
+            tracing::warn!(room = %a.room, epoch = a.epoch, was = h.epoch, origin = %a.node, "room superseded: fencing it here");
+            metrics::counter!("node_fenced_total", "cause" => "superseded").increment(1);
+            self.fence(&a.room, "fenced");
+        }
+    }
+}
+
+/// Stop serving rooms (all of them with `None`): their clients are told to reconnect, and
+/// the rooms close here without telling the other nodes anything (they have moved on).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Fence {
+    pub rooms: Option<Vec<RoomId>>,
+    pub reason: &'static str,
+}
+
+impl Handler<Fence> for RoomRegistry {
+    type Result = ();
+    fn handle(&mut self, msg: Fence, _: &mut Context<Self>) {
+        let rooms: Vec<RoomId> = match msg.rooms {
+            Some(r) => r,
+            None => self.rooms.keys().cloned().collect(),
+        };
+        for room in rooms {
+            self.fence(&room, msg.reason);
+        }
+    }
+}
+
+impl RoomRegistry {
+    fn fence(&mut self, room: &RoomId, reason: &'static str) {
+        let Some(h) = self.rooms.remove(room) else {
+            return;
+        };
+        let url = self.node.fallback_urls().into_iter().next();
+        h.addr.do_send(FenceRoom { reason, url });
+    }
+}
+
+/// A coordinator found a node dead: every room stops waiting for it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct NodeGone(pub NodeId);
+
+impl Handler<NodeGone> for RoomRegistry {
+    type Result = ();
+    fn handle(&mut self, msg: NodeGone, _: &mut Context<Self>) {
+        for h in self.rooms.values() {
+            h.addr.do_send(RoomNodeGone(msg.0.clone()));
+        }
     }
 }
 

@@ -123,6 +123,38 @@ pub enum Routed {
     ToClient(ServerMessage),
     /// The route to the user went to a newer session.
     Kick { reason: &'static str },
+    /// A coordinator found `node` dead: a session whose participant lived there tells its
+    /// client to reconnect (the participant is then restored anywhere).
+    NodeGone { node: NodeId },
+    /// This node stops serving clients (it lost the cluster, or drains): every session
+    /// tells its client to reconnect, to `url` if given.
+    Leave {
+        reason: &'static str,
+        url: Option<String>,
+    },
+}
+
+/// Hands `what` to every session registered here.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Broadcast(pub Routed);
+
+impl Handler<Broadcast> for SessionRouter {
+    type Result = ();
+    fn handle(&mut self, msg: Broadcast, _: &mut Context<Self>) {
+        for e in self.sessions.values() {
+            let copy = match &msg.0 {
+                Routed::NodeGone { node } => Routed::NodeGone { node: node.clone() },
+                Routed::Leave { reason, url } => Routed::Leave {
+                    reason,
+                    url: url.clone(),
+                },
+                Routed::ToClient(m) => Routed::ToClient(m.clone()),
+                Routed::Kick { .. } => continue,
+            };
+            e.session.do_send(copy);
+        }
+    }
 }
 
 /// Makes `session` the route to `user`; an older session of the same user is told to close.

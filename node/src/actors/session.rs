@@ -4,7 +4,7 @@
 
 use super::peer::{self, Peer};
 use super::room::{JoinedInfo, RELAY_USER_PREFIX};
-use super::rooms::{JoinRoom, ResumeRoom, RoomRegistry};
+use super::rooms::{JoinRoom, ResumeRefused, ResumeRoom, RoomRegistry};
 use super::router::{Register, RouteUserMessage, Routed, Unregister};
 use super::{NodeCtx, NodeEntry};
 use crate::cluster::ClusterError;
@@ -16,7 +16,7 @@ use protocol::cluster::{
 };
 use protocol::signal::{parse_client_message, ClientMessage, ParseError, ServerMessage};
 use protocol::signal::{IceServer, ParticipantInfo, ParticipantState};
-use protocol::token::{self, TokenError};
+use protocol::token::{self, ResumeClaims, TokenError};
 use protocol::NodeId;
 use protocol::{ErrorCode, RoomId, UserId, MAX_FRAME_BYTES};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -202,6 +202,19 @@ impl SignalingSession {
         }
     }
 
+    /// Asks the client to reconnect (PROTOCOL.md `reconnect`) and closes the socket: the
+    /// participant waits out its grace period, and the client resumes it wherever it lands.
+    fn reconnect(&mut self, reason: String, url: Option<String>, ctx: &mut Context<Self>) {
+        if matches!(self.state, State::Closing) {
+            return;
+        }
+        metrics::counter!("signaling_reconnects_sent_total", "reason" => reason.clone())
+            .increment(1);
+        self.send(&ServerMessage::Reconnect { reason, url }, ctx);
+        // 1012: service restart (RFC 6455 registry), the client is expected back.
+        self.close(CloseCode::Restart, "reconnect", ctx);
+    }
+
     fn bad_message(&mut self, message: String, ctx: &mut Context<Self>) {
         self.bad_messages += 1;
         metrics::counter!("signaling_bad_messages_total").increment(1);
@@ -362,7 +375,7 @@ impl SignalingSession {
         // participant is lost; `wait` holds this session's mailbox until `joined` is out.
         async move {
             router.send(register).await.ok();
-            join_anywhere(&node, &rooms, room.clone(), claims, region).await
+            join_anywhere(&node, &rooms, room.clone(), claims, region, Vec::new()).await
         }
         .into_actor(self)
         .map(move |res, act, ctx| act.finish_join(user, res, ctx))
@@ -370,35 +383,56 @@ impl SignalingSession {
     }
 
     fn resume(&mut self, resume_token: String, ctx: &mut Context<Self>) {
+        let now = crate::unix_secs();
+        let secret = self.node.config.api_secret.as_bytes();
+        let claims = match token::verify_resume(secret, &resume_token, now) {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::counter!("signaling_auth_failures_total").increment(1);
+                // PROTOCOL.md: on `unauthorized` the client joins afresh with a new token.
+                return self.error(ErrorCode::Unauthorized, format!("resume token: {e}"), ctx);
+            }
+        };
         self.state = State::Joining;
         let (node, rooms) = (self.node.clone(), self.rooms.clone());
         let me = ctx.address().recipient();
         let id = self.id;
+        let user = claims.sub.clone();
+        let register = Register {
+            user: user.clone(),
+            room: claims.room.clone(),
+            session_id: id,
+            session: me,
+        };
+        let router = self.node.router.clone();
         async move {
-            let outcome = resume_anywhere(&node, &rooms, resume_token).await?;
-            node.router
-                .send(Register {
-                    user: outcome.participant.id.clone(),
-                    room: outcome.room.clone(),
-                    session_id: id,
-                    session: me,
-                })
-                .await
-                .ok();
+            let outcome = resume_anywhere(&node, &rooms, claims, resume_token, &router, register)
+                .await?;
             Ok(outcome)
         }
         .into_actor(self)
         .map(
-            move |res: Result<JoinOutcome, ErrorCode>, act, ctx| match res {
-                Ok(outcome) => {
+            move |res: Result<(JoinOutcome, bool), ErrorCode>, act, ctx| match res {
+                Ok((outcome, restored)) => {
                     let user = outcome.participant.id.clone();
                     act.finish_join(user, Ok(outcome), ctx);
-                    // Routed here now: the participant may start its connections afresh.
-                    act.to_peer(PeerCmd::SessionAttached);
+                    if restored {
+                        // Routed here now: the participant may start its connections afresh.
+                        act.to_peer(PeerCmd::SessionAttached);
+                    }
                 }
                 Err(code) => {
+                    act.node.router.do_send(Unregister {
+                        user: user.clone(),
+                        session_id: act.id,
+                    });
                     act.state = State::AwaitingJoin;
-                    act.error(code, "resume token unknown or expired", ctx);
+                    let text = match code {
+                        ErrorCode::NotFound => "the participant is gone; join again",
+                        ErrorCode::RoomFull => "room is full",
+                        _ => "resume failed; try again",
+                    };
+                    act.error(code, text, ctx);
                 }
             },
         )
@@ -444,40 +478,72 @@ impl SignalingSession {
             resume_token: info.resume_token,
             ice_servers: info.ice_servers,
             participants: info.participants,
+            fallback_urls: self.node.fallback_urls(),
         };
         self.send(&joined, ctx);
     }
 }
 
-/// Resumes a participant wherever it is: the token names its room and the node that hosts
-/// it, and that node restores it.
+/// Resumes a participant wherever it is. The node that hosted it restores it while it lives
+/// and still serves the room (`true`: the old participant, its tracks to be published
+/// again). Where that node is gone, drains or was fenced, the token's claims join the
+/// participant afresh wherever the cluster serves the room now (`false`), the unanswering
+/// node being reported to the coordinator, which moves the room off it in the same
+/// decision.
 async fn resume_anywhere(
     node: &NodeCtx,
     rooms: &Addr<RoomRegistry>,
+    claims: ResumeClaims,
     resume_token: String,
-) -> Result<JoinOutcome, ErrorCode> {
-    let Some(cluster) = &node.cluster else {
-        return resume_local(rooms, resume_token).await;
-    };
-    let (room, host) = wire::resume_token_place(&resume_token).ok_or(ErrorCode::NotFound)?;
+    router: &Addr<super::router::SessionRouter>,
+    register: Register,
+) -> Result<(JoinOutcome, bool), ErrorCode> {
     let me = node.config.node_id.clone();
-    if host == me {
-        return resume_local(rooms, resume_token).await;
-    }
-    let ask = wire::RemoteResume {
-        v: wire::VERSION,
-        resume_token,
-        session_node: me,
+    let host = claims.node.clone();
+    let room = claims.room.clone();
+    let mut suspects = Vec::new();
+    // The route exists before the participant is restored or joined, so nothing sent to it
+    // is lost.
+    router.send(register).await.ok();
+    let restored = match &node.cluster {
+        None => Some(resume_local(rooms, claims.clone(), resume_token).await),
+        Some(_) if host == me => Some(resume_local(rooms, claims.clone(), resume_token).await),
+        Some(cluster) => {
+            let ask = wire::RemoteResume {
+                v: wire::VERSION,
+                resume_token,
+                session_node: me.clone(),
+            };
+            let reply = cluster
+                .request::<_, RemoteJoinReply>(wire::node_resume(&host), &ask, RESUME_TIMEOUT)
+                .await;
+            match reply {
+                Ok(RemoteJoinReply::Moved) => None,
+                Ok(reply) => Some(
+                    remote_outcome(room.clone(), host.clone(), reply).map_err(ResumeRefused::Failed),
+                ),
+                Err(e) if e.unanswered() => {
+                    cluster.suspect(&host, "resume");
+                    suspects.push(host.clone());
+                    None
+                }
+                Err(_) => Some(Err(ResumeRefused::Failed(ErrorCode::Unavailable))),
+            }
+        }
     };
-    let reply = cluster
-        .request::<_, RemoteJoinReply>(wire::node_resume(&host), &ask, CLUSTER_JOIN_TIMEOUT)
-        .await
-        .map_err(|e| match e {
-            // The participant's node is gone, and the participant with it.
-            ClusterError::NoResponders(_) => ErrorCode::NotFound,
-            _ => ErrorCode::Unavailable,
-        })?;
-    remote_outcome(room, host, reply)
+    match restored {
+        Some(Ok(outcome)) => return Ok((outcome, true)),
+        Some(Err(ResumeRefused::Failed(code))) => return Err(code),
+        Some(Err(ResumeRefused::Moved)) if node.cluster.is_none() => {
+            return Err(ErrorCode::NotFound)
+        }
+        Some(Err(ResumeRefused::Moved)) | None => {}
+    }
+    metrics::counter!("signaling_resumed_elsewhere_total").increment(1);
+    tracing::info!(%room, user = %claims.sub, %host, "participant's node no longer serves it; joining it afresh");
+    let region = Some(node.config.region.clone());
+    let outcome = join_anywhere(node, rooms, room, claims.join_claims(), region, suspects).await?;
+    Ok((outcome, false))
 }
 
 /// A participant hosted on `node`, as that node's reply describes it.
@@ -502,19 +568,27 @@ fn remote_outcome(
             participants,
         }),
         RemoteJoinReply::Error { code, .. } => Err(code),
+        RemoteJoinReply::Moved => Err(ErrorCode::Unavailable),
     }
 }
 
 async fn resume_local(
     rooms: &Addr<RoomRegistry>,
+    claims: ResumeClaims,
     resume_token: String,
-) -> Result<JoinOutcome, ErrorCode> {
+) -> Result<JoinOutcome, ResumeRefused> {
     let info = rooms
-        .send(ResumeRoom { resume_token })
+        .send(ResumeRoom {
+            claims,
+            resume_token,
+        })
         .await
-        .map_err(|_| ErrorCode::Unavailable)??;
+        .map_err(|_| ResumeRefused::Failed(ErrorCode::Unavailable))??;
     Ok(JoinOutcome::local(info))
 }
+
+/// How long the participant's node may take to restore it before it counts as gone.
+const RESUME_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a join may wait on the coordinator or the room's node.
 const CLUSTER_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -532,6 +606,7 @@ async fn join_anywhere(
     room: RoomId,
     claims: protocol::token::Claims,
     region: Option<String>,
+    suspects: Vec<NodeId>,
 ) -> Result<JoinOutcome, ErrorCode> {
     let local = |epoch, nodes| {
         let rooms = rooms.clone();
@@ -561,6 +636,7 @@ async fn join_anywhere(
         forwarded: false,
         lookup: false,
         full: Vec::new(),
+        suspects,
     };
     loop {
         let (assignment, serve) = allocate(cluster, &ask).await?;
@@ -582,12 +658,22 @@ async fn join_anywhere(
                     &remote,
                     CLUSTER_JOIN_TIMEOUT,
                 )
-                .await
-                .map_err(|e| {
+                .await;
+            match reply {
+                Ok(reply) => remote_outcome(room.clone(), serve.clone(), reply),
+                // The room's node is gone and the coordinator does not know it yet: tell
+                // it, and ask again naming the node, which it then probes first.
+                Err(e) if e.unanswered() && !ask.suspects.contains(&serve) => {
+                    tracing::warn!(%room, node = %serve, error = %e, "room node unanswering; asking again");
+                    cluster.suspect(&serve, "join");
+                    ask.suspects.push(serve);
+                    continue;
+                }
+                Err(e) => {
                     tracing::warn!(%room, node = %serve, error = %e, "remote join failed");
-                    ErrorCode::Unavailable
-                })?;
-            remote_outcome(room.clone(), serve.clone(), reply)
+                    Err(ErrorCode::Unavailable)
+                }
+            }
         };
         match outcome {
             // That node holds its share of the room: another node of the room (or a new
@@ -701,11 +787,22 @@ impl Handler<Routed> for SignalingSession {
     type Result = ();
     fn handle(&mut self, msg: Routed, ctx: &mut Context<Self>) {
         match msg {
+            Routed::ToClient(ServerMessage::Reconnect { reason, url }) => {
+                self.reconnect(reason, url, ctx)
+            }
             Routed::ToClient(msg) => {
                 if !matches!(self.state, State::Closing) {
                     self.send(&msg, ctx);
                 }
             }
+            Routed::NodeGone { node } => {
+                if matches!(&self.state, State::Joined { peer: PeerRef::Remote(n), .. } if *n == node)
+                {
+                    tracing::info!(session = self.id, %node, "participant's node died; client reconnects");
+                    self.reconnect("node_failed".into(), None, ctx);
+                }
+            }
+            Routed::Leave { reason, url } => self.reconnect(reason.into(), url, ctx),
             Routed::Kick { reason } => {
                 // The newer session owns the participant now: do not detach it.
                 self.state = State::Closing;

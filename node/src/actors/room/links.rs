@@ -241,7 +241,7 @@ impl Room {
         cluster.publish(wire::room_events(&self.id), &ev);
     }
 
-    fn tell_all(&self, msg: &ServerMessage) {
+    pub(super) fn tell_all(&self, msg: &ServerMessage) {
         for id in self.members.keys() {
             self.node.router.do_send(Deliver {
                 to: id.clone(),
@@ -412,6 +412,13 @@ impl Room {
         self.tracks.insert(source.id.clone(), source);
     }
 
+    /// Closes every relay link of the room here.
+    pub(super) fn close_all_links(&mut self) {
+        for n in self.links.linked() {
+            self.close_link(&n);
+        }
+    }
+
     /// Closes both ends of the relay link with `node` here.
     fn close_link(&mut self, node: &NodeId) {
         self.close_sender(node);
@@ -455,6 +462,7 @@ impl Room {
                 link,
                 RelayBody::Close,
             );
+            cluster.suspect(&node, "relay");
         }
         self.request_snapshot(node, ctx);
         self.update_wants(ctx);
@@ -633,6 +641,38 @@ impl Handler<RelaySignal> for Room {
                 }
             }
         }
+    }
+}
+
+/// A coordinator found `node` dead. Its links close now (ICE would notice in seconds), its
+/// participants' tracks end, and the participants themselves stay in the room for the
+/// resume grace period: a client that resumes elsewhere in time never appears to have left.
+/// Those still not back then leave with `participant_left`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoomNodeGone(pub NodeId);
+
+impl Handler<RoomNodeGone> for Room {
+    type Result = ();
+    fn handle(&mut self, msg: RoomNodeGone, ctx: &mut Context<Self>) {
+        let node = msg.0;
+        if node == self.links.me || !self.links.remote.knows(&node) {
+            self.close_link(&node);
+            return;
+        }
+        tracing::info!(room = %self.id, %node, "room node died; its participants wait for their resume");
+        self.close_link(&node);
+        let notices = self.links.remote.suspend(&node);
+        self.apply_notices(notices);
+        self.update_wants(ctx);
+        let grace = self.node.config.resume_grace;
+        ctx.run_later(grace, move |act, ctx| {
+            if act.links.remote.is_suspended(&node) {
+                let notices = act.links.remote.forget(&node);
+                act.apply_notices(notices);
+                act.update_wants(ctx);
+            }
+        });
     }
 }
 

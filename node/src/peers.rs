@@ -1,0 +1,145 @@
+//! The other nodes of the cluster as this node hears of them (their heartbeats, and the
+//! coordinators' word that one died): where their clients connect, their region, whether
+//! they take clients. It answers two questions: which URLs a client should try if this node
+//! goes away (`joined.fallback_urls`), and where a client moves when this node drains.
+//! A plain struct, time passed in.
+
+use protocol::cluster::NodeHeartbeat;
+use protocol::NodeId;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// How many URLs `joined.fallback_urls` lists.
+pub const FALLBACK_URLS: usize = 4;
+
+#[derive(Debug, Clone)]
+struct PeerNode {
+    region: String,
+    ws_url: String,
+    draining: bool,
+    seen: Instant,
+    /// A coordinator said it died; cleared by a heartbeat sent after that.
+    dead: bool,
+}
+
+#[derive(Debug)]
+pub struct PeerNodes {
+    me: NodeId,
+    region: String,
+    /// Silent this long, a node is not offered to clients.
+    timeout: Duration,
+    nodes: BTreeMap<NodeId, PeerNode>,
+}
+
+impl PeerNodes {
+    pub fn new(me: NodeId, region: String, timeout: Duration) -> Self {
+        PeerNodes {
+            me,
+            region,
+            timeout,
+            nodes: BTreeMap::new(),
+        }
+    }
+
+    pub fn heartbeat(&mut self, hb: &NodeHeartbeat, now: Instant) {
+        if hb.node == self.me {
+            return;
+        }
+        self.nodes.insert(
+            hb.node.clone(),
+            PeerNode {
+                region: hb.region.clone(),
+                ws_url: hb.ws_url.clone(),
+                draining: hb.draining,
+                seen: now,
+                dead: false,
+            },
+        );
+    }
+
+    /// A coordinator found `node` dead.
+    pub fn dead(&mut self, node: &NodeId) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            n.dead = true;
+        }
+    }
+
+    pub fn is_dead(&self, node: &NodeId) -> bool {
+        self.nodes.get(node).is_some_and(|n| n.dead)
+    }
+
+    fn usable(&self, now: Instant) -> impl Iterator<Item = (&NodeId, &PeerNode)> {
+        self.nodes.iter().filter(move |(_, n)| {
+            !n.dead && !n.draining && now.saturating_duration_since(n.seen) < self.timeout
+        })
+    }
+
+    /// Live, non-draining nodes' URLs, this node's region first, at most `limit`.
+    pub fn fallback_urls(&self, now: Instant, limit: usize) -> Vec<String> {
+        let (mut near, far): (Vec<_>, Vec<_>) = self
+            .usable(now)
+            .map(|(_, n)| n)
+            .partition(|n| n.region == self.region);
+        near.extend(far);
+        near.into_iter()
+            .take(limit)
+            .map(|n| n.ws_url.clone())
+            .collect()
+    }
+
+    /// The URL of `node`, if it is usable.
+    pub fn url_of(&self, node: &NodeId, now: Instant) -> Option<String> {
+        self.usable(now)
+            .find(|(id, _)| *id == node)
+            .map(|(_, n)| n.ws_url.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::cluster::VERSION;
+
+    fn hb(node: &str, region: &str, draining: bool) -> NodeHeartbeat {
+        NodeHeartbeat {
+            v: VERSION,
+            node: NodeId::new(node).unwrap(),
+            region: region.into(),
+            ws_url: format!("ws://{node}/ws"),
+            draining,
+            load: Default::default(),
+            sent_ms: 0,
+        }
+    }
+
+    #[test]
+    fn fallbacks_are_live_nodes_nearest_first() {
+        let t0 = Instant::now();
+        let mut p = PeerNodes::new(
+            NodeId::new("me").unwrap(),
+            "eu".into(),
+            Duration::from_secs(3),
+        );
+        p.heartbeat(&hb("me", "eu", false), t0);
+        p.heartbeat(&hb("us-1", "us", false), t0);
+        p.heartbeat(&hb("eu-2", "eu", false), t0);
+        p.heartbeat(&hb("eu-3", "eu", true), t0);
+        p.heartbeat(&hb("eu-4", "eu", false), t0);
+        p.dead(&NodeId::new("eu-4").unwrap());
+        assert_eq!(
+            p.fallback_urls(t0, 4),
+            vec!["ws://eu-2/ws".to_string(), "ws://us-1/ws".to_string()]
+        );
+        assert_eq!(p.fallback_urls(t0, 1), vec!["ws://eu-2/ws".to_string()]);
+        // Silent nodes are not offered; a heartbeat brings a dead one back.
+        let later = t0 + Duration::from_secs(3);
+        assert!(p.fallback_urls(later, 4).is_empty());
+        p.heartbeat(&hb("eu-4", "eu", false), later);
+        assert_eq!(p.fallback_urls(later, 4), vec!["ws://eu-4/ws".to_string()]);
+        assert_eq!(
+            p.url_of(&NodeId::new("eu-4").unwrap(), later).as_deref(),
+            Some("ws://eu-4/ws")
+        );
+        assert!(p.url_of(&NodeId::new("me").unwrap(), later).is_none());
+    }
+}
