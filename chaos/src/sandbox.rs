@@ -222,6 +222,8 @@ pub struct Proc {
     child: Child,
     log: PathBuf,
     exit: Option<ExitStatus>,
+    /// Killed or drained on purpose: its exit is no crash.
+    expected_exit: bool,
 }
 
 impl Proc {
@@ -277,6 +279,32 @@ impl Proc {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Sends `signal` (a name `kill` knows: `KILL`, `STOP`, `CONT`, `TERM`, `INT`) to the
+    /// process. std has no signals but SIGKILL and the crate forbids `unsafe`: `kill` does it.
+    pub fn signal(&mut self, signal: &str) -> Result<()> {
+        if self.exited().is_some() {
+            anyhow::bail!("{} has exited", self.id);
+        }
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("run kill")?;
+        anyhow::ensure!(status.success(), "kill -{signal} {} failed", self.id);
+        if signal == "KILL" {
+            self.expected_exit = true;
+            let _ = self.child.wait();
+            self.exited();
+        }
+        Ok(())
+    }
+
+    /// Marks an exit (after a drain, say) as wanted, so it is not reported as a crash.
+    pub fn expect_exit(&mut self) {
+        self.expected_exit = true;
     }
 
     fn kill(&mut self) {
@@ -485,6 +513,7 @@ impl Cluster {
             child,
             log,
             exit: None,
+            expected_exit: false,
         });
         Ok(())
     }
@@ -544,6 +573,14 @@ impl Cluster {
             .find_map(|p| p.exited().map(|s| format!("{} ({s})", p.id)))
     }
 
+    /// A process by id, to signal it.
+    pub fn proc_mut(&mut self, id: &str) -> Result<&mut Proc> {
+        self.procs
+            .iter_mut()
+            .find(|p| p.id == id)
+            .with_context(|| format!("no process `{id}`"))
+    }
+
     pub fn node(&self, id: &str) -> Result<&Proc> {
         self.procs
             .iter()
@@ -592,6 +629,7 @@ impl Cluster {
         let died: Vec<String> = self
             .procs
             .iter()
+            .filter(|p| !p.expected_exit)
             .filter_map(|p| p.exit.map(|s| format!("{} exited on its own ({s})", p.id)))
             .collect();
         self.stopped = true;

@@ -1,45 +1,5 @@
-//! `coordinator`: run one coordinator of the cluster.
-
-use clap::Parser;
-use coordinator::config::CoordArgs;
-
-#[derive(Parser)]
-#[command(
-    name = "coordinator",
-    about = "Coordinator of the media cluster",
-    version
-)]
-struct Cli {
-    #[command(flatten)]
-    args: CoordArgs,
-}
+//! `coordinator`: run one coordinator of the cluster (see [`coordinator::cli`]).
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_tracing(cli.args.log_json);
-    let config = cli.args.into_config()?;
-    let handle = coordinator::spawn(config)?;
-    tracing::info!(admin = %format!("http://{}/nodes", handle.http_addr()), "admin api");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down");
-        handle.stop().await;
-    });
-    Ok(())
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    coordinator::cli::main()
 }

@@ -3,6 +3,7 @@
 
 pub mod fake_node;
 pub mod nats;
+pub mod procs;
 
 use chaos::Client;
 use protocol::token::{self, Claims};

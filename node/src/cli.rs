@@ -1,0 +1,129 @@
+//! The `node` command line: run a media node, or mint a join token. A module of the library
+//! so that test harnesses can build the same program under another name.
+
+use clap::{Parser, Subcommand};
+use crate::config::{Config, NodeArgs};
+use protocol::token::{self, Claims};
+use protocol::{RoomId, UserId};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Parser)]
+#[command(name = "node", about = "Media node of the cluster", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: NodeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node (the default).
+    Run(Box<NodeArgs>),
+    /// Print a join token for a room and user, signed with the API secret.
+    Token {
+        #[arg(long)]
+        room: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, env = "NODE_API_SECRET", hide_env_values = true)]
+        api_secret: String,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        #[arg(long)]
+        no_publish: bool,
+        #[arg(long)]
+        no_subscribe: bool,
+    },
+}
+
+/// The `node` program.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token {
+            room,
+            user,
+            name,
+            api_secret,
+            ttl,
+            no_publish,
+            no_subscribe,
+        }) => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+            let mut claims = Claims::new(RoomId::new(room)?, UserId::new(user)?, now, ttl);
+            claims.name = name;
+            claims.can_publish = !no_publish;
+            claims.can_subscribe = !no_subscribe;
+            println!("{}", token::mint(api_secret.as_bytes(), &claims));
+            Ok(())
+        }
+        Some(Command::Run(args)) => run(*args),
+        None => run(cli.run),
+    }
+}
+
+fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let config = Config::from_sources(&args)?;
+    init_tracing(config.log_json);
+    let media_rt = crate::media_runtime(config.media_threads)?;
+    let handle = media_rt.handle().clone();
+    let system = actix::System::new();
+    system.block_on(async move {
+        let (server, addr, node) = crate::start_in_system(config, handle).await?;
+        let stopper = server.handle();
+        let exit = node.shared.exit.clone();
+        actix::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let sigterm = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; shutting down"),
+                _ = exit.notified() => tracing::info!("shutting down"),
+                _ = sigterm => {
+                    // SIGTERM drains: participants move to other nodes, then the node exits
+                    // (at the latest at --drain-deadline). A second signal stops at once.
+                    crate::actors::drain::start(&node.shared, &node.rooms, "sigterm");
+                    tokio::select! {
+                        _ = exit.notified() => tracing::info!("drained; shutting down"),
+                        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted while draining"),
+                        _ = async { if let Some(t) = term.as_mut() { t.recv().await; } } => tracing::info!("second SIGTERM while draining"),
+                    }
+                }
+            }
+            stopper.stop(true).await;
+        });
+        tracing::info!(%addr, "demo page at http://{addr}/");
+        server.await?;
+        anyhow::Ok(())
+    })?;
+    media_rt.shutdown_background();
+    Ok(())
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,webrtc=warn,rtc=error,rtc_ice=warn,rtc_dtls=error,rtc_srtp=error",
+        )
+    });
+    // No colour codes in files or pipes.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
