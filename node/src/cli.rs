@@ -1,8 +1,8 @@
 //! The `node` command line: run a media node, or mint a join token. A module of the library
 //! so that test harnesses can build the same program under another name.
 
-use clap::{Parser, Subcommand};
 use crate::config::{Config, NodeArgs};
+use clap::{Parser, Subcommand};
 use protocol::token::{self, Claims};
 use protocol::{RoomId, UserId};
 use std::time::{SystemTime, UNIX_EPOCH};

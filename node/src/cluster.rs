@@ -175,6 +175,9 @@ impl Cluster {
 impl ClusterError {
     /// Whether the other side seems gone: nobody listens, or nobody answered in time.
     pub fn unanswered(&self) -> bool {
-        matches!(self, ClusterError::NoResponders(_) | ClusterError::Timeout(_))
+        matches!(
+            self,
+            ClusterError::NoResponders(_) | ClusterError::Timeout(_)
+        )
     }
 }

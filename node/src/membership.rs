@@ -457,19 +457,33 @@ mod tests {
         // Its tracks end at once; its participants stay, and it is asked for nothing.
         let notices = m.suspend(&node("eu"));
         assert_eq!(notices.len(), 1);
-        assert!(matches!(&notices[0], ServerMessage::TrackUnpublished { .. }));
+        assert!(matches!(
+            &notices[0],
+            ServerMessage::TrackUnpublished { .. }
+        ));
         assert_eq!(m.count(), 3);
         assert!(m.tracks_on(&node("eu")).is_empty());
         assert_eq!(m.nodes().collect::<Vec<_>>(), vec![&node("us")]);
         // Nothing more is heard from it.
         assert!(m.apply_event(&ev("eu", 4, join("dave"))).notices.is_empty());
         // Alice comes back through another node: no news for the clients but her tracks.
-        assert!(m.apply_event(&ev("us", 2, join("alice"))).notices.is_empty());
+        assert!(m
+            .apply_event(&ev("us", 2, join("alice")))
+            .notices
+            .is_empty());
         assert_eq!(m.node_of(&user("alice")), Some(&node("us")));
-        assert_eq!(m.apply_event(&ev("us", 3, publish("alice", "T2"))).notices.len(), 1);
+        assert_eq!(
+            m.apply_event(&ev("us", 3, publish("alice", "T2")))
+                .notices
+                .len(),
+            1
+        );
         // Carol never does: forgetting the node lets her leave.
         let left = m.forget(&node("eu"));
-        assert_eq!(left, vec![ServerMessage::ParticipantLeft { id: user("carol") }]);
+        assert_eq!(
+            left,
+            vec![ServerMessage::ParticipantLeft { id: user("carol") }]
+        );
         assert!(!m.is_suspended(&node("eu")));
         assert_eq!(m.count(), 2);
     }

@@ -29,6 +29,9 @@ pub struct PeerNodes {
     /// Silent this long, a node is not offered to clients.
     timeout: Duration,
     nodes: BTreeMap<NodeId, PeerNode>,
+    /// When this node last heard its own heartbeat back from NATS: proof that it is
+    /// connected to the cluster, whatever the state of its TCP connection says.
+    self_seen: Option<Instant>,
 }
 
 impl PeerNodes {
@@ -38,11 +41,13 @@ impl PeerNodes {
             region,
             timeout,
             nodes: BTreeMap::new(),
+            self_seen: None,
         }
     }
 
     pub fn heartbeat(&mut self, hb: &NodeHeartbeat, now: Instant) {
         if hb.node == self.me {
+            self.self_seen = Some(now);
             return;
         }
         self.nodes.insert(
@@ -57,6 +62,12 @@ impl PeerNodes {
         );
     }
 
+    /// How long this node has not heard its own heartbeat back (`None` before the first):
+    /// past the coordinators' node timeout, they have declared it dead.
+    pub fn cut_off_for(&self, now: Instant) -> Option<Duration> {
+        self.self_seen.map(|t| now.saturating_duration_since(t))
+    }
+
     /// A coordinator found `node` dead.
     pub fn dead(&mut self, node: &NodeId) {
         if let Some(n) = self.nodes.get_mut(node) {
@@ -68,9 +79,20 @@ impl PeerNodes {
         self.nodes.get(node).is_some_and(|n| n.dead)
     }
 
+    /// Nodes heard from within the timeout, alive and taking clients. "Within" counts up to
+    /// the latest heartbeat heard at all, not up to `now`: a node cut off from NATS hears
+    /// nobody, and still knows where its clients can go.
     fn usable(&self, now: Instant) -> impl Iterator<Item = (&NodeId, &PeerNode)> {
+        let latest = self
+            .nodes
+            .values()
+            .map(|n| n.seen)
+            .chain(self.self_seen)
+            .max()
+            .unwrap_or(now)
+            .min(now);
         self.nodes.iter().filter(move |(_, n)| {
-            !n.dead && !n.draining && now.saturating_duration_since(n.seen) < self.timeout
+            !n.dead && !n.draining && latest.saturating_duration_since(n.seen) < self.timeout
         })
     }
 
@@ -131,9 +153,14 @@ mod tests {
             vec!["ws://eu-2/ws".to_string(), "ws://us-1/ws".to_string()]
         );
         assert_eq!(p.fallback_urls(t0, 1), vec!["ws://eu-2/ws".to_string()]);
-        // Silent nodes are not offered; a heartbeat brings a dead one back.
+        // Silent nodes are not offered once others are heard later; a heartbeat brings a
+        // dead one back.
         let later = t0 + Duration::from_secs(3);
-        assert!(p.fallback_urls(later, 4).is_empty());
+        assert_eq!(
+            p.fallback_urls(later, 4).len(),
+            2,
+            "nobody heard since: still usable"
+        );
         p.heartbeat(&hb("eu-4", "eu", false), later);
         assert_eq!(p.fallback_urls(later, 4), vec!["ws://eu-4/ws".to_string()]);
         assert_eq!(
@@ -141,5 +168,9 @@ mod tests {
             Some("ws://eu-4/ws")
         );
         assert!(p.url_of(&NodeId::new("me").unwrap(), later).is_none());
+        // Its own heartbeat, heard back, is this node's proof of being connected.
+        assert_eq!(p.cut_off_for(later), Some(Duration::from_secs(3)));
+        p.heartbeat(&hb("me", "eu", false), later);
+        assert_eq!(p.cut_off_for(later), Some(Duration::ZERO));
     }
 }

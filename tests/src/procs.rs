@@ -37,6 +37,10 @@ pub struct ProcSpec {
     pub coordinator_flags: Vec<String>,
     /// First UDP port of this test binary's media ranges.
     pub udp_base: u16,
+    /// nats-server's client port (default: a free one), for proxies set up beforehand.
+    pub nats_port: Option<u16>,
+    /// Nodes that reach NATS at another URL (through an impairment proxy, say).
+    pub node_nats: Vec<(String, String)>,
 }
 
 impl ProcSpec {
@@ -52,6 +56,8 @@ impl ProcSpec {
             node_flags: Vec::new(),
             coordinator_flags: Vec::new(),
             udp_base: 30000,
+            nats_port: None,
+            node_nats: Vec::new(),
         }
     }
 
@@ -98,12 +104,20 @@ impl Procs {
             cs = cs.coordinator(&format!("c{}", i + 1));
         }
         cs.coordinator_flags = spec.coordinator_flags;
+        cs.nats.port = spec.nats_port;
         for (id, region) in &spec.nodes {
             let mut n = NodeSpec::new(id, region, udp_range(spec.udp_base));
             n.extra_args = spec.node_flags.clone();
+            n.nats_url = spec
+                .node_nats
+                .iter()
+                .find(|(node, _)| node == id)
+                .map(|(_, url)| url.clone());
             cs = cs.node(n);
         }
-        let cluster = Cluster::start(cs).await.context("start the process cluster")?;
+        let cluster = Cluster::start(cs)
+            .await
+            .context("start the process cluster")?;
         Ok(Procs {
             cluster,
             _dir: TempDir(dir),
@@ -163,10 +177,10 @@ impl Procs {
     /// The rooms a node serves, by its snapshot, with their member ids.
     pub async fn rooms_on(&self, node: &str) -> anyhow::Result<Vec<(String, Vec<String>)>> {
         let snap = self.snapshot(node).await?;
-        let rooms = snap["rooms"]["rooms"]
+        let rooms = snap["rooms"]
             .as_array()
             .cloned()
-            .unwrap_or_default();
+            .with_context(|| format!("no rooms in the snapshot of {node}: {snap}"))?;
         Ok(rooms
             .iter()
             .map(|r| {

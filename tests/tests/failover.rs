@@ -2,8 +2,11 @@
 //! from NATS, drained with SIGTERM; clients recover as PROTOCOL.md says, and the directory
 //! never shows two nodes owning a room at one epoch.
 
+use chaos::impair::{Impairment, Link, TcpProxy};
 use chaos::{Client, PublishOpts};
+use protocol::cluster::RoomAssignment;
 use protocol::signal::ServerMessage;
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tests::procs::{ProcSpec, Procs};
 use tests::{room_name, wait_media, wait_until};
@@ -16,6 +19,50 @@ fn spec(nodes: &[(&str, &str)]) -> ProcSpec {
     ProcSpec::new(NODE, COORDINATOR, nodes)
         .node_flag("--resume-grace-secs=20")
         .node_flag("--room-empty-grace-secs=1")
+}
+
+/// Joins `room` as `user` through `node`, from `region`, and publishes audio and video.
+async fn publisher_in(
+    p: &Procs,
+    node: &str,
+    room: &str,
+    user: &str,
+    region: &str,
+) -> anyhow::Result<Client> {
+    let c = Client::connect(&p.ws_url(node)).await?;
+    c.join_in_region(room, &p.token(room, user), region).await?;
+    c.publish(PublishOpts::default()).await?;
+    Ok(c)
+}
+
+/// Waits for the node's `reconnect` and follows it: a new socket to its URL (or the same
+/// one), `resume`, publish again.
+async fn follow_reconnect(c: &Client) -> anyhow::Result<(String, Client)> {
+    let msg = c
+        .wait_for(WAIT, |m| matches!(m, ServerMessage::Reconnect { .. }))
+        .await?;
+    let ServerMessage::Reconnect { reason, url } = msg else {
+        unreachable!()
+    };
+    Ok((reason, c.reconnect(url.as_deref()).await?))
+}
+
+/// Invariant 1 on a room's directory history: one origin per epoch, and epochs never go
+/// back.
+fn one_origin_per_epoch(history: &[Option<RoomAssignment>]) {
+    let mut origins: BTreeMap<u64, String> = BTreeMap::new();
+    let mut last = 0;
+    for a in history.iter().flatten() {
+        assert!(a.epoch >= last, "epoch went back: {history:?}");
+        last = a.epoch;
+        let origin = origins.entry(a.epoch).or_insert_with(|| a.node.to_string());
+        assert_eq!(
+            *origin,
+            a.node.as_str(),
+            "two origins at epoch {}: {history:?}",
+            a.epoch
+        );
+    }
 }
 
 /// Joins `room` as `user` through `node` and publishes audio and video.
@@ -62,5 +109,102 @@ async fn participants_of_a_killed_node_resume_elsewhere() -> anyhow::Result<()> 
     assert!(!after.serves(&before.node), "{after:?}");
     assert!(after.epoch > before.epoch, "{before:?} -> {after:?}");
     assert_eq!(a2.joined().unwrap().node, after.node);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_loses_its_rooms_and_serves_none_when_it_continues() -> anyhow::Result<()> {
+    // n1 is the only node in `eu`: clients from `eu` are served there, through sockets on n2
+    // and n3 in `us`.
+    let mut p = Procs::start(spec(&[("n1", "eu"), ("n2", "us"), ("n3", "us")])).await?;
+    let room = room_name("stop");
+    let a = publisher_in(&p, "n2", &room, "a", "eu").await?;
+    let b = publisher_in(&p, "n3", &room, "b", "eu").await?;
+    // c's socket is on n1 itself: frozen with it.
+    let c = publisher_in(&p, "n1", &room, "c", "eu").await?;
+    assert_eq!(a.joined().unwrap().node.as_str(), "n1");
+    wait_media(&a, &["b", "c"], 20).await?;
+    wait_media(&b, &["a", "c"], 20).await?;
+    let before = p.assignment(&room).await?.expect("assigned");
+    p.signal("n1", "STOP")?;
+    // Heartbeat silence: the coordinators declare n1 dead and move the room; the sessions
+    // on n2 and n3 tell their clients to reconnect.
+    let (why_a, a2) = follow_reconnect(&a).await?;
+    let (why_b, b2) = follow_reconnect(&b).await?;
+    assert_eq!(
+        (why_a.as_str(), why_b.as_str()),
+        ("node_failed", "node_failed")
+    );
+    wait_media(&a2, &["b"], 20).await?;
+    wait_media(&b2, &["a"], 20).await?;
+    let moved = p.assignment(&room).await?.expect("assigned");
+    assert!(
+        !moved.serves(&before.node) && moved.epoch > before.epoch,
+        "{moved:?}"
+    );
+    assert_eq!(a2.joined().unwrap().node, moved.node);
+    assert_eq!(b2.joined().unwrap().node, moved.node);
+
+    p.signal("n1", "CONT")?;
+    // Back, n1 learns it was declared dead (and sees the newer epoch): it stops serving
+    // the room and sends c, still connected to it, to another node.
+    let (why_c, c2) = follow_reconnect(&c).await?;
+    assert_eq!(why_c, "fenced");
+    wait_until(WAIT, "n1 fenced its room", || async {
+        match p.rooms_on("n1").await {
+            Ok(rooms) if rooms.is_empty() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await?;
+    // The room carries on where it moved, all three in it.
+    wait_media(&c2, &["a", "b"], 20).await?;
+    wait_media(&a2, &["b", "c"], 20).await?;
+    assert_eq!(c2.joined().unwrap().node, moved.node);
+    one_origin_per_epoch(&p.kv_history(&room).await?);
+    let rooms = p.rooms_on(moved.node.as_str()).await?;
+    assert!(
+        rooms.iter().any(|(r, m)| *r == room && m.len() == 3),
+        "{rooms:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_nats_fences_itself_and_its_clients_move() -> anyhow::Result<()> {
+    let nats_port = chaos::bench::free_port()?;
+    let link = Link::new(Impairment::default());
+    let proxy = TcpProxy::start(
+        "127.0.0.1:0".parse()?,
+        ([127, 0, 0, 1], nats_port).into(),
+        link.clone(),
+    )
+    .await?;
+    let mut s = spec(&[("n1", "eu"), ("n2", "us"), ("n3", "us")]);
+    s.nats_port = Some(nats_port);
+    s.node_nats = vec![("n1".into(), format!("nats://{}", proxy.local_addr()))];
+    let p = Procs::start(s).await?;
+    let room = room_name("cut");
+    // a's socket and media are on n1; b's socket is on n2, its media on n1.
+    let a = publisher_in(&p, "n1", &room, "a", "eu").await?;
+    let b = publisher_in(&p, "n2", &room, "b", "eu").await?;
+    assert_eq!(b.joined().unwrap().node.as_str(), "n1");
+    wait_media(&a, &["b"], 20).await?;
+    wait_media(&b, &["a"], 20).await?;
+    link.partition(true);
+    // n1 stops hearing NATS while the other nodes do: it fences itself and sends its
+    // clients to another node; the coordinators declare it dead and b is told to move.
+    let (why_a, a2) = follow_reconnect(&a).await?;
+    let (why_b, b2) = follow_reconnect(&b).await?;
+    assert_eq!((why_a.as_str(), why_b.as_str()), ("fenced", "node_failed"));
+    assert_ne!(a2.url(), p.ws_url("n1"), "sent to another node");
+    wait_media(&a2, &["b"], 20).await?;
+    wait_media(&b2, &["a"], 20).await?;
+    assert!(p.rooms_on("n1").await?.is_empty(), "n1 still serves a room");
+    let moved = p.assignment(&room).await?.expect("assigned");
+    assert!(!moved.serves(&protocol::NodeId::new("n1")?), "{moved:?}");
+    link.partition(false);
+    one_origin_per_epoch(&p.kv_history(&room).await?);
+    drop(proxy);
     Ok(())
 }

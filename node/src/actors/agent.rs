@@ -31,9 +31,9 @@ pub struct NodeAgent {
     cpu: CpuProbe,
     last_bytes: (Instant, u64),
     heartbeats: u64,
-    /// Since when NATS has been unreachable.
-    cut_off_since: Option<Instant>,
+    /// Fenced for being cut off, until the cluster is heard again.
     fenced_for_cut: bool,
+    cut_check_running: bool,
 }
 
 impl NodeAgent {
@@ -51,8 +51,8 @@ impl NodeAgent {
             cpu: CpuProbe::new(),
             last_bytes: (Instant::now(), bytes),
             heartbeats: 0,
-            cut_off_since: None,
             fenced_for_cut: false,
+            cut_check_running: false,
         }
     }
 
@@ -194,13 +194,15 @@ impl NodeAgent {
             }
         });
         let (node, rooms) = (self.node.clone(), self.rooms.clone());
-        serve_in_order(c, wire::NODE_DOWN.to_owned(), move |payload| {
-            match serde_json::from_slice::<wire::NodeDown>(&payload) {
+        serve_in_order(
+            c,
+            wire::NODE_DOWN.to_owned(),
+            move |payload| match serde_json::from_slice::<wire::NodeDown>(&payload) {
                 Ok(down) if down.v == wire::VERSION => node_down(&node, &rooms, down),
                 Ok(_) => {}
                 Err(e) => tracing::debug!(error = %e, "bad node down message"),
-            }
-        });
+            },
+        );
         self.watch_assignments();
         let (node, rooms) = (self.node.clone(), self.rooms.clone());
         serve_in_order(c, wire::node_drain(id), move |payload| {
@@ -252,7 +254,9 @@ impl NodeAgent {
                     }
                     match serde_json::from_slice::<wire::RoomAssignment>(&entry.value) {
                         Ok(a) => rooms.do_send(Assigned(a)),
-                        Err(e) => tracing::debug!(key = %entry.key, error = %e, "unreadable room entry"),
+                        Err(e) => {
+                            tracing::debug!(key = %entry.key, error = %e, "unreadable room entry")
+                        }
                     }
                 }
                 tokio::time::sleep(WATCH_RETRY).await;
@@ -260,38 +264,80 @@ impl NodeAgent {
         });
     }
 
-    /// Cut off from NATS for longer than the coordinators' death timeout, this node has been
-    /// declared dead and its rooms moved: it stops serving them, and every client here is
-    /// sent to another node.
-    fn check_cut_off(&mut self) {
-        let connected = self.cluster.connected();
-        let now = Instant::now();
-        match (connected, self.cut_off_since) {
-            (true, _) => {
-                self.cut_off_since = None;
-                self.fenced_for_cut = false;
-            }
-            (false, None) => self.cut_off_since = Some(now),
-            (false, Some(since)) => {
-                if !self.fenced_for_cut
-                    && now.duration_since(since) >= self.node.config.node_timeout
-                {
-                    self.fenced_for_cut = true;
-                    tracing::warn!(after_ms = now.duration_since(since).as_millis() as u64, "cut off from the cluster; fencing every room and moving clients away");
-                    metrics::counter!("node_fenced_total", "cause" => "cut_off").increment(1);
-                    self.rooms.do_send(Fence {
-                        rooms: None,
-                        reason: "fenced",
-                    });
-                    let url = self.node.fallback_urls().into_iter().next();
-                    self.node.router.do_send(Broadcast(Routed::Leave {
-                        reason: "fenced",
-                        url,
-                    }));
+    /// Cut off from the cluster (its own heartbeat not heard back) for longer than the
+    /// coordinators' death timeout, this node has been declared dead and its rooms moved: it
+    /// stops serving them, and every client here is sent to another node.
+    fn check_cut_off(&mut self, ctx: &mut Context<Self>) {
+        let silent = super::lock(&self.node.peers).cut_off_for(Instant::now());
+        let cut = silent.is_some_and(|d| d >= self.node.config.node_timeout);
+        if !cut {
+            self.fenced_for_cut = false;
+            return;
+        }
+        if self.fenced_for_cut || self.cut_check_running {
+            return;
+        }
+        // Silence alone does not say who is cut off: with NATS down for everyone, nobody can
+        // move rooms, and a node that stopped serving would only lose calls (the cluster
+        // rides out a NATS outage). Another node that is ready (it hears NATS) says it is
+        // this node that is cut off, and has been declared dead.
+        self.cut_check_running = true;
+        let urls = self.node.fallback_urls();
+        let silent_ms = silent.unwrap_or_default().as_millis() as u64;
+        async move { any_peer_ready(&urls).await }
+            .into_actor(self)
+            .map(move |others_ready, act, _| {
+                act.cut_check_running = false;
+                if !others_ready || act.fenced_for_cut {
+                    return;
                 }
-            }
+                act.fenced_for_cut = true;
+                tracing::warn!(
+                    silent_ms,
+                    "cut off from the cluster (own heartbeat not heard back, other nodes ready): fencing every room, moving clients away"
+                );
+                metrics::counter!("node_fenced_total", "cause" => "cut_off").increment(1);
+                act.rooms.do_send(Fence {
+                    rooms: None,
+                    reason: "fenced",
+                });
+                let url = act.node.fallback_urls().into_iter().next();
+                act.node.router.do_send(Broadcast(Routed::Leave {
+                    reason: "fenced",
+                    url,
+                }));
+            })
+            .spawn(ctx);
+    }
+}
+
+/// Whether one of the nodes at `ws_urls` answers `/readyz` with 200 (each asked for at most
+/// half a second).
+async fn any_peer_ready(ws_urls: &[String]) -> bool {
+    for url in ws_urls {
+        let Some(hostport) = url
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.split('/').next())
+        else {
+            continue;
+        };
+        if let Ok(Ok(true)) =
+            tokio::time::timeout(Duration::from_millis(500), readyz(hostport.to_owned())).await
+        {
+            return true;
         }
     }
+    false
+}
+
+async fn readyz(hostport: String) -> std::io::Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(&hostport).await?;
+    let req = format!("GET /readyz HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut head = [0u8; 16];
+    let n = s.read(&mut head).await?;
+    Ok(head[..n].starts_with(b"HTTP/1.1 200"))
 }
 
 /// Pause before the directory watch is opened again.
@@ -454,7 +500,7 @@ impl Actor for NodeAgent {
         self.heartbeat();
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, _| act.heartbeat());
         ctx.run_interval(PLACEABLE_CHECK, |act, _| act.check_placeable());
-        ctx.run_interval(CUT_CHECK, |act, _| act.check_cut_off());
+        ctx.run_interval(CUT_CHECK, |act, ctx| act.check_cut_off(ctx));
     }
 }
 

@@ -30,7 +30,11 @@ pub fn start(node: &NodeCtx, rooms: &Addr<RoomRegistry>, why: &'static str) -> b
         return false;
     }
     node.draining.store(true, Ordering::Relaxed);
-    tracing::warn!(why, deadline_s = node.config.drain_deadline.as_secs(), "draining");
+    tracing::warn!(
+        why,
+        deadline_s = node.config.drain_deadline.as_secs(),
+        "draining"
+    );
     metrics::counter!("node_drains_total", "why" => why).increment(1);
     let (node, rooms) = (node.clone(), rooms.clone());
     tokio::spawn(async move {

@@ -132,7 +132,10 @@ impl Handler<ResumeRoom> for RoomRegistry {
     type Result = ResponseActFuture<Self, Result<JoinedInfo, ResumeRefused>>;
 
     fn handle(&mut self, msg: ResumeRoom, _: &mut Context<Self>) -> Self::Result {
-        let draining = self.node.draining.load(std::sync::atomic::Ordering::Relaxed);
+        let draining = self
+            .node
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed);
         let hosted = self.rooms.get(&msg.claims.room).map(|h| h.addr.clone());
         let Some(addr) = hosted.filter(|_| !draining) else {
             return Box::pin(fut::ready(Err(ResumeRefused::Moved)));

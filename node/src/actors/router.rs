@@ -333,6 +333,21 @@ impl Handler<Deliver> for SessionRouter {
     }
 }
 
+/// Sends a message to a user of `room` only if its session is on this node. A fenced room
+/// tells its clients to go with this: a user whose session is elsewhere may have moved on to
+/// the room's new node already, and its new session must not hear the old room.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeliverHere(pub Deliver);
+
+impl Handler<DeliverHere> for SessionRouter {
+    type Result = ();
+    fn handle(&mut self, msg: DeliverHere, _: &mut Context<Self>) {
+        let Deliver { to, room, msg } = msg.0;
+        self.deliver_local(&to, &room, msg);
+    }
+}
+
 impl Handler<Inbound> for SessionRouter {
     type Result = ();
     fn handle(&mut self, msg: Inbound, _: &mut Context<Self>) {

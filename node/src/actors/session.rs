@@ -6,7 +6,7 @@ use super::peer::{self, Peer};
 use super::room::{JoinedInfo, RELAY_USER_PREFIX};
 use super::rooms::{JoinRoom, ResumeRefused, ResumeRoom, RoomRegistry};
 use super::router::{Register, RouteUserMessage, Routed, Unregister};
-use super::{NodeCtx, NodeEntry};
+use super::{lock, NodeCtx, NodeEntry};
 use crate::cluster::ClusterError;
 use crate::counters::{Kind, Live};
 use actix::prelude::*;
@@ -406,8 +406,8 @@ impl SignalingSession {
         };
         let router = self.node.router.clone();
         async move {
-            let outcome = resume_anywhere(&node, &rooms, claims, resume_token, &router, register)
-                .await?;
+            let outcome =
+                resume_anywhere(&node, &rooms, claims, resume_token, &router, register).await?;
             Ok(outcome)
         }
         .into_actor(self)
@@ -508,6 +508,8 @@ async fn resume_anywhere(
     let restored = match &node.cluster {
         None => Some(resume_local(rooms, claims.clone(), resume_token).await),
         Some(_) if host == me => Some(resume_local(rooms, claims.clone(), resume_token).await),
+        // A coordinator said it died: nothing to ask.
+        Some(_) if lock(&node.peers).is_dead(&host) => None,
         Some(cluster) => {
             let ask = wire::RemoteResume {
                 v: wire::VERSION,
@@ -520,7 +522,8 @@ async fn resume_anywhere(
             match reply {
                 Ok(RemoteJoinReply::Moved) => None,
                 Ok(reply) => Some(
-                    remote_outcome(room.clone(), host.clone(), reply).map_err(ResumeRefused::Failed),
+                    remote_outcome(room.clone(), host.clone(), reply)
+                        .map_err(ResumeRefused::Failed),
                 ),
                 Err(e) if e.unanswered() => {
                     cluster.suspect(&host, "resume");

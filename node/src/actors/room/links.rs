@@ -241,7 +241,7 @@ impl Room {
         cluster.publish(wire::room_events(&self.id), &ev);
     }
 
-    pub(super) fn tell_all(&self, msg: &ServerMessage) {
+    fn tell_all(&self, msg: &ServerMessage) {
         for id in self.members.keys() {
             self.node.router.do_send(Deliver {
                 to: id.clone(),
