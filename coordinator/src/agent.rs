@@ -1,9 +1,10 @@
 //! The coordinator's NATS face: the connection (retried forever, in the background), the
-//! heartbeats it hears and sends, and the subscriptions that feed [`crate::allocate`].
+//! heartbeats it hears and sends, and the subscriptions that feed [`crate::allocate`] and
+//! [`crate::failover`].
 
 use crate::directory::{Left, RoomDirectory};
 use crate::metrics::LeaveOutcome;
-use crate::registry::Liveness;
+use crate::registry::{Heard, Liveness};
 use crate::Shared;
 use async_nats::connection::State;
 use async_nats::{Client, Event, Subscriber};
@@ -54,6 +55,7 @@ pub(crate) async fn run(
     tasks.spawn(coord_heartbeats(shared.clone(), client.clone()));
     tasks.spawn(drains(shared.clone(), client.clone()));
     tasks.spawn(announce(shared.clone(), client.clone()));
+    tasks.spawn(crate::failover::suspicions(shared.clone(), client.clone()));
 
     let opened = tokio::select! {
         dir = open_directory(&shared, &client) => Some(dir),
@@ -150,7 +152,17 @@ async fn node_heartbeats(shared: Arc<Shared>, client: Client) {
     };
     while let Some(msg) = sub.next().await {
         match serde_json::from_slice::<NodeHeartbeat>(&msg.payload) {
-            Ok(hb) if hb.v == VERSION => shared.nodes().heartbeat(hb, Instant::now()),
+            Ok(hb) if hb.v == VERSION => {
+                let node = hb.node.clone();
+                match shared.nodes().heartbeat(hb, Instant::now()) {
+                    Heard::New | Heard::Alive => {}
+                    Heard::Revived => tracing::info!(%node, "node alive again"),
+                    Heard::Stale => {
+                        shared.metrics.stale_heartbeat();
+                        tracing::debug!(%node, "heartbeat from before the node's death ignored");
+                    }
+                }
+            }
             Ok(hb) => tracing::debug!(v = hb.v, "node heartbeat of another version ignored"),
             Err(e) => tracing::debug!(error = %e, "unreadable node heartbeat"),
         }
@@ -195,7 +207,8 @@ async fn drains(shared: Arc<Shared>, client: Client) {
     }
 }
 
-/// This coordinator's heartbeat, and housekeeping of the registries.
+/// This coordinator's heartbeat, housekeeping of the registries, and the deaths silence
+/// reveals.
 async fn announce(shared: Arc<Shared>, client: Client) {
     let mut tick = tokio::time::interval(shared.config.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -216,6 +229,8 @@ async fn announce(shared: Arc<Shared>, client: Client) {
                 _ => {}
             }
         }
+        shared.probes().prune(now);
+        crate::failover::silent_deaths(&shared, &client, now);
         // While disconnected, publishes would only queue up stale heartbeats.
         if !connected {
             continue;

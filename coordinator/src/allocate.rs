@@ -1,5 +1,6 @@
 //! Serving `coord.allocate`: forward to the room's deciding coordinator, or decide here and
-//! write the decision to the directory with compare-and-swap. The reply names the room's
+//! write the decision to the directory with compare-and-swap. The deciding coordinator first
+//! probes the nodes the request suspects ([`crate::failover::probe_suspects`]). The reply names the room's
 //! entry as written and the node that serves the client (`serve`); a `lookup` only reads,
 //! and answers with the origin.
 
@@ -11,6 +12,7 @@ use async_nats::{Client, Message};
 use bytes::Bytes;
 use protocol::cluster::{self, AllocateReply, AllocateRequest, VERSION};
 use protocol::ErrorCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Read-decide-write rounds before giving up on a contended room. Each lost round means
@@ -18,7 +20,7 @@ use std::time::Instant;
 const MAX_ROUNDS: usize = 4;
 
 /// Answers one allocation request (if it has a reply subject).
-pub(crate) async fn serve(shared: &Shared, client: &Client, msg: Message) {
+pub(crate) async fn serve(shared: &Arc<Shared>, client: &Client, msg: Message) {
     let started = Instant::now();
     let Some(reply_to) = msg.reply.clone() else {
         tracing::debug!("allocation request without reply subject ignored");
@@ -55,7 +57,11 @@ fn reply(reply: AllocateReply, result: AllocResult) -> (Bytes, AllocResult) {
     }
 }
 
-async fn allocate(shared: &Shared, client: &Client, req: AllocateRequest) -> (Bytes, AllocResult) {
+async fn allocate(
+    shared: &Arc<Shared>,
+    client: &Client,
+    req: AllocateRequest,
+) -> (Bytes, AllocResult) {
     if !req.forwarded {
         let decider = shared.coords().decider(&req.room, Instant::now());
         if decider != shared.config.id {
@@ -70,6 +76,10 @@ async fn allocate(shared: &Shared, client: &Client, req: AllocateRequest) -> (By
                 }
             }
         }
+    }
+    // Deciding here: a suspect found dead now leaves the room's entry in this decision.
+    if !req.suspects.is_empty() {
+        crate::failover::probe_suspects(shared, client, &req.suspects).await;
     }
     let (answer, result) = decide_and_write(shared, &req).await;
     reply(answer, result)

@@ -1,8 +1,8 @@
 //! The `coordinator` command line: run one coordinator of the cluster. A module of the
 //! library so that test harnesses can build the same program under another name.
 
-use clap::Parser;
 use crate::config::CoordArgs;
+use clap::Parser;
 
 #[derive(Parser)]
 #[command(

@@ -7,10 +7,15 @@
 //! applies it to the entry: a room's dead nodes are dropped first (the origin role moving to
 //! the earliest surviving node with the next epoch), then the join is served by a node of the
 //! room or by a node that joins the room now. [`leave`] is the other half: what the entry
-//! becomes when a node leaves the room.
+//! becomes when a node leaves the room, and [`failover`] what it becomes when this
+//! coordinator finds nodes of it dead, before anyone joins. All three drop nodes with
+//! [`protocol::cascade::survivors`], so a dead origin moves the same way whoever notices.
 
 use crate::registry::{Liveness, NodeRegistry};
-use protocol::cascade::{plan_join, plan_leave, with_node, JoinPlan, LeavePlan};
+use protocol::cascade::{
+    plan_failover, plan_join, plan_leave, survivors, with_node, FailoverPlan, JoinPlan, LeavePlan,
+    Survivors,
+};
 use protocol::cluster::{RoomAssignment, RoomClosed, RoomNode, VERSION};
 use protocol::{NodeId, RoomId};
 use std::time::Instant;
@@ -136,40 +141,29 @@ pub fn decide(
         RoomRecord::Missing => return fresh(join, 1, None, nodes, stamp),
     };
     let now = stamp.now;
-    // Every node of the room with its liveness, the origin listed even in an entry from
-    // before cascading (or a malformed one).
-    let mut members: Vec<(RoomNode, Liveness)> = entry
+    // The room's live and unknown nodes, the origin listed even in an entry from before
+    // cascading (or a malformed one).
+    let origin_region = nodes.region(&entry.node).unwrap_or_default().to_owned();
+    let is_dead = |n: &NodeId| nodes.liveness(n, now) == Liveness::Dead;
+    let (next, dropped) = match survivors(&entry, &origin_region, is_dead) {
+        Survivors::Intact(next) => (next, false),
+        Survivors::Shrunk(next) => (restamp(&entry, next, stamp), true),
+        Survivors::Orphaned => {
+            // Every node of the room is dead: place it afresh.
+            return fresh(
+                join,
+                entry.epoch + 1,
+                Some((revision, Change::Failover)),
+                nodes,
+                stamp,
+            );
+        }
+    };
+    let members: Vec<(RoomNode, Liveness)> = next
         .nodes
         .iter()
         .map(|m| (m.clone(), nodes.liveness(&m.node, now)))
         .collect();
-    if !members.iter().any(|(m, _)| m.node == entry.node) {
-        let origin = RoomNode {
-            node: entry.node.clone(),
-            region: nodes.region(&entry.node).unwrap_or_default().to_owned(),
-        };
-        members.insert(0, (origin, nodes.liveness(&entry.node, now)));
-    }
-    let dropped = members.iter().any(|(_, l)| *l == Liveness::Dead);
-    members.retain(|(_, l)| *l != Liveness::Dead);
-    let Some((first, _)) = members.first() else {
-        // Every node of the room is dead: place it afresh.
-        return fresh(
-            join,
-            entry.epoch + 1,
-            Some((revision, Change::Failover)),
-            nodes,
-            stamp,
-        );
-    };
-    let mut next = entry.clone();
-    if !members.iter().any(|(m, _)| m.node == entry.node) {
-        next.node = first.node.clone();
-        next.epoch += 1;
-        next.coordinator = stamp.coordinator.to_owned();
-        next.assigned_ms = stamp.now_ms;
-    }
-    next.nodes = members.iter().map(|(m, _)| m.clone()).collect();
     // Only the room's own nodes can be full: that bounds the planning cost whatever a
     // request lists.
     let full: Vec<NodeId> = join
@@ -281,13 +275,49 @@ pub fn leave(entry: &RoomAssignment, left: &RoomClosed, stamp: Stamp<'_>) -> Lea
         return LeavePlan::Unchanged;
     }
     match plan_leave(entry, &left.node) {
-        LeavePlan::Update(mut next) if next.epoch != entry.epoch => {
-            next.coordinator = stamp.coordinator.to_owned();
-            next.assigned_ms = stamp.now_ms;
-            LeavePlan::Update(next)
+        LeavePlan::Update(next) => LeavePlan::Update(restamp(entry, next, stamp)),
+        plan => plan,
+    }
+}
+
+/// What the room's entry becomes when this coordinator finds nodes of it dead, with nobody
+/// joining: [`plan_failover`] with the registry's liveness and placement views. Only a node
+/// the registry says is [`Liveness::Dead`] leaves the entry (as in [`decide`]). When the
+/// whole room moves to a new node, that node counts the room as pending; a caller whose
+/// write then fails calls [`NodeRegistry::unassigned`]. The entry is restamped when its epoch
+/// changes.
+pub fn failover(
+    entry: &RoomAssignment,
+    nodes: &mut NodeRegistry,
+    stamp: Stamp<'_>,
+) -> FailoverPlan {
+    let now = stamp.now;
+    let dead: Vec<NodeId> = entry
+        .members()
+        .into_iter()
+        .filter(|n| nodes.liveness(n, now) == Liveness::Dead)
+        .collect();
+    if dead.is_empty() {
+        return FailoverPlan::Unchanged;
+    }
+    match plan_failover(entry, |n| dead.contains(n), nodes.views(now)) {
+        FailoverPlan::Shrunk(next) => FailoverPlan::Shrunk(restamp(entry, next, stamp)),
+        FailoverPlan::Replaced(next) => {
+            nodes.assigned(&next.node, now);
+            FailoverPlan::Replaced(restamp(entry, next, stamp))
         }
         plan => plan,
     }
+}
+
+/// `next`, planned from `entry`, stamped with who decided and when if its epoch changed (a
+/// new origin); an entry whose origin stays keeps the stamp of the epoch's start.
+fn restamp(entry: &RoomAssignment, mut next: RoomAssignment, stamp: Stamp<'_>) -> RoomAssignment {
+    if next.epoch != entry.epoch {
+        next.coordinator = stamp.coordinator.to_owned();
+        next.assigned_ms = stamp.now_ms;
+    }
+    next
 }
 
 /// A room node of unknown liveness in `region` (or of an unknown region) that did not refuse
@@ -678,6 +708,73 @@ mod tests {
             stamp(t0 + T),
         );
         assert_eq!(d, Decision::NoNode);
+    }
+
+    #[test]
+    fn failover_drops_dead_nodes_and_moves_a_dead_origin_without_a_join() {
+        let t0 = Instant::now();
+        let now = t0 + T;
+        let mut r = registry(t0, &[("eu-2", "eu"), ("us-1", "us")], &[("eu-1", "eu")]);
+        // A dead member leaves; origin, epoch and stamp stay.
+        let e = entry("us-1", 4, &["us-1", "eu-1"]);
+        assert_eq!(
+            failover(&e, &mut r, stamp(now)),
+            FailoverPlan::Shrunk(entry("us-1", 4, &["us-1"]))
+        );
+        // A dead origin's role moves to the earliest survivor, restamped.
+        let e = entry("eu-1", 4, &["eu-1", "us-1", "eu-2"]);
+        let FailoverPlan::Shrunk(a) = failover(&e, &mut r, stamp(now)) else {
+            panic!()
+        };
+        assert_eq!((a.node.as_str(), a.epoch), ("us-1", 5));
+        assert_eq!((a.coordinator.as_str(), a.assigned_ms), ("c1", 42));
+        assert_eq!(a.members(), vec![id("us-1"), id("eu-2")]);
+        // Nothing dead: nothing to write, and nothing counted.
+        let e = entry("eu-2", 4, &["eu-2"]);
+        assert_eq!(failover(&e, &mut r, stamp(now)), FailoverPlan::Unchanged);
+        assert_eq!(pending(&mut r, "eu-2", now), 0);
+    }
+
+    #[test]
+    fn failover_moves_an_orphaned_room_to_its_region_and_counts_it_pending() {
+        let t0 = Instant::now();
+        let now = t0 + T;
+        let mut r = registry(t0, &CLUSTER, &[("eu-0", "eu"), ("us-0", "us")]);
+        let e = entry("eu-0", 4, &["eu-0", "us-0"]);
+        let FailoverPlan::Replaced(a) = failover(&e, &mut r, stamp(now)) else {
+            panic!()
+        };
+        assert_eq!(a.epoch, 5);
+        assert_eq!(a.nodes.len(), 1);
+        assert_eq!(a.nodes[0].region, "eu", "the dead origin's region first");
+        assert_eq!(a.coordinator, "c1");
+        assert_eq!(pending(&mut r, a.node.as_str(), now), 1);
+        // A second orphan goes to the other eu node: the first counts as pending.
+        let FailoverPlan::Replaced(b) = failover(&e, &mut r, stamp(now)) else {
+            panic!()
+        };
+        assert_ne!(a.node, b.node);
+        assert_eq!(b.nodes[0].region, "eu");
+    }
+
+    #[test]
+    fn failover_waits_while_liveness_is_unknown_or_nobody_can_take_the_room() {
+        let t0 = Instant::now();
+        let now = t0 + T;
+        let mut r = registry(t0, &[("b", "us")], &[("a", "eu")]);
+        let e = entry("a", 4, &["a"]);
+        // Just reconnected: a's silence proves nothing yet.
+        r.listening(now);
+        assert_eq!(failover(&e, &mut r, stamp(now)), FailoverPlan::Unchanged);
+        // A probe proves it dead at once; b takes the room.
+        assert!(r.confirm_dead(&id("a"), now));
+        let FailoverPlan::Replaced(moved) = failover(&e, &mut r, stamp(now)) else {
+            panic!()
+        };
+        assert_eq!((moved.node.as_str(), moved.epoch), ("b", 5));
+        // Only a draining node left: the entry stays for the next join.
+        r.request_drain(&id("b"), true);
+        assert_eq!(failover(&e, &mut r, stamp(now)), FailoverPlan::Stranded);
     }
 
     #[test]

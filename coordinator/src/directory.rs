@@ -21,6 +21,8 @@ pub const HISTORY: i64 = 10;
 const SCAN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Read-plan-write rounds of a node's leaving before giving up on a contended room.
 pub const LEAVE_ROUNDS: usize = 4;
+/// Read-plan-write rounds of moving a room off dead nodes before giving up on it.
+pub const FAILOVER_ROUNDS: usize = 5;
 /// Bound on the number of rooms `list` returns.
 pub const LIST_LIMIT: usize = 10_000;
 
@@ -45,6 +47,32 @@ pub enum Left {
         assignment: RoomAssignment,
         revision: u64,
         origin_moved: bool,
+    },
+    /// Every round lost a race to another writer.
+    Contended,
+}
+
+/// What to make of a room's entry, decided from its current value (see
+/// [`RoomDirectory::edit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    Keep,
+    Write(RoomAssignment),
+    Delete,
+}
+
+/// What [`RoomDirectory::edit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edited {
+    /// No entry (missing or closed), or the plan kept it.
+    Unchanged,
+    Written {
+        before: RoomAssignment,
+        after: RoomAssignment,
+        revision: u64,
+    },
+    Deleted {
+        before: RoomAssignment,
     },
     /// Every round lost a race to another writer.
     Contended,
@@ -148,44 +176,79 @@ impl RoomDirectory {
         }
     }
 
-    /// Applies a node's leaving to the room's entry ([`crate::decide::leave`]): removes the
-    /// node by CAS, or deletes the entry by revision when it was the last. A lost race reads
-    /// again, up to [`LEAVE_ROUNDS`] times.
-    pub async fn leave(&self, left: &RoomClosed, coordinator: &str) -> Result<Left> {
-        for _ in 0..LEAVE_ROUNDS {
+    /// Reads the room's entry, asks `plan` what to make of it, and writes that on condition
+    /// that the key is still at the revision read (update, or delete); a lost race reads and
+    /// asks again, up to `rounds` times. A room without an entry (missing or closed) is left
+    /// alone without asking.
+    pub async fn edit(
+        &self,
+        room: &RoomId,
+        rounds: usize,
+        mut plan: impl FnMut(&RoomAssignment) -> Edit,
+    ) -> Result<Edited> {
+        for _ in 0..rounds {
             let RoomRecord::Assigned {
-                assignment,
+                assignment: before,
                 revision,
-            } = self.read(&left.room).await?
+            } = self.read(room).await?
             else {
-                return Ok(Left::Unchanged);
+                return Ok(Edited::Unchanged);
             };
-            let stamp = Stamp {
-                coordinator,
-                now: Instant::now(),
-                now_ms: crate::now_ms(),
-            };
-            match decide::leave(&assignment, left, stamp) {
-                LeavePlan::Unchanged => return Ok(Left::Unchanged),
-                LeavePlan::Close => {
-                    if self.delete(&left.room, revision).await? {
-                        return Ok(Left::Closed {
-                            epoch: assignment.epoch,
-                        });
+            match plan(&before) {
+                Edit::Keep => return Ok(Edited::Unchanged),
+                Edit::Delete => {
+                    if self.delete(room, revision).await? {
+                        return Ok(Edited::Deleted { before });
                     }
                 }
-                LeavePlan::Update(next) => {
-                    if let Write::Done(revision) = self.update(&next, revision).await? {
-                        return Ok(Left::Updated {
-                            origin_moved: next.node != assignment.node,
-                            assignment: next,
+                Edit::Write(after) => {
+                    if let Write::Done(revision) = self.update(&after, revision).await? {
+                        return Ok(Edited::Written {
+                            before,
+                            after,
                             revision,
                         });
                     }
                 }
             }
         }
-        Ok(Left::Contended)
+        Ok(Edited::Contended)
+    }
+
+    /// Applies a node's leaving to the room's entry ([`crate::decide::leave`]): removes the
+    /// node by CAS, or deletes the entry by revision when it was the last, in up to
+    /// [`LEAVE_ROUNDS`] rounds.
+    pub async fn leave(&self, left: &RoomClosed, coordinator: &str) -> Result<Left> {
+        let edited = self
+            .edit(&left.room, LEAVE_ROUNDS, |entry| {
+                let stamp = Stamp {
+                    coordinator,
+                    now: Instant::now(),
+                    now_ms: crate::now_ms(),
+                };
+                match decide::leave(entry, left, stamp) {
+                    LeavePlan::Unchanged => Edit::Keep,
+                    LeavePlan::Close => Edit::Delete,
+                    LeavePlan::Update(next) => Edit::Write(next),
+                }
+            })
+            .await?;
+        Ok(match edited {
+            Edited::Unchanged => Left::Unchanged,
+            Edited::Deleted { before } => Left::Closed {
+                epoch: before.epoch,
+            },
+            Edited::Written {
+                before,
+                after,
+                revision,
+            } => Left::Updated {
+                origin_moved: after.node != before.node,
+                assignment: after,
+                revision,
+            },
+            Edited::Contended => Left::Contended,
+        })
     }
 
     /// Deletes the room's entry if it is still at `revision`; false when it is not.

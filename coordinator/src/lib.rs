@@ -12,6 +12,11 @@
 //! the room with a node there; a node that leaves the room (`cluster.room.closed`) leaves
 //! the entry, which is deleted with the room's last node.
 //!
+//! A node that dies leaves its rooms' entries (DESIGN.md "Failover, fencing, drain"): a
+//! suspicion is checked with a direct probe, so a killed node is found dead within a probe's
+//! round trip, and heartbeat silence is the backstop; each death is announced on
+//! `cluster.node.down` and the dead node's rooms move at once (see `failover`).
+//!
 //! Threads: one multi-thread tokio runtime per coordinator runs the NATS client and its
 //! tasks and drives the actix-web server (whose single worker runs on its own thread). Tests
 //! start several coordinators in one process.
@@ -23,16 +28,19 @@
 //! | [`directory`] | the `rooms` KV bucket |
 //! | `agent` | NATS: connection, heartbeats, subscriptions |
 //! | `allocate` | serving `coord.allocate`: forward or decide, then write |
+//! | `failover` | suspicions, probes, deaths: `cluster.node.down`, rooms moved off dead nodes |
 //! | `http` | admin API |
 //! | [`metrics`] | Prometheus exposition |
 #![forbid(unsafe_code)]
 
 mod agent;
 mod allocate;
+pub mod cli;
 pub mod config;
 pub mod decide;
 pub mod directory;
 pub mod error;
+mod failover;
 mod http;
 pub mod metrics;
 pub mod registry;
@@ -58,6 +66,7 @@ pub(crate) struct Shared {
     coords: Mutex<CoordRegistry>,
     client: OnceLock<async_nats::Client>,
     directory: OnceLock<RoomDirectory>,
+    probes: Mutex<failover::ProbeGate<failover::Probe>>,
     metrics: metrics::Metrics,
     inflight: Arc<Semaphore>,
     rt: tokio::runtime::Handle,
@@ -70,6 +79,10 @@ impl Shared {
 
     fn coords(&self) -> MutexGuard<'_, CoordRegistry> {
         self.coords.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn probes(&self) -> MutexGuard<'_, failover::ProbeGate<failover::Probe>> {
+        self.probes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Connected to NATS with the directory open; otherwise why not.
@@ -134,6 +147,7 @@ pub fn spawn(config: Config) -> Result<CoordinatorHandle> {
         coords: Mutex::new(CoordRegistry::new(config.id.clone(), config.node_timeout)),
         client: OnceLock::new(),
         directory: OnceLock::new(),
+        probes: Mutex::new(failover::ProbeGate::new(failover::PROBE_GAP)),
         metrics: metrics::Metrics::new(),
         inflight: Arc::new(Semaphore::new(MAX_INFLIGHT as usize)),
         rt: rt.handle().clone(),

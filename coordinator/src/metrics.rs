@@ -11,6 +11,7 @@ use crate::registry::NodeStatus;
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
+use protocol::cluster::DeathCause;
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -101,12 +102,158 @@ impl LeaveOutcome {
     }
 }
 
+/// Where a suspicion of a node came from, for `coord_suspicions_total{source}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuspicionSource {
+    /// A [`protocol::cluster::NodeSuspect`] on `cluster.node.suspect`.
+    Suspect,
+    /// Another coordinator's [`protocol::cluster::NodeDown`].
+    NodeDown,
+    /// `suspects` of an allocation request this coordinator decides.
+    Allocation,
+}
+
+impl SuspicionSource {
+    pub const ALL: [SuspicionSource; 3] = [
+        SuspicionSource::Suspect,
+        SuspicionSource::NodeDown,
+        SuspicionSource::Allocation,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuspicionSource::Suspect => "suspect",
+            SuspicionSource::NodeDown => "node_down",
+            SuspicionSource::Allocation => "allocation",
+        }
+    }
+}
+
+/// What became of a suspicion, for `coord_suspicions_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuspicionOutcome {
+    /// A probe of the node started.
+    Probed,
+    /// A probe of the node was in flight already: the suspicion waits for its verdict.
+    Joined,
+    /// The node was probed less than the probe gap ago.
+    Throttled,
+    /// A node this coordinator does not know, or counts dead already.
+    NotAlive,
+    /// Unreadable, or of another version.
+    Malformed,
+}
+
+impl SuspicionOutcome {
+    pub const ALL: [SuspicionOutcome; 5] = [
+        SuspicionOutcome::Probed,
+        SuspicionOutcome::Joined,
+        SuspicionOutcome::Throttled,
+        SuspicionOutcome::NotAlive,
+        SuspicionOutcome::Malformed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuspicionOutcome::Probed => "probed",
+            SuspicionOutcome::Joined => "joined",
+            SuspicionOutcome::Throttled => "throttled",
+            SuspicionOutcome::NotAlive => "not_alive",
+            SuspicionOutcome::Malformed => "malformed",
+        }
+    }
+}
+
+/// What a probe of a node found, for `coord_probes_total{verdict}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The node answered.
+    Alive,
+    /// Nobody listens on the node's subjects: its connection is gone.
+    Dead,
+    /// No answer in time: proves nothing (a stopped process; heartbeat silence decides).
+    Timeout,
+    /// The request failed on this side (say, this coordinator is disconnected).
+    Error,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 4] = [
+        Verdict::Alive,
+        Verdict::Dead,
+        Verdict::Timeout,
+        Verdict::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Alive => "alive",
+            Verdict::Dead => "dead",
+            Verdict::Timeout => "timeout",
+            Verdict::Error => "error",
+        }
+    }
+}
+
+pub fn cause_str(cause: DeathCause) -> &'static str {
+    match cause {
+        DeathCause::Probe => "probe",
+        DeathCause::Silence => "silence",
+    }
+}
+
+/// What moving one room off dead nodes did, for `coord_rooms_failed_over_total{change}` and
+/// `coord_failover_failures_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailoverOutcome {
+    /// Nothing to do (the room changed meanwhile, or no node of it is dead any more).
+    Unchanged,
+    /// Dead nodes left the entry; the origin stayed.
+    Dropped,
+    /// The origin died: the role moved to a surviving node with the next epoch.
+    OriginMoved,
+    /// Every node died: the room moved whole to a new node with the next epoch.
+    Replaced,
+    /// Every node died and no live node can take the room: left for the next join.
+    NoNode,
+    /// Every round lost a race.
+    Contended,
+    /// The directory failed.
+    Error,
+}
+
+impl FailoverOutcome {
+    const MOVED: [FailoverOutcome; 3] = [
+        FailoverOutcome::Dropped,
+        FailoverOutcome::OriginMoved,
+        FailoverOutcome::Replaced,
+    ];
+    const FAILED: [FailoverOutcome; 3] = [
+        FailoverOutcome::NoNode,
+        FailoverOutcome::Contended,
+        FailoverOutcome::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverOutcome::Unchanged => "unchanged",
+            FailoverOutcome::Dropped => "dropped",
+            FailoverOutcome::OriginMoved => "origin_moved",
+            FailoverOutcome::Replaced => "replaced",
+            FailoverOutcome::NoNode => "no_node",
+            FailoverOutcome::Contended => "contended",
+            FailoverOutcome::Error => "error",
+        }
+    }
+}
+
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
 }
 
 const LATENCY: &str = "coord_allocation_latency_seconds";
+const PROBE_LATENCY: &str = "coord_probe_latency_seconds";
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -119,9 +266,10 @@ impl Metrics {
         let buckets = [
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ];
-        let builder = PrometheusBuilder::new();
-        let recorder = match builder.set_buckets_for_metric(Matcher::Full(LATENCY.into()), &buckets)
-        {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(LATENCY.into()), &buckets)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PROBE_LATENCY.into()), &buckets));
+        let recorder = match builder {
             Ok(b) => b.build_recorder(),
             // Only fails on an empty bucket list; fall back to summaries.
             Err(_) => PrometheusBuilder::new().build_recorder(),
@@ -154,6 +302,35 @@ impl Metrics {
                 "coord_room_leaves_total",
                 "cluster.room.closed messages (a node left a room), by outcome"
             );
+            metrics::describe_counter!(
+                "coord_suspicions_total",
+                "suspicions that a node is gone, by source and outcome"
+            );
+            metrics::describe_counter!(
+                "coord_probes_total",
+                "probes of suspected nodes (node.<id>.ping), by verdict"
+            );
+            metrics::describe_histogram!(
+                PROBE_LATENCY,
+                metrics::Unit::Seconds,
+                "time from a probe to its verdict"
+            );
+            metrics::describe_counter!(
+                "coord_node_deaths_total",
+                "node deaths this coordinator found, by cause (probe or silence)"
+            );
+            metrics::describe_counter!(
+                "coord_stale_heartbeats_total",
+                "heartbeats ignored for arriving just after a probe proved their node dead"
+            );
+            metrics::describe_counter!(
+                "coord_rooms_failed_over_total",
+                "room entries rewritten off dead nodes, by change"
+            );
+            metrics::describe_counter!(
+                "coord_failover_failures_total",
+                "rooms of dead nodes left as they were, by reason"
+            );
             // Series exist from the start, at zero, so rates and alerts see them.
             for r in AllocResult::ALL {
                 metrics::counter!("coord_allocations_total", "result" => r.as_str()).increment(0);
@@ -165,6 +342,27 @@ impl Metrics {
             metrics::counter!("coord_rooms_closed_total").increment(0);
             for o in LeaveOutcome::ALL {
                 metrics::counter!("coord_room_leaves_total", "outcome" => o.as_str()).increment(0);
+            }
+            for source in SuspicionSource::ALL {
+                for outcome in SuspicionOutcome::ALL {
+                    metrics::counter!("coord_suspicions_total", "source" => source.as_str(), "outcome" => outcome.as_str()).increment(0);
+                }
+            }
+            for v in Verdict::ALL {
+                metrics::counter!("coord_probes_total", "verdict" => v.as_str()).increment(0);
+            }
+            for cause in [DeathCause::Probe, DeathCause::Silence] {
+                metrics::counter!("coord_node_deaths_total", "cause" => cause_str(cause))
+                    .increment(0);
+            }
+            metrics::counter!("coord_stale_heartbeats_total").increment(0);
+            for o in FailoverOutcome::MOVED {
+                metrics::counter!("coord_rooms_failed_over_total", "change" => o.as_str())
+                    .increment(0);
+            }
+            for o in FailoverOutcome::FAILED {
+                metrics::counter!("coord_failover_failures_total", "reason" => o.as_str())
+                    .increment(0);
             }
         });
         m
@@ -197,6 +395,44 @@ impl Metrics {
     pub fn node_left(&self, outcome: LeaveOutcome) {
         self.with(|| {
             metrics::counter!("coord_room_leaves_total", "outcome" => outcome.as_str()).increment(1)
+        });
+    }
+
+    pub fn suspicion(&self, source: SuspicionSource, outcome: SuspicionOutcome) {
+        self.with(|| {
+            metrics::counter!("coord_suspicions_total", "source" => source.as_str(), "outcome" => outcome.as_str())
+                .increment(1)
+        });
+    }
+
+    pub fn probe(&self, verdict: Verdict, elapsed: Duration) {
+        self.with(|| {
+            metrics::counter!("coord_probes_total", "verdict" => verdict.as_str()).increment(1);
+            metrics::histogram!(PROBE_LATENCY).record(elapsed.as_secs_f64());
+        });
+    }
+
+    pub fn node_death(&self, cause: DeathCause) {
+        self.with(|| {
+            metrics::counter!("coord_node_deaths_total", "cause" => cause_str(cause)).increment(1)
+        });
+    }
+
+    pub fn stale_heartbeat(&self) {
+        self.with(|| metrics::counter!("coord_stale_heartbeats_total").increment(1));
+    }
+
+    /// One room's failover: a rewrite by its change, a failure by its reason, `Unchanged`
+    /// not at all.
+    pub fn failover(&self, outcome: FailoverOutcome) {
+        self.with(|| {
+            if FailoverOutcome::MOVED.contains(&outcome) {
+                metrics::counter!("coord_rooms_failed_over_total", "change" => outcome.as_str())
+                    .increment(1);
+            } else if FailoverOutcome::FAILED.contains(&outcome) {
+                metrics::counter!("coord_failover_failures_total", "reason" => outcome.as_str())
+                    .increment(1);
+            }
         });
     }
 

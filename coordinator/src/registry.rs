@@ -1,6 +1,12 @@
 //! The coordinator's view of the cluster as plain structs: which nodes and coordinators are
 //! alive, what each node last reported, and the rooms this coordinator gave each node that
 //! its reports cannot show yet. Time is passed in, so tests drive it without sleeping.
+//!
+//! A node dies in one of two ways here: a probe nobody answered proves it at once
+//! ([`NodeRegistry::confirm_dead`]), and heartbeat silence for the timeout while this
+//! coordinator listened is the backstop. Each death is handed out once
+//! ([`NodeRegistry::confirm_dead`] or [`NodeRegistry::take_silent_deaths`]), so the caller
+//! announces it and moves the node's rooms once; a later heartbeat makes the node alive again.
 
 use protocol::cluster::NodeHeartbeat;
 use protocol::placement::{self, NodeView};
@@ -19,8 +25,24 @@ pub enum Liveness {
     /// started, or its NATS connection was down), so silence proves nothing. Such a node
     /// gets no new rooms, and keeps the rooms it has.
     Unknown,
-    /// Silent for the timeout while this coordinator was listening.
+    /// Silent for the timeout while this coordinator was listening, or a probe found nobody
+    /// listening on the node's subjects.
     Dead,
+}
+
+/// A heartbeat's effect on the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// The first heartbeat of a node this registry does not know.
+    New,
+    /// A known node, alive.
+    Alive,
+    /// A node this registry had handed out as dead is alive again (it was stopped and
+    /// continued, cut off and reconnected, or restarted with the same id).
+    Revived,
+    /// Ignored: it arrived just after a probe proved the node dead, so it was sent before
+    /// the node died.
+    Stale,
 }
 
 /// What the registry keeps of a node beside its [`NodeView`].
@@ -31,7 +53,18 @@ struct NodeEntry {
     seen: Instant,
     /// When this coordinator assigned rooms to the node that its heartbeats may not count yet.
     recent: VecDeque<Instant>,
+    /// When a probe proved the node dead; it stays dead until a heartbeat comes later than
+    /// [`STALE_HEARTBEAT`] after that.
+    probed_dead: Option<Instant>,
+    /// This death was handed out to be announced (by a probe or by
+    /// [`NodeRegistry::take_silent_deaths`]); cleared by a heartbeat.
+    death_reported: bool,
 }
+
+/// A heartbeat this soon after a probe proved its node dead is ignored: it was on its way
+/// before the node died (the coordinator's heartbeat subscription and a probe's reply race).
+/// Nodes heartbeat every second, so anything later is from a live node.
+pub const STALE_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// One node as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -106,9 +139,9 @@ impl NodeRegistry {
         self.views.binary_search_by(|v| v.id.cmp(id))
     }
 
-    pub fn heartbeat(&mut self, hb: NodeHeartbeat, now: Instant) {
-        let i = match self.find(&hb.node) {
-            Ok(i) => i,
+    pub fn heartbeat(&mut self, hb: NodeHeartbeat, now: Instant) -> Heard {
+        let (i, mut heard) = match self.find(&hb.node) {
+            Ok(i) => (i, Heard::Alive),
             Err(i) => {
                 self.views.insert(
                     i,
@@ -128,12 +161,23 @@ impl NodeRegistry {
                         draining_reported: false,
                         seen: now,
                         recent: VecDeque::new(),
+                        probed_dead: None,
+                        death_reported: false,
                     },
                 );
-                i
+                (i, Heard::New)
             }
         };
         let entry = &mut self.entries[i];
+        if let Some(died) = entry.probed_dead {
+            if now.saturating_duration_since(died) < STALE_HEARTBEAT {
+                return Heard::Stale;
+            }
+            entry.probed_dead = None;
+        }
+        if std::mem::take(&mut entry.death_reported) {
+            heard = Heard::Revived;
+        }
         entry.seen = now;
         entry.draining_reported = hb.draining;
         entry.ws_url = hb.ws_url;
@@ -148,9 +192,43 @@ impl NodeRegistry {
         view.load = hb.load;
         view.draining = hb.draining || self.drain_requests.contains(&view.id);
         view.pending_rooms = pending_rooms;
+        heard
     }
 
-    fn liveness_of(&self, seen: Option<Instant>, now: Instant) -> Liveness {
+    /// A probe of the node found nobody listening: it is dead from `now`, whatever its last
+    /// heartbeat. Returns whether this is news to be announced (a known node whose death was
+    /// not handed out yet); an unknown node is not recorded.
+    pub fn confirm_dead(&mut self, id: &NodeId, now: Instant) -> bool {
+        let Ok(i) = self.find(id) else {
+            return false;
+        };
+        let entry = &mut self.entries[i];
+        entry.probed_dead.get_or_insert(now);
+        self.views[i].healthy = false;
+        !std::mem::replace(&mut entry.death_reported, true)
+    }
+
+    /// Nodes that turned [`Liveness::Dead`] by silence and were not handed out yet; each is
+    /// handed out once per death. Call it periodically.
+    pub fn take_silent_deaths(&mut self, now: Instant) -> Vec<NodeId> {
+        let mut dead = Vec::new();
+        for i in 0..self.entries.len() {
+            if self.entries[i].death_reported
+                || self.liveness_of(Some(&self.entries[i]), now) != Liveness::Dead
+            {
+                continue;
+            }
+            self.entries[i].death_reported = true;
+            dead.push(self.views[i].id.clone());
+        }
+        dead
+    }
+
+    fn liveness_of(&self, entry: Option<&NodeEntry>, now: Instant) -> Liveness {
+        if entry.is_some_and(|e| e.probed_dead.is_some()) {
+            return Liveness::Dead;
+        }
+        let seen = entry.map(|e| e.seen);
         if seen.is_some_and(|seen| now.saturating_duration_since(seen) < self.timeout) {
             return Liveness::Alive;
         }
@@ -161,8 +239,8 @@ impl NodeRegistry {
     }
 
     pub fn liveness(&self, id: &NodeId, now: Instant) -> Liveness {
-        let seen = self.find(id).ok().map(|i| self.entries[i].seen);
-        self.liveness_of(seen, now)
+        let entry = self.find(id).ok().map(|i| &self.entries[i]);
+        self.liveness_of(entry, now)
     }
 
     pub fn is_draining(&self, id: &NodeId) -> bool {
@@ -217,7 +295,7 @@ impl NodeRegistry {
     /// health as of `now`; nothing is allocated.
     pub fn views(&mut self, now: Instant) -> &[NodeView] {
         for i in 0..self.views.len() {
-            let alive = self.liveness_of(Some(self.entries[i].seen), now) == Liveness::Alive;
+            let alive = self.liveness_of(Some(&self.entries[i]), now) == Liveness::Alive;
             self.views[i].healthy = alive;
         }
         &self.views
@@ -234,7 +312,7 @@ impl NodeRegistry {
         self.views
             .iter()
             .zip(&self.entries)
-            .filter(move |(_, e)| self.liveness_of(Some(e.seen), now) == Liveness::Alive)
+            .filter(move |(_, e)| self.liveness_of(Some(e), now) == Liveness::Alive)
             .map(|(v, _)| &v.id)
     }
 
@@ -251,7 +329,7 @@ impl NodeRegistry {
             .iter()
             .zip(&self.entries)
             .map(|(v, e)| {
-                let liveness = self.liveness_of(Some(e.seen), now);
+                let liveness = self.liveness_of(Some(e), now);
                 NodeStatus {
                     id: v.id.clone(),
                     region: v.region.clone(),
@@ -364,11 +442,18 @@ pub(crate) mod tests {
         }
     }
 
-    fn id(s: &str) -> NodeId {
+    pub(crate) fn id(s: &str) -> NodeId {
         NodeId::new(s).unwrap()
     }
 
     const T: Duration = Duration::from_secs(3);
+
+    /// A registry listening from `t0`, timeout [`T`].
+    fn listening_from(t0: Instant) -> NodeRegistry {
+        let mut r = NodeRegistry::new(T, Duration::from_secs(2));
+        r.listening(t0);
+        r
+    }
 
     #[test]
     fn silence_means_dead_only_after_a_full_timeout_of_listening() {
@@ -394,6 +479,71 @@ pub(crate) mod tests {
         r.heartbeat(hb("a", "eu"), t0 + T * 3);
         assert_eq!(r.liveness(&id("a"), t0 + T * 3), Liveness::Alive);
         assert_eq!(r.live_count(t0 + T * 3), 1);
+    }
+
+    #[test]
+    fn a_probe_proves_death_at_once_and_only_a_later_heartbeat_revives() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = listening_from(t0);
+        assert_eq!(r.heartbeat(hb("a", "eu"), t0), Heard::New);
+        assert_eq!(r.heartbeat(hb("b", "eu"), t0), Heard::New);
+        assert_eq!(r.heartbeat(hb("b", "eu"), t0 + ms(500)), Heard::Alive);
+        let died = t0 + ms(600);
+        assert!(r.confirm_dead(&id("a"), died), "news the first time");
+        assert!(!r.confirm_dead(&id("a"), died + ms(10)), "and only then");
+        assert!(!r.confirm_dead(&id("stranger"), died), "an unknown node");
+        assert!(!r.knows(&id("stranger")));
+        // Dead at once, though its last heartbeat is well within the timeout.
+        assert_eq!(r.liveness(&id("a"), died), Liveness::Dead);
+        assert_eq!(r.statuses(died)[0].liveness, Liveness::Dead);
+        assert!(!r.views(died)[0].healthy);
+        assert_eq!(r.live_nodes(died), vec![id("b")]);
+        assert_eq!(
+            r.place(&RoomId::new("r").unwrap(), None, died),
+            Some(id("b"))
+        );
+        // A heartbeat sent before the kill that arrives after the probe changes nothing.
+        let late = died + STALE_HEARTBEAT - ms(1);
+        assert_eq!(r.heartbeat(hb("a", "eu"), late), Heard::Stale);
+        assert_eq!(r.liveness(&id("a"), late), Liveness::Dead);
+        // Its silence later is the same death, not a second one.
+        r.heartbeat(hb("b", "eu"), died + T);
+        assert!(r.take_silent_deaths(died + T).is_empty());
+        // A heartbeat after that is a live node (continued, reconnected, restarted).
+        let back = died + T;
+        assert_eq!(r.heartbeat(hb("a", "eu"), back), Heard::Revived);
+        assert_eq!(r.liveness(&id("a"), back), Liveness::Alive);
+        assert_eq!(r.heartbeat(hb("a", "eu"), back), Heard::Alive);
+        // And it can die again.
+        assert!(r.confirm_dead(&id("a"), back + ms(1)));
+    }
+
+    #[test]
+    fn each_silent_death_is_handed_out_once_and_only_while_listening() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut r = listening_from(t0);
+        r.heartbeat(hb("a", "eu"), t0);
+        r.heartbeat(hb("b", "eu"), t0);
+        assert!(r.take_silent_deaths(t0 + T - ms(1)).is_empty());
+        r.heartbeat(hb("b", "eu"), t0 + T - ms(1));
+        assert_eq!(r.take_silent_deaths(t0 + T), vec![id("a")]);
+        assert!(r.take_silent_deaths(t0 + T + ms(1)).is_empty());
+        assert!(
+            !r.confirm_dead(&id("a"), t0 + T),
+            "a probe after that is no news"
+        );
+        // Deaf: silence proves nothing, b is unknown rather than dead.
+        r.deaf();
+        assert!(r.take_silent_deaths(t0 + T * 3).is_empty());
+        r.listening(t0 + T * 3);
+        assert!(r.take_silent_deaths(t0 + T * 4 - ms(1)).is_empty());
+        assert_eq!(r.take_silent_deaths(t0 + T * 4), vec![id("b")]);
+        // Back and silent again: a new death.
+        assert_eq!(r.heartbeat(hb("a", "eu"), t0 + T * 4), Heard::Revived);
+        assert!(r.take_silent_deaths(t0 + T * 5 - ms(1)).is_empty());
+        assert_eq!(r.take_silent_deaths(t0 + T * 5), vec![id("a")]);
     }
 
     #[test]

@@ -387,7 +387,10 @@ mod tests {
     fn dead_nodes_leave_and_a_dead_origins_role_moves_on() {
         let e = entry("a", &["a", "b", "c"]);
         let dead = |names: &'static [&'static str]| move |n: &NodeId| names.contains(&n.as_str());
-        assert_eq!(survivors(&e, "eu", dead(&["x"])), Survivors::Intact(e.clone()));
+        assert_eq!(
+            survivors(&e, "eu", dead(&["x"])),
+            Survivors::Intact(e.clone())
+        );
         let Survivors::Shrunk(next) = survivors(&e, "eu", dead(&["b"])) else {
             panic!()
         };
@@ -398,7 +401,10 @@ mod tests {
         };
         assert_eq!((next.node.as_str(), next.epoch), ("c", 4));
         assert_eq!(next.nodes, vec![member("c", "eu")]);
-        assert_eq!(survivors(&e, "eu", dead(&["a", "b", "c"])), Survivors::Orphaned);
+        assert_eq!(
+            survivors(&e, "eu", dead(&["a", "b", "c"])),
+            Survivors::Orphaned
+        );
         // An entry from before cascading lists no nodes: its origin is its one node, listed
         // with the region the caller knows.
         let legacy = entry("a", &[]);
@@ -433,7 +439,10 @@ mod tests {
         let mut busy = views[..1].to_vec();
         busy[0].draining = true;
         assert_eq!(plan_failover(&e, all, &busy), FailoverPlan::Stranded);
-        assert_eq!(plan_failover(&e, |_| false, &views), FailoverPlan::Unchanged);
+        assert_eq!(
+            plan_failover(&e, |_| false, &views),
+            FailoverPlan::Unchanged
+        );
         let FailoverPlan::Shrunk(next) = plan_failover(&e, |n| n.as_str() == "a", &views) else {
             panic!()
         };

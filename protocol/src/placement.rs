@@ -130,8 +130,8 @@ pub fn place_among<'a>(
 ) -> Option<&'a NodeView> {
     let key = room.as_str();
     let open = |n: &&NodeView| eligible(n) && allowed(n);
-    let local = region
-        .and_then(|r| least_loaded(key, nodes.iter().filter(open).filter(|n| n.region == r)));
+    let local =
+        region.and_then(|r| least_loaded(key, nodes.iter().filter(open).filter(|n| n.region == r)));
     local.or_else(|| least_loaded(key, nodes.iter().filter(open)))
 }
 

@@ -330,6 +330,7 @@ mod tests {
                         kind: TrackKind::Video,
                     }],
                 }],
+                fallback_urls: vec!["ws://127.0.0.1:7881/ws".into()],
             },
             ServerMessage::PublishAnswer { sdp: "s".into() },
             ServerMessage::SubscribeOffer { sdp: "s".into() },

@@ -141,7 +141,11 @@ fn validation() -> Validation {
 }
 
 /// Checks a resume token's signature, type and expiry.
-pub fn verify_resume(secret: &[u8], token: &str, now_unix: u64) -> Result<ResumeClaims, TokenError> {
+pub fn verify_resume(
+    secret: &[u8],
+    token: &str,
+    now_unix: u64,
+) -> Result<ResumeClaims, TokenError> {
     let claims = jsonwebtoken::decode::<ResumeClaims>(
         token,
         &DecodingKey::from_secret(secret),
@@ -270,17 +274,29 @@ mod tests {
     fn resume_and_join_tokens_are_not_interchangeable() {
         let room = RoomId::new("r1").unwrap();
         let resume = mint_resume(b"secret", &resume_claims());
-        assert_eq!(verify(b"secret", &resume, &room, NOW), Err(TokenError::Invalid));
+        assert_eq!(
+            verify(b"secret", &resume, &room, NOW),
+            Err(TokenError::Invalid)
+        );
         let join = mint(b"secret", &claims());
-        assert_eq!(verify_resume(b"secret", &join, NOW), Err(TokenError::Invalid));
+        assert_eq!(
+            verify_resume(b"secret", &join, NOW),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]
     fn forged_and_expired_resume_tokens_are_refused() {
         let t = mint_resume(b"secret", &resume_claims());
         assert_eq!(verify_resume(b"other", &t, NOW), Err(TokenError::Invalid));
-        assert_eq!(verify_resume(b"secret", &t, NOW + 600), Err(TokenError::Expired));
-        assert_eq!(verify_resume(b"secret", "r.n.x", NOW), Err(TokenError::Invalid));
+        assert_eq!(
+            verify_resume(b"secret", &t, NOW + 600),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            verify_resume(b"secret", "r.n.x", NOW),
+            Err(TokenError::Invalid)
+        );
         // A valid signature over edited claims is impossible; an edited body breaks it.
         let mut parts: Vec<&str> = t.split('.').collect();
         let forged_body = {

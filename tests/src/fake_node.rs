@@ -1,15 +1,17 @@
 //! A stand-in for a media node on the cluster protocol: a plain NATS client that heartbeats
-//! every 500 ms, answers `node.<id>.rooms` with what the test sets, records the `Drain`
-//! messages it gets, and asks `coord.allocate` and says it left a room on
-//! `cluster.room.closed` when told to. Coordinator tests use it where a real node would add
-//! nothing.
+//! every 500 ms, answers `node.<id>.rooms` with what the test sets and `node.<id>.ping` while
+//! it is "running", records the `Drain` messages it gets, and asks `coord.allocate`, says it
+//! left a room on `cluster.room.closed` and suspects other nodes on `cluster.node.suspect`
+//! when told to. [`FakeNode::kill`] drops its NATS connection, as a `kill -9` does.
+//! Coordinator tests use it where a real node would add nothing.
 
 use futures::StreamExt;
 use protocol::cluster::{
-    self, AllocateReply, AllocateRequest, Drain, NodeHeartbeat, NodeLoad, NodeRooms,
-    RoomAssignment, RoomClosed, RoomMembers, VERSION,
+    self, AllocateReply, AllocateRequest, Drain, NodeHeartbeat, NodeLoad, NodePong, NodeRooms,
+    NodeSuspect, RoomAssignment, RoomClosed, RoomMembers, NODE_SUSPECT, VERSION,
 };
 use protocol::{NodeId, RoomId};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -27,6 +29,11 @@ pub struct FakeState {
     pub rooms: Vec<RoomMembers>,
     /// `draining` of every `Drain` received, in order.
     pub drains: Vec<bool>,
+    /// Pings are answered only while this is true (false = a stopped process, which keeps
+    /// its connection and so its subscriptions).
+    pub answering: bool,
+    /// Pings received, answered or not.
+    pub pings: u32,
 }
 
 pub struct FakeNode {
@@ -34,6 +41,8 @@ pub struct FakeNode {
     client: async_nats::Client,
     state: Arc<Mutex<FakeState>>,
     tasks: Vec<JoinHandle<()>>,
+    /// The connection closed for good (after [`FakeNode::kill`]).
+    closed: Arc<AtomicBool>,
 }
 
 /// Reconnect quickly after a NATS restart (async-nats' default backs off to 4 s).
@@ -75,7 +84,22 @@ impl FakeNode {
     /// 2000 peers, 1 Gbit/s, idle.
     pub async fn start(nats_url: &str, id: &str, region: &str) -> anyhow::Result<FakeNode> {
         let id = NodeId::new(id)?;
-        let client = connect(nats_url).await?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let client = {
+            let closed = closed.clone();
+            async_nats::ConnectOptions::new()
+                .reconnect_delay_callback(quick_reconnect)
+                .event_callback(move |event| {
+                    let closed = closed.clone();
+                    async move {
+                        if matches!(event, async_nats::Event::Closed) {
+                            closed.store(true, Ordering::SeqCst);
+                        }
+                    }
+                })
+                .connect(nats_url)
+                .await?
+        };
         let state = Arc::new(Mutex::new(FakeState {
             region: region.into(),
             load: NodeLoad {
@@ -89,9 +113,12 @@ impl FakeNode {
             beating: true,
             rooms: Vec::new(),
             drains: Vec::new(),
+            answering: true,
+            pings: 0,
         }));
         let mut rooms_sub = client.subscribe(cluster::node_rooms(&id)).await?;
         let mut drain_sub = client.subscribe(cluster::node_drain(&id)).await?;
+        let mut ping_sub = client.subscribe(cluster::node_ping(&id)).await?;
         client.flush().await?;
         let heartbeat = {
             let (client, state, id) = (client.clone(), state.clone(), id.clone());
@@ -147,12 +174,56 @@ impl FakeNode {
                 }
             })
         };
+        let pings = {
+            let (client, state, id) = (client.clone(), state.clone(), id.clone());
+            tokio::spawn(async move {
+                while let Some(msg) = ping_sub.next().await {
+                    let pong = {
+                        let mut s = lock(&state);
+                        s.pings += 1;
+                        s.answering.then(|| NodePong {
+                            v: VERSION,
+                            node: id.clone(),
+                            draining: s.draining,
+                        })
+                    };
+                    if let (Some(reply), Some(pong)) = (msg.reply, pong) {
+                        let body = serde_json::to_vec(&pong).expect("pong encodes");
+                        let _ = client.publish(reply, body.into()).await;
+                    }
+                }
+            })
+        };
         Ok(FakeNode {
             id,
             client,
             state,
-            tasks: vec![heartbeat, rooms, drains],
+            tasks: vec![heartbeat, rooms, drains, pings],
+            closed,
         })
+    }
+
+    /// Dies as a `kill -9` would: no more heartbeats or answers, and its NATS connection
+    /// closes, so a request to it finds no responders. Returns once the server has dropped
+    /// its subscriptions (the connection closes only after they are flushed and answered).
+    pub async fn kill(&self) -> anyhow::Result<()> {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.client.drain().await?;
+        let closed = &self.closed;
+        crate::wait_until(
+            Duration::from_secs(5),
+            "the fake node's connection closed",
+            || async {
+                if closed.load(Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err("still draining".into())
+                }
+            },
+        )
+        .await
     }
 
     pub fn id(&self) -> &NodeId {
@@ -185,6 +256,25 @@ impl FakeNode {
         lock(&self.state).load = load;
     }
 
+    /// Answers pings (true) or lets them time out (false), as a stopped process does.
+    pub fn set_answering(&self, answering: bool) {
+        lock(&self.state).answering = answering;
+    }
+
+    /// The allocation request this node sends for a client of `region` joining `room`.
+    pub fn allocate_request(&self, room: &str, region: &str) -> anyhow::Result<AllocateRequest> {
+        Ok(AllocateRequest {
+            v: VERSION,
+            room: RoomId::new(room)?,
+            region: Some(region.into()),
+            from: self.id.clone(),
+            forwarded: false,
+            lookup: false,
+            full: Vec::new(),
+            suspects: Vec::new(),
+        })
+    }
+
     /// Asks where a client of `region` joins `room`, as a node does on a join; `full` names
     /// the room's nodes that refused the client. Returns the entry and the serving node.
     pub async fn join(
@@ -193,18 +283,26 @@ impl FakeNode {
         region: &str,
         full: &[&NodeId],
     ) -> anyhow::Result<(RoomAssignment, NodeId)> {
-        let request = AllocateRequest {
-            v: VERSION,
-            room: RoomId::new(room)?,
-            region: Some(region.into()),
-            from: self.id.clone(),
-            forwarded: false,
-            lookup: false,
-            full: full.iter().map(|n| (*n).clone()).collect(),
-        };
+        let mut request = self.allocate_request(room, region)?;
+        request.full = full.iter().map(|n| (*n).clone()).collect();
         allocate(&self.client, &request)
             .await
             .map_err(anyhow::Error::msg)
+    }
+
+    /// Says `node` looks gone to this node, on `cluster.node.suspect`.
+    pub async fn suspect(&self, node: &NodeId, reason: &str) -> anyhow::Result<()> {
+        let suspicion = NodeSuspect {
+            v: VERSION,
+            node: node.clone(),
+            from: self.id.to_string(),
+            reason: reason.into(),
+        };
+        self.client
+            .publish(NODE_SUSPECT, serde_json::to_vec(&suspicion)?.into())
+            .await?;
+        self.client.flush().await?;
+        Ok(())
     }
 
     /// Says this node left `room` (its last participant left), as a node does: a
