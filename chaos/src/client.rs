@@ -1,6 +1,16 @@
 //! [`Client`]: one synthetic participant speaking PROTOCOL.md v1.
 
+mod fault;
+mod policy;
 mod publish;
+mod recover;
+
+pub use fault::Cause;
+pub use policy::RecoveryPolicy;
+pub use recover::{
+    mint_tokens, EndReason, Participant, ParticipantConfig, Recovery, Rejoin, Rejoined, Status,
+    TokenSource,
+};
 
 use crate::error::{Error, Result};
 use crate::events::{CloseInfo, EventLog, TaskSet};
@@ -59,6 +69,8 @@ pub struct Joined {
     pub resume_token: String,
     pub ice_servers: Vec<IceServer>,
     pub participants: Vec<ParticipantState>,
+    /// Other nodes' WebSocket URLs, nearest first, for when this node is gone (may be empty).
+    pub fallback_urls: Vec<String>,
 }
 
 /// Candidates from the node for the publisher connection, held until its answer is applied.
@@ -99,6 +111,15 @@ pub struct Client {
     joined: Arc<Mutex<Option<Joined>>>,
 }
 
+/// Packets received from `publisher` over all its tracks.
+fn packets_from(stats: &[TrackStats], publisher: &str) -> u64 {
+    stats
+        .iter()
+        .filter(|t| t.publisher == publisher)
+        .map(|t| t.received)
+        .sum()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -111,6 +132,16 @@ impl Client {
 
     /// Opens the WebSocket (bounded by `request_timeout`) and starts reading from it.
     pub async fn connect_with(ws_url: &str, config: ClientConfig) -> Result<Client> {
+        Self::connect_sharing(ws_url, config, Arc::new(StatsBook::default())).await
+    }
+
+    /// Like [`Client::connect_with`], counting what it receives into `stats`: the clients a
+    /// [`Participant`] goes through share one book, so its statistics span its recoveries.
+    async fn connect_sharing(
+        ws_url: &str,
+        config: ClientConfig,
+        stats: Arc<StatsBook>,
+    ) -> Result<Client> {
         let (ws, _response) = tokio::time::timeout(
             config.request_timeout,
             tokio_tungstenite::connect_async(ws_url),
@@ -125,7 +156,7 @@ impl Client {
             writer,
             events: Arc::new(EventLog::new()),
             tasks: Arc::new(TaskSet::default()),
-            stats: Arc::new(StatsBook::default()),
+            stats,
             subscriber_tx: Arc::new(Mutex::new(None)),
             peers: Arc::new(Mutex::new(Vec::new())),
             publisher_ice: Arc::new(Mutex::new(PublisherIce::default())),
@@ -173,6 +204,7 @@ impl Client {
                         resume_token,
                         ice_servers,
                         participants,
+                        fallback_urls,
                     } => {
                         let j = Joined {
                             room: room.clone(),
@@ -181,6 +213,7 @@ impl Client {
                             resume_token: resume_token.clone(),
                             ice_servers: ice_servers.clone(),
                             participants: participants.clone(),
+                            fallback_urls: fallback_urls.clone(),
                         };
                         start_subscriber(&j, &tasks);
                         *lock(&joined) = Some(j);
@@ -365,11 +398,7 @@ impl Client {
 
     /// Synthetic packets received from `publisher` over all its tracks (duplicates included).
     pub fn received_from(&self, publisher: &str) -> u64 {
-        self.track_stats()
-            .iter()
-            .filter(|t| t.publisher == publisher)
-            .map(|t| t.received)
-            .sum()
+        packets_from(&self.track_stats(), publisher)
     }
 
     /// Waits until at least `packets` synthetic packets from `publisher` have arrived.

@@ -124,6 +124,16 @@ impl EventLog {
         self.with(|s| s.view.clone())
     }
 
+    /// Reads the messages and the close state under the lock, without copying them.
+    pub fn scan<R>(&self, f: impl FnOnce(&[ServerMessage], Option<&CloseInfo>) -> R) -> R {
+        self.with(|s| f(&s.messages, s.closed.as_ref()))
+    }
+
+    /// A receiver that sees a change whenever anything in the log changes.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
     /// The first message at index `from` or later that `pred` accepts. Fails with
     /// [`Error::Closed`] once the connection is closed and nothing matched, and with
     /// [`Error::Timeout`] after `timeout`.

@@ -45,7 +45,10 @@ mod ws;
 #[cfg(test)]
 mod loopback_tests;
 
-pub use client::{Client, ClientConfig, Joined};
+pub use client::{
+    mint_tokens, Cause, Client, ClientConfig, EndReason, Joined, Participant, ParticipantConfig,
+    Recovery, RecoveryPolicy, Rejoin, Rejoined, Status, TokenSource,
+};
 pub use error::{Error, Result};
 pub use events::CloseInfo;
 pub use publisher::{PublishOpts, SentStats};

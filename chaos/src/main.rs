@@ -9,7 +9,10 @@
 use anyhow::{bail, Context};
 use chaos::geo::GeoNet;
 use chaos::impair::{Impairment, Link, TcpProxy, UdpProxy};
-use chaos::{Client, ClientConfig, PublishOpts, TrackStats};
+use chaos::{
+    mint_tokens, ClientConfig, EndReason, Participant, ParticipantConfig, PublishOpts, Recovery,
+    RecoveryPolicy, TrackStats,
+};
 use clap::{Args, Parser, Subcommand};
 use protocol::token::{mint, Claims};
 use protocol::{RoomId, UserId};
@@ -86,6 +89,12 @@ struct ClientArgs {
     /// Print the statistics as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Stop at the first fault instead of recovering (reconnect, `resume`, publish again).
+    #[arg(long)]
+    no_recover: bool,
+    /// Bound on one recovery, from the fault to `joined` and the republish.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    recovery_deadline: Duration,
 }
 
 #[derive(Args)]
@@ -189,23 +198,39 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
-fn token(args: &TokenArgs) -> anyhow::Result<String> {
+fn claims(args: &TokenArgs) -> anyhow::Result<Claims> {
     let room = RoomId::new(args.room.as_str()).context("room")?;
     let user = UserId::new(args.user.as_str()).context("user")?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let mut claims = Claims::new(room, user, now, args.ttl);
     claims.name = args.name.clone();
-    Ok(mint(args.secret.as_bytes(), &claims))
+    Ok(claims)
+}
+
+fn token(args: &TokenArgs) -> anyhow::Result<String> {
+    Ok(mint(args.secret.as_bytes(), &claims(args)?))
 }
 
 async fn run_client(args: ClientArgs) -> anyhow::Result<()> {
-    let jwt = token(&args.token)?;
-    let config = ClientConfig {
-        bind_ip: args.bind_ip,
-        ..ClientConfig::default()
+    let tokens = mint_tokens(
+        &args.token.secret,
+        claims(&args.token)?,
+        Duration::from_secs(args.token.ttl),
+    );
+    let config = ParticipantConfig {
+        client: ClientConfig {
+            bind_ip: args.bind_ip,
+            ..ClientConfig::default()
+        },
+        recovery: RecoveryPolicy {
+            enabled: !args.no_recover,
+            deadline: args.recovery_deadline,
+            ..RecoveryPolicy::default()
+        },
+        region: None,
     };
-    let client = Client::connect_with(&args.url, config).await?;
-    let joined = client.join(&args.token.room, &jwt).await?;
+    let participant = Participant::join(&args.url, &args.token.room, tokens, config).await?;
+    let joined = participant.joined();
     eprintln!(
         "joined room {} as {} on node {} ({} others)",
         joined.room,
@@ -221,22 +246,22 @@ async fn run_client(args: ClientArgs) -> anyhow::Result<()> {
             audio_pps: args.audio_pps,
             ..PublishOpts::default()
         };
-        client.publish(opts).await?;
+        participant.publish(opts).await?;
         eprintln!("publishing");
     }
-    let closed = tokio::select! {
-        _ = tokio::time::sleep(args.duration) => None,
-        c = client.wait_closed(args.duration + Duration::from_secs(1)) => c.ok(),
-        _ = tokio::signal::ctrl_c() => None,
-    };
-    let stats = client.track_stats();
-    let sent = client.sent_stats().await;
-    let errors = client.local_errors();
-    if closed.is_none() {
-        client.leave().await.ok();
+    let ended = stay(&participant, args.duration).await;
+    let stats = participant.track_stats();
+    let sent = participant.sent_stats().await;
+    let errors = participant.local_errors();
+    let recoveries = participant.recoveries();
+    if ended.is_none() {
+        participant.leave().await.ok();
     }
     if args.json {
-        let out = serde_json::json!({ "received": stats, "sent": sent, "errors": errors });
+        let recoveries: Vec<_> = recoveries.iter().map(recovery_json).collect();
+        let out = serde_json::json!({
+            "received": stats, "sent": sent, "errors": errors, "recoveries": recoveries,
+        });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         for s in &sent {
@@ -250,14 +275,83 @@ async fn run_client(args: ClientArgs) -> anyhow::Result<()> {
             );
         }
         print_table(&stats);
+        for (i, r) in recoveries.iter().enumerate() {
+            println!("recovery {}: {}", i + 1, describe(r));
+            for p in r.media_at.keys() {
+                if let Some(after) = r.time_to_media(p) {
+                    println!("recovery {}: media from {p} after {after:?}", i + 1);
+                }
+            }
+        }
         for e in &errors {
             eprintln!("background error: {e}");
         }
     }
-    if let Some(c) = closed {
-        bail!("the node closed the connection: {c:?}");
+    if let Some(reason) = ended {
+        bail!("the participant stopped: {reason:?}");
     }
     Ok(())
+}
+
+/// Stays in the room for `duration` (or until Ctrl-C), printing a line per recovery;
+/// returns why the participant stopped early, if it did.
+async fn stay(participant: &Participant, duration: Duration) -> Option<EndReason> {
+    let end = tokio::time::Instant::now() + duration;
+    let mut printed = 0;
+    loop {
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        tokio::select! {
+            _ = tokio::time::sleep_until(end) => return None,
+            _ = tokio::signal::ctrl_c() => return None,
+            r = participant.wait_ended(left) => return r.ok(),
+            r = participant.wait_recoveries(printed + 1, left) => {
+                let Ok(recoveries) = r else { return None };
+                for r in recoveries.iter().skip(printed).take_while(|r| r.is_over()) {
+                    eprintln!("{}", describe(r));
+                    printed += 1;
+                }
+            }
+        }
+    }
+}
+
+/// One line per recovery: the cause, how and how fast `joined` came back.
+fn describe(r: &Recovery) -> String {
+    match (&r.rejoined, &r.gave_up) {
+        (Some(j), _) => format!(
+            "recovered from {} by {:?} via {} (node {}) in {:?}, {} attempt(s)",
+            r.cause,
+            j.by,
+            j.url,
+            j.node,
+            j.at - r.noticed_at,
+            r.attempts
+        ),
+        (None, Some(e)) => format!(
+            "gave up recovering from {} after {} attempt(s): {e}",
+            r.cause, r.attempts
+        ),
+        (None, None) => format!("recovering from {}", r.cause),
+    }
+}
+
+fn recovery_json(r: &Recovery) -> serde_json::Value {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let media: serde_json::Map<String, serde_json::Value> = r
+        .media_at
+        .keys()
+        .filter_map(|p| Some((p.clone(), ms(r.time_to_media(p)?).into())))
+        .collect();
+    serde_json::json!({
+        "cause": r.cause.to_string(),
+        "attempts": r.attempts,
+        "by": r.rejoined.as_ref().map(|j| format!("{:?}", j.by)),
+        "url": r.rejoined.as_ref().map(|j| j.url.clone()),
+        "node": r.rejoined.as_ref().map(|j| j.node.to_string()),
+        "joined_ms": r.time_to_joined().map(ms),
+        "media_ms": media,
+        "gave_up": r.gave_up,
+    })
 }
 
 async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {

@@ -137,6 +137,7 @@ mod tests {
             node: NodeId::new("n").unwrap(),
             resume_token: "t".into(),
             ice_servers: vec![],
+            fallback_urls: vec![],
             participants: vec![
                 ParticipantState {
                     id: uid("me"),

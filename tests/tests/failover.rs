@@ -65,6 +65,15 @@ fn one_origin_per_epoch(history: &[Option<RoomAssignment>]) {
     }
 }
 
+/// Audio and video at a fifth of the usual rate: rooms of ten stay light on two cores.
+fn light() -> PublishOpts {
+    PublishOpts {
+        video_pps: 20,
+        audio_pps: 10,
+        ..PublishOpts::default()
+    }
+}
+
 /// Joins `room` as `user` through `node` and publishes audio and video.
 async fn publisher(p: &Procs, node: &str, room: &str, user: &str) -> anyhow::Result<Client> {
     let c = Client::connect(&p.ws_url(node)).await?;
@@ -206,5 +215,80 @@ async fn a_node_cut_off_from_nats_fences_itself_and_its_clients_move() -> anyhow
     link.partition(false);
     one_origin_per_epoch(&p.kv_history(&room).await?);
     drop(proxy);
+    Ok(())
+}
+
+/// The publishers of drain room `r` that `c` receives (all but itself).
+fn publishers_for(c: &Client, r: usize) -> Vec<&'static str> {
+    const PUBLISHERS: [[&str; 2]; 3] = [["r0u0", "r0u1"], ["r1u0", "r1u1"], ["r2u0", "r2u1"]];
+    let me = c
+        .participant_id()
+        .map(|u| u.to_string())
+        .unwrap_or_default();
+    PUBLISHERS[r].into_iter().filter(|p| *p != me).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_moves_every_participant_and_exits() -> anyhow::Result<()> {
+    let mut p = Procs::start(
+        spec(&[("n1", "eu"), ("n2", "us"), ("n3", "us")]).node_flag("--drain-batch=5"),
+    )
+    .await?;
+    // Three rooms of ten on n1, the only node in `eu`; two publishers in each.
+    let mut rooms = Vec::new();
+    for r in 0..3 {
+        let room = room_name(&format!("drain{r}"));
+        let mut members = Vec::new();
+        for i in 0..10 {
+            let user = format!("r{r}u{i}");
+            let c = Client::connect(&p.ws_url("n1")).await?;
+            c.join_in_region(&room, &p.token(&room, &user), "eu")
+                .await?;
+            assert_eq!(c.joined().unwrap().node.as_str(), "n1");
+            if i < 2 {
+                c.publish(light()).await?;
+            }
+            members.push(c);
+        }
+        rooms.push((room, members));
+    }
+    for (r, (_, members)) in rooms.iter().enumerate() {
+        for c in members {
+            wait_media(c, &publishers_for(c, r), 10).await?;
+        }
+    }
+    p.signal("n1", "TERM")?;
+    // Everyone is told to move, follows, and gets the media again.
+    let moved = futures::future::try_join_all(
+        rooms
+            .iter()
+            .flat_map(|(_, members)| members.iter().map(follow_reconnect)),
+    )
+    .await?;
+    for (reason, c) in &moved {
+        assert_eq!(reason, "drain");
+        assert_ne!(c.joined().unwrap().node.as_str(), "n1");
+    }
+    for (i, (_, c)) in moved.iter().enumerate() {
+        wait_media(c, &publishers_for(c, i / 10), 10).await?;
+    }
+    wait_until(WAIT, "n1 exits", || {
+        let gone = p.exited("n1");
+        async move {
+            if gone {
+                Ok(())
+            } else {
+                Err("still running".to_string())
+            }
+        }
+    })
+    .await?;
+    let status = p.cluster.proc_mut("n1")?.exited().expect("exited");
+    assert!(status.success(), "n1 exited with {status}");
+    for (room, _) in &rooms {
+        let a = p.assignment(room).await?.expect("assigned");
+        assert!(!a.serves(&protocol::NodeId::new("n1")?), "{a:?}");
+        one_origin_per_epoch(&p.kv_history(room).await?);
+    }
     Ok(())
 }

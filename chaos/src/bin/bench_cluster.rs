@@ -737,6 +737,7 @@ async fn allocate_once(client: &async_nats::Client, room: &str, from: &NodeId) -
             forwarded: false,
             lookup: false,
             full: Vec::new(),
+            suspects: Vec::new(),
         },
         Err(e) => return AllocOutcome::Failed(format!("room id: {e}")),
     };
