@@ -388,7 +388,8 @@ async fn a_participant_resumes_through_another_node() -> anyhow::Result<()> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let claims = protocol::token::verify_resume(sb.nodes[0].config().api_secret.as_bytes(), &token, now)?;
+    let claims =
+        protocol::token::verify_resume(sb.nodes[0].config().api_secret.as_bytes(), &token, now)?;
     let forged = protocol::token::mint_resume(b"not the cluster's secret", &claims);
     assert!(c.resume(&forged).await.is_err());
     a2.leave().await?;
