@@ -3,7 +3,7 @@
 //! never shows two nodes owning a room at one epoch.
 
 use chaos::impair::{Impairment, Link, TcpProxy};
-use chaos::{Client, PublishOpts};
+use chaos::{mint_tokens, Client, Participant, ParticipantConfig, PublishOpts};
 use protocol::cluster::RoomAssignment;
 use protocol::signal::ServerMessage;
 use std::collections::BTreeMap;
@@ -289,6 +289,85 @@ async fn a_drained_node_moves_every_participant_and_exits() -> anyhow::Result<()
         let a = p.assignment(room).await?.expect("assigned");
         assert!(!a.serves(&protocol::NodeId::new("n1")?), "{a:?}");
         one_origin_per_epoch(&p.kv_history(room).await?);
+    }
+    Ok(())
+}
+
+/// A participant that recovers by itself, joined through `node` (region `eu`).
+async fn participant(p: &Procs, node: &str, room: &str, user: &str) -> anyhow::Result<Participant> {
+    let tokens = mint_tokens(
+        p.secret(),
+        tests::claims(room, user, 600),
+        Duration::from_secs(600),
+    );
+    let config = ParticipantConfig {
+        region: Some("eu".into()),
+        ..ParticipantConfig::default()
+    };
+    let who = Participant::join(&p.ws_url(node), room, tokens, config).await?;
+    who.publish(light()).await?;
+    Ok(who)
+}
+
+/// Waits until every participant of each room got packets from each other one after
+/// `since`.
+async fn everyone_receives_everyone(
+    rooms: &[(String, Vec<Participant>)],
+    since: tokio::time::Instant,
+) -> anyhow::Result<()> {
+    for (_, members) in rooms {
+        for m in members {
+            let me = m.participant_id().to_string();
+            for other in members {
+                let them = other.participant_id().to_string();
+                if them != me {
+                    m.wait_media_since(&them, since, WAIT).await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_rooms_of_three_publishers_recover_from_a_kill_by_themselves() -> anyhow::Result<()> {
+    let mut p = Procs::start(spec(&[("n1", "eu"), ("n2", "eu"), ("n3", "eu")])).await?;
+    let nodes = ["n1", "n2", "n3"];
+    let mut rooms = Vec::new();
+    for r in 0..10 {
+        let room = room_name(&format!("ten{r}"));
+        let mut members = Vec::new();
+        for i in 0..3 {
+            // Sockets spread over the nodes: some on the victim, some elsewhere.
+            let via = nodes[(r + i) % 3];
+            members.push(participant(&p, via, &room, &format!("r{r}p{i}")).await?);
+        }
+        rooms.push((room, members));
+    }
+    everyone_receives_everyone(&rooms, tokio::time::Instant::now() - Duration::from_secs(60))
+        .await?;
+    // The node hosting the most rooms dies.
+    let mut hosted = BTreeMap::<String, usize>::new();
+    for (_, members) in &rooms {
+        *hosted.entry(members[0].joined().node.to_string()).or_default() += 1;
+    }
+    let victim = hosted
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(id, _)| id.clone())
+        .expect("rooms");
+    eprintln!("   rooms per node {hosted:?}; killing {victim}");
+    let killed_at = tokio::time::Instant::now();
+    p.signal(&victim, "KILL")?;
+    // Nobody does anything: every participant receives every other one again.
+    everyone_receives_everyone(&rooms, killed_at).await?;
+    for (room, members) in &rooms {
+        for m in members {
+            assert_ne!(m.joined().node.as_str(), victim, "{room}");
+        }
+        one_origin_per_epoch(&p.kv_history(room).await?);
+        let a = p.assignment(room).await?.expect("assigned");
+        assert!(!a.serves(&protocol::NodeId::new(&victim)?), "{a:?}");
     }
     Ok(())
 }
