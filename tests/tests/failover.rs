@@ -295,13 +295,23 @@ async fn a_drained_node_moves_every_participant_and_exits() -> anyhow::Result<()
 
 /// A participant that recovers by itself, joined through `node` (region `eu`).
 async fn participant(p: &Procs, node: &str, room: &str, user: &str) -> anyhow::Result<Participant> {
+    participant_in(p, node, room, user, "eu").await
+}
+
+async fn participant_in(
+    p: &Procs,
+    node: &str,
+    room: &str,
+    user: &str,
+    region: &str,
+) -> anyhow::Result<Participant> {
     let tokens = mint_tokens(
         p.secret(),
         tests::claims(room, user, 600),
         Duration::from_secs(600),
     );
     let config = ParticipantConfig {
-        region: Some("eu".into()),
+        region: Some(region.into()),
         ..ParticipantConfig::default()
     };
     let who = Participant::join(&p.ws_url(node), room, tokens, config).await?;
@@ -368,6 +378,137 @@ async fn ten_rooms_of_three_publishers_recover_from_a_kill_by_themselves() -> an
         one_origin_per_epoch(&p.kv_history(room).await?);
         let a = p.assignment(room).await?.expect("assigned");
         assert!(!a.serves(&protocol::NodeId::new(&victim)?), "{a:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cascaded_room_survives_the_death_of_its_origin_and_of_another_node() -> anyhow::Result<()>
+{
+    let mut p = Procs::start(spec(&[("eu-1", "eu"), ("us-1", "us"), ("ap-1", "ap"), ("eu-2", "eu")]))
+        .await?;
+    let room = room_name("cascade");
+    // One participant per region, each through its region's node: the room spans three
+    // nodes, its origin in `eu` where it was opened.
+    let a = participant_in(&p, "eu-1", &room, "a", "eu").await?;
+    let b = participant_in(&p, "us-1", &room, "b", "us").await?;
+    let c = participant_in(&p, "ap-1", &room, "c", "ap").await?;
+    let all = [&a, &b, &c];
+    let since = tokio::time::Instant::now() - Duration::from_secs(60);
+    for m in all {
+        m.wait_media_from_others(WAIT).await?;
+    }
+    let before = p.assignment(&room).await?.expect("assigned");
+    let origin = before.node.to_string();
+    assert_eq!(a.joined().node.as_str(), origin, "a is served by the origin");
+    assert_eq!(before.nodes.len(), 3, "{before:?}");
+    drop(since);
+
+    // The origin dies. b and c, on other nodes, keep receiving each other throughout; a
+    // comes back through a live node; the origin role moves with the next epoch.
+    let killed = tokio::time::Instant::now();
+    p.signal(&origin, "KILL")?;
+    a.wait_recoveries(1, WAIT).await?;
+    for m in all {
+        for other in all {
+            let them = other.participant_id().to_string();
+            if them != m.participant_id().as_str() {
+                m.wait_media_since(&them, killed, WAIT).await?;
+            }
+        }
+    }
+    assert!(b.recoveries().is_empty() && c.recoveries().is_empty(), "b and c were untouched");
+    let after = p.assignment(&room).await?.expect("assigned");
+    assert!(after.epoch > before.epoch && after.node.as_str() != origin, "{after:?}");
+
+    // Another node of the room dies: its participants come back elsewhere too.
+    let victim = b.joined().node.to_string();
+    let killed = tokio::time::Instant::now();
+    p.signal(&victim, "KILL")?;
+    b.wait_recoveries(1, WAIT).await?;
+    for m in all {
+        for other in all {
+            let them = other.participant_id().to_string();
+            if them != m.participant_id().as_str() {
+                m.wait_media_since(&them, killed, WAIT).await?;
+            }
+        }
+    }
+    for m in all {
+        assert_ne!(m.joined().node.as_str(), victim);
+        assert_ne!(m.joined().node.as_str(), origin);
+    }
+    let last = p.assignment(&room).await?.expect("assigned");
+    assert!(!last.serves(&protocol::NodeId::new(&victim)?), "{last:?}");
+    one_origin_per_epoch(&p.kv_history(&room).await?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_join_of_a_burst_cut_by_a_kill_ends_joined_or_refused() -> anyhow::Result<()> {
+    let mut p = Procs::start(spec(&[("n1", "eu"), ("n2", "eu"), ("n3", "eu")])).await?;
+    let urls: Vec<String> = ["n1", "n2", "n3"].iter().map(|n| p.ws_url(n)).collect();
+    let rooms: Vec<String> = (0..8).map(|r| room_name(&format!("burst{r}"))).collect();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let joins: Vec<_> = (0..48)
+        .map(|i| {
+            let url = urls[i % 3].clone();
+            let room = rooms[i % rooms.len()].clone();
+            let token = p.token(&room, &format!("u{i}"));
+            let done = done.clone();
+            tokio::spawn(async move {
+                // Joins trickle in, so that the kill lands in the middle of them.
+                tokio::time::sleep(Duration::from_millis(15 * i as u64)).await;
+                // Bounded: a join that hangs is the failure this test looks for.
+                tokio::time::timeout(Duration::from_secs(20), async move {
+                    let c = Client::connect(&url).await?;
+                    c.join(&room, &token).await?;
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok::<Client, chaos::Error>(c)
+                })
+                .await
+            })
+        })
+        .collect();
+    // The burst is under way, every room opened: one node dies in the middle of it.
+    wait_until(WAIT, "a third of the joins", || {
+        let n = done.load(std::sync::atomic::Ordering::Relaxed);
+        async move { if n >= 16 { Ok(()) } else { Err(format!("{n} joined")) } }
+    })
+    .await?;
+    // The node hosting the most rooms.
+    let mut hosted = BTreeMap::<String, usize>::new();
+    for room in &rooms {
+        if let Some(a) = p.assignment(room).await? {
+            *hosted.entry(a.node.to_string()).or_default() += 1;
+        }
+    }
+    let victim = hosted
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .map(|(id, _)| id.clone())
+        .expect("rooms");
+    let v = ["n1", "n2", "n3"].iter().position(|n| *n == victim).expect("a node");
+    p.signal(&victim, "KILL")?;
+    let (mut joined, mut refused) = (0, Vec::new());
+    for (i, j) in joins.into_iter().enumerate() {
+        let through_victim = i % 3 == v;
+        match j.await? {
+            Ok(Ok(_)) => joined += 1,
+            // Through the dead node a join may fail any way a dead server fails a client.
+            Ok(Err(_)) if through_victim => {}
+            // Through a live node it succeeds: a room on the dead node moves first.
+            Ok(Err(e)) => refused.push(e.to_string()),
+            Err(_) => anyhow::bail!("join {i} hung for 20 s"),
+        }
+    }
+    eprintln!("   {joined} of 48 joined; {victim} killed, rooms per node {hosted:?}");
+    assert!(refused.is_empty(), "joins through live nodes refused: {refused:?}");
+    // Joins after the kill succeed through the live nodes.
+    for (i, room) in rooms.iter().enumerate() {
+        let c = Client::connect(&urls[(v + 1 + i % 2) % 3]).await?;
+        c.join(room, &p.token(room, &format!("late{i}"))).await?;
+        assert_ne!(c.joined().unwrap().node.as_str(), victim);
     }
     Ok(())
 }
