@@ -224,6 +224,10 @@ pub struct Proc {
     exit: Option<ExitStatus>,
     /// Killed or drained on purpose: its exit is no crash.
     expected_exit: bool,
+    /// How it was started, to start it again.
+    program: PathBuf,
+    args: Vec<String>,
+    child_log: String,
 }
 
 impl Proc {
@@ -313,6 +317,32 @@ impl Proc {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Spawns one child, its output appended to `log`.
+fn launch(id: &str, program: &Path, args: &[String], child_log: &str, log: &Path) -> Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let err = out.try_clone()?;
+    let child = Command::new(program)
+        .args(args)
+        .env("RUST_LOG", child_log)
+        // Colour codes would hide WARN/ERROR from `health`.
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {} ({id})", program.display()))?;
+    eprintln!(
+        "   started {id} (pid {}, log {})",
+        child.id(),
+        log.display()
+    );
+    Ok(child)
 }
 
 impl Drop for Proc {
@@ -487,24 +517,7 @@ impl Cluster {
         spec: &ClusterSpec,
     ) -> Result<()> {
         let log = self.dir.join(format!("{id}.log"));
-        let out =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let child = Command::new(program)
-            .args(args)
-            .env("RUST_LOG", &spec.child_log)
-            // Colour codes would hide WARN/ERROR from `health`.
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {} ({id})", program.display()))?;
-        eprintln!(
-            "   started {id} (pid {}, log {})",
-            child.id(),
-            log.display()
-        );
+        let child = launch(id, program, args, &spec.child_log, &log)?;
         self.procs.push(Proc {
             id: id.to_owned(),
             role,
@@ -514,8 +527,34 @@ impl Cluster {
             log,
             exit: None,
             expected_exit: false,
+            program: program.to_owned(),
+            args: args.to_vec(),
+            child_log: spec.child_log.clone(),
         });
         Ok(())
+    }
+
+    /// Starts an exited process again, with the same id, ports and flags (its log grows on),
+    /// and waits (bounded by `timeout`) until it answers `/readyz` with 200.
+    pub async fn restart(&mut self, id: &str, timeout: Duration) -> Result<()> {
+        let p = self.proc_mut(id)?;
+        if p.exited().is_none() {
+            bail!("{id} is still running");
+        }
+        p.child = launch(id, &p.program, &p.args, &p.child_log, &p.log)?;
+        p.exit = None;
+        p.expected_exit = false;
+        let port = p.port;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if bench::http_get(port, "/readyz").await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("{id} not ready within {timeout:?} of its restart");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// What is not ready yet, one entry per process: a `/readyz` not answering 200, or a

@@ -354,12 +354,17 @@ async fn ten_rooms_of_three_publishers_recover_from_a_kill_by_themselves() -> an
         }
         rooms.push((room, members));
     }
-    everyone_receives_everyone(&rooms, tokio::time::Instant::now() - Duration::from_secs(60))
-        .await?;
+    everyone_receives_everyone(
+        &rooms,
+        tokio::time::Instant::now() - Duration::from_secs(60),
+    )
+    .await?;
     // The node hosting the most rooms dies.
     let mut hosted = BTreeMap::<String, usize>::new();
     for (_, members) in &rooms {
-        *hosted.entry(members[0].joined().node.to_string()).or_default() += 1;
+        *hosted
+            .entry(members[0].joined().node.to_string())
+            .or_default() += 1;
     }
     let victim = hosted
         .iter()
@@ -385,8 +390,13 @@ async fn ten_rooms_of_three_publishers_recover_from_a_kill_by_themselves() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cascaded_room_survives_the_death_of_its_origin_and_of_another_node() -> anyhow::Result<()>
 {
-    let mut p = Procs::start(spec(&[("eu-1", "eu"), ("us-1", "us"), ("ap-1", "ap"), ("eu-2", "eu")]))
-        .await?;
+    let mut p = Procs::start(spec(&[
+        ("eu-1", "eu"),
+        ("us-1", "us"),
+        ("ap-1", "ap"),
+        ("eu-2", "eu"),
+    ]))
+    .await?;
     let room = room_name("cascade");
     // One participant per region, each through its region's node: the room spans three
     // nodes, its origin in `eu` where it was opened.
@@ -400,7 +410,11 @@ async fn a_cascaded_room_survives_the_death_of_its_origin_and_of_another_node() 
     }
     let before = p.assignment(&room).await?.expect("assigned");
     let origin = before.node.to_string();
-    assert_eq!(a.joined().node.as_str(), origin, "a is served by the origin");
+    assert_eq!(
+        a.joined().node.as_str(),
+        origin,
+        "a is served by the origin"
+    );
     assert_eq!(before.nodes.len(), 3, "{before:?}");
     drop(since);
 
@@ -417,9 +431,25 @@ async fn a_cascaded_room_survives_the_death_of_its_origin_and_of_another_node() 
             }
         }
     }
-    assert!(b.recoveries().is_empty() && c.recoveries().is_empty(), "b and c were untouched");
+    assert!(
+        b.recoveries().is_empty() && c.recoveries().is_empty(),
+        "b and c were untouched"
+    );
+    // Nobody saw a leave: a was away for less than the grace period.
+    for m in [&b, &c] {
+        let left: Vec<ServerMessage> = m
+            .client()
+            .messages()
+            .into_iter()
+            .filter(|msg| matches!(msg, ServerMessage::ParticipantLeft { .. }))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
     let after = p.assignment(&room).await?.expect("assigned");
-    assert!(after.epoch > before.epoch && after.node.as_str() != origin, "{after:?}");
+    assert!(
+        after.epoch > before.epoch && after.node.as_str() != origin,
+        "{after:?}"
+    );
 
     // Another node of the room dies: its participants come back elsewhere too.
     let victim = b.joined().node.to_string();
@@ -473,7 +503,13 @@ async fn every_join_of_a_burst_cut_by_a_kill_ends_joined_or_refused() -> anyhow:
     // The burst is under way, every room opened: one node dies in the middle of it.
     wait_until(WAIT, "a third of the joins", || {
         let n = done.load(std::sync::atomic::Ordering::Relaxed);
-        async move { if n >= 16 { Ok(()) } else { Err(format!("{n} joined")) } }
+        async move {
+            if n >= 16 {
+                Ok(())
+            } else {
+                Err(format!("{n} joined"))
+            }
+        }
     })
     .await?;
     // The node hosting the most rooms.
@@ -488,7 +524,10 @@ async fn every_join_of_a_burst_cut_by_a_kill_ends_joined_or_refused() -> anyhow:
         .max_by_key(|(_, n)| **n)
         .map(|(id, _)| id.clone())
         .expect("rooms");
-    let v = ["n1", "n2", "n3"].iter().position(|n| *n == victim).expect("a node");
+    let v = ["n1", "n2", "n3"]
+        .iter()
+        .position(|n| *n == victim)
+        .expect("a node");
     p.signal(&victim, "KILL")?;
     let (mut joined, mut refused) = (0, Vec::new());
     for (i, j) in joins.into_iter().enumerate() {
@@ -503,12 +542,53 @@ async fn every_join_of_a_burst_cut_by_a_kill_ends_joined_or_refused() -> anyhow:
         }
     }
     eprintln!("   {joined} of 48 joined; {victim} killed, rooms per node {hosted:?}");
-    assert!(refused.is_empty(), "joins through live nodes refused: {refused:?}");
+    assert!(
+        refused.is_empty(),
+        "joins through live nodes refused: {refused:?}"
+    );
     // Joins after the kill succeed through the live nodes.
     for (i, room) in rooms.iter().enumerate() {
         let c = Client::connect(&urls[(v + 1 + i % 2) % 3]).await?;
         c.join(room, &p.token(room, &format!("late{i}"))).await?;
         assert_ne!(c.joined().unwrap().node.as_str(), victim);
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_of_a_dead_node_who_does_not_come_back_leaves_after_the_grace(
+) -> anyhow::Result<()> {
+    let mut p = Procs::start(
+        ProcSpec::new(NODE, COORDINATOR, &[("eu-1", "eu"), ("us-1", "us")])
+            .node_flag("--resume-grace-secs=3"),
+    )
+    .await?;
+    let room = room_name("gone");
+    let a = publisher_in(&p, "eu-1", &room, "a", "eu").await?;
+    let b = publisher_in(&p, "us-1", &room, "b", "us").await?;
+    wait_media(&b, &["a"], 20).await?;
+    let cursor = b.message_count();
+    p.signal("eu-1", "KILL")?;
+    drop(a);
+    // a's tracks end at once; a itself stays for the grace period, then leaves.
+    b.wait_for_since(cursor, WAIT, |m| {
+        matches!(m, ServerMessage::TrackUnpublished { participant, .. } if participant.as_str() == "a")
+    })
+    .await?;
+    let left_at = b
+        .wait_for_since(
+            cursor,
+            WAIT,
+            |m| matches!(m, ServerMessage::ParticipantLeft { id } if id.as_str() == "a"),
+        )
+        .await?;
+    let msgs = b.messages()[cursor..].to_vec();
+    let unpublished = msgs
+        .iter()
+        .position(|m| matches!(m, ServerMessage::TrackUnpublished { .. }))
+        .expect("unpublished");
+    let left = msgs.iter().position(|m| *m == left_at).expect("left");
+    assert!(unpublished < left, "{msgs:?}");
+    assert!(b.participants().iter().all(|p| p.id.as_str() != "a"));
     Ok(())
 }
