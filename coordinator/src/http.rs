@@ -5,8 +5,8 @@
 //! |---|---|
 //! | `GET /nodes` | every known node: region, ws url, load, health, draining, heartbeat age |
 //! | `GET /rooms` | the directory (room, origin, epoch, nodes with regions), each node's member count and relay links as it reports them |
-//! | `POST /nodes/{id}/drain` | mark a node draining (and tell it, on `node.<id>.drain`) |
-//! | `DELETE /nodes/{id}/drain` | undo that |
+//! | `POST /nodes/{id}/drain` | mark a node draining and tell it (`node.<id>.drain`): it moves its participants away and exits |
+//! | `DELETE /nodes/{id}/drain` | clear the mark (a drain the node started runs to its end) |
 //! | `GET /debug/snapshot` | the coordinator's own view: readiness, live coordinators, nodes |
 
 use crate::registry::Liveness;
@@ -244,7 +244,7 @@ async fn undrain(req: HttpRequest, path: web::Path<String>, shared: Data) -> Htt
 }
 
 /// Marks the node here and tells it and every coordinator (they all listen on
-/// `node.*.drain`). Moving the node's rooms away is not this request's job.
+/// `node.*.drain`); the node, told to drain, moves its participants away and exits.
 async fn set_drain(req: HttpRequest, id: String, shared: Data, draining: bool) -> HttpResponse {
     if let Some(denied) = denied(&req, &shared) {
         return denied;
