@@ -56,6 +56,10 @@ pub(crate) async fn run(
     tasks.spawn(drains(shared.clone(), client.clone()));
     tasks.spawn(announce(shared.clone(), client.clone()));
     tasks.spawn(crate::failover::suspicions(shared.clone(), client.clone()));
+    tasks.spawn(crate::failover::overdue_heartbeats(
+        shared.clone(),
+        client.clone(),
+    ));
 
     let opened = tokio::select! {
         dir = open_directory(&shared, &client) => Some(dir),

@@ -111,13 +111,16 @@ pub enum SuspicionSource {
     NodeDown,
     /// `suspects` of an allocation request this coordinator decides.
     Allocation,
+    /// A heartbeat of the node is overdue.
+    LateHeartbeat,
 }
 
 impl SuspicionSource {
-    pub const ALL: [SuspicionSource; 3] = [
+    pub const ALL: [SuspicionSource; 4] = [
         SuspicionSource::Suspect,
         SuspicionSource::NodeDown,
         SuspicionSource::Allocation,
+        SuspicionSource::LateHeartbeat,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -125,6 +128,7 @@ impl SuspicionSource {
             SuspicionSource::Suspect => "suspect",
             SuspicionSource::NodeDown => "node_down",
             SuspicionSource::Allocation => "allocation",
+            SuspicionSource::LateHeartbeat => "late_heartbeat",
         }
     }
 }

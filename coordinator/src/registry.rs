@@ -224,6 +224,28 @@ impl NodeRegistry {
         dead
     }
 
+    /// Alive nodes whose last heartbeat is older than `late` while this coordinator was
+    /// listening: a heartbeat is overdue, worth a probe (a killed node answers "no
+    /// responders" at once, so its death is known a fraction of a second after the heartbeat
+    /// it missed).
+    pub fn overdue(&self, now: Instant, late: Duration) -> Vec<NodeId> {
+        let Some(since) = self.listening_since else {
+            return Vec::new();
+        };
+        if now.saturating_duration_since(since) < late {
+            return Vec::new();
+        }
+        self.entries
+            .iter()
+            .zip(&self.views)
+            .filter(|(e, _)| {
+                e.probed_dead.is_none() && now.saturating_duration_since(e.seen) >= late
+            })
+            .filter(|(e, _)| self.liveness_of(Some(e), now) == Liveness::Alive)
+            .map(|(_, v)| v.id.clone())
+            .collect()
+    }
+
     fn liveness_of(&self, entry: Option<&NodeEntry>, now: Instant) -> Liveness {
         if entry.is_some_and(|e| e.probed_dead.is_some()) {
             return Liveness::Dead;
@@ -453,6 +475,26 @@ pub(crate) mod tests {
         let mut r = NodeRegistry::new(T, Duration::from_secs(2));
         r.listening(t0);
         r
+    }
+
+    #[test]
+    fn an_overdue_heartbeat_is_worth_a_probe() {
+        let t0 = Instant::now();
+        let late = Duration::from_millis(1500);
+        let mut r = NodeRegistry::new(Duration::from_secs(3), Duration::from_secs(2));
+        r.listening(t0);
+        r.heartbeat(hb("n1", "eu"), t0);
+        r.heartbeat(hb("n2", "eu"), t0);
+        // Not listening for long enough yet: nothing is overdue.
+        assert!(r.overdue(t0 + Duration::from_millis(1000), late).is_empty());
+        r.heartbeat(hb("n1", "eu"), t0 + Duration::from_millis(1400));
+        r.heartbeat(hb("n2", "eu"), t0 + Duration::from_millis(1400));
+        r.heartbeat(hb("n2", "eu"), t0 + Duration::from_millis(2400));
+        let at = t0 + Duration::from_millis(3000);
+        assert_eq!(r.overdue(at, late), vec![NodeId::new("n1").unwrap()]);
+        // Dead nodes are no longer probed for being late.
+        assert!(r.confirm_dead(&NodeId::new("n1").unwrap(), at));
+        assert!(r.overdue(at, late).is_empty());
     }
 
     #[test]

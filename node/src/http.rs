@@ -16,6 +16,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/debug/snapshot", web::get().to(snapshot))
         .route("/dev/token", web::get().to(dev_token))
         .route("/admin/drain", web::post().to(admin_drain))
+        .route("/cluster/hears/{node}", web::get().to(hears))
         .route(
             "/",
             web::get().to(|| static_file("text/html; charset=utf-8", INDEX)),
@@ -80,6 +81,18 @@ async fn metrics(node: web::Data<NodeEntry>) -> impl Responder {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(crate::metrics::render())
+}
+
+/// `GET /cluster/hears/{node}`: whether this node hears `node` through NATS. A node that no
+/// longer hears itself asks its peers: if one has listened for the whole node timeout
+/// without hearing it (`"silent": true`), it is the one cut off, and fences itself.
+async fn hears(path: web::Path<String>, node: web::Data<NodeEntry>) -> HttpResponse {
+    let Ok(id) = protocol::NodeId::new(path.into_inner()) else {
+        return HttpResponse::BadRequest().body("bad node id");
+    };
+    let silent =
+        crate::actors::lock(&node.shared.peers).hears_nothing_from(&id, std::time::Instant::now());
+    HttpResponse::Ok().json(serde_json::json!({ "node": id, "silent": silent }))
 }
 
 fn bearer_ok(req: &HttpRequest, secret: &str) -> bool {

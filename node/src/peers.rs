@@ -32,7 +32,13 @@ pub struct PeerNodes {
     /// When this node last heard its own heartbeat back from NATS: proof that it is
     /// connected to the cluster, whatever the state of its TCP connection says.
     self_seen: Option<Instant>,
+    /// Since when it has heard itself without a gap: silence of another node counts from
+    /// here (as a coordinator's does from when it started listening).
+    listening_since: Option<Instant>,
 }
+
+/// A gap this long in this node's own heartbeats means it was not listening.
+const LISTENING_GAP: Duration = Duration::from_secs(2);
 
 impl PeerNodes {
     pub fn new(me: NodeId, region: String, timeout: Duration) -> Self {
@@ -42,11 +48,18 @@ impl PeerNodes {
             timeout,
             nodes: BTreeMap::new(),
             self_seen: None,
+            listening_since: None,
         }
     }
 
     pub fn heartbeat(&mut self, hb: &NodeHeartbeat, now: Instant) {
         if hb.node == self.me {
+            let gap = self
+                .self_seen
+                .is_none_or(|t| now.saturating_duration_since(t) > LISTENING_GAP);
+            if gap {
+                self.listening_since = Some(now);
+            }
             self.self_seen = Some(now);
             return;
         }
@@ -66,6 +79,21 @@ impl PeerNodes {
     /// past the coordinators' node timeout, they have declared it dead.
     pub fn cut_off_for(&self, now: Instant) -> Option<Duration> {
         self.self_seen.map(|t| now.saturating_duration_since(t))
+    }
+
+    /// Whether, as far as this node can tell, `node` is cut off from the cluster: this node
+    /// has been listening for the timeout and has not heard `node` for as long. What a
+    /// coordinator concludes from the same silence (it declares the node dead).
+    pub fn hears_nothing_from(&self, node: &NodeId, now: Instant) -> bool {
+        let (Some(since), Some(seen_self)) = (self.listening_since, self.self_seen) else {
+            return false;
+        };
+        if now.saturating_duration_since(seen_self) > LISTENING_GAP {
+            return false;
+        }
+        let heard = self.nodes.get(node).map(|n| n.seen);
+        let silent_from = heard.map_or(since, |h| h.max(since));
+        now.saturating_duration_since(silent_from) >= self.timeout
     }
 
     /// A coordinator found `node` dead.
@@ -172,5 +200,36 @@ mod tests {
         assert_eq!(p.cut_off_for(later), Some(Duration::from_secs(3)));
         p.heartbeat(&hb("me", "eu", false), later);
         assert_eq!(p.cut_off_for(later), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn another_node_is_cut_off_only_after_a_whole_timeout_of_listening() {
+        let t0 = Instant::now();
+        let s = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        let me = || hb("me", "eu", false);
+        let other = NodeId::new("eu-2").unwrap();
+        let mut p = PeerNodes::new(
+            NodeId::new("me").unwrap(),
+            "eu".into(),
+            Duration::from_secs(3),
+        );
+        // Not listening yet: nothing can be said.
+        assert!(!p.hears_nothing_from(&other, s(10.0)));
+        p.heartbeat(&me(), s(0.0));
+        p.heartbeat(&hb("eu-2", "eu", false), s(0.5));
+        for i in 1..=5 {
+            p.heartbeat(&me(), s(f64::from(i)));
+        }
+        assert!(!p.hears_nothing_from(&other, s(3.4)));
+        assert!(p.hears_nothing_from(&other, s(3.5)));
+        // This node was away itself (a NATS restart): silence counts from its return.
+        p.heartbeat(&me(), s(9.0));
+        assert!(!p.hears_nothing_from(&other, s(9.5)));
+        p.heartbeat(&me(), s(10.0));
+        p.heartbeat(&me(), s(11.0));
+        p.heartbeat(&me(), s(12.0));
+        assert!(p.hears_nothing_from(&other, s(12.0)));
+        // Not hearing itself now, it can tell nothing.
+        assert!(!p.hears_nothing_from(&other, s(14.5)));
     }
 }

@@ -279,12 +279,14 @@ impl NodeAgent {
         }
         // Silence alone does not say who is cut off: with NATS down for everyone, nobody can
         // move rooms, and a node that stopped serving would only lose calls (the cluster
-        // rides out a NATS outage). Another node that is ready (it hears NATS) says it is
-        // this node that is cut off, and has been declared dead.
+        // rides out a NATS outage). Another node that has listened for the whole timeout
+        // without hearing this one says it is this node that is cut off: the coordinators,
+        // listening the same way, have declared it dead.
         self.cut_check_running = true;
         let urls = self.node.fallback_urls();
+        let me = self.node.config.node_id.clone();
         let silent_ms = silent.unwrap_or_default().as_millis() as u64;
-        async move { any_peer_ready(&urls).await }
+        async move { a_peer_hears_nothing_from(&urls, &me).await }
             .into_actor(self)
             .map(move |others_ready, act, _| {
                 act.cut_check_running = false;
@@ -311,9 +313,10 @@ impl NodeAgent {
     }
 }
 
-/// Whether one of the nodes at `ws_urls` answers `/readyz` with 200 (each asked for at most
-/// half a second).
-async fn any_peer_ready(ws_urls: &[String]) -> bool {
+/// Whether one of the nodes at `ws_urls` says (`GET /cluster/hears/<me>`) that it has
+/// listened to NATS for the node timeout without hearing `me`. Each is asked for at most
+/// half a second.
+async fn a_peer_hears_nothing_from(ws_urls: &[String], me: &protocol::NodeId) -> bool {
     for url in ws_urls {
         let Some(hostport) = url
             .strip_prefix("ws://")
@@ -321,23 +324,26 @@ async fn any_peer_ready(ws_urls: &[String]) -> bool {
         else {
             continue;
         };
-        if let Ok(Ok(true)) =
-            tokio::time::timeout(Duration::from_millis(500), readyz(hostport.to_owned())).await
-        {
-            return true;
+        let path = format!("/cluster/hears/{}", wire::token(me.as_str()));
+        let ask = http_get(hostport.to_owned(), path);
+        if let Ok(Ok(body)) = tokio::time::timeout(Duration::from_millis(500), ask).await {
+            if body.contains("\"silent\":true") {
+                return true;
+            }
         }
     }
     false
 }
 
-async fn readyz(hostport: String) -> std::io::Result<bool> {
+/// The body of a plain HTTP/1.1 GET with `Connection: close`.
+async fn http_get(hostport: String, path: String) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(&hostport).await?;
-    let req = format!("GET /readyz HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
-    let mut head = [0u8; 16];
-    let n = s.read(&mut head).await?;
-    Ok(head[..n].starts_with(b"HTTP/1.1 200"))
+    let mut buf = Vec::new();
+    s.take(64 * 1024).read_to_end(&mut buf).await?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Pause before the directory watch is opened again.
