@@ -7,14 +7,36 @@
 // candidate; the default waits for ICE gathering, up to a short bound, and trickles only
 // what is gathered after that), ?autojoin=1.
 //
+// When something breaks (the socket closes without our `leave`, the node sends
+// `reconnect`, a peer connection fails) the page recovers by itself as PROTOCOL.md says:
+// see "recovery" below.
+//
 // Tests read the state through `window.demo` (see the bottom of this file).
 (() => {
   'use strict';
 
   const PING_INTERVAL_MS = 10000;
+  // No pong for this long: the socket is dead even if the browser has not noticed.
+  const PONG_TIMEOUT_MS = 3 * PING_INTERVAL_MS;
   const GATHER_WAIT_MS = 2000;
-  const MAX_RECONNECTS = 5;
   const MAX_ERRORS_SHOWN = 4;
+
+  // Recovery (PROTOCOL.md, "What a client should do when something breaks"): a round of
+  // attempts at once, then after each of these waits (the last repeats), each stretched by
+  // a random fraction of itself up to RETRY_JITTER.
+  const RETRY_DELAYS_MS = [0, 250, 500, 1000, 2000, 5000];
+  const RETRY_JITTER = 0.5;
+  // The page gives up (state `closed`) when a recovery has not succeeded within this.
+  const RECOVERY_LIMIT_MS = 120000;
+  // A socket not open within this counts as unreachable (the next URL is tried).
+  const OPEN_TIMEOUT_MS = 5000;
+  // A `resume`/`join` unanswered this long: the attempt failed. The node may first wait on
+  // the participant's old node and then on the coordinators.
+  const ANSWER_TIMEOUT_MS = 20000;
+  // A recovery ends when a peer connection connects again, or after this long joined
+  // without a new fault; a fault before that continues it (its backoff and its bound).
+  const RECOVERY_SETTLE_MS = 45000;
+  const TOKEN_TIMEOUT_MS = 5000;
 
   const params = new URLSearchParams(location.search);
   const TRICKLE_ALL = params.get('trickle') === '1';
@@ -66,10 +88,16 @@
     departed: new Set(),
     pingTimer: null,
     lastPong: null,
+    lastHeard: 0, // when the node last sent anything
     joinedCount: 0, // `joined` messages this session: the first join and every resume
-    reconnectAttempts: 0,
-    reconnectTimer: null,
+    link: 0, // bumped for every socket, so that work for an older one can tell
+    wsUrl: null, // URL of the socket being used
+    url: null, // URL of the socket that got the last `joined`: where to reconnect first
+    fallbackUrls: [], // the last `joined.fallback_urls`
+    recovery: null, // see "recovery"
+    recoveries: [], // finished ones, for tests (see `window.demo.recoveries`)
     firstMessage: null, // 'join' | 'resume' for the socket being opened
+    replaced: false, // the node said this user joined again elsewhere
     errors: [],
     messages: [],
   };
@@ -485,25 +513,31 @@
   function newPeerConnection(which) {
     const pc = new RTCPeerConnection({ iceServers: s.iceServers, bundlePolicy: 'max-bundle' });
     watchCandidates(pc, which);
-    pc.addEventListener('connectionstatechange', () => {
+    const watch = () => {
       updateDetail();
-      if (pc.connectionState === 'failed') showError(`${which} connection failed`, 'ice');
-    });
+      if (pc !== s.pub && pc !== s.sub) return;
+      if (pc.connectionState === 'connected') mediaConnected();
+      if (pc.connectionState === 'failed' || pc.iceConnectionState === 'failed') {
+        recover(`${which} connection failed`);
+      }
+    };
+    pc.addEventListener('connectionstatechange', watch);
+    pc.addEventListener('iceconnectionstatechange', watch);
     return pc;
   }
 
-  async function startPublishing(session) {
+  async function startPublishing(session, link) {
     let stream = null;
     try {
       stream = await s.mediaPromise;
     } catch (e) {
-      if (session !== s.session) return;
+      if (session !== s.session || link !== s.link) return;
       s.publishState = 'unavailable';
       showError(`no camera or microphone: ${e.message}; joining as a viewer`, 'media');
       updateDetail();
       return;
     }
-    if (session !== s.session || !stream) return;
+    if (session !== s.session || link !== s.link || !stream) return;
     s.localStream = stream;
     showLocalTile(stream);
     const pc = newPeerConnection('publisher');
@@ -515,7 +549,7 @@
     try {
       await pc.setLocalDescription(await pc.createOffer());
       const sdp = await localSdp(pc);
-      if (session !== s.session || pc !== s.pub) return;
+      if (session !== s.session || link !== s.link || pc !== s.pub) return;
       send({ type: 'publish', sdp });
     } catch (e) {
       s.publishState = 'failed';
@@ -554,14 +588,14 @@
     return pc;
   }
 
-  async function onSubscribeOffer(sdp, session) {
-    if (session !== s.session) return;
+  async function onSubscribeOffer(sdp, session, link) {
+    if (session !== s.session || link !== s.link) return;
     const pc = subscriberPc();
     await pc.setRemoteDescription({ type: 'offer', sdp });
     await flushCandidates('subscriber');
     await pc.setLocalDescription(await pc.createAnswer());
     const answer = await localSdp(pc);
-    if (session !== s.session || pc !== s.sub) return;
+    if (session !== s.session || link !== s.link || pc !== s.sub) return;
     send({ type: 'subscribe_answer', sdp: answer });
     reconcileSubscriber(pc, sdp);
     updateDetail();
@@ -581,17 +615,41 @@
 
   // ---------------------------------------------------------------- signaling
 
+  // Opens a socket to `url` and sends `first` (`join` or `resume`) once it is open.
   function connect(url, first) {
     const session = s.session;
-    const ws = new WebSocket(url);
-    s.ws = ws;
+    const link = ++s.link;
+    s.wsUrl = url;
     s.firstMessage = first.type;
+    s.replaced = false;
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (e) {
+      // A malformed URL (say, a bad fallback): as unreachable as a dead node.
+      s.ws = null;
+      setTimeout(() => { if (session === s.session && link === s.link) socketLost(false, `bad url ${url}`); }, 0);
+      return;
+    }
+    s.ws = ws;
+    let opened = false;
+    // An address that drops packets leaves the socket CONNECTING for minutes.
+    const openTimer = setTimeout(() => {
+      if (ws !== s.ws || opened) return;
+      s.ws = null;
+      ws.close();
+      socketLost(false, `no answer from ${url}`);
+    }, OPEN_TIMEOUT_MS);
     ws.addEventListener('open', () => {
       if (ws !== s.ws) return;
+      opened = true;
+      clearTimeout(openTimer);
       ws.send(JSON.stringify(first));
+      if (s.recovery) awaitAnswer(ws);
     });
     ws.addEventListener('message', (ev) => {
       if (ws !== s.ws || session !== s.session) return;
+      s.lastHeard = Date.now();
       let msg;
       try {
         msg = JSON.parse(ev.data);
@@ -600,46 +658,219 @@
         return;
       }
       try {
-        handle(msg, session);
+        handle(msg, session, link);
       } catch (e) {
         showError(`handling ${msg.type}: ${e.message}`);
       }
     });
     ws.addEventListener('close', (ev) => {
+      clearTimeout(openTimer);
       if (ws !== s.ws || session !== s.session) return;
       s.ws = null;
-      if (s.state === 'joined' || s.state === 'reconnecting') {
-        scheduleReconnect(null, `connection lost (${ev.code})`);
-      } else if (s.state === 'connecting') {
-        showError(`could not join: connection closed (${ev.code}${ev.reason ? ' ' + ev.reason : ''})`, 'network');
-        teardown('idle');
-      }
+      const why = `connection ${opened ? 'lost' : 'failed'} (${ev.code}${ev.reason ? ' ' + ev.reason : ''})`;
+      socketLost(opened, why);
     });
   }
 
-  function scheduleReconnect(url, why) {
-    if (!s.resumeToken || s.reconnectAttempts >= MAX_RECONNECTS) {
-      showError(`disconnected: ${why}`, 'network');
+  // Closes the current socket without it counting as lost.
+  function dropSocket() {
+    const ws = s.ws;
+    s.ws = null;
+    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000, 'reconnecting');
+  }
+
+  // The socket closed, or never opened, without our `leave`.
+  function socketLost(opened, why) {
+    if (s.state === 'connecting') {
+      showError(`could not join: ${why}`, 'network');
+      teardown('idle');
+    } else if (s.state === 'joined' && s.replaced) {
+      // This user joined again elsewhere, which replaced this participant: coming back
+      // would only take the call away from that other page.
+      showError(`disconnected: this user joined from another page (${why})`, 'network');
       teardown('closed');
-      return;
+    } else if (s.state === 'joined') {
+      recover(why);
+    } else if (s.state === 'reconnecting') {
+      attemptFailed(why, !opened);
     }
-    const attempt = s.reconnectAttempts++;
-    const delay = url ? 0 : Math.min(500 * 2 ** attempt, 5000);
-    log('reconnecting in', delay, 'ms:', why);
-    setState('reconnecting');
-    closePeerConnections();
-    clearTimeout(s.reconnectTimer);
-    s.reconnectTimer = setTimeout(() => {
-      connect(wsUrl(url), { type: 'resume', resume_token: s.resumeToken });
-    }, delay);
   }
 
   function startPing() {
     clearInterval(s.pingTimer);
-    s.pingTimer = setInterval(() => send({ type: 'ping' }), PING_INTERVAL_MS);
+    s.lastHeard = Date.now();
+    s.pingTimer = setInterval(() => {
+      // Whatever the node sends proves the socket alive; silence past the bound means a
+      // socket the browser has not yet found dead (a frozen node, a cut path).
+      if (Date.now() - s.lastHeard > PONG_TIMEOUT_MS) {
+        recover('the node stopped answering');
+        return;
+      }
+      send({ type: 'ping' });
+    }, PING_INTERVAL_MS);
   }
 
-  function handle(msg, session) {
+  // ---------------------------------------------------------------- recovery
+  //
+  // PROTOCOL.md, "What a client should do when something breaks". A fault (the socket
+  // lost, a `reconnect`, a peer connection `failed`, the node silent) starts a recovery:
+  // the media connections close, the state becomes `reconnecting`, and rounds of attempts
+  // run, the first at once, the next after 0.25, 0.5, 1, 2, 5, 5, ... s (jittered). A round
+  // tries the target (the `reconnect` URL, else the URL of the last `joined`) and, where a
+  // URL cannot be reached (the socket closes before it opens), the last
+  // `joined.fallback_urls` in turn. Each attempt sends `resume`; refused with
+  // `unauthorized` or `not_found`, it joins afresh through the same URL with a new token.
+  // `joined` puts the page back in the call (it publishes again and answers the new
+  // `subscribe_offer`). The recovery stays open until media connects (or
+  // RECOVERY_SETTLE_MS pass), so a fault soon after continues its backoff and its bound;
+  // past RECOVERY_LIMIT_MS the page gives up: state `closed`, the error shown.
+
+  function recover(why, url) {
+    if (s.state !== 'joined' && s.state !== 'reconnecting') return;
+    let r = s.recovery;
+    if (!r) {
+      r = { since: Date.now(), cause: why, why, round: 0, attempts: 0, queue: [], target: null,
+        timer: null, answerTimer: null, joinedAt: null, resumed: false };
+      s.recovery = r;
+    }
+    log('recovering:', why, url || '');
+    r.why = why;
+    r.target = url ? wsUrl(url) : (s.url || wsUrl());
+    r.joinedAt = null;
+    clearTimeout(r.timer);
+    clearTimeout(r.answerTimer);
+    clearInterval(s.pingTimer);
+    dropSocket();
+    closePeerConnections();
+    setState('reconnecting');
+    nextRound();
+  }
+
+  function nextRound() {
+    const r = s.recovery;
+    const elapsed = Date.now() - r.since;
+    if (elapsed >= RECOVERY_LIMIT_MS) {
+      giveUp();
+      return;
+    }
+    const base = RETRY_DELAYS_MS[Math.min(r.round, RETRY_DELAYS_MS.length - 1)];
+    const delay = Math.min(base * (1 + RETRY_JITTER * Math.random()), RECOVERY_LIMIT_MS - elapsed);
+    r.round += 1;
+    clearTimeout(r.timer);
+    r.timer = setTimeout(() => {
+      const urls = [r.target, ...s.fallbackUrls.map((u) => wsUrl(u))];
+      r.queue = urls.filter((u, i) => urls.indexOf(u) === i);
+      nextAttempt();
+    }, delay);
+  }
+
+  function nextAttempt() {
+    const r = s.recovery;
+    if (!r || s.state !== 'reconnecting') return;
+    const url = r.queue.shift();
+    if (!url) {
+      nextRound();
+      return;
+    }
+    r.attempts += 1;
+    const session = s.session;
+    const first = s.resumeToken
+      ? Promise.resolve({ type: 'resume', resume_token: s.resumeToken })
+      : tokenFor(url).then((token) => ({ type: 'join', room: s.room, token }));
+    first.then((msg) => {
+      if (s.recovery !== r || session !== s.session || s.state !== 'reconnecting') return;
+      log(`attempt ${r.attempts} (round ${r.round}):`, msg.type, 'through', url);
+      connect(url, msg);
+    }, (e) => {
+      if (s.recovery !== r || session !== s.session) return;
+      attemptFailed(e.message, true);
+    });
+  }
+
+  // An attempt failed. Where its URL could not be reached the next one is tried at once;
+  // otherwise (the node answered but could not take us back) the next round begins.
+  function attemptFailed(why, unreachable) {
+    const r = s.recovery;
+    if (!r) return;
+    clearTimeout(r.answerTimer);
+    r.why = why;
+    log('attempt failed:', why);
+    if (unreachable) nextAttempt();
+    else nextRound();
+  }
+
+  function awaitAnswer(ws) {
+    const r = s.recovery;
+    clearTimeout(r.answerTimer);
+    r.answerTimer = setTimeout(() => {
+      if (ws !== s.ws || s.recovery !== r || s.state !== 'reconnecting') return;
+      dropSocket();
+      attemptFailed(`no answer to ${s.firstMessage}`, false);
+    }, ANSWER_TIMEOUT_MS);
+  }
+
+  // An `error` in answer to our `resume` or `join` while reconnecting.
+  function refused(msg) {
+    const r = s.recovery;
+    const code = msg.code || 'error';
+    clearTimeout(r.answerTimer);
+    dropSocket();
+    if (s.firstMessage === 'resume' && (code === 'unauthorized' || code === 'not_found')) {
+      // The participant cannot be restored (its grace period or its token ran out): join
+      // afresh, through the same URL, with a new token.
+      log('resume refused:', code, '- joining afresh');
+      s.resumeToken = null;
+      r.queue.unshift(s.wsUrl);
+      nextAttempt();
+    } else if (s.firstMessage === 'join' && (code === 'forbidden' || code === 'bad_request')) {
+      giveUp(`${code}: ${msg.message || 'join refused'}`);
+    } else {
+      attemptFailed(`${s.firstMessage} refused: ${code} ${msg.message || ''}`.trim(), false);
+    }
+  }
+
+  function rejoined() {
+    const r = s.recovery;
+    clearTimeout(r.timer);
+    clearTimeout(r.answerTimer);
+    r.joinedAt = Date.now();
+    r.resumed = s.firstMessage === 'resume';
+    log(r.resumed ? 'resumed' : 'joined afresh', `after ${r.joinedAt - r.since} ms (${r.attempts} attempts) through`, s.url);
+    r.timer = setTimeout(() => {
+      if (s.recovery === r && s.state === 'joined') finishRecovery();
+    }, RECOVERY_SETTLE_MS);
+  }
+
+  // A peer connection connected: a recovery that got us joined again is over.
+  function mediaConnected() {
+    const r = s.recovery;
+    if (r && r.joinedAt && s.state === 'joined') finishRecovery();
+  }
+
+  function finishRecovery() {
+    const r = s.recovery;
+    s.recovery = null;
+    clearTimeout(r.timer);
+    clearTimeout(r.answerTimer);
+    s.recoveries.push({
+      why: r.cause,
+      joined_ms: r.joinedAt - r.since,
+      settled_ms: Date.now() - r.since,
+      attempts: r.attempts,
+      rounds: r.round,
+      via: s.url,
+      resumed: r.resumed,
+    });
+  }
+
+  function giveUp(why) {
+    const r = s.recovery;
+    const secs = r ? Math.round((Date.now() - r.since) / 1000) : 0;
+    showError(`disconnected (${why || (r && r.why) || 'connection lost'}); gave up after ${secs} s`, 'network');
+    teardown('closed');
+  }
+
+  function handle(msg, session, link) {
     if (msg.type !== 'pong') {
       const brief = Object.assign({}, msg);
       if (brief.sdp) brief.sdp = `(${brief.sdp.length} bytes)`;
@@ -647,7 +878,6 @@
     }
     switch (msg.type) {
       case 'joined': {
-        const resumed = s.state === 'reconnecting';
         s.joinedCount += 1;
         if (s.pub || s.sub) closePeerConnections();
         s.participantId = msg.participant && msg.participant.id;
@@ -656,7 +886,10 @@
         s.room = msg.room || s.room;
         if (msg.resume_token) s.resumeToken = msg.resume_token;
         s.iceServers = Array.isArray(msg.ice_servers) ? msg.ice_servers : [];
-        s.reconnectAttempts = 0;
+        s.url = s.wsUrl;
+        if (Array.isArray(msg.fallback_urls)) {
+          s.fallbackUrls = msg.fallback_urls.filter((u) => typeof u === 'string' && u);
+        }
         const present = new Set();
         s.departed.clear();
         for (const p of msg.participants || []) {
@@ -675,8 +908,9 @@
         if (s.localTile) setTileName(s.localTile, `${s.name} (you)`);
         setState('joined');
         startPing();
-        log(resumed ? 'resumed' : 'joined', s.room, 'as', s.participantId, 'on', s.nodeId);
-        startPublishing(session);
+        if (s.recovery) rejoined();
+        log('joined', s.room, 'as', s.participantId, 'on', s.nodeId, 'through', s.url);
+        startPublishing(session, link);
         break;
       }
       case 'publish_answer':
@@ -684,7 +918,7 @@
         break;
       case 'subscribe_offer':
         s.subQueue = s.subQueue
-          .then(() => onSubscribeOffer(msg.sdp, session))
+          .then(() => onSubscribeOffer(msg.sdp, session, link))
           .catch((e) => showError(`subscribe failed: ${e.message}`));
         break;
       case 'candidate':
@@ -725,28 +959,22 @@
         s.messages.push({ from: msg.from, data: msg.data, at: Date.now() });
         log('message from', msg.from, msg.data);
         break;
-      case 'reconnect': {
+      case 'reconnect':
+        // The node closes the socket next (code 1012); `recover` has let go of it already.
         log('node asks to reconnect:', msg.reason, msg.url || '');
-        const old = s.ws;
-        s.ws = null;
-        if (old) old.close(1000, 'reconnect');
-        s.reconnectAttempts = 0;
-        scheduleReconnect(msg.url || null, msg.reason || 'requested by node');
+        recover(`reconnect: ${msg.reason || 'requested by node'}`, msg.url || null);
         break;
-      }
       case 'error':
-        showError(msg.message || 'error', msg.code || 'error');
         if (s.state === 'connecting') {
+          showError(msg.message || 'error', msg.code || 'error');
           teardown('idle');
-        } else if (s.state === 'reconnecting' && s.firstMessage === 'resume' && s.token) {
-          // The resume was refused (grace period over, say): join afresh with our token.
-          log('resume refused, joining again');
-          s.resumeToken = null;
-          const old = s.ws;
-          s.ws = null;
-          if (old) old.close(1000);
-          setState('connecting');
-          connect(wsUrl(), { type: 'join', room: s.room, token: s.token });
+        } else if (s.state === 'reconnecting') {
+          refused(msg);
+        } else {
+          // `unauthorized` while in the call: this user joined again elsewhere, and the node
+          // closes this socket next.
+          if (msg.code === 'unauthorized') s.replaced = true;
+          showError(msg.message || 'error', msg.code || 'error');
         }
         break;
       case 'pong':
@@ -759,11 +987,15 @@
 
   // ---------------------------------------------------------------- join / leave
 
-  async function fetchToken(room, user, name) {
+  // A join token from the dev token endpoint of `origin` (default: this page's node).
+  async function fetchToken(room, user, name, origin) {
     const q = new URLSearchParams({ room, user, name });
     let res;
     try {
-      res = await fetch(`/dev/token?${q}`, { cache: 'no-store' });
+      res = await fetch(`${origin || ''}/dev/token?${q}`, {
+        cache: 'no-store',
+        signal: AbortSignal.timeout(TOKEN_TIMEOUT_MS),
+      });
     } catch (e) {
       throw new Error(`token request failed: ${e.message}`);
     }
@@ -777,6 +1009,29 @@
     const body = await res.json();
     if (!body || typeof body.token !== 'string') throw new Error('token response has no "token"');
     return body.token;
+  }
+
+  // A new join token for joining afresh through the node at `url` (a WebSocket URL): from
+  // that node, which is alive, else from this page's node, else the token we joined with
+  // (valid for its hour on any node of the cluster).
+  async function tokenFor(url) {
+    if (params.get('token')) return params.get('token');
+    const origins = [];
+    try {
+      const u = new URL(url);
+      u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+      origins.push(u.origin);
+    } catch (_) { /* the page's own origin below */ }
+    if (!origins.includes(location.origin)) origins.push(location.origin);
+    for (const origin of origins) {
+      try {
+        return await fetchToken(s.room, s.userId, s.name, origin === location.origin ? '' : origin);
+      } catch (e) {
+        log('no token from', origin, e.message);
+      }
+    }
+    if (s.token) return s.token;
+    throw new Error('no join token');
   }
 
   async function join(room, name) {
@@ -794,7 +1049,8 @@
     s.userId = `u-${randomHex(6)}`;
     s.participantId = null;
     s.resumeToken = null;
-    s.reconnectAttempts = 0;
+    s.url = null;
+    s.fallbackUrls = [];
     s.publishState = 'none';
     s.joinedCount = 0;
     ui.roomLabel.textContent = room;
@@ -823,7 +1079,11 @@
   function teardown(next) {
     s.session += 1;
     clearInterval(s.pingTimer);
-    clearTimeout(s.reconnectTimer);
+    if (s.recovery) {
+      clearTimeout(s.recovery.timer);
+      clearTimeout(s.recovery.answerTimer);
+      s.recovery = null;
+    }
     const ws = s.ws;
     s.ws = null;
     if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
@@ -925,6 +1185,16 @@
     get subscriberPc() { return s.sub; },
     get lastPong() { return s.lastPong; },
     get joinedCount() { return s.joinedCount; },
+    // The socket's URL, and where the page would go if its node went away.
+    get url() { return s.url; },
+    get fallbackUrls() { return s.fallbackUrls.slice(); },
+    // The recovery under way ({ why, since, attempts, rounds }), or null.
+    get recovering() {
+      const r = s.recovery;
+      return r && { why: r.why, since: r.since, attempts: r.attempts, rounds: r.round, joined: Boolean(r.joinedAt) };
+    },
+    // Finished recoveries: { why, joined_ms, settled_ms, attempts, rounds, via, resumed }.
+    recoveries: s.recoveries,
     errors: s.errors,
     messages: s.messages,
     remoteParticipants() {
@@ -942,6 +1212,11 @@
     // Tests: drop the signaling socket as a network failure would (the page then resumes).
     dropConnection() {
       if (s.ws) s.ws.close(4000, 'dropped by test');
+    },
+    // Tests: make the next `resume` fail (the node answers `unauthorized`), so that the page
+    // joins afresh.
+    spoilResumeToken() {
+      if (s.resumeToken) s.resumeToken = `${s.resumeToken.slice(0, -4)}xxxx`;
     },
   };
 

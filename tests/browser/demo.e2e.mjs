@@ -25,38 +25,15 @@
 //                    and bob must decode her video again
 //   CHROMIUM_PATH    Chromium binary (default /usr/bin/chromium)
 
-import { chromium } from 'playwright-core';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+import {
+  Failure, STEP_TIMEOUT_MS, checkChromium, closeParticipant, dumpConsole, joinThroughForm, log,
+  missing, openParticipant, parseBase, screenshot, since, snapshot, summarize, until,
+} from './common.mjs';
 
-const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const MEDIA_TIMEOUT_MS = Number(process.env.E2E_TIMEOUT_MS || 90000);
-const STEP_TIMEOUT_MS = 20000;
-const POLL_MS = 500;
 const SCREENSHOT = process.env.E2E_SCREENSHOT || '';
 const TRICKLE = process.env.E2E_TRICKLE || 'mixed';
 const RESUME = process.env.E2E_RESUME === '1';
-
-const FLAGS = [
-  '--use-fake-device-for-media-stream',
-  '--use-fake-ui-for-media-stream',
-  '--allow-loopback-in-peer-connection',
-  '--disable-features=WebRtcHideLocalIpsWithMdns',
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--disable-quic',
-];
-
-const started = Date.now();
-const since = () => Date.now() - started;
-const log = (...args) => console.error(`[e2e +${(since() / 1000).toFixed(1)}s]`, ...args);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function usage(msg) {
   console.error(`${msg}\nusage: node demo.e2e.mjs <base url, e.g. http://127.0.0.1:7880> [<bob's base url>]`);
@@ -65,18 +42,9 @@ function usage(msg) {
 
 const baseArg = process.argv[2];
 if (!baseArg) usage('missing base URL');
-function parseBase(arg) {
-  try {
-    return new URL(arg);
-  } catch (e) {
-    usage(`bad base URL ${JSON.stringify(arg)}: ${e.message}`);
-  }
-}
-const base = parseBase(baseArg);
-const bases = { alice: base, bob: process.argv[3] ? parseBase(process.argv[3]) : base };
-if (!fs.existsSync(CHROMIUM)) {
-  usage(`no Chromium at ${CHROMIUM} (apt-get install -y chromium chromium-driver, or set CHROMIUM_PATH)`);
-}
+const base = parseBase(baseArg, usage);
+const bases = { alice: base, bob: process.argv[3] ? parseBase(process.argv[3], usage) : base };
+checkChromium(usage);
 
 const room = `e2e-${Math.random().toString(36).slice(2, 10)}`;
 const result = {
@@ -91,152 +59,13 @@ const result = {
   screenshots: [],
 };
 
-class Failure extends Error {}
-
-// Polls `probe` (async, returns {done, why}) until done or the deadline; throws a Failure
-// carrying the last `why` when the deadline passes.
-async function until(what, timeoutMs, probe) {
-  const deadline = Date.now() + timeoutMs;
-  let last = 'not checked yet';
-  for (;;) {
-    try {
-      const r = await probe();
-      if (r.done) return r;
-      last = r.why;
-    } catch (e) {
-      if (e instanceof Failure) throw e;
-      last = `probe failed: ${e.message.split('\n')[0]}`;
-    }
-    if (Date.now() >= deadline) throw new Failure(`${what}: not reached within ${timeoutMs} ms: ${last}`);
-    await sleep(POLL_MS);
-  }
-}
-
 function trickleFor(who) {
   if (TRICKLE === 'all') return true;
   if (TRICKLE === 'none') return false;
   return who === 'alice';
 }
 
-async function openParticipant(who) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `sfu-e2e-${who}-`));
-  const context = await chromium.launchPersistentContext(dir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    args: FLAGS,
-    viewport: { width: 1280, height: 720 },
-    permissions: ['camera', 'microphone'],
-  });
-  const page = context.pages()[0] || (await context.newPage());
-  const consoleLines = [];
-  const keep = (line) => {
-    consoleLines.push(line);
-    if (consoleLines.length > 200) consoleLines.shift();
-  };
-  page.on('console', (m) => keep(`${m.type()}: ${m.text()}`));
-  page.on('pageerror', (e) => keep(`pageerror: ${e.message}`));
-  page.on('crash', () => keep('page crashed'));
-  return { who, dir, context, page, consoleLines, name: null, id: null };
-}
-
-async function snapshot(p) {
-  return p.page.evaluate(async () => {
-    const d = window.demo;
-    if (!d) return null;
-    const tiles = Array.from(document.querySelectorAll('.tile[data-participant]')).map((t) => {
-      const v = t.querySelector('video');
-      return {
-        id: t.dataset.participant,
-        label: (t.querySelector('.label .name') || {}).textContent || '',
-        videoWidth: v ? v.videoWidth : 0,
-        readyState: v ? v.readyState : 0,
-      };
-    });
-    return {
-      state: d.state,
-      participantId: d.participantId,
-      publishState: d.publishState,
-      publisher: d.publisherPc ? d.publisherPc.connectionState : 'none',
-      subscriber: d.subscriberPc ? d.subscriberPc.connectionState : 'none (no subscribe_offer yet)',
-      errors: d.errors.map((e) => `${e.code}: ${e.message}`),
-      remotes: d.remoteParticipants(),
-      stats: await d.stats(),
-      tiles,
-    };
-  });
-}
-
-async function join(p) {
-  const url = new URL('/', bases[p.who]);
-  url.searchParams.set('room', room);
-  url.searchParams.set('name', p.name);
-  if (trickleFor(p.who)) url.searchParams.set('trickle', '1');
-  log(`${p.who}: open ${url}`);
-  let res;
-  try {
-    res = await p.page.goto(url.toString(), { waitUntil: 'load', timeout: STEP_TIMEOUT_MS });
-  } catch (e) {
-    throw new Failure(`${p.who}: cannot load ${url}: ${e.message.split('\n')[0]}`);
-  }
-  if (!res || !res.ok()) throw new Failure(`${p.who}: GET ${url} answered ${res ? res.status() : 'nothing'}`);
-  await until(`${p.who}: page script loaded`, STEP_TIMEOUT_MS, async () => {
-    const ready = await p.page.evaluate(() => Boolean(window.demo) && window.demo.state === 'idle');
-    return { done: ready, why: 'window.demo missing or not idle (app.js not served or broken?)' };
-  });
-  await p.page.fill('#room', room);
-  await p.page.fill('#name', p.name);
-  await p.page.click('#join');
-  const r = await until(`${p.who}: joined`, STEP_TIMEOUT_MS, async () => {
-    const s = await snapshot(p);
-    if (!s) return { done: false, why: 'window.demo missing' };
-    if (s.state === 'joined' && s.participantId) return { done: true, snap: s };
-    if (s.state === 'idle' || s.state === 'closed') {
-      throw new Failure(`${p.who}: join failed, page is ${s.state}; errors: ${s.errors.join(' | ') || 'none'}`);
-    }
-    return { done: false, why: `state=${s.state} errors=[${s.errors.join(' | ')}]` };
-  });
-  p.id = r.snap.participantId;
-  log(`${p.who}: joined as ${p.id}`);
-}
-
-// What `viewer` still lacks from `other`, or null when everything flows.
-function missing(viewer, other, s) {
-  if (!s) return `${viewer.who}: window.demo missing`;
-  if (s.state !== 'joined') return `${viewer.who}: state=${s.state} errors=[${s.errors.join(' | ')}]`;
-  const remote = s.remotes.find((r) => r.id === other.id);
-  if (!remote) {
-    return `${viewer.who} does not list ${other.who} (${other.id}); lists [${s.remotes.map((r) => r.id).join(', ')}]`;
-  }
-  const st = s.stats[other.id];
-  if (!st) return `${viewer.who}: no stats for ${other.who}`;
-  const problems = [];
-  if (!(st.video.framesDecoded > 0)) {
-    problems.push(`video framesDecoded=${st.video.framesDecoded} (packets ${st.video.packetsReceived})`);
-  }
-  if (!(st.audio.packetsReceived > 0)) problems.push(`audio packetsReceived=${st.audio.packetsReceived}`);
-  const tile = s.tiles.find((t) => t.id === other.id);
-  if (!tile) problems.push('no tile');
-  else if (!(tile.videoWidth > 0)) problems.push(`tile video not rendering (readyState ${tile.readyState})`);
-  if (problems.length) {
-    return `${viewer.who} from ${other.who}: ${problems.join(', ')}; media tracks [${remote.media.map((m) => m.kind).join(', ')}]; ` +
-      `publish=${s.publishState}; publisher pc ${s.publisher}; subscriber pc ${s.subscriber}; errors=[${s.errors.join(' | ')}]`;
-  }
-  if (remote.name !== other.name || !tile.label.includes(other.name)) {
-    return `${viewer.who} labels ${other.who} as ${JSON.stringify(remote.name)} / tile ${JSON.stringify(tile.label)}, expected ${JSON.stringify(other.name)}`;
-  }
-  return null;
-}
-
-async function screenshot(p, file) {
-  try {
-    fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
-    await p.page.screenshot({ path: file });
-    result.screenshots.push(file);
-    log(`screenshot of ${p.who} -> ${file}`);
-  } catch (e) {
-    log(`screenshot of ${p.who} failed: ${e.message}`);
-  }
-}
+const join = (p) => joinThroughForm(p, bases[p.who], room, trickleFor(p.who));
 
 async function main() {
   let t = Date.now();
@@ -281,8 +110,8 @@ async function main() {
     log('media flows both ways', JSON.stringify({ alice: sa.stats[bob.id], bob: sb.stats[alice.id] }));
 
     if (SCREENSHOT) {
-      await screenshot(alice, SCREENSHOT);
-      await screenshot(bob, SCREENSHOT.replace(/(\.png)?$/i, '.bob.png'));
+      await screenshot(alice, SCREENSHOT, result);
+      await screenshot(bob, SCREENSHOT.replace(/(\.png)?$/i, '.bob.png'), result);
     }
 
     if (RESUME) {
@@ -341,34 +170,12 @@ async function main() {
     result.reason = e instanceof Failure ? e.message : `unexpected: ${e.stack || e}`;
     clearTimeout(watchdog);
     if (SCREENSHOT) {
-      await screenshot(alice, SCREENSHOT);
-      await screenshot(bob, SCREENSHOT.replace(/(\.png)?$/i, '.bob.png'));
+      await screenshot(alice, SCREENSHOT, result);
+      await screenshot(bob, SCREENSHOT.replace(/(\.png)?$/i, '.bob.png'), result);
     }
-    for (const p of people) {
-      console.error(`---- ${p.who} console (last ${Math.min(p.consoleLines.length, 60)} lines)`);
-      for (const line of p.consoleLines.slice(-60)) console.error(line);
-    }
+    for (const p of people) dumpConsole(p);
     await finish(people, 1);
   }
-}
-
-function summarize(last) {
-  const out = {};
-  for (const [who, s] of Object.entries(last)) {
-    if (!s) continue;
-    out[who] = {
-      state: s.state,
-      id: s.participantId,
-      publish: s.publishState,
-      publisher: s.publisher,
-      subscriber: s.subscriber,
-      errors: s.errors,
-      remotes: s.remotes.map((r) => ({ id: r.id, name: r.name, media: r.media.map((m) => m.kind) })),
-      stats: s.stats,
-      tiles: s.tiles,
-    };
-  }
-  return out;
 }
 
 let finishing = false;
@@ -376,12 +183,7 @@ async function finish(people, code) {
   if (finishing) return;
   finishing = true;
   result.elapsed_ms = since();
-  await Promise.all(people.map(async (p) => {
-    try {
-      await Promise.race([p.context.close(), sleep(10000)]);
-    } catch (_) { /* already gone */ }
-    fs.rmSync(p.dir, { recursive: true, force: true });
-  }));
+  await Promise.all(people.map(closeParticipant));
   if (!result.ok) log(`FAILED: ${result.reason}`);
   else log(`OK in ${(result.elapsed_ms / 1000).toFixed(1)} s`);
   process.stdout.write(JSON.stringify(result) + '\n');
