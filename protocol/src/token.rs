@@ -60,6 +60,10 @@ pub enum TokenError {
 
 /// Signs `claims` with `secret` (HS256).
 pub fn mint(secret: &[u8], claims: &Claims) -> String {
+    sign(secret, claims)
+}
+
+fn sign<T: Serialize>(secret: &[u8], claims: &T) -> String {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,
@@ -124,12 +128,7 @@ impl ResumeClaims {
 
 /// Signs resume claims with `secret` (HS256).
 pub fn mint_resume(secret: &[u8], claims: &ResumeClaims) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .unwrap_or_default()
+    sign(secret, claims)
 }
 
 fn validation() -> Validation {
