@@ -75,6 +75,13 @@ async fn run(node: &NodeCtx, rooms: &Addr<RoomRegistry>) {
         }
         for (room, users) in by_room {
             let url = target_url(node, &room).await;
+            // No other node known yet (this one just started and has not heard the others'
+            // heartbeats): sent off without a URL its clients would come straight back.
+            // Wait for one; the deadline bounds it, and tells everyone anyway.
+            if url.is_none() && node.cluster.is_some() {
+                tracing::info!(%room, "no other node known yet; moving its participants later");
+                continue;
+            }
             tracing::info!(%room, participants = users.len(), url = url.as_deref().unwrap_or("-"), "moving participants");
             for user in users {
                 let msg = ServerMessage::Reconnect {
@@ -92,7 +99,21 @@ async fn run(node: &NodeCtx, rooms: &Addr<RoomRegistry>) {
         }
         tokio::time::sleep(TICK).await;
     }
-    let left = rooms.send(ListMembers).await.unwrap_or_default().len();
+    // Past the deadline: whoever is still here is told to go, wherever its socket is.
+    let remaining = rooms.send(ListMembers).await.unwrap_or_default();
+    let url = node.fallback_urls().into_iter().next();
+    for (room, user) in &remaining {
+        let msg = ServerMessage::Reconnect {
+            reason: "drain".into(),
+            url: url.clone(),
+        };
+        node.router.do_send(Deliver {
+            to: user.clone(),
+            room: room.clone(),
+            msg,
+        });
+    }
+    let left = remaining.len();
     tracing::info!(
         told = moved_total,
         left,
