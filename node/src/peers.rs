@@ -75,6 +75,17 @@ impl PeerNodes {
         );
     }
 
+    /// How long this node has heard its own heartbeats without a gap (`None`: it does not
+    /// hear them now).
+    pub fn listening_for(&self, now: Instant) -> Option<Duration> {
+        let seen = self.self_seen?;
+        if now.saturating_duration_since(seen) > LISTENING_GAP {
+            return None;
+        }
+        self.listening_since
+            .map(|since| now.saturating_duration_since(since))
+    }
+
     /// How long this node has not heard its own heartbeat back (`None` before the first):
     /// past the coordinators' node timeout, they have declared it dead.
     pub fn cut_off_for(&self, now: Instant) -> Option<Duration> {

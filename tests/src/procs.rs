@@ -16,11 +16,13 @@ use std::time::Duration;
 /// UDP ports for the media of the nodes of one test process, handed out in blocks so
 /// that the tests of one binary (run in parallel) never share a range.
 static NEXT_UDP: AtomicU16 = AtomicU16::new(0);
-const UDP_BLOCK: u16 = 200;
+const UDP_BLOCK: u16 = 100;
+/// Blocks below Linux's ephemeral range (32768–60999), where the clients' own sockets are.
+const UDP_BLOCKS: u16 = 120;
 
 fn udp_range(base: u16) -> (u16, u16) {
     let i = NEXT_UDP.fetch_add(1, Ordering::Relaxed);
-    let lo = base + (i % 100) * UDP_BLOCK;
+    let lo = base + (i % UDP_BLOCKS) * UDP_BLOCK;
     (lo, lo + UDP_BLOCK - 1)
 }
 
@@ -55,7 +57,7 @@ impl ProcSpec {
             coordinators: 2,
             node_flags: Vec::new(),
             coordinator_flags: Vec::new(),
-            udp_base: 30000,
+            udp_base: 20000,
             nats_port: None,
             node_nats: Vec::new(),
         }

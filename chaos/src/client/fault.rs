@@ -163,9 +163,22 @@ fn peer_states(client: &Client) -> Vec<(PcKind, watch::Receiver<RTCPeerConnectio
 /// when PROTOCOL.md has the client try `joined.fallback_urls`.
 pub(crate) fn is_refused(e: &Error) -> bool {
     match e {
-        Error::WebSocket(e) => {
-            matches!(&**e, tungstenite::Error::Io(io) if io.kind() == ErrorKind::ConnectionRefused)
-        }
+        // A node dying while the connection opens resets it, or ends the handshake, rather
+        // than refusing it: as good a sign that nobody serves there any more.
+        Error::WebSocket(e) => match &**e {
+            tungstenite::Error::Io(io) => matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::UnexpectedEof
+            ),
+            tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::HandshakeIncomplete
+                | tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            ) => true,
+            _ => false,
+        },
         _ => false,
     }
 }

@@ -100,6 +100,12 @@ impl NodeAgent {
         if self.node.placeable.load(Ordering::Relaxed) || !self.cluster.connected() {
             return;
         }
+        // Its first `joined` must name other nodes to fall back on: it has listened to the
+        // heartbeats for a whole interval (every other node has been heard) first.
+        let listened = super::lock(&self.node.peers).listening_for(Instant::now());
+        if listened.is_none_or(|d| d < HEARTBEAT_INTERVAL + PLACEABLE_CHECK) {
+            return;
+        }
         let (cluster, placeable) = (self.cluster.clone(), self.node.placeable.clone());
         let ask = wire::NodeStatusRequest {
             v: wire::VERSION,
