@@ -590,3 +590,41 @@ async fn a_participant_of_a_dead_node_who_does_not_come_back_leaves_after_the_gr
     assert!(b.participants().iter().all(|p| p.id.as_str() != "a"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_whose_socket_node_freezes_moves_by_itself() -> anyhow::Result<()> {
+    let mut p = Procs::start(spec(&[("n1", "eu"), ("n2", "us")])).await?;
+    let room = room_name("frozen");
+    // a's socket is on n1, its media on n2 (it joins from `us`).
+    let tokens = mint_tokens(
+        p.secret(),
+        tests::claims(&room, "a", 600),
+        Duration::from_secs(600),
+    );
+    let mut config = ParticipantConfig {
+        region: Some("us".into()),
+        ..ParticipantConfig::default()
+    };
+    config.recovery.silence = Some(Duration::from_secs(3));
+    let a = Participant::join(&p.ws_url("n1"), &room, tokens, config).await?;
+    a.publish(light()).await?;
+    let b = participant_in(&p, "n2", &room, "b", "us").await?;
+    assert_eq!(a.joined().node.as_str(), "n2");
+    a.wait_media_from_others(WAIT).await?;
+    b.wait_media_from_others(WAIT).await?;
+    p.signal("n1", "STOP")?;
+    // n1 answers nothing, its socket stays open: a notices the silence and resumes through
+    // n2, the fallback its `joined` named.
+    let r = a.wait_recoveries(1, WAIT).await?;
+    assert!(
+        matches!(r[0].cause, chaos::Cause::Silent(_)),
+        "{:?}",
+        r[0].cause
+    );
+    a.wait_media_from_others(WAIT).await?;
+    let since = r[0].rejoined.as_ref().expect("rejoined").at;
+    b.wait_media_since("a", since, WAIT).await?;
+    assert_eq!(a.url(), p.ws_url("n2"));
+    p.signal("n1", "CONT")?;
+    Ok(())
+}

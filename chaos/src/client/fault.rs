@@ -26,6 +26,9 @@ pub enum Cause {
     Reconnect { reason: String, url: Option<String> },
     /// A peer connection reached `failed`.
     PeerFailed(PcKind),
+    /// Nothing came from the node for the policy's silence, `ping`s included: a half-open
+    /// socket, or a frozen node.
+    Silent(Duration),
 }
 
 impl std::fmt::Display for Cause {
@@ -48,6 +51,7 @@ impl std::fmt::Display for Cause {
             } => write!(f, "reconnect ({reason}) to {u}"),
             Cause::PeerFailed(PcKind::Publisher) => write!(f, "publisher connection failed"),
             Cause::PeerFailed(PcKind::Subscriber) => write!(f, "subscriber connection failed"),
+            Cause::Silent(d) => write!(f, "nothing from the node for {} ms", d.as_millis()),
         }
     }
 }
@@ -63,13 +67,31 @@ pub(crate) enum Watched {
     ClosedLocally,
 }
 
-/// Waits until `client` needs replacing, or was closed by us.
-pub(crate) async fn next_fault(client: &Client) -> Watched {
+/// Waits until `client` needs replacing, or was closed by us. With `silence`, the node is
+/// pinged (protocol `ping`) every third of it while it says nothing, and a node silent for
+/// all of it is a fault.
+pub(crate) async fn next_fault(client: &Client, silence: Option<Duration>) -> Watched {
     let mut changes = client.events.changes();
+    let (mut heard, mut heard_at) = (client.message_count(), tokio::time::Instant::now());
+    let mut pinged_at = heard_at;
     loop {
         changes.borrow_and_update();
         if let Some(w) = fault_now(client) {
             return w;
+        }
+        if let Some(silence) = silence {
+            let now = tokio::time::Instant::now();
+            let count = client.message_count();
+            if count != heard {
+                (heard, heard_at) = (count, now);
+            }
+            if now.duration_since(heard_at) >= silence {
+                return Watched::Fault(Cause::Silent(silence));
+            }
+            if now.duration_since(heard_at.max(pinged_at)) >= silence / 3 {
+                pinged_at = now;
+                let _ = client.send(&protocol::signal::ClientMessage::Ping).await;
+            }
         }
         // A receiver whose sender is gone (a closed connection) would wake at once forever.
         let mut states: Vec<_> = peer_states(client)

@@ -20,6 +20,10 @@ pub struct RecoveryPolicy {
     /// How long after `joined` the first packet of every other participant is watched for
     /// (the [`super::Recovery::media_at`] timestamps); waits on media are not bounded by it.
     pub media_watch: Duration,
+    /// A node that sends nothing this long (it is pinged every third of it) is taken for
+    /// gone: a half-open socket or a frozen process ([`super::Cause::Silent`]). `None`:
+    /// only a closed socket, `reconnect` or a failed peer connection start a recovery.
+    pub silence: Option<Duration>,
 }
 
 impl Default for RecoveryPolicy {
@@ -33,6 +37,7 @@ impl Default for RecoveryPolicy {
                 .collect(),
             jitter: 0.5,
             media_watch: Duration::from_secs(60),
+            silence: Some(Duration::from_secs(15)),
         }
     }
 }

@@ -436,6 +436,7 @@ impl Watch<'_> {
                 Cause::SocketClosed(_) => "socket closed".into(),
                 Cause::Reconnect { reason, .. } => format!("`reconnect` {reason}"),
                 Cause::PeerFailed(_) => "peer connection failed".into(),
+                Cause::Silent(_) => "silent node".into(),
             },
             noticed: noticed_at - fault_at,
             joined: rejoined.at.saturating_duration_since(noticed_at),

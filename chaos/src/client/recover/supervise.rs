@@ -16,6 +16,8 @@ use tokio::time::Instant;
 /// How often, after a recovery, the counters are read for each other participant's first
 /// packet: the resolution of [`Recovery::media_at`].
 const MEDIA_POLL: Duration = Duration::from_millis(10);
+/// Bound on opening a WebSocket: a live node answers the handshake in milliseconds.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Least wait between two attempts, whatever the policy says: a refused connection fails
 /// in microseconds, and a loop must not spin.
 const MIN_RETRY: Duration = Duration::from_millis(10);
@@ -27,7 +29,7 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
     let mut watching: Option<usize> = None;
     loop {
         let client = shared.read(|s| s.client.clone());
-        let fault = next_fault(&client);
+        let fault = next_fault(&client, shared.config.recovery.silence);
         tokio::pin!(fault);
         let watched = loop {
             let (shared, client, index) = (&shared, &client, watching);
@@ -121,6 +123,14 @@ async fn recover(shared: &Shared, old: &Client, cause: Cause) -> Option<usize> {
     shared.update(|s| s.recoveries[index].restarted_unix_us = restarted_unix_us);
     let mut target = match &cause {
         Cause::Reconnect { url: Some(u), .. } => u.clone(),
+        // The node went silent: try the others first (the silent one comes last).
+        Cause::Silent(_) => shared.read(|s| {
+            s.joined
+                .fallback_urls
+                .first()
+                .cloned()
+                .unwrap_or_else(|| s.url.clone())
+        }),
         _ => shared.read(|s| s.url.clone()),
     };
     let mut rejoin = Rejoin::Resume;
@@ -248,13 +258,23 @@ async fn connect_first(shared: &Shared, target: &mut String) -> Result<Client> {
     let mut refused = None;
     for url in candidates {
         let config = shared.config.client.clone();
-        match Client::connect_sharing(&url, config, shared.stats.clone()).await {
+        // A frozen node's kernel still accepts the connection; its handshake never comes.
+        let connect = Client::connect_sharing(&url, config, shared.stats.clone());
+        let outcome = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::timeout(
+                    format!("connecting to {url}"),
+                    CONNECT_TIMEOUT,
+                ))
+            });
+        match outcome {
             Ok(c) => {
                 *target = url;
                 return Ok(c);
             }
-            Err(e) if is_refused(&e) => {
-                tracing::debug!(%url, "connection refused; trying the next fallback url");
+            Err(e) if is_refused(&e) || matches!(e, Error::Timeout { .. }) => {
+                tracing::debug!(%url, error = %e, "no node there; trying the next fallback url");
                 refused = Some(e);
             }
             Err(e) => return Err(e),
