@@ -33,6 +33,7 @@ mod error;
 mod events;
 pub mod geo;
 pub mod impair;
+pub mod invariants;
 pub mod payload;
 mod peer;
 mod publisher;
