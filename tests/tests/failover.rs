@@ -47,22 +47,12 @@ async fn follow_reconnect(c: &Client) -> anyhow::Result<(String, Client)> {
     Ok((reason, c.reconnect(url.as_deref()).await?))
 }
 
-/// Invariant 1 on a room's directory history: one origin per epoch, and epochs never go
-/// back.
-fn one_origin_per_epoch(history: &[Option<RoomAssignment>]) {
-    let mut origins: BTreeMap<u64, String> = BTreeMap::new();
-    let mut last = 0;
-    for a in history.iter().flatten() {
-        assert!(a.epoch >= last, "epoch went back: {history:?}");
-        last = a.epoch;
-        let origin = origins.entry(a.epoch).or_insert_with(|| a.node.to_string());
-        assert_eq!(
-            *origin,
-            a.node.as_str(),
-            "two origins at epoch {}: {history:?}",
-            a.epoch
-        );
-    }
+/// Invariant 1 on a room's directory history (`chaos::invariants`): one origin per epoch,
+/// epochs never going back.
+fn one_origin_per_epoch(room: &str, history: &[Option<RoomAssignment>]) {
+    let room = protocol::RoomId::new(room).expect("room id");
+    let check = chaos::invariants::single_origin(&room, history);
+    assert!(check.passed(), "{check:?}");
 }
 
 /// Audio and video at a fifth of the usual rate: rooms of ten stay light on two cores.
@@ -170,7 +160,7 @@ async fn a_stopped_node_loses_its_rooms_and_serves_none_when_it_continues() -> a
     wait_media(&c2, &["a", "b"], 20).await?;
     wait_media(&a2, &["b", "c"], 20).await?;
     assert_eq!(c2.joined().unwrap().node, moved.node);
-    one_origin_per_epoch(&p.kv_history(&room).await?);
+    one_origin_per_epoch(&room, &p.kv_history(&room).await?);
     let rooms = p.rooms_on(moved.node.as_str()).await?;
     assert!(
         rooms.iter().any(|(r, m)| *r == room && m.len() == 3),
@@ -213,7 +203,7 @@ async fn a_node_cut_off_from_nats_fences_itself_and_its_clients_move() -> anyhow
     let moved = p.assignment(&room).await?.expect("assigned");
     assert!(!moved.serves(&protocol::NodeId::new("n1")?), "{moved:?}");
     link.partition(false);
-    one_origin_per_epoch(&p.kv_history(&room).await?);
+    one_origin_per_epoch(&room, &p.kv_history(&room).await?);
     drop(proxy);
     Ok(())
 }
@@ -288,7 +278,7 @@ async fn a_drained_node_moves_every_participant_and_exits() -> anyhow::Result<()
     for (room, _) in &rooms {
         let a = p.assignment(room).await?.expect("assigned");
         assert!(!a.serves(&protocol::NodeId::new("n1")?), "{a:?}");
-        one_origin_per_epoch(&p.kv_history(room).await?);
+        one_origin_per_epoch(room, &p.kv_history(room).await?);
     }
     Ok(())
 }
@@ -380,7 +370,7 @@ async fn ten_rooms_of_three_publishers_recover_from_a_kill_by_themselves() -> an
         for m in members {
             assert_ne!(m.joined().node.as_str(), victim, "{room}");
         }
-        one_origin_per_epoch(&p.kv_history(room).await?);
+        one_origin_per_epoch(room, &p.kv_history(room).await?);
         let a = p.assignment(room).await?.expect("assigned");
         assert!(!a.serves(&protocol::NodeId::new(&victim)?), "{a:?}");
     }
@@ -468,7 +458,7 @@ async fn a_cascaded_room_survives_the_death_of_its_origin_and_of_another_node() 
     }
     let last = p.assignment(&room).await?.expect("assigned");
     assert!(!last.serves(&protocol::NodeId::new(&victim)?), "{last:?}");
-    one_origin_per_epoch(&p.kv_history(&room).await?);
+    one_origin_per_epoch(&room, &p.kv_history(&room).await?);
     Ok(())
 }
 

@@ -239,14 +239,16 @@ mod tests {
 
     #[test]
     fn refused_connections_are_told_apart() {
-        let refused = Error::from(tungstenite::Error::Io(std::io::Error::from(
-            ErrorKind::ConnectionRefused,
-        )));
-        let reset = Error::from(tungstenite::Error::Io(std::io::Error::from(
-            ErrorKind::ConnectionReset,
-        )));
-        assert!(is_refused(&refused));
-        assert!(!is_refused(&reset));
+        let io = |kind| Error::from(tungstenite::Error::Io(std::io::Error::from(kind)));
+        // Nobody serves there (any more): refused, or reset by a node dying mid-connect.
+        assert!(is_refused(&io(ErrorKind::ConnectionRefused)));
+        assert!(is_refused(&io(ErrorKind::ConnectionReset)));
+        let unfinished = tungstenite::error::ProtocolError::HandshakeIncomplete;
+        assert!(is_refused(&Error::from(tungstenite::Error::Protocol(
+            unfinished
+        ))));
+        // Anything else is an answer from a node.
+        assert!(!is_refused(&io(ErrorKind::PermissionDenied)));
         assert!(!is_refused(&Error::Closed("x".into())));
     }
 }
