@@ -489,6 +489,10 @@ pub struct UserDelivery {
     pub v: u32,
     pub room: RoomId,
     pub msg: crate::signal::ServerMessage,
+    /// Only for a session whose participant lives on this node (a fenced room telling its
+    /// clients to go must not reach a session that moved on to the room's new node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<NodeId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -581,6 +585,7 @@ mod tests {
             v: VERSION,
             room: RoomId::new("r").unwrap(),
             msg: crate::signal::ServerMessage::Pong,
+            host: Some(NodeId::new("n1").unwrap()),
         };
         let json = serde_json::to_vec(&d).unwrap();
         assert_eq!(

@@ -305,15 +305,13 @@ impl NodeAgent {
                     "cut off from the cluster (own heartbeat not heard back, other nodes ready): fencing every room, moving clients away"
                 );
                 metrics::counter!("node_fenced_total", "cause" => "cut_off").increment(1);
+                // The registry fences its rooms and only then sends every socket away: a
+                // client that comes back at once finds the rooms gone, not restorable.
                 act.rooms.do_send(Fence {
                     rooms: None,
                     reason: "fenced",
+                    every_socket: true,
                 });
-                let url = act.node.fallback_urls().into_iter().next();
-                act.node.router.do_send(Broadcast(Routed::Leave {
-                    reason: "fenced",
-                    url,
-                }));
             })
             .spawn(ctx);
     }
@@ -366,6 +364,7 @@ fn node_down(node: &NodeCtx, rooms: &Addr<RoomRegistry>, down: wire::NodeDown) {
         return rooms.do_send(Fence {
             rooms: None,
             reason: "fenced",
+            every_socket: false,
         });
     }
     let first = {

@@ -14,7 +14,7 @@ mod links;
 pub use links::{ListLinks, LocalState, RelaySignal, RoomNodeGone, RELAY_USER_PREFIX};
 
 use super::peer::{self, Peer, PeerEvent, PeerRole};
-use super::router::{Deliver, DeliverHere};
+use super::router::Deliver;
 use super::{NodeCtx, Observe};
 use crate::counters::{Kind, Live};
 use crate::media::forward::{DownTrack, TrackSource};
@@ -505,14 +505,14 @@ impl Handler<FenceRoom> for Room {
             reason: msg.reason.into(),
             url: msg.url,
         };
-        // Only the sessions on this node: those elsewhere were told by their own node when
-        // this one was declared dead, and may be attached to the room's new node by now.
+        // Only sessions attached to this node's participants hear it (the router sends
+        // every room's word from its host): one that resumed elsewhere meanwhile must not.
         for id in self.members.keys() {
-            self.node.router.do_send(DeliverHere(Deliver {
+            self.node.router.do_send(Deliver {
                 to: id.clone(),
                 room: self.id.clone(),
                 msg: reconnect.clone(),
-            }));
+            });
         }
         for (_, m) in self.members.drain() {
             m.peer.do_send(peer::Close);

@@ -7,6 +7,7 @@ use super::room::{
     AdmitMember, FenceRoom, JoinedInfo, ListLinks, LocalState, MemberCommand, RelaySignal,
     ResumeMember, Room, RoomNodeGone, RoomReport, Shutdown,
 };
+use super::router::{Broadcast, Routed};
 use super::{NodeCtx, Observe};
 use actix::prelude::*;
 use protocol::cluster::{
@@ -356,6 +357,9 @@ impl Handler<Assigned> for RoomRegistry {
 pub struct Fence {
     pub rooms: Option<Vec<RoomId>>,
     pub reason: &'static str,
+    /// Then send every socket on this node elsewhere too (those whose participant lives on
+    /// another node included): the node is cut off from the cluster.
+    pub every_socket: bool,
 }
 
 impl Handler<Fence> for RoomRegistry {
@@ -367,6 +371,14 @@ impl Handler<Fence> for RoomRegistry {
         };
         for room in rooms {
             self.fence(&room, msg.reason);
+        }
+        if msg.every_socket {
+            // After the rooms are gone here: a resume that follows finds nothing to restore.
+            let url = self.node.fallback_urls().into_iter().next();
+            self.node.router.do_send(Broadcast(Routed::Leave {
+                reason: msg.reason,
+                url,
+            }));
         }
     }
 }

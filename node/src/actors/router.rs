@@ -101,9 +101,13 @@ impl SessionRouter {
 
     /// Delivers to a local session of `to` in `room`; false if there is none.
     fn deliver_local(&self, to: &UserId, room: &RoomId, msg: ServerMessage) -> bool {
+        self.deliver_routed(to, room, Routed::ToClient(msg))
+    }
+
+    fn deliver_routed(&self, to: &UserId, room: &RoomId, routed: Routed) -> bool {
         match self.sessions.get(to) {
             Some(e) if &e.room == room => {
-                e.session.do_send(Routed::ToClient(msg));
+                e.session.do_send(routed);
                 true
             }
             _ => false,
@@ -121,6 +125,8 @@ impl Actor for SessionRouter {
 pub enum Routed {
     /// A server message for the session's client.
     ToClient(ServerMessage),
+    /// A server message for the session's client if its participant lives on `host`.
+    FromHost { msg: ServerMessage, host: NodeId },
     /// The route to the user went to a newer session.
     Kick { reason: &'static str },
     /// A coordinator found `node` dead: a session whose participant lived there tells its
@@ -150,6 +156,10 @@ impl Handler<Broadcast> for SessionRouter {
                     url: url.clone(),
                 },
                 Routed::ToClient(m) => Routed::ToClient(m.clone()),
+                Routed::FromHost { msg, host } => Routed::FromHost {
+                    msg: msg.clone(),
+                    host: host.clone(),
+                },
                 Routed::Kick { .. } => continue,
             };
             e.session.do_send(copy);
@@ -318,40 +328,45 @@ impl Handler<Unregister> for SessionRouter {
 impl Handler<Deliver> for SessionRouter {
     type Result = ();
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
-        if self.sessions.contains_key(&msg.to) {
+        // Everything a room or peer here says to a user is for a session attached to this
+        // node's participant: a session that moved on to another node (a resume, a fence)
+        // must not hear a stale offer or a `reconnect` from here.
+        let Some(c) = &self.cluster else {
             self.deliver_local(&msg.to, &msg.room, msg.msg);
             return;
-        }
-        if let Some(c) = &self.cluster {
-            let delivery = UserDelivery {
-                v: wire::VERSION,
-                room: msg.room,
+        };
+        if self.sessions.contains_key(&msg.to) {
+            let routed = Routed::FromHost {
                 msg: msg.msg,
+                host: c.node.clone(),
             };
-            c.publish(wire::user(&msg.to), &delivery);
+            self.deliver_routed(&msg.to, &msg.room, routed);
+            return;
         }
-    }
-}
-
-/// Sends a message to a user of `room` only if its session is on this node. A fenced room
-/// tells its clients to go with this: a user whose session is elsewhere may have moved on to
-/// the room's new node already, and its new session must not hear the old room.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DeliverHere(pub Deliver);
-
-impl Handler<DeliverHere> for SessionRouter {
-    type Result = ();
-    fn handle(&mut self, msg: DeliverHere, _: &mut Context<Self>) {
-        let Deliver { to, room, msg } = msg.0;
-        self.deliver_local(&to, &room, msg);
+        let delivery = UserDelivery {
+            v: wire::VERSION,
+            room: msg.room,
+            msg: msg.msg,
+            host: Some(c.node.clone()),
+        };
+        c.publish(wire::user(&msg.to), &delivery);
     }
 }
 
 impl Handler<Inbound> for SessionRouter {
     type Result = ();
     fn handle(&mut self, msg: Inbound, _: &mut Context<Self>) {
-        let delivered = self.deliver_local(&msg.to, &msg.delivery.room, msg.delivery.msg);
+        let UserDelivery {
+            room,
+            msg: out,
+            host,
+            ..
+        } = msg.delivery;
+        let routed = match host {
+            Some(host) => Routed::FromHost { msg: out, host },
+            None => Routed::ToClient(out),
+        };
+        let delivered = self.deliver_routed(&msg.to, &room, routed);
         if let (Some(reply), Some(c)) = (msg.reply, &self.cluster) {
             let ack = if delivered {
                 DeliveryAck::Delivered
@@ -381,6 +396,7 @@ impl Handler<RouteUserMessage> for SessionRouter {
             v: wire::VERSION,
             room: msg.room,
             msg: out,
+            host: None,
         };
         Box::pin(async move {
             let ack: Result<DeliveryAck, ClusterError> = c

@@ -798,6 +798,22 @@ impl Handler<Routed> for SignalingSession {
                     self.send(&msg, ctx);
                 }
             }
+            Routed::FromHost { msg, host } => {
+                let attached = match &self.state {
+                    State::Joined {
+                        peer: PeerRef::Local(_),
+                        ..
+                    } => host == self.node.config.node_id,
+                    State::Joined {
+                        peer: PeerRef::Remote(n),
+                        ..
+                    } => *n == host,
+                    _ => false,
+                };
+                if attached {
+                    <Self as Handler<Routed>>::handle(self, Routed::ToClient(msg), ctx);
+                }
+            }
             Routed::NodeGone { node } => {
                 if matches!(&self.state, State::Joined { peer: PeerRef::Remote(n), .. } if *n == node)
                 {
