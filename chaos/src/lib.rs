@@ -37,6 +37,7 @@ pub mod invariants;
 pub mod payload;
 mod peer;
 mod publisher;
+pub mod runner;
 pub mod sandbox;
 pub mod stats;
 mod subscriber;

@@ -41,6 +41,9 @@ enum Command {
     /// Put regions on loopback with delayed links between them until Ctrl-C: print the
     /// flags each region's nodes need, then, at the end, every pair's counters as JSON.
     Geo(GeoArgs),
+    /// Start a local cluster, inject a scenario's faults on a schedule drawn from the seed,
+    /// check the invariants and exit non-zero on any violation.
+    Run(RunArgs),
     // Later: `Load` (many clients, ramp, report) and `Scenario` (scripted faults).
 }
 
@@ -95,6 +98,32 @@ struct ClientArgs {
     /// Bound on one recovery, from the fault to `joined` and the republish.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     recovery_deadline: Duration,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The scenario: smoke, soak, kill, stop, nats or hostile.
+    scenario: String,
+    /// Seed of the fault schedule; random (and printed) when absent.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Length of the fault phase: `90s`, `10m`; the scenario's default when absent.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    #[command(flatten)]
+    bins: chaos::bench::Binaries,
+    /// Write `report.json` and `report.md` here.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Directory for the processes' logs [default: a fresh directory under the temp dir].
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+    /// First UDP port of n1's media range (200 ports per node, the next nodes follow).
+    #[arg(long, default_value_t = 23000)]
+    udp_base: u16,
+    /// Print the schedule and exit, starting nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -449,6 +478,35 @@ async fn run_geo(args: GeoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
+    use chaos::runner::{self, report::schedule_table, scenario::Scenario};
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let config = runner::RunConfig {
+        scenario: Scenario::named(&args.scenario)?,
+        seed,
+        duration: args.duration,
+        bins: args.bins,
+        dir: args.dir,
+        udp_base: args.udp_base,
+    };
+    let steps = runner::plan(&config)?;
+    eprintln!("== {}", config.replay());
+    if args.dry_run {
+        println!("{}", schedule_table(&steps));
+        return Ok(());
+    }
+    let report = chaos::bench::run_until_ctrl_c(runner::run(&config))?;
+    if let Some(out) = &args.out {
+        report.write(out)?;
+        eprintln!("== report written to {}", out.display());
+    }
+    println!("{}", report.markdown());
+    if !report.passed {
+        bail!("scenario {} failed (seed {seed})", config.scenario.name);
+    }
+    Ok(())
+}
+
 fn print_table(stats: &[TrackStats]) {
     println!(
         "{:<20} {:<24} {:<5} {:>9} {:>7} {:>5} {:>9} {:>9} {:>9}",
@@ -511,6 +569,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(run_geo(args))
         }
+        Command::Run(args) => run_scenario(args),
     }
 }
 

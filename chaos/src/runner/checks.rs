@@ -1,0 +1,288 @@
+//! The end-of-run observations the invariants judge: KV histories, node snapshots, RSS,
+//! logs. Every read is bounded.
+
+use super::observe::Room;
+use crate::bench;
+use crate::invariants::{
+    exact_membership, no_panic, nothing_leaks, single_origin, Check, Invariant, Log, MemoryReturn,
+    MemoryTolerance, NodeSnapshot, Verdict,
+};
+use crate::sandbox::Cluster;
+use crate::Status;
+use anyhow::{anyhow, bail, Context, Result};
+use futures::StreamExt;
+use protocol::cluster::{self as wire, RoomAssignment};
+use protocol::{RoomId, UserId};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Bound on one HTTP or NATS read.
+const READ: Duration = Duration::from_secs(5);
+/// How often a converging check (membership, leaks) is tried again.
+const RETRY: Duration = Duration::from_millis(250);
+
+/// One check of several inputs: pass with every `checked` when all pass, else fail with
+/// every failure's evidence.
+pub fn merge(invariant: Invariant, checks: Vec<Check>) -> Check {
+    if checks.is_empty() {
+        return Check {
+            invariant,
+            verdict: Verdict::Fail {
+                evidence: vec!["nothing to check".into()],
+            },
+        };
+    }
+    let mut checked = Vec::new();
+    let mut evidence = Vec::new();
+    for c in checks {
+        match c.verdict {
+            Verdict::Pass { checked: c } => checked.push(c),
+            Verdict::Fail { evidence: e } => evidence.extend(e),
+        }
+    }
+    let verdict = if evidence.is_empty() {
+        Verdict::Pass {
+            checked: checked.join("; "),
+        }
+    } else {
+        Verdict::Fail { evidence }
+    };
+    Check { invariant, verdict }
+}
+
+/// Every revision of `room`'s directory entry, oldest first (deletes as `None`).
+async fn kv_history(nats_url: &str, room: &RoomId) -> Result<Vec<Option<RoomAssignment>>> {
+    let client = async_nats::connect(nats_url).await?;
+    let js = async_nats::jetstream::new(client);
+    let kv = js
+        .get_key_value(wire::ROOMS_BUCKET)
+        .await
+        .map_err(|e| anyhow!("bucket {}: {e}", wire::ROOMS_BUCKET))?;
+    let mut history = kv
+        .history(wire::token(room.as_str()))
+        .await
+        .map_err(|e| anyhow!("history: {e}"))?;
+    let mut out = Vec::new();
+    while let Some(entry) = history.next().await {
+        let entry = entry.map_err(|e| anyhow!("history entry: {e}"))?;
+        out.push(match entry.operation {
+            async_nats::jetstream::kv::Operation::Put => {
+                Some(serde_json::from_slice(&entry.value)?)
+            }
+            _ => None,
+        });
+    }
+    Ok(out)
+}
+
+/// `single_origin` over every room's KV history; a history that cannot be read is evidence.
+pub async fn single_origin_all(nats_url: &str, rooms: &[Room]) -> Check {
+    let mut checks = Vec::new();
+    for room in rooms {
+        let read = tokio::time::timeout(READ, kv_history(nats_url, &room.id)).await;
+        checks.push(match read {
+            Ok(Ok(history)) => single_origin(&room.id, &history),
+            Ok(Err(e)) => fail(
+                Invariant::SingleOrigin,
+                format!("{}: history unreadable: {e:#}", room.id),
+            ),
+            Err(_) => fail(
+                Invariant::SingleOrigin,
+                format!("{}: history not read within {READ:?}", room.id),
+            ),
+        });
+    }
+    merge(Invariant::SingleOrigin, checks)
+}
+
+fn fail(invariant: Invariant, evidence: String) -> Check {
+    Check {
+        invariant,
+        verdict: Verdict::Fail {
+            evidence: vec![evidence],
+        },
+    }
+}
+
+/// `GET <path>` on a node's HTTP port with the API secret as bearer token: the body of a
+/// 200 answer (bounded by [`READ`]).
+async fn get_with_bearer(port: u16, path: &str, secret: &str) -> Result<String> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {secret}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        anyhow::Ok(buf)
+    };
+    let buf = tokio::time::timeout(READ, exchange)
+        .await
+        .map_err(|_| anyhow!("GET {path}: no answer within {READ:?}"))??;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("GET {path}: malformed answer"))?;
+    let status = head.lines().next().unwrap_or("");
+    if !status.contains(" 200") {
+        bail!("GET {path}: {status}");
+    }
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return bench::dechunk(body);
+    }
+    Ok(body.to_owned())
+}
+
+/// Every node's `/debug/snapshot`.
+pub async fn snapshots(cluster: &Cluster) -> Result<Vec<NodeSnapshot>> {
+    let mut out = Vec::new();
+    for n in cluster.nodes() {
+        let body = get_with_bearer(n.port(), "/debug/snapshot", cluster.api_secret())
+            .await
+            .with_context(|| format!("snapshot of {}", n.id()))?;
+        let json: serde_json::Value = serde_json::from_str(&body)?;
+        out.push(NodeSnapshot::parse(&json).with_context(|| format!("snapshot of {}", n.id()))?);
+    }
+    Ok(out)
+}
+
+/// The participants still connected (or recovering), per room.
+pub fn connected(rooms: &[Room]) -> BTreeMap<RoomId, BTreeSet<UserId>> {
+    rooms
+        .iter()
+        .map(|r| {
+            let ids = r
+                .members
+                .iter()
+                .zip(&r.ids)
+                .filter(|(p, _)| !matches!(p.status(), Status::Ended(_)))
+                .map(|(_, id)| id.clone())
+                .collect();
+            (r.id.clone(), ids)
+        })
+        .collect()
+}
+
+/// Tries `check` on fresh snapshots every [`RETRY`] until it passes or `within` passed;
+/// returns the last verdict (a snapshot that cannot be read is evidence).
+pub async fn converging(
+    cluster: &Cluster,
+    invariant: Invariant,
+    within: Duration,
+    check: impl Fn(&[NodeSnapshot]) -> Check,
+) -> Check {
+    let deadline = Instant::now() + within;
+    loop {
+        let last = match snapshots(cluster).await {
+            Ok(s) => check(&s),
+            Err(e) => fail(invariant, format!("{e:#}")),
+        };
+        if last.passed() || Instant::now() >= deadline {
+            return last;
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Exact membership, given `within` to converge after the last fault.
+pub async fn membership(cluster: &Cluster, rooms: &[Room], within: Duration) -> Check {
+    let want = connected(rooms);
+    converging(cluster, Invariant::ExactMembership, within, |s| {
+        exact_membership(&want, s)
+    })
+    .await
+}
+
+/// RSS of every node now, KiB.
+pub fn rss(cluster: &Cluster) -> BTreeMap<String, u64> {
+    cluster
+        .nodes()
+        .filter_map(|n| Some((n.id().to_owned(), bench::vm_rss_kib(n.pid()).ok()?)))
+        .collect()
+}
+
+/// Once everyone left: counters at zero and RSS near `baseline`, given `within` to get there.
+pub async fn leaks(cluster: &Cluster, baseline: &BTreeMap<String, u64>, within: Duration) -> Check {
+    converging(cluster, Invariant::NothingLeaks, within, |s| {
+        let now = rss(cluster);
+        let memory: Vec<MemoryReturn> = baseline
+            .iter()
+            .filter_map(|(id, b)| {
+                Some(MemoryReturn {
+                    process: id.clone(),
+                    baseline_kib: *b,
+                    after_kib: *now.get(id)?,
+                })
+            })
+            .collect();
+        nothing_leaks(s, &memory, MemoryTolerance::default())
+    })
+    .await
+}
+
+/// No panic nor unexpected ERROR in any log; `exited` lists processes found dead that no
+/// fault killed, as further evidence.
+pub fn logs(cluster: &Cluster, allowed: &[&str], exited: &[String]) -> Check {
+    let logs: Vec<Log> = cluster
+        .procs()
+        .iter()
+        .map(|p| Log {
+            process: p.id().to_owned(),
+            text: std::fs::read_to_string(p.log_path()).unwrap_or_default(),
+        })
+        .collect();
+    let mut check = no_panic(&logs, allowed);
+    if !exited.is_empty() {
+        let extra = exited.iter().map(|e| format!("{e} exited on its own"));
+        check = match check.verdict {
+            Verdict::Fail { mut evidence } => {
+                evidence.extend(extra);
+                fail_with(Invariant::NoPanic, evidence)
+            }
+            Verdict::Pass { .. } => fail_with(Invariant::NoPanic, extra.collect()),
+        };
+    }
+    check
+}
+
+fn fail_with(invariant: Invariant, evidence: Vec<String>) -> Check {
+    Check {
+        invariant,
+        verdict: Verdict::Fail { evidence },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merging_passes_only_when_every_part_passes() {
+        let pass = |c: &str| Check {
+            invariant: Invariant::SingleOrigin,
+            verdict: Verdict::Pass { checked: c.into() },
+        };
+        let m = merge(Invariant::SingleOrigin, vec![pass("a"), pass("b")]);
+        assert_eq!(
+            m.verdict,
+            Verdict::Pass {
+                checked: "a; b".into()
+            }
+        );
+        let m = merge(
+            Invariant::SingleOrigin,
+            vec![
+                pass("a"),
+                fail(Invariant::SingleOrigin, "r: two origins".into()),
+            ],
+        );
+        assert!(!m.passed());
+        assert!(!merge(Invariant::SingleOrigin, Vec::new()).passed());
+    }
+}

@@ -1,0 +1,419 @@
+//! `chaos run <scenario>`: starts a cluster ([`crate::sandbox`]), puts publishing
+//! participants in several rooms, injects the faults of a seeded schedule
+//! ([`schedule::schedule`]) and judges the invariants ([`crate::invariants`]).
+//!
+//! The calling contract:
+//! - [`plan`] is pure: the same scenario, seed and duration give the same schedule, which
+//!   `--dry-run` prints without starting anything.
+//! - [`run`] returns the [`Report`] whether or not the invariants held; it fails only when
+//!   the run cannot start (the cluster, the first media). Every wait in it is bounded; the
+//!   cluster is stopped on every path (dropping it kills what still runs).
+//! - After each fault: per (receiver, publisher) link, the first packet after the fault
+//!   over settled connections ([`observe`]), judged by `everyone_receives` against the
+//!   scenario's recovery bound. At the end: single origin per epoch on every room's KV
+//!   history, exact membership, bad input contained (when a hostile client ran), nothing
+//!   leaks once everyone left, no panic in any log.
+
+mod checks;
+pub mod hostile;
+mod observe;
+pub mod report;
+pub mod scenario;
+pub mod schedule;
+
+use crate::bench;
+use crate::invariants::{
+    bad_input_contained, everyone_receives, recovery_times, Bystander, HostileOutcome,
+};
+use crate::sandbox::{self, Cluster, ClusterSpec, NodeSpec};
+use crate::{mint_tokens, ClientConfig, Participant, ParticipantConfig, PublishOpts};
+use anyhow::{anyhow, bail, Context, Result};
+use observe::Room;
+use protocol::token::Claims;
+use protocol::{RoomId, UserId};
+use report::{FaultRecord, Report};
+use scenario::Scenario;
+use schedule::{Fault, Step};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Bound on the first media, a restart, and the coordinators seeing every node again.
+const SETTLE: Duration = Duration::from_secs(30);
+/// Bound on membership converging, and on counters reaching zero once everyone left.
+const CONVERGE: Duration = Duration::from_secs(30);
+const PORTS_PER_NODE: u16 = 200;
+
+/// What `chaos run` was asked.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub scenario: Scenario,
+    pub seed: u64,
+    /// The fault phase; the scenario's default when `None`.
+    pub duration: Option<Duration>,
+    pub bins: bench::Binaries,
+    /// Run directory for the logs; a fresh one under the temp dir when `None`.
+    pub dir: Option<PathBuf>,
+    /// First UDP port of n1's media range; the next nodes follow, 200 ports each.
+    pub udp_base: u16,
+}
+
+impl RunConfig {
+    /// The command that replays this run's schedule.
+    pub fn replay(&self) -> String {
+        let t = self.scenario.timing(self.duration);
+        format!(
+            "chaos run {} --seed {} --duration {}s",
+            self.scenario.name,
+            self.seed,
+            t.duration.as_secs()
+        )
+    }
+}
+
+/// The run's schedule.
+pub fn plan(cfg: &RunConfig) -> Result<Vec<Step>> {
+    let s = &cfg.scenario;
+    schedule::schedule(&s.plan, &s.node_ids(), cfg.seed, s.timing(cfg.duration))
+}
+
+/// Runs the scenario; see the module documentation.
+pub async fn run(cfg: &RunConfig) -> Result<Report> {
+    let steps = plan(cfg)?;
+    let s = &cfg.scenario;
+    let timing = s.timing(cfg.duration);
+    let dir = bench::run_dir(&format!("chaos-{}", s.name), cfg.dir.as_deref())?;
+    let mut cluster = Cluster::start(cluster_spec(cfg, dir.join("cluster"))?).await?;
+    eprintln!("== cluster is up; {} faults scheduled", steps.len());
+    let mut report = Report {
+        scenario: s.name.to_owned(),
+        seed: cfg.seed,
+        duration_ms: timing.duration.as_millis() as u64,
+        recovery_bound_ms: s.recovery_bound.as_millis() as u64,
+        command: cfg.replay(),
+        schedule: steps.clone(),
+        faults: Vec::new(),
+        invariants: Vec::new(),
+        errors: Vec::new(),
+        logs: dir.join("cluster").display().to_string(),
+        passed: false,
+    };
+    let baseline = checks::rss(&cluster);
+    let rooms = match open_rooms(s, &cluster).await {
+        Ok(r) => r,
+        Err(e) => {
+            cluster.stop();
+            return Err(e.context(format!("logs in {}", report.logs)));
+        }
+    };
+    eprintln!("== {} rooms: everyone receives everyone", rooms.len());
+    let mut hostile = Vec::new();
+    let mut bystanders = Vec::new();
+    let start = Instant::now();
+    for (i, step) in steps.iter().enumerate() {
+        tokio::time::sleep_until(start + step.at).await;
+        let injected = start.elapsed();
+        eprintln!("== {:.1?}: {}", injected, step.fault);
+        let tag = format!("{}x{i}", cfg.seed);
+        match inject(&mut cluster, &rooms, step, s, &tag).await {
+            Ok(done) => {
+                let recovery = recovery_times(&done.receptions);
+                eprintln!(
+                    "   {} links, never {}, p50 {:?} p99 {:?} max {:?}",
+                    recovery.links, recovery.never, recovery.p50, recovery.p99, recovery.max
+                );
+                hostile.extend(done.hostile);
+                bystanders.extend(done.bystanders);
+                report.faults.push(FaultRecord {
+                    step: step.clone(),
+                    injected_ms: injected.as_millis() as u64,
+                    recovery,
+                    everyone_receives: everyone_receives(&done.receptions, s.recovery_bound),
+                    participant_recoveries: done.recoveries,
+                    notes: done.notes,
+                });
+            }
+            Err(e) => {
+                eprintln!("   failed: {e:#}");
+                report
+                    .errors
+                    .push(format!("fault {} ({}): {e:#}", i + 1, step.fault));
+            }
+        }
+    }
+    eprintln!("== checking the invariants");
+    report
+        .invariants
+        .push(checks::single_origin_all(cluster.nats_url(), &rooms).await);
+    report
+        .invariants
+        .push(checks::membership(&cluster, &rooms, CONVERGE).await);
+    if !hostile.is_empty() {
+        report
+            .invariants
+            .push(bad_input_contained(&hostile, &bystanders));
+    }
+    leave_all(&rooms).await;
+    report
+        .invariants
+        .push(checks::leaks(&cluster, &baseline, CONVERGE).await);
+    let exited: Vec<String> = cluster.first_exited().into_iter().collect();
+    cluster.stop();
+    report
+        .invariants
+        .push(checks::logs(&cluster, s.allowed_errors, &exited));
+    report.compute_passed();
+    Ok(report)
+}
+
+/// 2 coordinators and the scenario's nodes, all in `eu`, rooms gone 1 s after emptying.
+fn cluster_spec(cfg: &RunConfig, dir: PathBuf) -> Result<ClusterSpec> {
+    let s = &cfg.scenario;
+    let mut spec = cfg.bins.apply(ClusterSpec::new(dir));
+    spec.child_log = "info,webrtc=warn,rtc=error,rtc_ice=warn,rtc_dtls=error,rtc_srtp=error".into();
+    for c in s.coordinator_ids() {
+        spec = spec.coordinator(&c);
+    }
+    for (i, id) in s.node_ids().iter().enumerate() {
+        let lo = u32::from(cfg.udp_base) + i as u32 * u32::from(PORTS_PER_NODE);
+        let hi = lo + u32::from(PORTS_PER_NODE) - 1;
+        let (lo, hi) = (
+            u16::try_from(lo)?,
+            u16::try_from(hi).context("--udp-base too high")?,
+        );
+        spec = spec.node(NodeSpec::new(id, "eu", (lo, hi)).flag("--room-empty-grace-secs=1"));
+    }
+    spec.validate()?;
+    Ok(spec)
+}
+
+/// The scenario's rooms, member `j` of room `i` joining through node `(i + j) % nodes`;
+/// returns once everyone receives everyone (bounded by [`SETTLE`]).
+async fn open_rooms(s: &Scenario, cluster: &Cluster) -> Result<Vec<Room>> {
+    let started = Instant::now();
+    let nodes = s.node_ids();
+    let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+    let open = (0..s.rooms).map(|i| {
+        let nodes = &nodes;
+        let tag = &tag;
+        async move {
+            let id = RoomId::new(format!("chaos{tag}r{i}"))?;
+            let mut room = Room {
+                id: id.clone(),
+                members: Vec::new(),
+                ids: Vec::new(),
+            };
+            for j in 0..s.per_room {
+                // The user id carries the room: a node keeps one session per user id.
+                let user = UserId::new(format!("p{j}@{id}"))?;
+                let claims = Claims::new(id.clone(), user.clone(), 0, 0);
+                let tokens =
+                    mint_tokens(cluster.api_secret(), claims, Duration::from_secs(24 * 3600));
+                let config = ParticipantConfig {
+                    client: ClientConfig {
+                        ice_check_interval: Some(Duration::from_millis(50)),
+                        ..ClientConfig::default()
+                    },
+                    region: Some("eu".into()),
+                    ..ParticipantConfig::default()
+                };
+                let ws = cluster.node(&nodes[(i + j) % nodes.len()])?.ws_url();
+                let p = Participant::join(&ws, id.as_str(), tokens, config).await?;
+                p.publish(PublishOpts {
+                    audio: false,
+                    video: true,
+                    video_pps: s.video_pps,
+                    ..PublishOpts::default()
+                })
+                .await?;
+                room.members.push(p);
+                room.ids.push(user);
+            }
+            anyhow::Ok(room)
+        }
+    });
+    let rooms = futures::future::try_join_all(open).await?;
+    for room in &rooms {
+        for (p, id) in room.members.iter().zip(&room.ids) {
+            for other in room.ids.iter().filter(|o| *o != id) {
+                p.wait_media_since(other.as_str(), started, SETTLE)
+                    .await
+                    .with_context(|| format!("{id} before the first fault"))?;
+            }
+        }
+    }
+    Ok(rooms)
+}
+
+/// Everyone leaves, each bounded by 5 s.
+async fn leave_all(rooms: &[Room]) {
+    let all = rooms.iter().flat_map(|r| &r.members).map(|p| async move {
+        if tokio::time::timeout(Duration::from_secs(5), p.leave())
+            .await
+            .is_err()
+        {
+            eprintln!("   {} took more than 5 s to leave", p.participant_id());
+        }
+    });
+    futures::future::join_all(all).await;
+}
+
+/// What one injected fault produced.
+struct Injected {
+    receptions: Vec<crate::invariants::RoomReception>,
+    recoveries: usize,
+    notes: Vec<String>,
+    hostile: Vec<HostileOutcome>,
+    bystanders: Vec<Bystander>,
+}
+
+/// Injects `step`'s fault, watches the rooms recover, repairs what the fault broke.
+async fn inject(
+    cluster: &mut Cluster,
+    rooms: &[Room],
+    step: &Step,
+    s: &Scenario,
+    tag: &str,
+) -> Result<Injected> {
+    let bound = s.recovery_bound;
+    let mut notes = Vec::new();
+    let mut hostile = Vec::new();
+    let mut bystanders = Vec::new();
+    let fault_at = Instant::now();
+    let (receptions, recoveries) = match &step.fault {
+        Fault::KillNode { .. } | Fault::KillBusiest => {
+            let node = match &step.fault {
+                Fault::KillNode { node } => node.clone(),
+                _ => busiest(rooms).context("no participant to find the busiest node by")?,
+            };
+            let node = &node;
+            notes.push(format!("killed {node}"));
+            cluster.proc_mut(node)?.signal("KILL")?;
+            let seen = observe::watch(rooms, fault_at, bound).await;
+            let t = Instant::now();
+            cluster.restart(node, SETTLE).await?;
+            all_ready(cluster).await?;
+            notes.push(format!(
+                "{node} restarted and seen by every coordinator in {:.1?}",
+                t.elapsed()
+            ));
+            seen
+        }
+        Fault::StopNode { node, pause } => {
+            cluster.proc_mut(node)?.signal("STOP")?;
+            let cont = async {
+                tokio::time::sleep(*pause).await;
+                cluster.proc_mut(node)?.signal("CONT")
+            };
+            let (seen, cont) = tokio::join!(observe::watch(rooms, fault_at, bound), cont);
+            cont?;
+            all_ready(cluster).await?;
+            seen
+        }
+        Fault::RestartNats => {
+            cluster.proc_mut("nats")?.signal("KILL")?;
+            // Watched from the kill on: media may well flow on while NATS is away.
+            let restart = async {
+                let r = restart_nats(cluster).await;
+                (r, fault_at.elapsed())
+            };
+            let (seen, (restarted, took)) =
+                tokio::join!(observe::watch(rooms, fault_at, bound), restart);
+            restarted?;
+            notes.push(format!(
+                "nats-server answered again {took:.1?} after its kill"
+            ));
+            all_ready(cluster).await?;
+            seen
+        }
+        Fault::Hostile { node } => {
+            let ws = cluster.node(node)?.ws_url();
+            let attack = hostile::run(&ws, rooms[0].id.as_str(), cluster.api_secret(), tag);
+            let (seen, (outcomes, n)) =
+                tokio::join!(observe::watch(rooms, fault_at, bound), attack);
+            notes.extend(n);
+            hostile = outcomes;
+            for room in rooms {
+                let reception = seen.0.iter().find(|r| r.room == room.id);
+                for (p, id) in room.members.iter().zip(&room.ids) {
+                    let kept_socket = !p.recoveries().iter().any(|r| r.noticed_at >= fault_at);
+                    let kept_media = reception.is_some_and(|r| {
+                        room.ids.iter().filter(|o| *o != id).all(|o| {
+                            r.links().any(|(l, t)| {
+                                &l.receiver == id
+                                    && &l.publisher == o
+                                    && t.is_some_and(|t| t <= bound)
+                            })
+                        })
+                    });
+                    bystanders.push(Bystander {
+                        client: id.clone(),
+                        kept_socket,
+                        kept_media,
+                    });
+                }
+            }
+            seen
+        }
+    };
+    Ok(Injected {
+        receptions,
+        recoveries,
+        notes,
+        hostile,
+        bystanders,
+    })
+}
+
+/// The node serving the most participants (`joined.node`), the first by id on a tie.
+fn busiest(rooms: &[Room]) -> Option<String> {
+    let mut served = std::collections::BTreeMap::<String, usize>::new();
+    for p in rooms.iter().flat_map(|r| &r.members) {
+        *served.entry(p.joined().node.to_string()).or_default() += 1;
+    }
+    let most = served.values().copied().max()?;
+    served
+        .into_iter()
+        .find(|(_, n)| *n == most)
+        .map(|(node, _)| node)
+}
+
+/// Starts the killed nats-server again (same port and store) and waits until it greets
+/// with JetStream, bounded by [`SETTLE`]. `Cluster::restart` waits for an HTTP `/readyz`,
+/// which nats-server has not: its readiness error is expected, and the NATS probe decides.
+async fn restart_nats(cluster: &mut Cluster) -> Result<()> {
+    let restarted = cluster.restart("nats", Duration::from_millis(1)).await;
+    let nats = cluster.proc_mut("nats")?;
+    if nats.exited().is_some() {
+        bail!("nats-server exited again after its restart: {restarted:?}");
+    }
+    let port = nats.port();
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        match sandbox::probe_nats(port).await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(anyhow!(
+                    "nats-server not ready {SETTLE:?} after its restart: {e:#}"
+                ))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Every process ready and every coordinator seeing every node, bounded by [`SETTLE`].
+async fn all_ready(cluster: &mut Cluster) -> Result<()> {
+    if let Some(dead) = cluster.first_exited() {
+        bail!("{dead} has exited");
+    }
+    let cluster = &*cluster;
+    crate::wait_until(SETTLE, "every coordinator to count every node", || async {
+        let waiting = cluster.not_ready().await;
+        waiting
+            .is_empty()
+            .then_some(())
+            .ok_or_else(|| waiting.join("; "))
+    })
+    .await
+}

@@ -1,0 +1,166 @@
+//! The scenario catalogue: what cluster to start, how many participants, which faults and
+//! how long to recover from each.
+
+use super::schedule::{FaultKind, Plan, Timing};
+use anyhow::{bail, Result};
+use std::time::Duration;
+
+/// One named scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub coordinators: usize,
+    /// Nodes `n1`..`nN`, all in region `eu`.
+    pub nodes: usize,
+    pub rooms: usize,
+    /// Publishing participants per room; each publishes video only.
+    pub per_room: usize,
+    pub video_pps: u32,
+    pub plan: Plan,
+    /// The fault phase when `--duration` is not given.
+    pub default_duration: Duration,
+    /// Fault → every participant receiving every other again.
+    pub recovery_bound: Duration,
+    /// Substrings of ERROR log lines the scenario provokes on purpose.
+    pub allowed_errors: &'static [&'static str],
+}
+
+/// Time before the first fault of every scenario.
+pub const LEAD: Duration = Duration::from_secs(5);
+/// Added to the recovery bound between two faults: the repair (a restart) and a margin.
+pub const REPAIR: Duration = Duration::from_secs(10);
+const PAUSE: Duration = Duration::from_secs(5);
+
+/// The names `chaos run` accepts.
+pub const NAMES: [&str; 6] = ["smoke", "soak", "kill", "stop", "nats", "hostile"];
+
+impl Scenario {
+    /// The scenario called `name`.
+    pub fn named(name: &str) -> Result<Scenario> {
+        let base = Scenario {
+            name: "",
+            about: "",
+            coordinators: 2,
+            nodes: 3,
+            rooms: 3,
+            per_room: 3,
+            video_pps: 30,
+            plan: Plan::default(),
+            default_duration: Duration::from_secs(60),
+            recovery_bound: Duration::from_secs(15),
+            allowed_errors: &[],
+        };
+        let one = |kind: FaultKind| Plan {
+            exact: vec![kind],
+            fill: Vec::new(),
+        };
+        Ok(match name {
+            "smoke" => Scenario {
+                name: "smoke",
+                about: "kill -9 of the busiest node and its restart, nats-server kill -9 \
+                        and restart, a hostile client",
+                plan: Plan {
+                    exact: vec![
+                        FaultKind::KillBusiest,
+                        FaultKind::RestartNats,
+                        FaultKind::Hostile,
+                    ],
+                    fill: Vec::new(),
+                },
+                default_duration: Duration::from_secs(90),
+                ..base
+            },
+            "soak" => Scenario {
+                name: "soak",
+                about: "every implemented fault, drawn by weight for as long as asked",
+                plan: Plan {
+                    exact: Vec::new(),
+                    fill: vec![
+                        (FaultKind::KillNode, 2),
+                        (FaultKind::KillBusiest, 2),
+                        (FaultKind::StopNode { pause: PAUSE }, 2),
+                        (FaultKind::RestartNats, 1),
+                        (FaultKind::Hostile, 2),
+                    ],
+                },
+                default_duration: Duration::from_secs(600),
+                ..base
+            },
+            "kill" => Scenario {
+                name: "kill",
+                about: "one node kill -9, then its restart",
+                plan: one(FaultKind::KillNode),
+                ..base
+            },
+            "stop" => Scenario {
+                name: "stop",
+                about: "one node SIGSTOP for 5 s, then SIGCONT",
+                plan: one(FaultKind::StopNode { pause: PAUSE }),
+                ..base
+            },
+            "nats" => Scenario {
+                name: "nats",
+                about: "nats-server kill -9, then its restart",
+                plan: one(FaultKind::RestartNats),
+                ..base
+            },
+            "hostile" => Scenario {
+                name: "hostile",
+                about: "a hostile client: malformed frames, a forged token, garbage SDP",
+                plan: one(FaultKind::Hostile),
+                ..base
+            },
+            other => bail!("unknown scenario `{other}` (known: {})", NAMES.join(", ")),
+        })
+    }
+
+    /// The node ids, `n1`..`nN`.
+    pub fn node_ids(&self) -> Vec<String> {
+        (1..=self.nodes).map(|i| format!("n{i}")).collect()
+    }
+
+    /// The coordinator ids, `c1`..`cN`.
+    pub fn coordinator_ids(&self) -> Vec<String> {
+        (1..=self.coordinators).map(|i| format!("c{i}")).collect()
+    }
+
+    /// The schedule's timing for a fault phase of `duration` (the default when `None`).
+    pub fn timing(&self, duration: Option<Duration>) -> Timing {
+        Timing {
+            duration: duration.unwrap_or(self.default_duration),
+            spacing: self.recovery_bound + REPAIR,
+            lead: LEAD,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::schedule::schedule;
+
+    #[test]
+    fn every_named_scenario_schedules_with_its_default_duration() {
+        for name in NAMES {
+            let s = Scenario::named(name).unwrap();
+            assert_eq!(s.name, name);
+            let steps = schedule(&s.plan, &s.node_ids(), 1, s.timing(None)).unwrap();
+            assert!(!steps.is_empty(), "{name}");
+        }
+        assert!(Scenario::named("nope").is_err());
+    }
+
+    #[test]
+    fn smoke_has_a_node_kill_a_nats_restart_and_a_hostile_client() {
+        use crate::runner::schedule::Fault;
+        let s = Scenario::named("smoke").unwrap();
+        let steps = schedule(&s.plan, &s.node_ids(), 42, s.timing(None)).unwrap();
+        assert_eq!(steps.len(), 3);
+        assert!(steps.iter().any(|s| s.fault == Fault::KillBusiest));
+        assert!(steps.iter().any(|s| s.fault == Fault::RestartNats));
+        assert!(steps
+            .iter()
+            .any(|s| matches!(s.fault, Fault::Hostile { .. })));
+    }
+}
