@@ -216,10 +216,19 @@ pub fn metric(text: &str, name: &str, label: Option<&str>) -> Option<f64> {
 
 /// A bounded (5 s) HTTP/1.1 GET to 127.0.0.1: the body of a 200 answer.
 pub async fn http_get(port: u16, path: &str) -> Result<String> {
+    http_get_as(port, path, None).await
+}
+
+/// Like [`http_get`], with `bearer` as the `Authorization: Bearer` token if given.
+pub async fn http_get_as(port: u16, path: &str, bearer: Option<&str>) -> Result<String> {
+    let auth = bearer
+        .map(|b| format!("Authorization: Bearer {b}\r\n"))
+        .unwrap_or_default();
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        let req =
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Connection: close\r\n\r\n"
+        );
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;

@@ -427,6 +427,20 @@ impl Participant {
         }
     }
 
+    /// Every one of `participants` leaves at once, each bounded by 5 s (a slow one is
+    /// reported on stderr, not waited for).
+    pub async fn leave_all<'a>(participants: impl IntoIterator<Item = &'a Participant>) {
+        let all = participants.into_iter().map(|p| async move {
+            if tokio::time::timeout(Duration::from_secs(5), p.leave())
+                .await
+                .is_err()
+            {
+                eprintln!("   {} took more than 5 s to leave", p.participant_id());
+            }
+        });
+        futures::future::join_all(all).await;
+    }
+
     /// Ends the supervision, then sends `leave` on the current client and closes it. A
     /// recovery under way is abandoned. The status becomes [`EndReason::Left`] unless the
     /// supervision had already ended.

@@ -9,13 +9,12 @@ use crate::invariants::{
 };
 use crate::sandbox::Cluster;
 use crate::Status;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use futures::StreamExt;
 use protocol::cluster::{self as wire, RoomAssignment};
 use protocol::{RoomId, UserId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 /// Bound on one HTTP or NATS read.
@@ -107,36 +106,9 @@ fn fail(invariant: Invariant, evidence: String) -> Check {
 }
 
 /// `GET <path>` on a node's HTTP port with the API secret as bearer token: the body of a
-/// 200 answer (bounded by [`READ`]).
+/// 200 answer (bounded by 5 s).
 async fn get_with_bearer(port: u16, path: &str, secret: &str) -> Result<String> {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {secret}\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        anyhow::Ok(buf)
-    };
-    let buf = tokio::time::timeout(READ, exchange)
-        .await
-        .map_err(|_| anyhow!("GET {path}: no answer within {READ:?}"))??;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("GET {path}: malformed answer"))?;
-    let status = head.lines().next().unwrap_or("");
-    if !status.contains(" 200") {
-        bail!("GET {path}: {status}");
-    }
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return bench::dechunk(body);
-    }
-    Ok(body.to_owned())
+    crate::bench::http_get_as(port, path, Some(secret)).await
 }
 
 /// Every node's `/debug/snapshot`.

@@ -330,15 +330,7 @@ async fn open_rooms(
 
 /// Everyone leaves, each bounded by 5 s.
 async fn leave_all(rooms: &[Room]) {
-    let all = rooms.iter().flat_map(|r| &r.members).map(|p| async move {
-        if tokio::time::timeout(Duration::from_secs(5), p.leave())
-            .await
-            .is_err()
-        {
-            eprintln!("   {} took more than 5 s to leave", p.participant_id());
-        }
-    });
-    futures::future::join_all(all).await;
+    Participant::leave_all(rooms.iter().flat_map(|r| &r.members)).await;
 }
 
 /// What watching one participant after a fault has found.
