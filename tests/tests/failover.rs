@@ -316,13 +316,22 @@ async fn everyone_receives_everyone(
     since: tokio::time::Instant,
 ) -> anyhow::Result<()> {
     for (_, members) in rooms {
-        for m in members {
-            let me = m.participant_id().to_string();
-            for other in members {
-                let them = other.participant_id().to_string();
-                if them != me {
-                    m.wait_media_since(&them, since, WAIT).await?;
-                }
+        each_receives_each(members.iter(), since).await?;
+    }
+    Ok(())
+}
+
+/// Waits until each of `members` got packets from each other one after `since`.
+async fn each_receives_each<'a>(
+    members: impl Iterator<Item = &'a Participant> + Clone,
+    since: tokio::time::Instant,
+) -> anyhow::Result<()> {
+    for m in members.clone() {
+        let me = m.participant_id().to_string();
+        for other in members.clone() {
+            let them = other.participant_id().to_string();
+            if them != me {
+                m.wait_media_since(&them, since, WAIT).await?;
             }
         }
     }
@@ -411,14 +420,7 @@ async fn a_cascaded_room_survives_the_death_of_its_origin_and_of_another_node() 
     let killed = tokio::time::Instant::now();
     p.signal(&origin, "KILL")?;
     a.wait_recoveries(1, WAIT).await?;
-    for m in all {
-        for other in all {
-            let them = other.participant_id().to_string();
-            if them != m.participant_id().as_str() {
-                m.wait_media_since(&them, killed, WAIT).await?;
-            }
-        }
-    }
+    each_receives_each(all.into_iter(), killed).await?;
     assert!(
         b.recoveries().is_empty() && c.recoveries().is_empty(),
         "b and c were untouched"
@@ -444,14 +446,7 @@ async fn a_cascaded_room_survives_the_death_of_its_origin_and_of_another_node() 
     let killed = tokio::time::Instant::now();
     p.signal(&victim, "KILL")?;
     b.wait_recoveries(1, WAIT).await?;
-    for m in all {
-        for other in all {
-            let them = other.participant_id().to_string();
-            if them != m.participant_id().as_str() {
-                m.wait_media_since(&them, killed, WAIT).await?;
-            }
-        }
-    }
+    each_receives_each(all.into_iter(), killed).await?;
     for m in all {
         assert_ne!(m.joined().node.as_str(), victim);
         assert_ne!(m.joined().node.as_str(), origin);

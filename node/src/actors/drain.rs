@@ -84,15 +84,7 @@ async fn run(node: &NodeCtx, rooms: &Addr<RoomRegistry>) {
             }
             tracing::info!(%room, participants = users.len(), url = url.as_deref().unwrap_or("-"), "moving participants");
             for user in users {
-                let msg = ServerMessage::Reconnect {
-                    reason: "drain".into(),
-                    url: url.clone(),
-                };
-                node.router.do_send(Deliver {
-                    to: user.clone(),
-                    room: room.clone(),
-                    msg,
-                });
+                tell_to_move(node, &room, &user, url.clone());
                 told.insert((room.clone(), user), Instant::now());
                 moved_total += 1;
             }
@@ -103,15 +95,7 @@ async fn run(node: &NodeCtx, rooms: &Addr<RoomRegistry>) {
     let remaining = rooms.send(ListMembers).await.unwrap_or_default();
     let url = node.fallback_urls().into_iter().next();
     for (room, user) in &remaining {
-        let msg = ServerMessage::Reconnect {
-            reason: "drain".into(),
-            url: url.clone(),
-        };
-        node.router.do_send(Deliver {
-            to: user.clone(),
-            room: room.clone(),
-            msg,
-        });
+        tell_to_move(node, room, user, url.clone());
     }
     let left = remaining.len();
     tracing::info!(
@@ -132,6 +116,18 @@ async fn run(node: &NodeCtx, rooms: &Addr<RoomRegistry>) {
     while Instant::now() < sockets_deadline && node.counters.snapshot().sessions > 0 {
         tokio::time::sleep(TICK).await;
     }
+}
+
+/// Sends `user` of `room`, wherever its socket is, `reconnect` (`drain`) to `url`.
+fn tell_to_move(node: &NodeCtx, room: &RoomId, user: &UserId, url: Option<String>) {
+    node.router.do_send(Deliver {
+        to: user.clone(),
+        room: room.clone(),
+        msg: ServerMessage::Reconnect {
+            reason: "drain".into(),
+            url,
+        },
+    });
 }
 
 /// The WebSocket URL of the node a coordinator serves `room` from now that this one drains;
