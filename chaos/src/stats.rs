@@ -9,6 +9,10 @@ use serde::Serialize;
 const WINDOW: u64 = 4096;
 const WINDOW_WORDS: usize = (WINDOW / 64) as usize;
 
+/// How many of the newest sequence numbers count as still in flight: a gap among them may yet
+/// be repaired by a retransmission (at 200 video packets/s, 1.3 s of media).
+pub const IN_FLIGHT: u64 = 256;
+
 /// Counts unique, duplicate and missing sequence numbers of one stream, tolerating
 /// reordering within a window of 4096 sequence numbers.
 #[derive(Debug, Clone)]
@@ -106,6 +110,23 @@ impl SeqTracker {
 
     pub fn duplicates(&self) -> u64 {
         self.duplicates
+    }
+
+    /// Of the newest `n` sequence numbers up to the highest (those at or past the first
+    /// one): how many there are, and how many of them have not arrived. `n` is capped at
+    /// the window.
+    pub fn newest(&self, n: u64) -> (u64, u64) {
+        let Some(first) = self.first else {
+            return (0, 0);
+        };
+        let span = n.min(WINDOW).min(self.highest - first + 1);
+        let missing = (self.highest + 1 - span..=self.highest)
+            .filter(|&s| {
+                let (w, m) = Self::bit(s);
+                self.seen[w] & m == 0
+            })
+            .count() as u64;
+        (span, missing)
     }
 
     /// Sequence numbers between the first and the highest seen that never arrived.
@@ -305,6 +326,7 @@ impl TrackAccumulator {
     }
 
     pub fn snapshot(&self, publisher: &str, track_id: &str) -> TrackStats {
+        let (in_flight, in_flight_missing) = self.seq.newest(IN_FLIGHT);
         TrackStats {
             publisher: publisher.to_owned(),
             track_id: track_id.to_owned(),
@@ -314,12 +336,47 @@ impl TrackAccumulator {
             duplicates: self.prior_duplicates + self.seq.duplicates(),
             foreign: self.foreign,
             restarts: self.retired.len() as u64,
+            in_flight,
+            in_flight_missing,
             latency_p50_us: self.latency.percentile(50.0),
             latency_p99_us: self.latency.percentile(99.0),
             latency_max_us: self.latency.max(),
             last_packet_unix_us: self.last_unix_us,
             ended: self.ended,
         }
+    }
+}
+
+impl TrackStats {
+    /// Sequence numbers the sender used, from the first received to the highest.
+    pub fn expected(&self) -> u64 {
+        self.received - self.duplicates + self.lost
+    }
+
+    /// The share of the packets sent that arrived, counting only those older than the
+    /// newest [`IN_FLIGHT`]: a gap among those was given up, while a newer one may still be
+    /// filled by a retransmission. 1.0 before anything settled.
+    pub fn settled_delivery(&self) -> f64 {
+        self.settled_delivery_since(None)
+    }
+
+    /// [`Self::settled_delivery`] of the packets that settled after `earlier` (a snapshot of
+    /// the same stream), so what happened before it — e.g. a subscription's first moments —
+    /// is left out. A gap `earlier` still counted as in flight counts here, repaired or not.
+    pub fn settled_delivery_since(&self, earlier: Option<&TrackStats>) -> f64 {
+        let settled = |t: &TrackStats| {
+            (
+                t.expected().saturating_sub(t.in_flight),
+                t.lost.saturating_sub(t.in_flight_missing),
+            )
+        };
+        let (expected, lost) = settled(self);
+        let (expected_before, lost_before) = earlier.map(settled).unwrap_or((0, 0));
+        let expected = expected.saturating_sub(expected_before);
+        if expected == 0 {
+            return 1.0;
+        }
+        1.0 - lost.saturating_sub(lost_before) as f64 / expected as f64
     }
 }
 
@@ -342,6 +399,11 @@ pub struct TrackStats {
     /// Times the sender started over (new stream id) under this track id (at most 8 are
     /// remembered).
     pub restarts: u64,
+    /// The newest [`IN_FLIGHT`] sequence numbers of the current stream (fewer at its start):
+    /// a gap among them may still be repaired by a retransmission.
+    pub in_flight: u64,
+    /// How many of those have not arrived (yet); included in `lost`.
+    pub in_flight_missing: u64,
     pub latency_p50_us: u64,
     pub latency_p99_us: u64,
     pub latency_max_us: u64,
@@ -355,6 +417,53 @@ pub struct TrackStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_newest_gaps_are_told_apart_from_settled_ones() {
+        let mut t = SeqTracker::default();
+        for s in (0..1000).filter(|s| s % 100 != 7) {
+            t.record(s);
+        }
+        // 10 gaps: 7, 107, … 907; the newest 256 (744..=999) hold 807 and 907.
+        assert_eq!(t.lost(), 10);
+        assert_eq!(t.newest(256), (256, 2));
+        assert_eq!(t.newest(5000), (1000, 10));
+        t.record(907);
+        assert_eq!((t.lost(), t.newest(256)), (9, (256, 1)));
+        assert_eq!(SeqTracker::default().newest(256), (0, 0));
+
+        let mut acc = TrackAccumulator::new(TrackKind::Video);
+        let mut buf = [0u8; crate::payload::HEADER_LEN];
+        for seq in (0..1200).filter(|s| *s != 10 && *s != 1150) {
+            let h = PayloadHeader {
+                seq,
+                sent_unix_us: 0,
+                stream: 1,
+            };
+            assert!(h.encode_into(&mut buf));
+            acc.record_payload(&buf, 1);
+        }
+        let s = acc.snapshot("a", "t");
+        assert_eq!((s.lost, s.in_flight, s.in_flight_missing), (2, 256, 1));
+        assert!((s.settled_delivery() - (1.0 - 1.0 / 944.0)).abs() < 1e-9);
+
+        // Later: 1400 more, 3 of them lost for good (1300, 1310, 1320), 1150 repaired.
+        let mut more = acc.clone();
+        for seq in (1150..2600).filter(|s| ![1300, 1310, 1320].contains(s)) {
+            let h = PayloadHeader {
+                seq,
+                sent_unix_us: 0,
+                stream: 1,
+            };
+            assert!(h.encode_into(&mut buf));
+            more.record_payload(&buf, 1);
+        }
+        let later = more.snapshot("a", "t");
+        assert_eq!((later.lost, later.in_flight_missing), (4, 0));
+        // Settled before: 0..944 (seq 10 lost); after: 944..2344, with 1300, 1310, 1320 lost.
+        let since = later.settled_delivery_since(Some(&s));
+        assert!((since - (1.0 - 3.0 / 1400.0)).abs() < 1e-9, "{since}");
+    }
 
     #[test]
     fn in_order_stream_has_no_loss() {

@@ -625,7 +625,11 @@ async fn loss_on_a_relay_path_is_repaired_hop_by_hop() -> anyhow::Result<()> {
     let alice = geo.join("eu-1", &room, "alice").await?;
     alice.publish(PublishOpts::default()).await?;
     let bob = geo.join("us-1", &room, "bob").await?;
-    wait_media(&bob, &["alice"], 100).await?;
+    // The measure starts once the subscription is 2 s old. On this lossy link its first
+    // ~50 ms are sometimes lost for good (3 to 11 packets seen, always before the stream's
+    // 45th): a start-up loss of its own, not the relay's repair measured here.
+    wait_media(&bob, &["alice"], 400).await?;
+    let before = bob.track_stats();
     let start = bob.received_from("alice");
     bob.wait_received_from("alice", start + 1_000, WAIT).await?;
     let stats = link.stats();
@@ -633,9 +637,12 @@ async fn loss_on_a_relay_path_is_repaired_hop_by_hop() -> anyhow::Result<()> {
     assert!(dropped > 20, "the link lost packets: {stats:?}");
     // Video is repaired: the receiving node asked for the lost packets again (NACK) and the
     // sending node resent them. Audio negotiates no NACK (Opus has its own concealment).
+    // Counted over the packets older than the newest 256: a gap among those was given up,
+    // a newer one may still be repaired (under load a retransmission takes a few RTTs).
     for t in bob.track_stats() {
-        let expected = t.received - t.duplicates + t.lost;
-        let ratio = (t.received - t.duplicates) as f64 / expected.max(1) as f64;
+        let earlier = before.iter().find(|b| b.track_id == t.track_id);
+        assert!(earlier.is_some(), "the same tracks: {before:?}");
+        let ratio = t.settled_delivery_since(earlier);
         eprintln!("{:?}: {:.2} % delivered ({t:?})", t.kind, ratio * 100.0);
         if t.kind == protocol::signal::TrackKind::Video {
             assert!(ratio >= 0.99, "video repaired (3 % lost raw): {t:?}");
