@@ -102,7 +102,8 @@ struct ClientArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// The scenario: smoke, soak, kill, stop, nats or hostile.
+    /// The scenario: smoke, soak, kill, stop, nats, hostile, coordinator, cut, starve,
+    /// churn; or `all`: every one but soak and smoke, one after the other.
     scenario: String,
     /// Seed of the fault schedule; random (and printed) when absent.
     #[arg(long)]
@@ -124,6 +125,10 @@ struct RunArgs {
     /// Print the schedule and exit, starting nothing.
     #[arg(long)]
     dry_run: bool,
+    /// With `all`: write the suite's summary to this file (the repository keeps it as
+    /// CHAOS.md) and the timeline pictures to `docs/chaos/` beside it.
+    #[arg(long)]
+    write: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -480,6 +485,9 @@ async fn run_geo(args: GeoArgs) -> anyhow::Result<()> {
 
 fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
     use chaos::runner::{self, report::schedule_table, scenario::Scenario};
+    if args.scenario == "all" {
+        return run_suite(args);
+    }
     let seed = args.seed.unwrap_or_else(rand::random);
     let config = runner::RunConfig {
         scenario: Scenario::named(&args.scenario)?,
@@ -503,6 +511,74 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
     println!("{}", report.markdown());
     if !report.passed {
         bail!("scenario {} failed (seed {seed})", config.scenario.name);
+    }
+    Ok(())
+}
+
+/// `chaos run all`: the suite's scenarios one after the other; fails when one does.
+fn run_suite(args: RunArgs) -> anyhow::Result<()> {
+    use chaos::runner::{self, scenario::Scenario, suite};
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let svg_dir = args.write.as_ref().map(|w| {
+        w.parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("docs/chaos")
+    });
+    let mut entries = Vec::new();
+    for name in suite::SUITE {
+        let config = runner::RunConfig {
+            scenario: Scenario::named(name)?,
+            seed,
+            duration: args.duration,
+            bins: args.bins.clone(),
+            dir: args.dir.as_ref().map(|d| d.join(name)),
+            udp_base: args.udp_base,
+        };
+        eprintln!("\n== suite: {}", config.replay());
+        let started = std::time::Instant::now();
+        let outcome = chaos::bench::run_until_ctrl_c(runner::run(&config));
+        let took = started.elapsed();
+        let mut timeline = None;
+        if let Ok(report) = &outcome {
+            if let Some(out) = &args.out {
+                report.write(&out.join(name))?;
+            }
+            if let (Some(dir), Some(svg)) = (&svg_dir, &report.timeline_svg) {
+                std::fs::create_dir_all(dir)?;
+                std::fs::write(dir.join(format!("{name}.svg")), svg)?;
+                timeline = Some(format!("docs/chaos/{name}.svg"));
+            }
+            eprintln!("== {name}: {}", if report.passed { "pass" } else { "FAIL" });
+        }
+        entries.push(suite::Entry {
+            scenario: name.to_owned(),
+            outcome: outcome.map_err(|e| format!("{e:#}")),
+            timeline,
+            took,
+        });
+    }
+    let command = format!(
+        "cargo build --release -p node -p coordinator -p chaos && ./target/release/chaos run all --seed {seed} --write CHAOS.md"
+    );
+    let machine = chaos::bench::MachineFacts::collect().describe();
+    let summary = suite::markdown(&entries, &command, &machine);
+    println!("{summary}");
+    if let Some(w) = &args.write {
+        let text = format!(
+            "# Chaos suite\n\nThe last full run of every chaos scenario but the soak \
+             (README, \"Chaos runs\"). Regenerate it with the command below; each scenario's \
+             own report (JSON, Markdown) goes to `--out DIR`.\n\n{summary}"
+        );
+        std::fs::write(w, text)?;
+        eprintln!("== summary written to {}", w.display());
+    }
+    let failed: Vec<&str> = entries
+        .iter()
+        .filter(|e| !e.outcome.as_ref().is_ok_and(|r| r.passed))
+        .map(|e| e.scenario.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("failed: {} (seed {seed})", failed.join(", "));
     }
     Ok(())
 }

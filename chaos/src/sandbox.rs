@@ -1,7 +1,7 @@
-//! A whole cluster on this machine, from the release binaries: a nats-server with JetStream,
-//! coordinators and media nodes as child processes, each logging to a file of one run
-//! directory. The benchmarks and the chaos runner start their clusters here, from a
-//! [`ClusterSpec`] that says what runs where.
+//! A whole cluster on this machine, from the release binaries: a nats-server with JetStream
+//! (or a JetStream cluster of three), coordinators and media nodes as child processes, each
+//! logging to a file of one run directory. The benchmarks and the chaos runner start their
+//! clusters here, from a [`ClusterSpec`] that says what runs where.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -22,19 +22,27 @@
 //! ```
 //!
 //! The calling contract:
-//! - [`Cluster::start`] returns once the cluster is ready: nats-server greets with JetStream
-//!   enabled, every coordinator and node answers `/readyz` with 200, and every coordinator's
+//! - [`Cluster::start`] returns once the cluster is ready: every nats-server greets with
+//!   JetStream enabled (with three servers, their JetStream cluster has also elected its
+//!   meta leader: it answers an account-info request), every coordinator and node answers
+//!   `/readyz` with 200 (a coordinator only once it opened the room directory, created with
+//!   one replica per server), and every coordinator's
 //!   `coord_live_nodes` and `coord_live_coordinators` reach the numbers in the spec
 //!   (placement and the coordinators' sharding need them all). Both waits are bounded; on
 //!   failure every child is stopped and the error carries the last lines of every log.
-//! - [`Cluster::stop`] sends SIGINT to every child (nodes first, nats-server last) and
+//! - [`Cluster::stop`] sends SIGINT to every child (nodes first, the nats-servers last) and
 //!   SIGKILL to those still running 5 s later. Dropping a [`Cluster`] kills whatever still
 //!   runs, so a failing, panicking or interrupted (Ctrl-C dropping the future) caller leaves
 //!   no process behind. The logs stay in the run directory; the JetStream store is removed.
-//! - Ports: HTTP and NATS client ports are loopback ports that were free a moment before
-//!   the child binds them (the binaries print their bound address only in their logs); UDP
-//!   media ranges come from the spec, so the caller keeps them apart.
+//! - Ports: HTTP, NATS client, route and monitoring ports are loopback ports that were free
+//!   a moment before the child binds them (the binaries print their bound address only in
+//!   their logs); UDP media ranges come from the spec, so the caller keeps them apart.
 //! - Everything listens on 127.0.0.0/8.
+//! - NATS URLs: with three servers every coordinator and node gets all three client URLs,
+//!   comma-separated ([`Cluster::nats_url`]; the node and the coordinator split it), and
+//!   its client moves to another server when its own goes. `async_nats::connect` takes a
+//!   `&str` as one URL: connect with [`Cluster::nats_client`] (or split
+//!   [`Cluster::nats_url`] at the commas) instead.
 
 use crate::bench::{self, CpuSnap};
 use anyhow::{anyhow, bail, Context, Result};
@@ -51,7 +59,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// fields directly.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
-    /// Run directory: one `<id>.log` per process and the JetStream store (`jetstream/`).
+    /// Run directory: one `<id>.log` per process and the JetStream store (`jetstream/`, one
+    /// directory per server in it when there are three).
     /// Created when missing.
     pub dir: PathBuf,
     pub nats: NatsSpec,
@@ -73,16 +82,42 @@ pub struct ClusterSpec {
     pub ready_timeout: Duration,
 }
 
-/// The nats-server.
+/// The nats-server(s).
 #[derive(Debug, Clone)]
 pub struct NatsSpec {
     /// nats-server ≥ 2.10 (TOOLS.md).
     pub bin: PathBuf,
-    /// Client port; `None` picks a free one. Fixing it lets a caller put proxies in front of
-    /// the server before it starts (a per-region NATS URL for [`NodeSpec::nats_url`]).
+    /// Client port of the first server (`nats`); `None` picks a free one. Fixing it lets a
+    /// caller put proxies in front of the server before it starts (a per-region NATS URL for
+    /// [`NodeSpec::nats_url`]). The other servers' ports are always free ones.
     pub port: Option<u16>,
-    /// Flags after `-js -sd <dir> -a 127.0.0.1 -p <port>`.
+    /// 1 (default): one server, `nats`. 3: a JetStream cluster named `chaos` of `nats`,
+    /// `nats2` and `nats3`, joined by routes, each with its own store; the coordinators
+    /// create the room directory with three replicas (`--kv-replicas 3`), so it takes writes
+    /// while any two servers run.
+    pub servers: usize,
+    /// Serve the monitoring endpoints (`-m <free port>`: `/connz`, `/jsz`, `/routez`) on
+    /// every server; [`Proc::monitor_port`] tells where.
+    pub monitor: bool,
+    /// Flags after `-js -sd <dir> -a 127.0.0.1 -p <port>` (and the cluster flags), given to
+    /// every server.
     pub extra_args: Vec<String>,
+}
+
+impl NatsSpec {
+    /// The process id of server `i` (0-based): `nats`, `nats2`, `nats3`.
+    pub fn server_id(i: usize) -> String {
+        if i == 0 {
+            "nats".to_owned()
+        } else {
+            format!("nats{}", i + 1)
+        }
+    }
+
+    /// The ids of every server of the spec.
+    pub fn server_ids(&self) -> Vec<String> {
+        (0..self.servers).map(NatsSpec::server_id).collect()
+    }
 }
 
 /// One media node.
@@ -134,6 +169,8 @@ impl ClusterSpec {
             nats: NatsSpec {
                 bin: "nats-server".into(),
                 port: None,
+                servers: 1,
+                monitor: false,
                 extra_args: Vec::new(),
             },
             coordinator_bin: "target/release/coordinator".into(),
@@ -159,9 +196,21 @@ impl ClusterSpec {
         self
     }
 
-    /// Refuses what would only fail later: missing binaries, duplicate ids, empty or
-    /// overlapping UDP ranges on one address.
+    /// A JetStream cluster of `servers` nats-servers (1 or 3) instead of one.
+    pub fn nats_servers(mut self, servers: usize) -> ClusterSpec {
+        self.nats.servers = servers;
+        self
+    }
+
+    /// Refuses what would only fail later: missing binaries, a server count other than 1
+    /// or 3, duplicate ids, empty or overlapping UDP ranges on one address.
     pub fn validate(&self) -> Result<()> {
+        if ![1, 3].contains(&self.nats.servers) {
+            bail!(
+                "{} nats servers: the sandbox runs 1, or a JetStream cluster of 3",
+                self.nats.servers
+            );
+        }
         for (what, p) in [
             ("node", &self.node_bin),
             ("coordinator", &self.coordinator_bin),
@@ -175,7 +224,8 @@ impl ClusterSpec {
         }
         let mut ids: Vec<&str> = self.coordinators.iter().map(String::as_str).collect();
         ids.extend(self.nodes.iter().map(|n| n.id.as_str()));
-        ids.push("nats");
+        let servers = self.nats.server_ids();
+        ids.extend(servers.iter().map(String::as_str));
         let mut sorted = ids.clone();
         sorted.sort_unstable();
         if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
@@ -212,13 +262,15 @@ pub enum Role {
 /// One child process, killed when dropped.
 #[derive(Debug)]
 pub struct Proc {
-    /// `nats`, then the ids of the spec.
+    /// `nats` (`nats2`, `nats3`), then the ids of the spec.
     id: String,
     role: Role,
     /// Nodes only.
     region: Option<String>,
     /// HTTP port (coordinators, nodes) or client port (nats).
     port: u16,
+    /// A nats-server's monitoring port, when [`NatsSpec::monitor`] is on.
+    monitor_port: Option<u16>,
     child: Child,
     log: PathBuf,
     exit: Option<ExitStatus>,
@@ -248,6 +300,16 @@ impl Proc {
     /// nats-server.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// A nats-server's monitoring HTTP port (`/connz`, `/jsz`, `/routez`), if it serves one.
+    pub fn monitor_port(&self) -> Option<u16> {
+        self.monitor_port
+    }
+
+    /// A nats-server's client URL.
+    pub fn nats_url(&self) -> Option<String> {
+        (self.role == Role::Nats).then(|| format!("nats://127.0.0.1:{}", self.port))
     }
 
     pub fn pid(&self) -> u32 {
@@ -357,7 +419,7 @@ pub struct Cluster {
     dir: PathBuf,
     nats_url: String,
     api_secret: String,
-    /// In start order: nats, coordinators, nodes.
+    /// In start order: the nats-servers, coordinators, nodes.
     procs: Vec<Proc>,
     stopped: bool,
     /// Children that had exited on their own when [`Cluster::stop`] ran.
@@ -365,7 +427,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts nats-server, then the coordinators, then the nodes, and waits until the
+    /// Starts the nats-server(s), then the coordinators, then the nodes, and waits until the
     /// cluster is ready (bounded by the spec's timeouts).
     pub async fn start(spec: ClusterSpec) -> Result<Cluster> {
         spec.validate()?;
@@ -390,47 +452,131 @@ impl Cluster {
         Ok(cluster)
     }
 
-    async fn launch(&mut self, spec: &ClusterSpec) -> Result<()> {
-        let nats_port = match spec.nats.port {
-            Some(p) => p,
-            None => bench::free_port()?,
+    /// Starts the nats-server(s) and waits (bounded by the spec's `nats_timeout`) until each
+    /// greets with JetStream and, with several, until their JetStream cluster answers an
+    /// account-info request (it has a meta leader).
+    async fn launch_nats(&mut self, spec: &ClusterSpec) -> Result<()> {
+        let n = spec.nats.servers;
+        let ids = spec.nats.server_ids();
+        let mut client_ports = Vec::with_capacity(n);
+        for i in 0..n {
+            client_ports.push(match (i, spec.nats.port) {
+                (0, Some(p)) => p,
+                _ => bench::free_port()?,
+            });
+        }
+        let route_ports = if n > 1 {
+            (0..n)
+                .map(|_| bench::free_port())
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            Vec::new()
         };
         let js = self.dir.join("jetstream");
         std::fs::create_dir_all(&js)?;
-        let mut nats_args: Vec<String> = vec![
-            "-js".into(),
-            "-sd".into(),
-            js.to_string_lossy().into_owned(),
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            nats_port.to_string(),
-        ];
-        nats_args.extend(spec.nats.extra_args.iter().cloned());
-        self.spawn(
-            "nats",
-            Role::Nats,
-            None,
-            nats_port,
-            &spec.nats.bin,
-            &nats_args,
-            spec,
-        )?;
-        self.nats_url = format!("nats://127.0.0.1:{nats_port}");
-        let deadline = Instant::now() + spec.nats_timeout;
-        loop {
-            if let Some(dead) = self.first_exited() {
-                bail!("{dead} exited during startup");
+        for (i, id) in ids.iter().enumerate() {
+            // One server keeps the store directly in `jetstream/`, as it always has.
+            let store = if n > 1 { js.join(id) } else { js.clone() };
+            let mut args: Vec<String> = vec![
+                "-js".into(),
+                "-sd".into(),
+                store.to_string_lossy().into_owned(),
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                client_ports[i].to_string(),
+            ];
+            if n > 1 {
+                let routes: Vec<String> = route_ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+                    .collect();
+                args.extend([
+                    "-n".into(),
+                    id.clone(),
+                    "--cluster_name".into(),
+                    "chaos".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", route_ports[i]),
+                    "--routes".into(),
+                    routes.join(","),
+                ]);
             }
-            match probe_nats(nats_port).await {
-                Ok(()) => break,
-                Err(e) if Instant::now() >= deadline => {
-                    bail!("nats-server not ready within {:?}: {e}", spec.nats_timeout)
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            let monitor_port = if spec.nats.monitor {
+                let p = bench::free_port()?;
+                args.extend(["-m".into(), p.to_string()]);
+                Some(p)
+            } else {
+                None
+            };
+            args.extend(spec.nats.extra_args.iter().cloned());
+            self.spawn(
+                id,
+                Role::Nats,
+                None,
+                client_ports[i],
+                &spec.nats.bin,
+                &args,
+                spec,
+            )?;
+            if let Some(p) = self.procs.last_mut() {
+                p.monitor_port = monitor_port;
             }
         }
+        self.nats_url = client_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let deadline = Instant::now() + spec.nats_timeout;
+        for (id, port) in ids.iter().zip(&client_ports) {
+            loop {
+                if let Some(dead) = self.first_exited() {
+                    bail!("{dead} exited during startup");
+                }
+                match probe_nats(*port).await {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() >= deadline => {
+                        bail!("{id} not ready within {:?}: {e}", spec.nats_timeout)
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }
+        if n > 1 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::timeout(left, self.wait_jetstream_meta_leader())
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "the JetStream cluster elected no meta leader within {:?}",
+                        spec.nats_timeout
+                    )
+                })??;
+        }
+        Ok(())
+    }
 
+    /// Until JetStream answers an account-info request (in a cluster only the meta leader
+    /// does). Unbounded: the caller bounds it.
+    async fn wait_jetstream_meta_leader(&self) -> Result<()> {
+        let client = self.nats_client().await?;
+        let js = async_nats::jetstream::new(client);
+        loop {
+            let asked = tokio::time::timeout(Duration::from_secs(2), js.query_account()).await;
+            if let Ok(Ok(_)) = asked {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn launch(&mut self, spec: &ClusterSpec) -> Result<()> {
+        self.launch_nats(spec).await?;
+
+        let replicas = spec.nats.servers.to_string();
         for id in &spec.coordinators {
             let port = bench::free_port()?;
             let mut a: Vec<String> = [
@@ -446,6 +592,14 @@ impl Cluster {
             .iter()
             .map(|s| s.to_string())
             .collect();
+            // The room directory gets a copy on every server, unless the caller chose.
+            let chosen = spec
+                .coordinator_flags
+                .iter()
+                .any(|f| f.starts_with("--kv-replicas"));
+            if spec.nats.servers > 1 && !chosen {
+                a.extend(["--kv-replicas".to_owned(), replicas.clone()]);
+            }
             a.extend(spec.coordinator_flags.iter().cloned());
             self.spawn(
                 id,
@@ -523,6 +677,7 @@ impl Cluster {
             role,
             region,
             port,
+            monitor_port: None,
             child,
             log,
             exit: None,
@@ -534,9 +689,49 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts an exited process again, with the same id, ports and flags (its log grows on),
-    /// and waits (bounded by `timeout`) until it answers `/readyz` with 200.
+    /// Starts an exited process again, with the same id, ports, store and flags (its log
+    /// grows on), and waits (bounded by `timeout`) until it is ready: a coordinator or node
+    /// answers `/readyz` with 200, a nats-server greets with JetStream (as
+    /// [`Cluster::restart_nats_server`]).
     pub async fn restart(&mut self, id: &str, timeout: Duration) -> Result<()> {
+        let (port, role) = self.relaunch(id)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ready = match role {
+                Role::Nats => probe_nats(port).await.map_err(|e| format!("{e:#}")),
+                _ => bench::http_get(port, "/readyz")
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("/readyz {e:#}")),
+            };
+            let why = match ready {
+                Ok(()) => return Ok(()),
+                Err(why) => why,
+            };
+            if let Some(status) = self.proc_mut(id)?.exited() {
+                bail!("{id} exited again after its restart ({status})");
+            }
+            if Instant::now() >= deadline {
+                bail!("{id} not ready within {timeout:?} of its restart: {why}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts the exited nats-server `id` (`nats`, `nats2`, `nats3`) again on its ports, with
+    /// its store and flags, and waits (bounded by `timeout`) until it greets with JetStream.
+    /// A cluster server then rejoins the routes and catches its streams up by itself; a
+    /// caller that needs it current asks JetStream (stream info lists each replica).
+    pub async fn restart_nats_server(&mut self, id: &str, timeout: Duration) -> Result<()> {
+        let role = self.proc_mut(id)?.role;
+        if role != Role::Nats {
+            bail!("{id} is no nats-server");
+        }
+        self.restart(id, timeout).await
+    }
+
+    /// Starts the exited process `id` again as it was started: (its port, its role).
+    fn relaunch(&mut self, id: &str) -> Result<(u16, Role)> {
         let p = self.proc_mut(id)?;
         if p.exited().is_none() {
             bail!("{id} is still running");
@@ -544,17 +739,7 @@ impl Cluster {
         p.child = launch(id, &p.program, &p.args, &p.child_log, &p.log)?;
         p.exit = None;
         p.expected_exit = false;
-        let port = p.port;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if bench::http_get(port, "/readyz").await.is_ok() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("{id} not ready within {timeout:?} of its restart");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        Ok((p.port, p.role))
     }
 
     /// What is not ready yet, one entry per process: a `/readyz` not answering 200, or a
@@ -590,9 +775,29 @@ impl Cluster {
         &self.dir
     }
 
-    /// The NATS server's own URL (not a per-node override).
+    /// The NATS servers' own client URLs (not a per-node override): one, or with three
+    /// servers all three comma-separated, as every coordinator and node gets them.
     pub fn nats_url(&self) -> &str {
         &self.nats_url
+    }
+
+    /// A NATS client of this test or tool, given every server of [`Cluster::nats_url`] (it
+    /// moves to another when its own goes). Fails if none answers within 5 s.
+    pub async fn nats_client(&self) -> Result<async_nats::Client> {
+        let servers: Vec<&str> = self.nats_url.split(',').collect();
+        let connect = async_nats::ConnectOptions::new()
+            .name("sandbox")
+            .connection_timeout(Duration::from_secs(2))
+            .connect(servers);
+        tokio::time::timeout(Duration::from_secs(5), connect)
+            .await
+            .map_err(|_| anyhow!("no nats server of {} within 5 s", self.nats_url))?
+            .with_context(|| format!("connecting to {}", self.nats_url))
+    }
+
+    /// The nats-servers: `nats`, then `nats2`, `nats3` when there are three.
+    pub fn nats_servers(&self) -> impl Iterator<Item = &Proc> {
+        self.procs.iter().filter(|p| p.role == Role::Nats)
     }
 
     /// The nodes' API secret, to mint join tokens with (`protocol::token::mint`).
@@ -600,7 +805,7 @@ impl Cluster {
         &self.api_secret
     }
 
-    /// Every child, in start order: nats, coordinators, nodes.
+    /// Every child, in start order: the nats-servers, coordinators, nodes.
     pub fn procs(&self) -> &[Proc] {
         &self.procs
     }
@@ -829,8 +1034,26 @@ mod tests {
         let mut apart = overlap.clone();
         apart.nodes[1].udp_ip = "127.0.0.2".parse().unwrap();
         assert!(apart.validate().is_ok());
+        let three = ok.clone().nats_servers(3);
+        assert!(three.validate().is_ok());
+        assert!(ok.clone().nats_servers(2).validate().is_err());
+        let mut taken = three.clone();
+        taken.nodes[1].id = "nats3".into();
+        assert!(taken.validate().is_err());
+        let mut one = three;
+        one.nats.servers = 1;
+        one.nodes[1].id = "nats3".into();
+        assert!(one.validate().is_ok(), "nats3 is free with one server");
         let mut missing = ok;
         missing.node_bin = "/nonexistent/node".into();
         assert!(missing.validate().is_err());
+    }
+
+    #[test]
+    fn servers_are_named_nats_nats2_nats3() {
+        let mut spec = ClusterSpec::new("/nonexistent");
+        assert_eq!(spec.nats.server_ids(), ["nats"]);
+        spec = spec.nats_servers(3);
+        assert_eq!(spec.nats.server_ids(), ["nats", "nats2", "nats3"]);
     }
 }

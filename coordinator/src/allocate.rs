@@ -32,6 +32,7 @@ pub(crate) async fn serve(shared: &Arc<Shared>, client: &Client, msg: Message) {
             AllocateReply::Error {
                 code: ErrorCode::BadRequest,
                 message: format!("unsupported version {}", req.v),
+                transient: false,
             },
             AllocResult::BadRequest,
         ),
@@ -39,6 +40,7 @@ pub(crate) async fn serve(shared: &Arc<Shared>, client: &Client, msg: Message) {
             AllocateReply::Error {
                 code: ErrorCode::BadRequest,
                 message: format!("bad allocate request: {e}"),
+                transient: false,
             },
             AllocResult::BadRequest,
         ),
@@ -113,8 +115,21 @@ pub(crate) async fn decide_and_write(
             AllocateReply::Error {
                 code: ErrorCode::Unavailable,
                 message,
+                transient: false,
             },
             result,
+        )
+    };
+    // The directory (JetStream) failing to answer passes on its own (a stream electing a
+    // new leader after a NATS server died takes 4 to 9 s): the node asks again.
+    let directory_down = |e: &dyn std::fmt::Display| {
+        (
+            AllocateReply::Error {
+                code: ErrorCode::Unavailable,
+                message: format!("room directory: {e}"),
+                transient: true,
+            },
+            AllocResult::Error,
         )
     };
     let Some(dir) = shared.directory.get() else {
@@ -125,7 +140,7 @@ pub(crate) async fn decide_and_write(
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(room = %req.room, error = %e, "directory read failed");
-                return unavailable(format!("room directory: {e}"), AllocResult::Error);
+                return directory_down(&e);
             }
         };
         if req.lookup {
@@ -141,6 +156,7 @@ pub(crate) async fn decide_and_write(
                     AllocateReply::Error {
                         code: ErrorCode::NotFound,
                         message: "no such room".into(),
+                        transient: false,
                     },
                     AllocResult::Error,
                 ),
@@ -216,7 +232,7 @@ pub(crate) async fn decide_and_write(
                     shared.nodes().unassigned(added);
                 }
                 tracing::warn!(room = %req.room, error = %e, "directory write failed");
-                return unavailable(format!("room directory: {e}"), AllocResult::Error);
+                return directory_down(&e);
             }
         }
     }

@@ -246,6 +246,11 @@ pub enum AllocateReply {
     Error {
         code: ErrorCode,
         message: String,
+        /// The refusal may pass on its own soon (the room directory is unavailable, as
+        /// while a clustered NATS elects a new leader for its stream): the node asks again
+        /// within its join budget instead of refusing the client at once.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        transient: bool,
     },
 }
 

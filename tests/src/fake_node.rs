@@ -74,7 +74,7 @@ pub async fn allocate(
         .map_err(|e| format!("request: {e}"))?;
     match serde_json::from_slice::<AllocateReply>(&msg.payload) {
         Ok(AllocateReply::Assigned { assignment, serve }) => Ok((assignment, serve)),
-        Ok(AllocateReply::Error { code, message }) => Err(format!("{code:?}: {message}")),
+        Ok(AllocateReply::Error { code, message, .. }) => Err(format!("{code:?}: {message}")),
         Err(e) => Err(format!("bad reply: {e}")),
     }
 }

@@ -751,7 +751,7 @@ async fn allocate_once(client: &async_nats::Client, room: &str, from: &NodeId) -
     match client.send_request(wire::ALLOCATE, request).await {
         Ok(m) => match serde_json::from_slice::<AllocateReply>(&m.payload) {
             Ok(AllocateReply::Assigned { serve, .. }) => AllocOutcome::Assigned(serve.to_string()),
-            Ok(AllocateReply::Error { code, message }) => {
+            Ok(AllocateReply::Error { code, message, .. }) => {
                 AllocOutcome::Failed(format!("{} ({message})", code.as_str()))
             }
             Err(_) => AllocOutcome::Failed("undecodable reply".into()),

@@ -4,21 +4,17 @@
 use super::observe::Room;
 use crate::bench;
 use crate::invariants::{
-    exact_membership, no_panic, nothing_leaks, single_origin, Check, Invariant, Log, MemoryReturn,
+    exact_membership, no_panic, nothing_leaks, Check, Invariant, Log, MemoryReturn,
     MemoryTolerance, NodeSnapshot, Verdict,
 };
 use crate::sandbox::Cluster;
 use crate::Status;
-use anyhow::{anyhow, Context, Result};
-use futures::StreamExt;
-use protocol::cluster::{self as wire, RoomAssignment};
+use anyhow::{Context, Result};
 use protocol::{RoomId, UserId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Bound on one HTTP or NATS read.
-const READ: Duration = Duration::from_secs(5);
 /// How often a converging check (membership, leaks) is tried again.
 const RETRY: Duration = Duration::from_millis(250);
 
@@ -49,51 +45,6 @@ pub fn merge(invariant: Invariant, checks: Vec<Check>) -> Check {
         Verdict::Fail { evidence }
     };
     Check { invariant, verdict }
-}
-
-/// Every revision of `room`'s directory entry, oldest first (deletes as `None`).
-async fn kv_history(nats_url: &str, room: &RoomId) -> Result<Vec<Option<RoomAssignment>>> {
-    let client = async_nats::connect(nats_url).await?;
-    let js = async_nats::jetstream::new(client);
-    let kv = js
-        .get_key_value(wire::ROOMS_BUCKET)
-        .await
-        .map_err(|e| anyhow!("bucket {}: {e}", wire::ROOMS_BUCKET))?;
-    let mut history = kv
-        .history(wire::token(room.as_str()))
-        .await
-        .map_err(|e| anyhow!("history: {e}"))?;
-    let mut out = Vec::new();
-    while let Some(entry) = history.next().await {
-        let entry = entry.map_err(|e| anyhow!("history entry: {e}"))?;
-        out.push(match entry.operation {
-            async_nats::jetstream::kv::Operation::Put => {
-                Some(serde_json::from_slice(&entry.value)?)
-            }
-            _ => None,
-        });
-    }
-    Ok(out)
-}
-
-/// `single_origin` over every room's KV history; a history that cannot be read is evidence.
-pub async fn single_origin_all(nats_url: &str, rooms: &[Room]) -> Check {
-    let mut checks = Vec::new();
-    for room in rooms {
-        let read = tokio::time::timeout(READ, kv_history(nats_url, &room.id)).await;
-        checks.push(match read {
-            Ok(Ok(history)) => single_origin(&room.id, &history),
-            Ok(Err(e)) => fail(
-                Invariant::SingleOrigin,
-                format!("{}: history unreadable: {e:#}", room.id),
-            ),
-            Err(_) => fail(
-                Invariant::SingleOrigin,
-                format!("{}: history not read within {READ:?}", room.id),
-            ),
-        });
-    }
-    merge(Invariant::SingleOrigin, checks)
 }
 
 fn fail(invariant: Invariant, evidence: String) -> Check {

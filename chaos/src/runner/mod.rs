@@ -15,22 +15,29 @@
 //!   leaks once everyone left, no panic in any log.
 
 mod checks;
+pub mod faults;
 pub mod hostile;
+pub mod monitor;
 mod observe;
 pub mod report;
 pub mod scenario;
 pub mod schedule;
+pub mod suite;
+pub mod timeline;
 
 use crate::bench;
 use crate::invariants::{
-    bad_input_contained, everyone_receives, recovery_times, Bystander, HostileOutcome,
+    bad_input_contained, everyone_receives, live_nodes, memory_bounded, recovery_times,
+    single_origin, Bystander, Death, HostileOutcome, Invariant,
 };
 use crate::sandbox::{self, Cluster, ClusterSpec, NodeSpec};
 use crate::{mint_tokens, ClientConfig, Participant, ParticipantConfig, PublishOpts};
 use anyhow::{anyhow, bail, Context, Result};
+use faults::NatsCuts;
+use monitor::Monitor;
 use observe::Room;
 use protocol::token::Claims;
-use protocol::{RoomId, UserId};
+use protocol::{NodeId, RoomId, UserId};
 use report::{FaultRecord, Report};
 use scenario::Scenario;
 use schedule::{Fault, Step};
@@ -74,7 +81,7 @@ impl RunConfig {
 /// The run's schedule.
 pub fn plan(cfg: &RunConfig) -> Result<Vec<Step>> {
     let s = &cfg.scenario;
-    schedule::schedule(&s.plan, &s.node_ids(), cfg.seed, s.timing(cfg.duration))
+    schedule::schedule(&s.plan, &s.targets(), cfg.seed, s.timing(cfg.duration))
 }
 
 /// Runs the scenario; see the module documentation.
@@ -83,7 +90,23 @@ pub async fn run(cfg: &RunConfig) -> Result<Report> {
     let s = &cfg.scenario;
     let timing = s.timing(cfg.duration);
     let dir = bench::run_dir(&format!("chaos-{}", s.name), cfg.dir.as_deref())?;
-    let mut cluster = Cluster::start(cluster_spec(cfg, dir.join("cluster"))?).await?;
+    let mut spec = cluster_spec(cfg, dir.join("cluster"))?;
+    // Each node reaches NATS through a proxy of its own when a step cuts one off.
+    let cuts = if steps
+        .iter()
+        .any(|st| matches!(st.fault, Fault::CutNats { .. }))
+    {
+        let port = bench::free_port()?;
+        spec.nats.port = Some(port);
+        let cuts = NatsCuts::start(&s.node_ids(), ([127, 0, 0, 1], port).into()).await?;
+        for n in &mut spec.nodes {
+            n.nats_url = cuts.url(&n.id);
+        }
+        Some(cuts)
+    } else {
+        None
+    };
+    let mut cluster = Cluster::start(spec).await?;
     eprintln!("== cluster is up; {} faults scheduled", steps.len());
     let mut report = Report {
         scenario: s.name.to_owned(),
@@ -97,8 +120,10 @@ pub async fn run(cfg: &RunConfig) -> Result<Report> {
         errors: Vec::new(),
         logs: dir.join("cluster").display().to_string(),
         passed: false,
+        timeline_svg: None,
     };
     let baseline = checks::rss(&cluster);
+    let t0 = Instant::now();
     let rooms = match open_rooms(s, &cluster).await {
         Ok(r) => r,
         Err(e) => {
@@ -107,44 +132,117 @@ pub async fn run(cfg: &RunConfig) -> Result<Report> {
         }
     };
     eprintln!("== {} rooms: everyone receives everyone", rooms.len());
+    let monitor = Monitor::start(
+        cluster.nats_url(),
+        rooms.iter().map(|r| r.id.clone()).collect(),
+        cluster.pids(),
+        t0,
+        timing.duration + Duration::from_secs(600),
+    );
     let mut hostile = Vec::new();
     let mut bystanders = Vec::new();
+    let mut deaths = Vec::new();
     let start = Instant::now();
-    for (i, step) in steps.iter().enumerate() {
-        tokio::time::sleep_until(start + step.at).await;
-        let injected = start.elapsed();
-        eprintln!("== {:.1?}: {}", injected, step.fault);
-        let tag = format!("{}x{i}", cfg.seed);
-        match inject(&mut cluster, &rooms, step, s, &tag).await {
-            Ok(done) => {
-                let recovery = recovery_times(&done.receptions);
-                eprintln!(
-                    "   {} links, never {}, p50 {:?} p99 {:?} max {:?}",
-                    recovery.links, recovery.never, recovery.p50, recovery.p99, recovery.max
-                );
-                hostile.extend(done.hostile);
-                bystanders.extend(done.bystanders);
-                report.faults.push(FaultRecord {
-                    step: step.clone(),
-                    injected_ms: injected.as_millis() as u64,
-                    recovery,
-                    everyone_receives: everyone_receives(&done.receptions, s.recovery_bound),
-                    participant_recoveries: done.recoveries,
-                    notes: done.notes,
-                });
-            }
-            Err(e) => {
-                eprintln!("   failed: {e:#}");
-                report
-                    .errors
-                    .push(format!("fault {} ({}): {e:#}", i + 1, step.fault));
+    let (stop_sampling, sampling_stopped) = tokio::sync::oneshot::channel::<()>();
+    let sampler = timeline::record(
+        &rooms,
+        start,
+        timeline::EVERY,
+        timeline::sample_cap(timing.duration, timeline::EVERY),
+        async {
+            let _ = sampling_stopped.await;
+        },
+    );
+    let fault_phase = async {
+        for (i, step) in steps.iter().enumerate() {
+            tokio::time::sleep_until(start + step.at).await;
+            let injected = start.elapsed();
+            eprintln!("== {:.1?}: {}", injected, step.fault);
+            let tag = format!("{}x{i}", cfg.seed);
+            let env = Env {
+                rooms: &rooms,
+                scenario: s,
+                tag: &tag,
+                t0,
+                cuts: cuts.as_ref(),
+            };
+            let injected_result = inject(&mut cluster, &env, step).await;
+            monitor.set_pids(cluster.pids());
+            match injected_result {
+                Ok(done) => {
+                    let recovery = recovery_times(&done.receptions);
+                    eprintln!(
+                        "   {} links, never {}, p50 {:?} p99 {:?} max {:?}",
+                        recovery.links, recovery.never, recovery.p50, recovery.p99, recovery.max
+                    );
+                    hostile.extend(done.hostile);
+                    bystanders.extend(done.bystanders);
+                    deaths.extend(done.deaths);
+                    report.faults.push(FaultRecord {
+                        step: step.clone(),
+                        injected_ms: injected.as_millis() as u64,
+                        recovery,
+                        everyone_receives: everyone_receives(&done.receptions, s.recovery_bound),
+                        participant_recoveries: done.recoveries,
+                        notes: done.notes,
+                        packets_lost: None,
+                    });
+                }
+                Err(e) => {
+                    eprintln!("   failed: {e:#}");
+                    report
+                        .errors
+                        .push(format!("fault {} ({}): {e:#}", i + 1, step.fault));
+                }
             }
         }
-    }
+        // The phase lasts as long as asked, also after the last fault.
+        tokio::time::sleep_until(start + timing.duration).await;
+        let _ = stop_sampling.send(());
+    };
+    let (samples, ()) = tokio::join!(sampler, fault_phase);
+    timeline::fill_packets_lost(&mut report.faults, &samples);
+    report.timeline_svg = Some(timeline::render_svg(
+        &format!("chaos run {} (seed {})", s.name, cfg.seed),
+        &samples,
+        &timeline::markers(&report.faults),
+    ));
     eprintln!("== checking the invariants");
-    report
-        .invariants
-        .push(checks::single_origin_all(cluster.nats_url(), &rooms).await);
+    let observed = monitor.finish(cluster.nats_url(), t0).await;
+    report.invariants.push(checks::merge(
+        Invariant::SingleOrigin,
+        rooms
+            .iter()
+            .map(|r| single_origin(&r.id, &observed.history(&r.id)))
+            .collect(),
+    ));
+    let until = t0.elapsed();
+    report.invariants.push(checks::merge(
+        Invariant::LiveNodes,
+        rooms
+            .iter()
+            .map(|r| {
+                live_nodes(
+                    &r.id,
+                    &observed.timeline(&r.id),
+                    &deaths,
+                    until,
+                    s.failover_bound,
+                )
+            })
+            .collect(),
+    ));
+    report.invariants.push(memory_bounded(
+        &observed.rss_series(),
+        s.memory_cap_mib * 1024,
+    ));
+    if observed.failed_reads > 0 {
+        eprintln!(
+            "   {} KV reads failed during the run (last: {})",
+            observed.failed_reads,
+            observed.last_error.as_deref().unwrap_or("-")
+        );
+    }
     report
         .invariants
         .push(checks::membership(&cluster, &rooms, CONVERGE).await);
@@ -169,7 +267,10 @@ pub async fn run(cfg: &RunConfig) -> Result<Report> {
 /// 2 coordinators and the scenario's nodes, all in `eu`, rooms gone 1 s after emptying.
 fn cluster_spec(cfg: &RunConfig, dir: PathBuf) -> Result<ClusterSpec> {
     let s = &cfg.scenario;
-    let mut spec = cfg.bins.apply(ClusterSpec::new(dir));
+    let mut spec = cfg
+        .bins
+        .apply(ClusterSpec::new(dir))
+        .nats_servers(s.nats_servers);
     spec.child_log = "info,webrtc=warn,rtc=error,rtc_ice=warn,rtc_dtls=error,rtc_srtp=error".into();
     for c in s.coordinator_ids() {
         spec = spec.coordinator(&c);
@@ -257,20 +358,41 @@ struct Injected {
     notes: Vec<String>,
     hostile: Vec<HostileOutcome>,
     bystanders: Vec<Bystander>,
+    /// Nodes the cluster had to find dead (killed, stopped, cut from NATS), and when they
+    /// were back, since the run's start.
+    deaths: Vec<Death>,
+}
+
+/// What every fault is injected into.
+struct Env<'a> {
+    rooms: &'a [Room],
+    scenario: &'a Scenario,
+    /// Unique per fault, for the names of what a fault creates.
+    tag: &'a str,
+    /// The run's start: times in [`Death`] count from it.
+    t0: Instant,
+    cuts: Option<&'a NatsCuts>,
+}
+
+impl Env<'_> {
+    fn death(&self, node: &str, at: Instant) -> Result<Death> {
+        Ok(Death {
+            node: NodeId::new(node)?,
+            at: at - self.t0,
+            back: Some(self.t0.elapsed()),
+        })
+    }
 }
 
 /// Injects `step`'s fault, watches the rooms recover, repairs what the fault broke.
-async fn inject(
-    cluster: &mut Cluster,
-    rooms: &[Room],
-    step: &Step,
-    s: &Scenario,
-    tag: &str,
-) -> Result<Injected> {
-    let bound = s.recovery_bound;
+async fn inject(cluster: &mut Cluster, env: &Env<'_>, step: &Step) -> Result<Injected> {
+    let rooms = env.rooms;
+    let bound = env.scenario.recovery_bound;
+    let tag = env.tag;
     let mut notes = Vec::new();
     let mut hostile = Vec::new();
     let mut bystanders = Vec::new();
+    let mut deaths = Vec::new();
     let fault_at = Instant::now();
     let (receptions, recoveries) = match &step.fault {
         Fault::KillNode { .. } | Fault::KillBusiest => {
@@ -285,6 +407,7 @@ async fn inject(
             let t = Instant::now();
             cluster.restart(node, SETTLE).await?;
             all_ready(cluster).await?;
+            deaths.push(env.death(node, fault_at)?);
             notes.push(format!(
                 "{node} restarted and seen by every coordinator in {:.1?}",
                 t.elapsed()
@@ -300,6 +423,103 @@ async fn inject(
             let (seen, cont) = tokio::join!(observe::watch(rooms, fault_at, bound), cont);
             cont?;
             all_ready(cluster).await?;
+            deaths.push(env.death(node, fault_at)?);
+            seen
+        }
+        Fault::KillCoordinator { coordinator } => {
+            let ws = first_node_ws(cluster)?;
+            cluster.proc_mut(coordinator)?.signal("KILL")?;
+            notes.push(format!("killed {coordinator}"));
+            let place = faults::place_new_room(&ws, cluster.api_secret(), tag);
+            let (seen, placed) = tokio::join!(observe::watch(rooms, fault_at, bound), place);
+            let t = Instant::now();
+            cluster.restart(coordinator, SETTLE).await?;
+            all_ready(cluster).await?;
+            notes.push(format!(
+                "{coordinator} restarted and ready in {:.1?}",
+                t.elapsed()
+            ));
+            let took = placed.with_context(|| format!("a new room with {coordinator} dead"))?;
+            notes.push(format!(
+                "a new room was placed in {took:.1?} with {coordinator} dead"
+            ));
+            seen
+        }
+        Fault::KillNatsServer { server } => {
+            let ws = first_node_ws(cluster)?;
+            cluster.proc_mut(server)?.signal("KILL")?;
+            notes.push(format!("killed {server}"));
+            let place = faults::place_new_room(&ws, cluster.api_secret(), tag);
+            let (seen, placed) = tokio::join!(observe::watch(rooms, fault_at, bound), place);
+            let t = Instant::now();
+            cluster.restart_nats_server(server, SETTLE).await?;
+            all_ready(cluster).await?;
+            notes.push(format!(
+                "{server} restarted and ready in {:.1?}",
+                t.elapsed()
+            ));
+            let took = placed.with_context(|| format!("a new room with {server} dead"))?;
+            notes.push(format!(
+                "a new room was placed in {took:.1?} with {server} dead"
+            ));
+            seen
+        }
+        Fault::CutNats { node, pause } => {
+            let cuts = env.cuts.context("the cluster has no NATS proxies")?;
+            cuts.cut(node, true)?;
+            let heal = async {
+                tokio::time::sleep(*pause).await;
+                cuts.cut(node, false)
+            };
+            let (seen, healed) = tokio::join!(observe::watch(rooms, fault_at, bound), heal);
+            healed?;
+            notes.push(format!(
+                "{node}'s NATS link held {} connections while cut",
+                cuts.connections(node)
+            ));
+            all_ready(cluster).await?;
+            deaths.push(env.death(node, fault_at)?);
+            seen
+        }
+        Fault::Starve { node, pause } => {
+            let starved = faults::Starvation::begin(cluster.node(node)?.pid())?;
+            let (seen, ()) = tokio::join!(
+                observe::watch(rooms, fault_at, bound),
+                tokio::time::sleep(*pause)
+            );
+            let share = starved.end()?;
+            notes.push(format!(
+                "{node} shared a CPU with {} busy processes: it got {:.0} % of a CPU",
+                faults::HOGS,
+                share * 100.0
+            ));
+            all_ready(cluster).await?;
+            seen
+        }
+        Fault::Churn { node, pause } => {
+            let ws = cluster.node(node)?.ws_url();
+            let room = &rooms[0];
+            let churn = faults::churn(
+                &ws,
+                &room.id,
+                &room.ids[0],
+                cluster.api_secret(),
+                tag,
+                *pause,
+            );
+            let (seen, churned) = tokio::join!(observe::watch(rooms, fault_at, bound), churn);
+            notes.push(format!(
+                "{} churn cycles in {}, {} failed",
+                churned.cycles, room.id, churned.failed
+            ));
+            if churned.failed > 0 {
+                bail!(
+                    "{} of {} churn cycles failed: {}",
+                    churned.failed,
+                    churned.cycles,
+                    churned.failures.join("; ")
+                );
+            }
             seen
         }
         Fault::RestartNats => {
@@ -354,7 +574,17 @@ async fn inject(
         notes,
         hostile,
         bystanders,
+        deaths,
     })
+}
+
+/// The first node's WebSocket URL.
+fn first_node_ws(cluster: &Cluster) -> Result<String> {
+    Ok(cluster
+        .nodes()
+        .next()
+        .context("the cluster has no node")?
+        .ws_url())
 }
 
 /// The node serving the most participants (`joined.node`), the first by id on a tie.

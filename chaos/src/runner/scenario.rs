@@ -1,7 +1,7 @@
 //! The scenario catalogue: what cluster to start, how many participants, which faults and
 //! how long to recover from each.
 
-use super::schedule::{FaultKind, Plan, Timing};
+use super::schedule::{FaultKind, Plan, Targets, Timing};
 use anyhow::{bail, Result};
 use std::time::Duration;
 
@@ -11,6 +11,8 @@ pub struct Scenario {
     pub name: &'static str,
     pub about: &'static str,
     pub coordinators: usize,
+    /// nats-servers: 1, or a cluster of 3.
+    pub nats_servers: usize,
     /// Nodes `n1`..`nN`, all in region `eu`.
     pub nodes: usize,
     pub rooms: usize,
@@ -22,6 +24,10 @@ pub struct Scenario {
     pub default_duration: Duration,
     /// Fault → every participant receiving every other again.
     pub recovery_bound: Duration,
+    /// A dead node out of every room entry (KV), from its death.
+    pub failover_bound: Duration,
+    /// No process's RSS above this.
+    pub memory_cap_mib: u64,
     /// Substrings of ERROR log lines the scenario provokes on purpose.
     pub allowed_errors: &'static [&'static str],
 }
@@ -31,9 +37,26 @@ pub const LEAD: Duration = Duration::from_secs(5);
 /// Added to the recovery bound between two faults: the repair (a restart) and a margin.
 pub const REPAIR: Duration = Duration::from_secs(10);
 const PAUSE: Duration = Duration::from_secs(5);
+/// A NATS cut long enough for the node to be found dead (3 s of heartbeat silence) and to
+/// fence itself (`--node-timeout-ms`, 3 s) while its participants move.
+const CUT: Duration = Duration::from_secs(8);
+/// CPU starvation and churn last this long.
+const STRESS: Duration = Duration::from_secs(15);
 
 /// The names `chaos run` accepts.
-pub const NAMES: [&str; 6] = ["smoke", "soak", "kill", "stop", "nats", "hostile"];
+pub const NAMES: [&str; 11] = [
+    "smoke",
+    "soak",
+    "kill",
+    "stop",
+    "nats",
+    "hostile",
+    "coordinator",
+    "cut",
+    "starve",
+    "churn",
+    "nats3",
+];
 
 impl Scenario {
     /// The scenario called `name`.
@@ -42,6 +65,7 @@ impl Scenario {
             name: "",
             about: "",
             coordinators: 2,
+            nats_servers: 1,
             nodes: 3,
             rooms: 3,
             per_room: 3,
@@ -49,6 +73,8 @@ impl Scenario {
             plan: Plan::default(),
             default_duration: Duration::from_secs(60),
             recovery_bound: Duration::from_secs(15),
+            failover_bound: Duration::from_secs(5),
+            memory_cap_mib: 512,
             allowed_errors: &[],
         };
         let one = |kind: FaultKind| Plan {
@@ -82,6 +108,10 @@ impl Scenario {
                         (FaultKind::StopNode { pause: PAUSE }, 2),
                         (FaultKind::RestartNats, 1),
                         (FaultKind::Hostile, 2),
+                        (FaultKind::KillCoordinator, 1),
+                        (FaultKind::CutNats { pause: CUT }, 1),
+                        (FaultKind::Starve { pause: STRESS }, 1),
+                        (FaultKind::Churn { pause: STRESS }, 1),
                     ],
                 },
                 default_duration: Duration::from_secs(600),
@@ -111,6 +141,38 @@ impl Scenario {
                 plan: one(FaultKind::Hostile),
                 ..base
             },
+            "coordinator" => Scenario {
+                name: "coordinator",
+                about: "one coordinator kill -9; a new room is placed by the other; restart",
+                plan: one(FaultKind::KillCoordinator),
+                ..base
+            },
+            "cut" => Scenario {
+                name: "cut",
+                about: "one node cut from NATS for 8 s (connection held, nothing passes)",
+                plan: one(FaultKind::CutNats { pause: CUT }),
+                ..base
+            },
+            "starve" => Scenario {
+                name: "starve",
+                about: "one node pinned to a CPU shared with 4 busy processes for 15 s",
+                plan: one(FaultKind::Starve { pause: STRESS }),
+                ..base
+            },
+            "churn" => Scenario {
+                name: "churn",
+                about: "participants joining, publishing and leaving a room for 15 s",
+                plan: one(FaultKind::Churn { pause: STRESS }),
+                ..base
+            },
+            "nats3" => Scenario {
+                name: "nats3",
+                about: "kill -9 of one of three clustered nats-servers; a new room is placed \
+                        while it is gone; restart",
+                nats_servers: 3,
+                plan: one(FaultKind::KillNatsServer),
+                ..base
+            },
             other => bail!("unknown scenario `{other}` (known: {})", NAMES.join(", ")),
         })
     }
@@ -118,6 +180,20 @@ impl Scenario {
     /// The node ids, `n1`..`nN`.
     pub fn node_ids(&self) -> Vec<String> {
         (1..=self.nodes).map(|i| format!("n{i}")).collect()
+    }
+
+    /// Who the faults can be aimed at.
+    pub fn targets(&self) -> Targets {
+        Targets {
+            nodes: self.node_ids(),
+            coordinators: self.coordinator_ids(),
+            nats_servers: (0..self.nats_servers)
+                .map(|i| match i {
+                    0 => "nats".to_owned(),
+                    i => format!("nats{}", i + 1),
+                })
+                .collect(),
+        }
     }
 
     /// The coordinator ids, `c1`..`cN`.
@@ -145,7 +221,7 @@ mod tests {
         for name in NAMES {
             let s = Scenario::named(name).unwrap();
             assert_eq!(s.name, name);
-            let steps = schedule(&s.plan, &s.node_ids(), 1, s.timing(None)).unwrap();
+            let steps = schedule(&s.plan, &s.targets(), 1, s.timing(None)).unwrap();
             assert!(!steps.is_empty(), "{name}");
         }
         assert!(Scenario::named("nope").is_err());
@@ -155,7 +231,7 @@ mod tests {
     fn smoke_has_a_node_kill_a_nats_restart_and_a_hostile_client() {
         use crate::runner::schedule::Fault;
         let s = Scenario::named("smoke").unwrap();
-        let steps = schedule(&s.plan, &s.node_ids(), 42, s.timing(None)).unwrap();
+        let steps = schedule(&s.plan, &s.targets(), 42, s.timing(None)).unwrap();
         assert_eq!(steps.len(), 3);
         assert!(steps.iter().any(|s| s.fault == Fault::KillBusiest));
         assert!(steps.iter().any(|s| s.fault == Fault::RestartNats));

@@ -31,6 +31,43 @@ pub enum FaultKind {
     RestartNats,
     /// Malformed frames, a forged token and garbage SDP sent to a node.
     Hostile,
+    /// SIGKILL of a coordinator; a new room is placed while it is gone; then its restart.
+    KillCoordinator,
+    /// One node's NATS connection blackholed for `pause` (held open, nothing passes),
+    /// then healed.
+    CutNats { pause: Duration },
+    /// A node pinned to one CPU with competing busy processes on it for `pause`.
+    Starve { pause: Duration },
+    /// Participants joining, publishing and leaving one room through a node, over and over
+    /// for `pause`.
+    Churn { pause: Duration },
+    /// SIGKILL of one nats-server of a cluster of them; a new room is placed while it is
+    /// gone; then its restart.
+    KillNatsServer,
+}
+
+impl FaultKind {
+    /// How long the fault itself lasts before recovery can end.
+    pub fn pause(&self) -> Duration {
+        match self {
+            FaultKind::StopNode { pause }
+            | FaultKind::CutNats { pause }
+            | FaultKind::Starve { pause }
+            | FaultKind::Churn { pause } => *pause,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Whether a node is drawn as the target.
+    fn targets_node(&self) -> bool {
+        !matches!(
+            self,
+            FaultKind::RestartNats
+                | FaultKind::KillBusiest
+                | FaultKind::KillCoordinator
+                | FaultKind::KillNatsServer
+        )
+    }
 }
 
 /// One fault with its target.
@@ -50,14 +87,54 @@ pub enum Fault {
     Hostile {
         node: String,
     },
+    KillCoordinator {
+        coordinator: String,
+    },
+    CutNats {
+        node: String,
+        #[serde(rename = "pause_ms", serialize_with = "ms")]
+        pause: Duration,
+    },
+    Starve {
+        node: String,
+        #[serde(rename = "pause_ms", serialize_with = "ms")]
+        pause: Duration,
+    },
+    Churn {
+        node: String,
+        #[serde(rename = "pause_ms", serialize_with = "ms")]
+        pause: Duration,
+    },
+    KillNatsServer {
+        server: String,
+    },
 }
 
 impl Fault {
     /// How long the fault itself lasts (a stopped node's pause), before recovery can end.
     pub fn lasts(&self) -> Duration {
         match self {
-            Fault::StopNode { pause, .. } => *pause,
+            Fault::StopNode { pause, .. }
+            | Fault::CutNats { pause, .. }
+            | Fault::Starve { pause, .. }
+            | Fault::Churn { pause, .. } => *pause,
             _ => Duration::ZERO,
+        }
+    }
+
+    /// The short name of the fault's kind, as in the report.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::KillNode { .. } => "kill_node",
+            Fault::StopNode { .. } => "stop_node",
+            Fault::KillBusiest => "kill_busiest",
+            Fault::RestartNats => "restart_nats",
+            Fault::Hostile { .. } => "hostile",
+            Fault::KillCoordinator { .. } => "kill_coordinator",
+            Fault::CutNats { .. } => "cut_nats",
+            Fault::Starve { .. } => "starve",
+            Fault::Churn { .. } => "churn",
+            Fault::KillNatsServer { .. } => "kill_nats_server",
         }
     }
 }
@@ -70,8 +147,33 @@ impl std::fmt::Display for Fault {
             Fault::StopNode { node, pause } => write!(f, "SIGSTOP {node} for {pause:?}"),
             Fault::RestartNats => write!(f, "kill -9 nats-server, then restart it"),
             Fault::Hostile { node } => write!(f, "hostile client on {node}"),
+            Fault::KillCoordinator { coordinator } => {
+                write!(f, "kill -9 {coordinator}, place a new room, restart it")
+            }
+            Fault::CutNats { node, pause } => write!(f, "cut {node} from NATS for {pause:?}"),
+            Fault::Starve { node, pause } => {
+                write!(f, "starve {node} of CPU for {pause:?}")
+            }
+            Fault::Churn { node, pause } => {
+                write!(f, "join/leave churn through {node} for {pause:?}")
+            }
+            Fault::KillNatsServer { server } => {
+                write!(
+                    f,
+                    "kill -9 {server} (of the NATS cluster), place a new room, restart it"
+                )
+            }
         }
     }
+}
+
+/// Who a fault can be aimed at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Targets {
+    pub nodes: Vec<String>,
+    pub coordinators: Vec<String>,
+    /// The nats-server ids (`nats`, `nats2`, …).
+    pub nats_servers: Vec<String>,
 }
 
 /// A fault at its time since the start of the fault phase.
@@ -105,7 +207,8 @@ pub struct Timing {
 /// Draws the schedule: the faults in an order shuffled by `seed`, targets drawn from
 /// `nodes`, times spread at random over the slack the spacing leaves. Fails when the exact
 /// faults do not fit the duration, or a node fault has no node to target.
-pub fn schedule(plan: &Plan, nodes: &[String], seed: u64, timing: Timing) -> Result<Vec<Step>> {
+pub fn schedule(plan: &Plan, targets: &Targets, seed: u64, timing: Timing) -> Result<Vec<Step>> {
+    let (nodes, coordinators) = (&targets.nodes, &targets.coordinators);
     let mut rng = StdRng::seed_from_u64(seed);
     let Timing {
         duration,
@@ -116,13 +219,7 @@ pub fn schedule(plan: &Plan, nodes: &[String], seed: u64, timing: Timing) -> Res
         bail!("spacing must be positive");
     }
     // Room each fault takes: the spacing and, for a pause, the pause too.
-    let room = |k: &FaultKind| {
-        spacing
-            + match k {
-                FaultKind::StopNode { pause } => *pause,
-                _ => Duration::ZERO,
-            }
-    };
+    let room = |k: &FaultKind| spacing + k.pause();
     let window = duration.saturating_sub(lead);
     let mut kinds = plan.exact.clone();
     let needed: Duration = kinds.iter().map(room).sum();
@@ -155,13 +252,14 @@ pub fn schedule(plan: &Plan, nodes: &[String], seed: u64, timing: Timing) -> Res
     }
     kinds.truncate(MAX_FAULTS);
     kinds.shuffle(&mut rng);
-    if !kinds.is_empty()
-        && nodes.is_empty()
-        && kinds
-            .iter()
-            .any(|k| !matches!(k, FaultKind::RestartNats | FaultKind::KillBusiest))
-    {
+    if nodes.is_empty() && kinds.iter().any(FaultKind::targets_node) {
         bail!("node faults need at least one node");
+    }
+    if coordinators.is_empty() && kinds.contains(&FaultKind::KillCoordinator) {
+        bail!("a coordinator kill needs a coordinator");
+    }
+    if targets.nats_servers.len() < 2 && kinds.contains(&FaultKind::KillNatsServer) {
+        bail!("killing one NATS server of several needs a NATS cluster");
     }
     // Spread the slack: sorted uniform draws added to the back-to-back times.
     let slack = window - used;
@@ -172,7 +270,8 @@ pub fn schedule(plan: &Plan, nodes: &[String], seed: u64, timing: Timing) -> Res
     let mut at = lead;
     let mut steps = Vec::with_capacity(kinds.len());
     for (kind, extra) in kinds.iter().zip(extra) {
-        let mut node = || nodes[rng.gen_range(0..nodes.len())].clone();
+        let mut pick = |from: &[String]| from[rng.gen_range(0..from.len())].clone();
+        let mut node = || pick(nodes);
         let fault = match *kind {
             FaultKind::KillNode => Fault::KillNode { node: node() },
             FaultKind::StopNode { pause } => Fault::StopNode {
@@ -182,6 +281,24 @@ pub fn schedule(plan: &Plan, nodes: &[String], seed: u64, timing: Timing) -> Res
             FaultKind::KillBusiest => Fault::KillBusiest,
             FaultKind::RestartNats => Fault::RestartNats,
             FaultKind::Hostile => Fault::Hostile { node: node() },
+            FaultKind::KillCoordinator => Fault::KillCoordinator {
+                coordinator: pick(coordinators),
+            },
+            FaultKind::CutNats { pause } => Fault::CutNats {
+                node: node(),
+                pause,
+            },
+            FaultKind::Starve { pause } => Fault::Starve {
+                node: node(),
+                pause,
+            },
+            FaultKind::Churn { pause } => Fault::Churn {
+                node: node(),
+                pause,
+            },
+            FaultKind::KillNatsServer => Fault::KillNatsServer {
+                server: pick(&targets.nats_servers),
+            },
         };
         steps.push(Step {
             at: at + extra,
@@ -204,11 +321,20 @@ mod tests {
         ["n1", "n2", "n3"].map(String::from).to_vec()
     }
 
+    fn targets() -> Targets {
+        Targets {
+            nodes: nodes(),
+            coordinators: vec!["c1".into(), "c2".into()],
+            nats_servers: vec!["nats".into(), "nats2".into(), "nats3".into()],
+        }
+    }
+
     fn soak() -> Plan {
         Plan {
             exact: vec![FaultKind::KillNode, FaultKind::RestartNats],
             fill: vec![
                 (FaultKind::KillNode, 3),
+                (FaultKind::KillBusiest, 1),
                 (
                     FaultKind::StopNode {
                         pause: Duration::from_secs(5),
@@ -217,8 +343,62 @@ mod tests {
                 ),
                 (FaultKind::RestartNats, 1),
                 (FaultKind::Hostile, 2),
+                (FaultKind::KillCoordinator, 1),
+                (
+                    FaultKind::CutNats {
+                        pause: Duration::from_secs(8),
+                    },
+                    1,
+                ),
+                (
+                    FaultKind::Starve {
+                        pause: Duration::from_secs(10),
+                    },
+                    1,
+                ),
+                (
+                    FaultKind::Churn {
+                        pause: Duration::from_secs(10),
+                    },
+                    1,
+                ),
+                (FaultKind::KillNatsServer, 1),
             ],
         }
+    }
+
+    #[test]
+    fn every_kind_is_drawn_with_a_target_of_its_own_sort() {
+        let steps = schedule(&soak(), &targets(), 11, timing(3000)).unwrap();
+        let kinds: std::collections::BTreeSet<&str> =
+            steps.iter().map(|s| s.fault.kind()).collect();
+        assert_eq!(kinds.len(), 10, "{kinds:?}");
+        for s in &steps {
+            match &s.fault {
+                Fault::KillCoordinator { coordinator } => {
+                    assert!(targets().coordinators.contains(coordinator))
+                }
+                Fault::KillNode { node }
+                | Fault::Hostile { node }
+                | Fault::StopNode { node, .. }
+                | Fault::CutNats { node, .. }
+                | Fault::Starve { node, .. }
+                | Fault::Churn { node, .. } => assert!(nodes().contains(node)),
+                Fault::KillNatsServer { server } => {
+                    assert!(targets().nats_servers.contains(server))
+                }
+                Fault::KillBusiest | Fault::RestartNats => {}
+            }
+        }
+        let no_coordinator = Targets {
+            nodes: nodes(),
+            ..Targets::default()
+        };
+        let plan = Plan {
+            exact: vec![FaultKind::KillCoordinator],
+            fill: Vec::new(),
+        };
+        assert!(schedule(&plan, &no_coordinator, 1, timing(600)).is_err());
     }
 
     fn timing(secs: u64) -> Timing {
@@ -231,17 +411,17 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_schedule() {
-        let a = schedule(&soak(), &nodes(), 7, timing(600)).unwrap();
-        let b = schedule(&soak(), &nodes(), 7, timing(600)).unwrap();
+        let a = schedule(&soak(), &targets(), 7, timing(600)).unwrap();
+        let b = schedule(&soak(), &targets(), 7, timing(600)).unwrap();
         assert_eq!(a, b);
         assert!(a.len() > 5);
     }
 
     #[test]
     fn different_seeds_give_different_schedules() {
-        let a = schedule(&soak(), &nodes(), 1, timing(600)).unwrap();
+        let a = schedule(&soak(), &targets(), 1, timing(600)).unwrap();
         let distinct = (2..12)
-            .filter(|s| schedule(&soak(), &nodes(), *s, timing(600)).unwrap() != a)
+            .filter(|s| schedule(&soak(), &targets(), *s, timing(600)).unwrap() != a)
             .count();
         assert_eq!(distinct, 10);
     }
@@ -250,7 +430,7 @@ mod tests {
     fn faults_are_spaced_and_within_the_duration() {
         for seed in 0..50 {
             let t = timing(400);
-            let steps = schedule(&soak(), &nodes(), seed, t).unwrap();
+            let steps = schedule(&soak(), &targets(), seed, t).unwrap();
             assert!(steps[0].at >= t.lead);
             for w in steps.windows(2) {
                 let gap = w[1].at - w[0].at;
@@ -271,14 +451,14 @@ mod tests {
 
     #[test]
     fn the_count_is_bounded_by_the_duration_and_the_cap() {
-        let steps = schedule(&soak(), &nodes(), 3, timing(205)).unwrap();
+        let steps = schedule(&soak(), &targets(), 3, timing(205)).unwrap();
         assert!(steps.len() <= 10);
         let t = Timing {
             duration: Duration::from_secs(1_000_000),
             spacing: Duration::from_millis(1),
             lead: Duration::ZERO,
         };
-        let steps = schedule(&soak(), &nodes(), 3, t).unwrap();
+        let steps = schedule(&soak(), &targets(), 3, t).unwrap();
         assert_eq!(steps.len(), MAX_FAULTS);
     }
 
@@ -292,7 +472,7 @@ mod tests {
             ],
             fill: Vec::new(),
         };
-        let steps = schedule(&plan, &nodes(), 9, timing(600)).unwrap();
+        let steps = schedule(&plan, &targets(), 9, timing(600)).unwrap();
         assert_eq!(steps.len(), 3);
         assert!(steps.iter().all(|s| match &s.fault {
             Fault::KillNode { node } | Fault::Hostile { node } => nodes().contains(node),
@@ -306,7 +486,7 @@ mod tests {
             exact: vec![FaultKind::KillNode; 3],
             fill: Vec::new(),
         };
-        assert!(schedule(&plan, &nodes(), 1, timing(60)).is_err());
-        assert!(schedule(&plan, &[], 1, timing(600)).is_err());
+        assert!(schedule(&plan, &targets(), 1, timing(60)).is_err());
+        assert!(schedule(&plan, &Targets::default(), 1, timing(600)).is_err());
     }
 }

@@ -691,11 +691,36 @@ async fn join_anywhere(
 }
 
 /// Asks the coordinators where the client is served. One retry: a request in flight at a
-/// coordinator that just died times out, and the next one reaches a live coordinator.
+/// coordinator that just died times out, and the next one reaches a live coordinator. A
+/// refusal the coordinator calls transient (its directory unavailable) is asked again,
+/// backing off, for up to [`TRANSIENT_PATIENCE`].
 async fn allocate(
     cluster: &crate::cluster::Cluster,
     ask: &AllocateRequest,
 ) -> Result<(wire::RoomAssignment, NodeId), ErrorCode> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match allocate_once(cluster, ask).await {
+            Err((_, true)) if started.elapsed() + pause < TRANSIENT_PATIENCE => {
+                tracing::debug!(room = %ask.room, ?pause, "transient refusal; asking again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            other => return other.map_err(|(code, _)| code),
+        }
+    }
+}
+
+/// Longest a join waits for a room directory to come back (a clustered NATS electing a new
+/// stream leader takes 4 to 9 s), within the client's 10 s for `joined`.
+const TRANSIENT_PATIENCE: Duration = Duration::from_secs(8);
+
+/// One allocation; a refusal comes with whether it is transient.
+async fn allocate_once(
+    cluster: &crate::cluster::Cluster,
+    ask: &AllocateRequest,
+) -> Result<(wire::RoomAssignment, NodeId), (ErrorCode, bool)> {
     let subject = || wire::ALLOCATE.to_owned();
     let mut reply = cluster
         .request::<_, AllocateReply>(subject(), ask, CLUSTER_JOIN_TIMEOUT / 2)
@@ -710,13 +735,17 @@ async fn allocate(
     }
     match reply {
         Ok(AllocateReply::Assigned { assignment, serve }) => Ok((assignment, serve)),
-        Ok(AllocateReply::Error { code, message }) => {
-            tracing::info!(room = %ask.room, %message, "allocation refused");
-            Err(code)
+        Ok(AllocateReply::Error {
+            code,
+            message,
+            transient,
+        }) => {
+            tracing::info!(room = %ask.room, %message, transient, "allocation refused");
+            Err((code, transient))
         }
         Err(e) => {
             tracing::warn!(room = %ask.room, error = %e, "allocation failed");
-            Err(ErrorCode::Unavailable)
+            Err((ErrorCode::Unavailable, false))
         }
     }
 }
