@@ -36,6 +36,13 @@ use webrtc::peer_connection::RTCIceCandidateInit;
 pub struct ClientConfig {
     /// Local IP the peer connections bind their UDP sockets to.
     pub bind_ip: IpAddr,
+    /// The address the peer connections' host candidates name instead of `bind_ip`, as
+    /// behind a NAT. Pointed at an address where nothing listens, the node cannot reach
+    /// the client at any candidate it was told: the only path is the one the client's own
+    /// connectivity checks open, which the node learns as a peer-reflexive candidate. That
+    /// is how a client sits behind an impaired link of [`crate::geo::GeoNet`] (see
+    /// [`crate::geo::GeoNet::place_client`]). `None` announces `bind_ip`.
+    pub announce_ip: Option<IpAddr>,
     /// Bound on each request/response exchange (`join`, `publish`, connecting).
     pub request_timeout: Duration,
     /// Bound on ICE gathering before an SDP is sent with the candidates found so far.
@@ -52,6 +59,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            announce_ip: None,
             request_timeout: Duration::from_secs(10),
             gather_timeout: Duration::from_secs(5),
             use_ice_servers: true,
@@ -274,6 +282,7 @@ impl Client {
             *tx_slot = Some(tx);
             let ctx = SubscriberCtx {
                 bind_ip: config.bind_ip,
+                announce_ip: config.announce_ip,
                 ice_servers: if config.use_ice_servers {
                     joined.ice_servers.clone()
                 } else {

@@ -6,7 +6,9 @@
 //! - region `i` (its position in the list) owns 127.0.(10+i).0/24;
 //! - its node `k` binds media on .(2k+1) (node `udp_ip`) and announces .(2k+2) in ICE
 //!   (node `public_ip`, a 1:1 NAT);
-//! - its clients bind on .(100+n) (`ClientConfig::bind_ip`).
+//! - its clients bind on .(100+n) (`ClientConfig::bind_ip`);
+//! - .99 is where nothing listens: clients placed with [`GeoNet::place_client`] announce it
+//!   in their ICE candidates (`ClientConfig::announce_ip`).
 //!
 //! A gateway ([`UdpProxy::start_routed`]) listens on the announce address for each port of
 //! the node's range and relays to the bind address. It picks the link by the sender's
@@ -26,12 +28,42 @@
 //! In a pair's [`LinkStats`], `forward` is toward the node (or NATS) whose proxy it crossed.
 //!
 //! This relies on the node announcing `public_ip`, never `udp_ip`, in its ICE candidates: a
-//! peer that learns the bind address sends there directly and no gateway sees it. Not
-//! covered either: a node's ICE may check a client's host candidate (its bind address)
-//! directly. Clients join their own region's node, so that only matters to a test that
-//! puts a client on another region's node on purpose.
+//! peer that learns the bind address sends there directly and no gateway sees it. The same
+//! holds the other way: a node's ICE checks a client's host candidate (its bind address)
+//! directly, a path that crosses no gateway, and may pick it. A client that only sets
+//! `bind_ip` reaches its own region's node at loopback speed that way, which is what such a
+//! client wants. A client that must sit behind a link — a region of impaired clients, with
+//! or without a node of its own, joining another region's node — is placed with
+//! [`GeoNet::place_client`]: it announces its region's .99, where nothing listens, so the
+//! node's only path to it is the one the client's own checks open through the node's
+//! gateway (the node learns the gateway's mapping socket as a peer-reflexive candidate), and
+//! its media crosses the pair's link both ways. Then [`GeoNet::update_link`] changes what
+//! that link does, at any time. Loss is best turned on once the connections are up: a
+//! webrtc-rs 0.21.1 DTLS handshake whose flight is lost may never be retried (a side stops
+//! its retransmission timer on any record that does not complete the flight it waits for),
+//! so loss from the start fails some connections (about one in ten at 5 %).
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use chaos::geo::GeoNet;
+//! use chaos::ClientConfig;
+//! use std::time::Duration;
+//! // "eu-lossy" holds clients only; its link to "eu" starts perfect.
+//! let mut geo = GeoNet::new(&["eu", "eu-lossy"], Duration::ZERO, Duration::ZERO, 7)?;
+//! geo.add_node("eu", 0, (20_000, 20_039)).await?; // the eu node: udp_ip/public_ip from node_ips
+//! let mut config = ClientConfig::default();
+//! assert!(geo.place_client(&mut config, "eu-lossy", 0)); // then join the eu node with it
+//! // At fault time: 40 ms each way and 5 % loss between the node and those clients.
+//! geo.update_link("eu", "eu-lossy", |i| {
+//!     i.delay = Duration::from_millis(40);
+//!     i.loss = 0.05;
+//! });
+//! # Ok(())
+//! # }
+//! ```
 
 use crate::impair::{Impairment, Link, LinkStats, TcpProxy, UdpProxy};
+use crate::ClientConfig;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::io;
@@ -53,6 +85,9 @@ pub const MAX_NODE_PORTS: usize = 4096;
 const FIRST_SUBNET: u8 = 10;
 /// Host of a region's first client.
 const FIRST_CLIENT_HOST: u8 = 100;
+/// The host a placed client announces: above the last node's, below the first client's, so
+/// nothing ever listens there.
+const CLIENT_ANNOUNCE_HOST: u8 = 99;
 
 /// Regions on loopback, an impaired link per pair, gateways for nodes' media and proxies
 /// for NATS. Every proxy stops when this is dropped.
@@ -140,6 +175,29 @@ impl GeoNet {
     pub fn client_ip(&self, region: &str, n: u8) -> Option<IpAddr> {
         let i = self.region_index(region)?;
         (n < MAX_CLIENTS_PER_REGION).then(|| host(i, FIRST_CLIENT_HOST + n))
+    }
+
+    /// The address clients of `region` placed with [`GeoNet::place_client`] announce in
+    /// their candidates: 127.0.(10+i).99, where nothing listens. `None` for an unknown region.
+    pub fn client_announce_ip(&self, region: &str) -> Option<IpAddr> {
+        Some(host(self.region_index(region)?, CLIENT_ANNOUNCE_HOST))
+    }
+
+    /// Puts client `n` of `region` behind the region's links: its peer connections bind on
+    /// [`GeoNet::client_ip`] and announce [`GeoNet::client_announce_ip`], so a node of
+    /// another region reaches it only through that node's gateway, across the link of the
+    /// pair, both ways (a node of `region` itself through its gateway, unimpaired). The
+    /// rest of `config` is kept. False, leaving `config` alone, for an unknown region or
+    /// `n` of [`MAX_CLIENTS_PER_REGION`] or more.
+    pub fn place_client(&self, config: &mut ClientConfig, region: &str, n: u8) -> bool {
+        let (Some(bind), Some(announce)) =
+            (self.client_ip(region, n), self.client_announce_ip(region))
+        else {
+            return false;
+        };
+        config.bind_ip = bind;
+        config.announce_ip = Some(announce);
+        true
     }
 
     /// Node `k` of `region`: the address it binds media on (`udp_ip`) and the one it
@@ -249,6 +307,20 @@ impl GeoNet {
             delay: one_way,
             ..link.impairment()
         });
+        true
+    }
+
+    /// Changes the pair's impairment in place (`f` gets the one in force), serialised with
+    /// the other edits so none undoes a concurrent one; packets already queued keep their
+    /// release times. False when the pair does not exist.
+    pub fn update_link(&self, a: &str, b: &str, f: impl FnOnce(&mut Impairment)) -> bool {
+        let Some(link) = self.link(a, b) else {
+            return false;
+        };
+        let _edit = self.edits.lock().unwrap_or_else(|e| e.into_inner());
+        let mut impairment = link.impairment();
+        f(&mut impairment);
+        link.set(impairment);
         true
     }
 
@@ -406,6 +478,54 @@ mod tests {
         let names: Vec<(String, String)> = g.stats().into_iter().map(|p| (p.a, p.b)).collect();
         let want = [("eu", "us"), ("eu", "ap"), ("us", "ap")];
         assert_eq!(names, want.map(|(a, b)| (a.to_string(), b.to_string())));
+    }
+
+    #[test]
+    fn placed_clients_bind_in_their_region_and_announce_where_nothing_listens() {
+        let g = geo();
+        let mut config = ClientConfig {
+            request_timeout: Duration::from_secs(3),
+            ..ClientConfig::default()
+        };
+        assert!(g.place_client(&mut config, "ap", 7));
+        assert_eq!(config.bind_ip, ip("127.0.12.107"));
+        assert_eq!(config.announce_ip, Some(ip("127.0.12.99")));
+        assert_eq!(config.request_timeout, Duration::from_secs(3));
+        assert_eq!(g.client_announce_ip("eu"), Some(ip("127.0.10.99")));
+        // Past the last node's hosts, before the first client's.
+        let (_, last_node) = g.node_ips("eu", MAX_NODES_PER_REGION - 1).unwrap();
+        assert!(last_node < g.client_announce_ip("eu").unwrap());
+        assert!(g.client_announce_ip("eu").unwrap() < g.client_ip("eu", 0).unwrap());
+        let before = config.clone();
+        assert!(!g.place_client(&mut config, "mars", 0));
+        assert!(!g.place_client(&mut config, "eu", MAX_CLIENTS_PER_REGION));
+        assert_eq!(config.bind_ip, before.bind_ip);
+        assert_eq!(config.announce_ip, before.announce_ip);
+        assert_eq!(g.client_announce_ip("mars"), None);
+    }
+
+    #[test]
+    fn update_link_edits_one_pair_in_place() {
+        let g = geo();
+        assert!(g.partition("eu", "ap", true));
+        assert!(g.update_link("ap", "eu", |i| {
+            i.loss = 0.05;
+            i.jitter = Duration::from_millis(5);
+        }));
+        let eu_ap = g.link("eu", "ap").unwrap().impairment();
+        assert_eq!(
+            eu_ap,
+            Impairment {
+                delay: Duration::from_millis(40),
+                jitter: Duration::from_millis(5),
+                loss: 0.05,
+                rate_bps: None,
+                partitioned: true,
+            }
+        );
+        assert_eq!(g.link("eu", "us").unwrap().impairment().loss, 0.0);
+        assert!(!g.update_link("eu", "eu", |_| {}));
+        assert!(!g.update_link("eu", "mars", |_| {}));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::error::Result;
 use crate::events::{EventLog, TaskSet};
 use crate::payload::unix_now_us;
-use crate::peer::{build_peer, to_rtc_candidate, Peer, TrackSink};
+use crate::peer::{build_peer, to_rtc_candidate, LocalAddr, Peer, TrackSink};
 use crate::stats::{LatencyHistogram, TrackAccumulator, TrackStats};
 use crate::ws::WsWriter;
 use protocol::signal::{ClientMessage, IceCandidate, IceServer, TrackKind};
@@ -106,6 +106,8 @@ pub(crate) enum SubscriberCmd {
 /// What the subscriber task needs from its client.
 pub(crate) struct SubscriberCtx {
     pub bind_ip: IpAddr,
+    /// `ClientConfig::announce_ip`.
+    pub announce_ip: Option<IpAddr>,
     pub ice_servers: Vec<IceServer>,
     pub gather_timeout: Duration,
     pub ice_check_interval: Option<Duration>,
@@ -160,13 +162,11 @@ async fn answer(ctx: &SubscriberCtx, peer: &mut Option<Peer>, sdp: String) -> Re
         Some(p) => p.clone(),
         None => {
             let sink: Arc<dyn TrackSink> = ctx.readers.clone();
-            let p = build_peer(
-                ctx.bind_ip,
-                &ctx.ice_servers,
-                Some(sink),
-                ctx.ice_check_interval,
-            )
-            .await?;
+            let local = LocalAddr {
+                bind: ctx.bind_ip,
+                announce: ctx.announce_ip,
+            };
+            let p = build_peer(local, &ctx.ice_servers, Some(sink), ctx.ice_check_interval).await?;
             ctx.peers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

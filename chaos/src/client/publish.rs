@@ -3,7 +3,7 @@
 
 use super::{lock, Client, Joined, Publisher};
 use crate::error::{Error, Result};
-use crate::peer::{build_peer, Peer};
+use crate::peer::{build_peer, LocalAddr, Peer};
 use crate::publisher::{self, LocalTrack, PublishOpts, SentStats};
 use protocol::signal::{ClientMessage, IceServer, ServerMessage, TrackKind};
 use webrtc::peer_connection::RTCSessionDescription;
@@ -40,13 +40,11 @@ impl Client {
             Some(p) => p,
             None => {
                 let ice = self.ice_servers(&joined);
-                let peer = build_peer(
-                    self.config.bind_ip,
-                    &ice,
-                    None,
-                    self.config.ice_check_interval,
-                )
-                .await?;
+                let local = LocalAddr {
+                    bind: self.config.bind_ip,
+                    announce: self.config.announce_ip,
+                };
+                let peer = build_peer(local, &ice, None, self.config.ice_check_interval).await?;
                 lock(&self.peers).push(peer.clone());
                 slot.insert(Publisher {
                     peer,
