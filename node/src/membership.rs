@@ -45,6 +45,9 @@ pub struct Applied {
 #[derive(Debug, Default)]
 pub struct RemoteMembers {
     nodes: BTreeMap<NodeId, NodeMembers>,
+    /// Participants of a suspended node that came back with a fresh room (a partition
+    /// healed): still waited for, apart from what the node now hosts.
+    revived: BTreeMap<NodeId, Vec<ParticipantState>>,
 }
 
 impl RemoteMembers {
@@ -88,17 +91,42 @@ impl RemoteMembers {
     /// no longer waited for. Whether it was.
     pub fn take_suspended(&mut self, user: &UserId) -> bool {
         let mut found = false;
-        for n in self.nodes.values_mut().filter(|n| n.suspended) {
-            let before = n.participants.len();
-            n.participants.retain(|p| &p.id != user);
-            found |= n.participants.len() != before;
+        let waiting = self
+            .nodes
+            .values_mut()
+            .filter(|n| n.suspended)
+            .map(|n| &mut n.participants)
+            .chain(self.revived.values_mut());
+        for participants in waiting {
+            let before = participants.len();
+            participants.retain(|p| &p.id != user);
+            found |= participants.len() != before;
         }
         found
     }
 
-    /// Every remote participant with its tracks, node by node.
+    /// The resume grace of a dead node is over: its participants still waited for leave,
+    /// whether or not the node has come back since (what it hosts now stays).
+    pub fn forget_dead(&mut self, node: &NodeId) -> Vec<Notice> {
+        let mut gone = Vec::new();
+        if self.is_suspended(node) {
+            gone.extend(
+                self.nodes
+                    .remove(node)
+                    .map(|n| n.participants)
+                    .unwrap_or_default(),
+            );
+        }
+        gone.extend(self.revived.remove(node).unwrap_or_default());
+        gone.into_iter().flat_map(left).collect()
+    }
+
+    /// Every remote participant with its tracks, node by node (those waited for included).
     pub fn participants(&self) -> impl Iterator<Item = &ParticipantState> {
-        self.nodes.values().flat_map(|n| n.participants.iter())
+        self.nodes
+            .values()
+            .flat_map(|n| n.participants.iter())
+            .chain(self.revived.values().flatten())
     }
 
     /// Whether `user` is a participant on some other node.
@@ -107,14 +135,16 @@ impl RemoteMembers {
     }
 
     pub fn count(&self) -> usize {
-        self.nodes.values().map(|n| n.participants.len()).sum()
+        self.participants().count()
     }
 
-    /// The node hosting a remote participant.
+    /// The node hosting a remote participant (for one waited for: its dead node).
     pub fn node_of(&self, user: &UserId) -> Option<&NodeId> {
         self.nodes
             .iter()
-            .find(|(_, n)| n.participants.iter().any(|p| &p.id == user))
+            .map(|(id, n)| (id, &n.participants))
+            .chain(self.revived.iter())
+            .find(|(_, participants)| participants.iter().any(|p| &p.id == user))
             .map(|(id, _)| id)
     }
 
@@ -134,7 +164,17 @@ impl RemoteMembers {
     pub fn apply_event(&mut self, ev: &RoomEvent) -> Applied {
         let mut out = Applied::default();
         if self.is_suspended(&ev.node) {
-            return out;
+            // A dead node's stale events (it was stopped, or cut off) are not heard; its
+            // first event of a fresh room (it fenced the old one, and came back) is.
+            if ev.seq != 1 {
+                return out;
+            }
+            if let Some(old) = self.nodes.remove(&ev.node) {
+                self.revived
+                    .entry(ev.node.clone())
+                    .or_default()
+                    .extend(old.participants);
+            }
         }
         // A participant who was waited for comes back through this node: the clients
         // never saw it leave, so its return is no news (its new tracks are).
@@ -478,8 +518,8 @@ mod tests {
                 .len(),
             1
         );
-        // Carol never does: forgetting the node lets her leave.
-        let left = m.forget(&node("eu"));
+        // Carol never does: at the end of the grace she leaves.
+        let left = m.forget_dead(&node("eu"));
         assert_eq!(
             left,
             vec![ServerMessage::ParticipantLeft { id: user("carol") }]
@@ -497,5 +537,40 @@ mod tests {
         assert!(m.take_suspended(&user("alice")));
         assert!(!m.take_suspended(&user("alice")));
         assert!(m.forget(&node("eu")).is_empty());
+    }
+
+    #[test]
+    fn a_dead_node_back_with_a_fresh_room_is_heard_and_its_old_participants_still_wait() {
+        let mut m = RemoteMembers::new();
+        m.apply_event(&ev("eu", 1, join("alice")));
+        m.apply_event(&ev("eu", 2, join("carol")));
+        m.apply_event(&ev("eu", 3, publish("alice", "T1")));
+        m.suspend(&node("eu"));
+        // A stale event of the old room (the node was stopped) is not heard…
+        assert!(m.apply_event(&ev("eu", 4, join("erin"))).notices.is_empty());
+        // …the first event of its fresh room is: alice is back through it, no news but
+        // her new track; dave is new.
+        assert!(m
+            .apply_event(&ev("eu", 1, join("alice")))
+            .notices
+            .is_empty());
+        assert_eq!(m.apply_event(&ev("eu", 2, join("dave"))).notices.len(), 1);
+        assert_eq!(
+            m.apply_event(&ev("eu", 3, publish("alice", "T2")))
+                .notices
+                .len(),
+            1
+        );
+        assert!(!m.is_suspended(&node("eu")));
+        assert_eq!(m.tracks_on(&node("eu")).len(), 1);
+        assert_eq!(m.count(), 3, "alice and dave, and carol still waited for");
+        // The grace ends: carol, never back, leaves; the node's live participants stay.
+        assert_eq!(
+            m.forget_dead(&node("eu")),
+            vec![ServerMessage::ParticipantLeft { id: user("carol") }]
+        );
+        assert_eq!(m.count(), 2);
+        assert_eq!(m.node_of(&user("dave")), Some(&node("eu")));
+        assert!(m.forget_dead(&node("eu")).is_empty());
     }
 }

@@ -19,6 +19,7 @@ pub mod faults;
 pub mod hostile;
 pub mod monitor;
 mod observe;
+pub mod regions;
 pub mod report;
 pub mod scenario;
 pub mod schedule;
@@ -38,6 +39,7 @@ use monitor::Monitor;
 use observe::Room;
 use protocol::token::Claims;
 use protocol::{NodeId, RoomId, UserId};
+use regions::Regions;
 use report::{FaultRecord, Report};
 use scenario::Scenario;
 use schedule::{Fault, Step};
@@ -50,6 +52,10 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// Bound on membership converging, and on counters reaching zero once everyone left.
 const CONVERGE: Duration = Duration::from_secs(30);
 const PORTS_PER_NODE: u16 = 200;
+/// One-way delay between regions.
+const REGION_DELAY: Duration = Duration::from_millis(20);
+/// Rooms gone 1 s after emptying, so the end-of-run leak check sees them go.
+const ROOM_GRACE: &str = "--room-empty-grace-secs=1";
 
 /// What `chaos run` was asked.
 #[derive(Debug, Clone)]
@@ -106,6 +112,23 @@ pub async fn run(cfg: &RunConfig) -> Result<Report> {
     } else {
         None
     };
+    // Regions: the nodes on their subnets behind gateways (kept until the end of the run).
+    let regions = if s.regions.is_empty() {
+        None
+    } else {
+        Some(
+            regions::lay_out(
+                &mut spec,
+                s.regions,
+                cfg.udp_base,
+                PORTS_PER_NODE,
+                REGION_DELAY,
+                cfg.seed,
+                &[ROOM_GRACE.to_owned()],
+            )
+            .await?,
+        )
+    };
     let mut cluster = Cluster::start(spec).await?;
     eprintln!("== cluster is up; {} faults scheduled", steps.len());
     let mut report = Report {
@@ -124,7 +147,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report> {
     };
     let baseline = checks::rss(&cluster);
     let t0 = Instant::now();
-    let rooms = match open_rooms(s, &cluster).await {
+    let rooms = match open_rooms(s, &cluster, regions.as_ref()).await {
         Ok(r) => r,
         Err(e) => {
             cluster.stop();
@@ -165,6 +188,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report> {
                 tag: &tag,
                 t0,
                 cuts: cuts.as_ref(),
+                regions: regions.as_ref(),
             };
             let injected_result = inject(&mut cluster, &env, step).await;
             monitor.set_pids(cluster.pids());
@@ -182,7 +206,10 @@ pub async fn run(cfg: &RunConfig) -> Result<Report> {
                         step: step.clone(),
                         injected_ms: injected.as_millis() as u64,
                         recovery,
-                        everyone_receives: everyone_receives(&done.receptions, s.recovery_bound),
+                        everyone_receives: everyone_receives(
+                            &done.receptions,
+                            s.bound_for(&step.fault),
+                        ),
                         participant_recoveries: done.recoveries,
                         notes: done.notes,
                         packets_lost: None,
@@ -275,22 +302,34 @@ fn cluster_spec(cfg: &RunConfig, dir: PathBuf) -> Result<ClusterSpec> {
     for c in s.coordinator_ids() {
         spec = spec.coordinator(&c);
     }
-    for (i, id) in s.node_ids().iter().enumerate() {
+    // With regions, `regions::lay_out` adds the nodes.
+    let plain = if s.regions.is_empty() {
+        s.node_ids()
+    } else {
+        Vec::new()
+    };
+    for (i, id) in plain.iter().enumerate() {
         let lo = u32::from(cfg.udp_base) + i as u32 * u32::from(PORTS_PER_NODE);
         let hi = lo + u32::from(PORTS_PER_NODE) - 1;
         let (lo, hi) = (
             u16::try_from(lo)?,
             u16::try_from(hi).context("--udp-base too high")?,
         );
-        spec = spec.node(NodeSpec::new(id, "eu", (lo, hi)).flag("--room-empty-grace-secs=1"));
+        spec = spec.node(NodeSpec::new(id, "eu", (lo, hi)).flag(ROOM_GRACE));
     }
-    spec.validate()?;
+    if s.regions.is_empty() {
+        spec.validate()?;
+    }
     Ok(spec)
 }
 
 /// The scenario's rooms, member `j` of room `i` joining through node `(i + j) % nodes`;
 /// returns once everyone receives everyone (bounded by [`SETTLE`]).
-async fn open_rooms(s: &Scenario, cluster: &Cluster) -> Result<Vec<Room>> {
+async fn open_rooms(
+    s: &Scenario,
+    cluster: &Cluster,
+    regions: Option<&Regions>,
+) -> Result<Vec<Room>> {
     let started = Instant::now();
     let nodes = s.node_ids();
     let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
@@ -310,15 +349,25 @@ async fn open_rooms(s: &Scenario, cluster: &Cluster) -> Result<Vec<Room>> {
                 let claims = Claims::new(id.clone(), user.clone(), 0, 0);
                 let tokens =
                     mint_tokens(cluster.api_secret(), claims, Duration::from_secs(24 * 3600));
+                let node = &nodes[(i + j) % nodes.len()];
+                let region = s.region_of(node);
+                // Under regions: a client of the node's region (member 0 of a room behind
+                // the client-only region's link when the scenario has one).
+                let n = u8::try_from(i * s.per_room + j).context("too many participants")?;
+                let placed = match (regions, s.client_region) {
+                    (Some(r), Some(c)) if j == 0 => r.placed_client_config(c, n),
+                    (Some(r), _) => r.client_config(&region, n),
+                    (None, _) => None,
+                };
                 let config = ParticipantConfig {
-                    client: ClientConfig {
+                    client: placed.unwrap_or(ClientConfig {
                         ice_check_interval: Some(Duration::from_millis(50)),
                         ..ClientConfig::default()
-                    },
-                    region: Some("eu".into()),
+                    }),
+                    region: Some(region),
                     ..ParticipantConfig::default()
                 };
-                let ws = cluster.node(&nodes[(i + j) % nodes.len()])?.ws_url();
+                let ws = cluster.node(node)?.ws_url();
                 let p = Participant::join(&ws, id.as_str(), tokens, config).await?;
                 p.publish(PublishOpts {
                     audio: false,
@@ -372,14 +421,16 @@ struct Env<'a> {
     /// The run's start: times in [`Death`] count from it.
     t0: Instant,
     cuts: Option<&'a NatsCuts>,
+    regions: Option<&'a Regions>,
 }
 
 impl Env<'_> {
-    fn death(&self, node: &str, at: Instant) -> Result<Death> {
+    /// `node` dead from `at` until `back` (restarted, continued, healed).
+    fn death(&self, node: &str, at: Instant, back: Instant) -> Result<Death> {
         Ok(Death {
             node: NodeId::new(node)?,
             at: at - self.t0,
-            back: Some(self.t0.elapsed()),
+            back: Some(back - self.t0),
         })
     }
 }
@@ -387,7 +438,7 @@ impl Env<'_> {
 /// Injects `step`'s fault, watches the rooms recover, repairs what the fault broke.
 async fn inject(cluster: &mut Cluster, env: &Env<'_>, step: &Step) -> Result<Injected> {
     let rooms = env.rooms;
-    let bound = env.scenario.recovery_bound;
+    let bound = env.scenario.bound_for(&step.fault);
     let tag = env.tag;
     let mut notes = Vec::new();
     let mut hostile = Vec::new();
@@ -406,8 +457,8 @@ async fn inject(cluster: &mut Cluster, env: &Env<'_>, step: &Step) -> Result<Inj
             let seen = observe::watch(rooms, fault_at, bound).await;
             let t = Instant::now();
             cluster.restart(node, SETTLE).await?;
+            deaths.push(env.death(node, fault_at, Instant::now())?);
             all_ready(cluster).await?;
-            deaths.push(env.death(node, fault_at)?);
             notes.push(format!(
                 "{node} restarted and seen by every coordinator in {:.1?}",
                 t.elapsed()
@@ -418,12 +469,12 @@ async fn inject(cluster: &mut Cluster, env: &Env<'_>, step: &Step) -> Result<Inj
             cluster.proc_mut(node)?.signal("STOP")?;
             let cont = async {
                 tokio::time::sleep(*pause).await;
-                cluster.proc_mut(node)?.signal("CONT")
+                cluster.proc_mut(node)?.signal("CONT")?;
+                anyhow::Ok(Instant::now())
             };
             let (seen, cont) = tokio::join!(observe::watch(rooms, fault_at, bound), cont);
-            cont?;
+            deaths.push(env.death(node, fault_at, cont?)?);
             all_ready(cluster).await?;
-            deaths.push(env.death(node, fault_at)?);
             seen
         }
         Fault::KillCoordinator { coordinator } => {
@@ -464,21 +515,95 @@ async fn inject(cluster: &mut Cluster, env: &Env<'_>, step: &Step) -> Result<Inj
             ));
             seen
         }
+        Fault::Partition { a, b, pause } => {
+            let r = env.regions.context("the scenario has no regions")?;
+            let dropped = |r: &Regions| {
+                r.pair_stats(a, b).map_or(0, |p| {
+                    p.link.forward.dropped_partition + p.link.reverse.dropped_partition
+                })
+            };
+            let before = dropped(r);
+            r.partition(a, b, true)?;
+            let heal = async {
+                tokio::time::sleep(*pause).await;
+                r.partition(a, b, false)?;
+                anyhow::Ok(Instant::now())
+            };
+            let (seen, healed) = tokio::join!(observe::watch(rooms, fault_at, bound), heal);
+            let healed = healed?;
+            notes.push(format!(
+                "{a} | {b} for {pause:?}: {} packets dropped",
+                dropped(r) - before
+            ));
+            all_ready(cluster).await?;
+            // The region cut off from the home region lost NATS: its nodes were found dead.
+            let cut_off = if r.regions().first() == Some(a) { b } else { a };
+            for node in r.nodes_in(cut_off) {
+                deaths.push(env.death(&node, fault_at, healed)?);
+            }
+            seen
+        }
+        Fault::ClientImpair { region, pause } | Fault::SlowClient { region, pause } => {
+            let r = env.regions.context("the scenario has no regions")?;
+            let home = r.regions().first().context("no region")?.clone();
+            let link = r.geo().link(&home, region).context("no client link")?;
+            let base = link.impairment();
+            let before = link.stats();
+            let slow = matches!(step.fault, Fault::SlowClient { .. });
+            r.geo().update_link(&home, region, |i| {
+                if slow {
+                    i.rate_bps = Some(150_000);
+                } else {
+                    i.loss = 0.05;
+                    i.delay = Duration::from_millis(40);
+                    i.jitter = Duration::from_millis(15);
+                }
+            });
+            let run = async {
+                if !slow {
+                    // A burst: everything lost for 750 ms in the middle.
+                    tokio::time::sleep(*pause / 2).await;
+                    r.geo().partition(&home, region, true);
+                    tokio::time::sleep(Duration::from_millis(750)).await;
+                    r.geo().partition(&home, region, false);
+                    tokio::time::sleep((*pause / 2).saturating_sub(Duration::from_millis(750)))
+                        .await;
+                } else {
+                    tokio::time::sleep(*pause).await;
+                }
+                r.geo().update_link(&home, region, |i| *i = base);
+            };
+            let (seen, ()) = tokio::join!(observe::watch(rooms, fault_at, bound), run);
+            let after = link.stats();
+            let d = |f: fn(&crate::impair::DirectionStats) -> u64| {
+                f(&after.forward) + f(&after.reverse) - f(&before.forward) - f(&before.reverse)
+            };
+            notes.push(format!(
+                "{region} link: {} packets passed, {} lost, {} in the burst, {} over the rate cap",
+                d(|s| s.packets),
+                d(|s| s.dropped_loss),
+                d(|s| s.dropped_partition),
+                d(|s| s.dropped_overflow)
+            ));
+            all_ready(cluster).await?;
+            seen
+        }
         Fault::CutNats { node, pause } => {
             let cuts = env.cuts.context("the cluster has no NATS proxies")?;
             cuts.cut(node, true)?;
             let heal = async {
                 tokio::time::sleep(*pause).await;
-                cuts.cut(node, false)
+                cuts.cut(node, false)?;
+                anyhow::Ok(Instant::now())
             };
             let (seen, healed) = tokio::join!(observe::watch(rooms, fault_at, bound), heal);
-            healed?;
+            let healed = healed?;
             notes.push(format!(
                 "{node}'s NATS link held {} connections while cut",
                 cuts.connections(node)
             ));
+            deaths.push(env.death(node, fault_at, healed)?);
             all_ready(cluster).await?;
-            deaths.push(env.death(node, fault_at)?);
             seen
         }
         Fault::Starve { node, pause } => {

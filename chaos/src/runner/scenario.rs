@@ -13,8 +13,14 @@ pub struct Scenario {
     pub coordinators: usize,
     /// nats-servers: 1, or a cluster of 3.
     pub nats_servers: usize,
-    /// Nodes `n1`..`nN`, all in region `eu`.
+    /// Nodes `n1`..`nN`, all in region `eu` (when `regions` is empty).
     pub nodes: usize,
+    /// Regions on loopback subnets with 20 ms between them ([`super::regions`]), each with
+    /// its count of nodes `<region>-<k>`; a region of 0 nodes holds clients only. Empty:
+    /// `nodes` nodes on 127.0.0.1.
+    pub regions: &'static [(&'static str, usize)],
+    /// The client-only region: member 0 of every room sits there, behind its link.
+    pub client_region: Option<&'static str>,
     pub rooms: usize,
     /// Publishing participants per room; each publishes video only.
     pub per_room: usize,
@@ -44,7 +50,7 @@ const CUT: Duration = Duration::from_secs(8);
 const STRESS: Duration = Duration::from_secs(15);
 
 /// The names `chaos run` accepts.
-pub const NAMES: [&str; 11] = [
+pub const NAMES: [&str; 13] = [
     "smoke",
     "soak",
     "kill",
@@ -56,6 +62,8 @@ pub const NAMES: [&str; 11] = [
     "starve",
     "churn",
     "nats3",
+    "partition",
+    "client",
 ];
 
 impl Scenario {
@@ -67,6 +75,8 @@ impl Scenario {
             coordinators: 2,
             nats_servers: 1,
             nodes: 3,
+            regions: &[],
+            client_region: None,
             rooms: 3,
             per_room: 3,
             video_pps: 30,
@@ -173,13 +183,61 @@ impl Scenario {
                 plan: one(FaultKind::KillNatsServer),
                 ..base
             },
+            "partition" => Scenario {
+                name: "partition",
+                about: "regions eu and us (2 nodes each) partitioned for 8 s, then healed",
+                regions: &[("eu", 2), ("us", 2)],
+                plan: one(FaultKind::Partition { pause: CUT }),
+                ..base
+            },
+            "client" => Scenario {
+                name: "client",
+                about: "one participant per room behind its own link: 5 % loss, 40 ± 15 ms and a \
+                        750 ms burst, then capped at 150 kbit/s",
+                regions: &[("eu", 3), ("eu-client", 0)],
+                client_region: Some("eu-client"),
+                plan: Plan {
+                    exact: vec![
+                        FaultKind::ClientImpair { pause: STRESS },
+                        FaultKind::SlowClient { pause: STRESS },
+                    ],
+                    fill: Vec::new(),
+                },
+                default_duration: Duration::from_secs(90),
+                ..base
+            },
             other => bail!("unknown scenario `{other}` (known: {})", NAMES.join(", ")),
         })
     }
 
-    /// The node ids, `n1`..`nN`.
+    /// The node ids: `n1`..`nN`, or `<region>-<k>` per region.
     pub fn node_ids(&self) -> Vec<String> {
-        (1..=self.nodes).map(|i| format!("n{i}")).collect()
+        if self.regions.is_empty() {
+            return (1..=self.nodes).map(|i| format!("n{i}")).collect();
+        }
+        self.regions
+            .iter()
+            .flat_map(|(r, n)| (1..=*n).map(move |k| format!("{r}-{k}")))
+            .collect()
+    }
+
+    /// The region of node `node` (`eu` without regions).
+    pub fn region_of(&self, node: &str) -> String {
+        self.regions
+            .iter()
+            .map(|(r, _)| *r)
+            .find(|r| node.strip_prefix(r).is_some_and(|k| k.starts_with('-')))
+            .unwrap_or("eu")
+            .to_owned()
+    }
+
+    /// The recovery bound of `fault`, from its injection: the scenario's bound, plus the
+    /// fault's length for a partition (nothing can cross until it heals).
+    pub fn bound_for(&self, fault: &super::schedule::Fault) -> Duration {
+        match fault {
+            super::schedule::Fault::Partition { pause, .. } => self.recovery_bound + *pause,
+            _ => self.recovery_bound,
+        }
     }
 
     /// Who the faults can be aimed at.
@@ -193,6 +251,13 @@ impl Scenario {
                     i => format!("nats{}", i + 1),
                 })
                 .collect(),
+            regions: self
+                .regions
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, _)| r.to_string())
+                .collect(),
+            client_region: self.client_region.map(str::to_owned),
         }
     }
 
@@ -225,6 +290,23 @@ mod tests {
             assert!(!steps.is_empty(), "{name}");
         }
         assert!(Scenario::named("nope").is_err());
+    }
+
+    #[test]
+    fn regional_scenarios_name_their_nodes_by_region() {
+        let s = Scenario::named("partition").unwrap();
+        assert_eq!(s.node_ids(), ["eu-1", "eu-2", "us-1", "us-2"]);
+        assert_eq!(s.region_of("us-2"), "us");
+        assert_eq!(s.targets().regions, ["eu", "us"]);
+        let c = Scenario::named("client").unwrap();
+        assert_eq!(c.node_ids(), ["eu-1", "eu-2", "eu-3"]);
+        assert_eq!(
+            c.targets().regions,
+            ["eu"],
+            "a region without nodes is no target"
+        );
+        assert_eq!(c.targets().client_region.as_deref(), Some("eu-client"));
+        assert_eq!(Scenario::named("kill").unwrap().region_of("n1"), "eu");
     }
 
     #[test]

@@ -44,6 +44,12 @@ pub enum FaultKind {
     /// SIGKILL of one nats-server of a cluster of them; a new room is placed while it is
     /// gone; then its restart.
     KillNatsServer,
+    /// The home region and the next one partitioned for `pause`, then healed.
+    Partition { pause: Duration },
+    /// The clients' link: 5 % loss, 40 ± 15 ms, and a 750 ms burst, for `pause`.
+    ClientImpair { pause: Duration },
+    /// The clients' link capped at 150 kbit/s each way for `pause`.
+    SlowClient { pause: Duration },
 }
 
 impl FaultKind {
@@ -53,7 +59,10 @@ impl FaultKind {
             FaultKind::StopNode { pause }
             | FaultKind::CutNats { pause }
             | FaultKind::Starve { pause }
-            | FaultKind::Churn { pause } => *pause,
+            | FaultKind::Churn { pause }
+            | FaultKind::Partition { pause }
+            | FaultKind::ClientImpair { pause }
+            | FaultKind::SlowClient { pause } => *pause,
             _ => Duration::ZERO,
         }
     }
@@ -66,6 +75,9 @@ impl FaultKind {
                 | FaultKind::KillBusiest
                 | FaultKind::KillCoordinator
                 | FaultKind::KillNatsServer
+                | FaultKind::Partition { .. }
+                | FaultKind::ClientImpair { .. }
+                | FaultKind::SlowClient { .. }
         )
     }
 }
@@ -108,6 +120,22 @@ pub enum Fault {
     KillNatsServer {
         server: String,
     },
+    Partition {
+        a: String,
+        b: String,
+        #[serde(rename = "pause_ms", serialize_with = "ms")]
+        pause: Duration,
+    },
+    ClientImpair {
+        region: String,
+        #[serde(rename = "pause_ms", serialize_with = "ms")]
+        pause: Duration,
+    },
+    SlowClient {
+        region: String,
+        #[serde(rename = "pause_ms", serialize_with = "ms")]
+        pause: Duration,
+    },
 }
 
 impl Fault {
@@ -117,7 +145,10 @@ impl Fault {
             Fault::StopNode { pause, .. }
             | Fault::CutNats { pause, .. }
             | Fault::Starve { pause, .. }
-            | Fault::Churn { pause, .. } => *pause,
+            | Fault::Churn { pause, .. }
+            | Fault::Partition { pause, .. }
+            | Fault::ClientImpair { pause, .. }
+            | Fault::SlowClient { pause, .. } => *pause,
             _ => Duration::ZERO,
         }
     }
@@ -135,6 +166,9 @@ impl Fault {
             Fault::Starve { .. } => "starve",
             Fault::Churn { .. } => "churn",
             Fault::KillNatsServer { .. } => "kill_nats_server",
+            Fault::Partition { .. } => "partition",
+            Fault::ClientImpair { .. } => "client_impair",
+            Fault::SlowClient { .. } => "slow_client",
         }
     }
 }
@@ -163,6 +197,17 @@ impl std::fmt::Display for Fault {
                     "kill -9 {server} (of the NATS cluster), place a new room, restart it"
                 )
             }
+            Fault::Partition { a, b, pause } => write!(f, "partition {a} | {b} for {pause:?}"),
+            Fault::ClientImpair { region, pause } => write!(
+                f,
+                "{region} clients' link: 5 % loss, 40 ± 15 ms, a 750 ms burst, for {pause:?}"
+            ),
+            Fault::SlowClient { region, pause } => {
+                write!(
+                    f,
+                    "{region} clients' link capped at 150 kbit/s for {pause:?}"
+                )
+            }
         }
     }
 }
@@ -174,6 +219,10 @@ pub struct Targets {
     pub coordinators: Vec<String>,
     /// The nats-server ids (`nats`, `nats2`, …).
     pub nats_servers: Vec<String>,
+    /// The regions with nodes, home first (a partition cuts the first two apart).
+    pub regions: Vec<String>,
+    /// The region of impaired clients (no node), for the client faults.
+    pub client_region: Option<String>,
 }
 
 /// A fault at its time since the start of the fault phase.
@@ -261,6 +310,23 @@ pub fn schedule(plan: &Plan, targets: &Targets, seed: u64, timing: Timing) -> Re
     if targets.nats_servers.len() < 2 && kinds.contains(&FaultKind::KillNatsServer) {
         bail!("killing one NATS server of several needs a NATS cluster");
     }
+    if targets.regions.len() < 2
+        && kinds
+            .iter()
+            .any(|k| matches!(k, FaultKind::Partition { .. }))
+    {
+        bail!("a partition needs two regions with nodes");
+    }
+    let client_fault = |k: &FaultKind| {
+        matches!(
+            k,
+            FaultKind::ClientImpair { .. } | FaultKind::SlowClient { .. }
+        )
+    };
+    if targets.client_region.is_none() && kinds.iter().any(client_fault) {
+        bail!("a client fault needs a region of clients");
+    }
+    let client_region = targets.client_region.clone().unwrap_or_default();
     // Spread the slack: sorted uniform draws added to the back-to-back times.
     let slack = window - used;
     let mut extra: Vec<Duration> = (0..kinds.len())
@@ -299,6 +365,19 @@ pub fn schedule(plan: &Plan, targets: &Targets, seed: u64, timing: Timing) -> Re
             FaultKind::KillNatsServer => Fault::KillNatsServer {
                 server: pick(&targets.nats_servers),
             },
+            FaultKind::Partition { pause } => Fault::Partition {
+                a: targets.regions[0].clone(),
+                b: targets.regions[1].clone(),
+                pause,
+            },
+            FaultKind::ClientImpair { pause } => Fault::ClientImpair {
+                region: client_region.clone(),
+                pause,
+            },
+            FaultKind::SlowClient { pause } => Fault::SlowClient {
+                region: client_region.clone(),
+                pause,
+            },
         };
         steps.push(Step {
             at: at + extra,
@@ -326,6 +405,8 @@ mod tests {
             nodes: nodes(),
             coordinators: vec!["c1".into(), "c2".into()],
             nats_servers: vec!["nats".into(), "nats2".into(), "nats3".into()],
+            regions: vec!["eu".into(), "us".into()],
+            client_region: Some("eu-client".into()),
         }
     }
 
@@ -363,6 +444,24 @@ mod tests {
                     1,
                 ),
                 (FaultKind::KillNatsServer, 1),
+                (
+                    FaultKind::Partition {
+                        pause: Duration::from_secs(8),
+                    },
+                    1,
+                ),
+                (
+                    FaultKind::ClientImpair {
+                        pause: Duration::from_secs(10),
+                    },
+                    1,
+                ),
+                (
+                    FaultKind::SlowClient {
+                        pause: Duration::from_secs(10),
+                    },
+                    1,
+                ),
             ],
         }
     }
@@ -372,7 +471,7 @@ mod tests {
         let steps = schedule(&soak(), &targets(), 11, timing(3000)).unwrap();
         let kinds: std::collections::BTreeSet<&str> =
             steps.iter().map(|s| s.fault.kind()).collect();
-        assert_eq!(kinds.len(), 10, "{kinds:?}");
+        assert_eq!(kinds.len(), 13, "{kinds:?}");
         for s in &steps {
             match &s.fault {
                 Fault::KillCoordinator { coordinator } => {
@@ -387,6 +486,10 @@ mod tests {
                 Fault::KillNatsServer { server } => {
                     assert!(targets().nats_servers.contains(server))
                 }
+                Fault::Partition { a, b, .. } => assert_eq!((a.as_str(), b.as_str()), ("eu", "us")),
+                Fault::ClientImpair { region, .. } | Fault::SlowClient { region, .. } => {
+                    assert_eq!(region, "eu-client")
+                }
                 Fault::KillBusiest | Fault::RestartNats => {}
             }
         }
@@ -399,6 +502,23 @@ mod tests {
             fill: Vec::new(),
         };
         assert!(schedule(&plan, &no_coordinator, 1, timing(600)).is_err());
+        for kind in [
+            FaultKind::Partition {
+                pause: Duration::from_secs(1),
+            },
+            FaultKind::SlowClient {
+                pause: Duration::from_secs(1),
+            },
+        ] {
+            let plan = Plan {
+                exact: vec![kind],
+                fill: Vec::new(),
+            };
+            assert!(
+                schedule(&plan, &no_coordinator, 1, timing(600)).is_err(),
+                "{kind:?}"
+            );
+        }
     }
 
     fn timing(secs: u64) -> Timing {

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 /// The scenarios of the full suite, in the order run.
-pub const SUITE: [&str; 9] = [
+pub const SUITE: [&str; 11] = [
     "kill",
     "stop",
     "nats",
@@ -19,6 +19,8 @@ pub const SUITE: [&str; 9] = [
     "starve",
     "churn",
     "nats3",
+    "partition",
+    "client",
 ];
 
 /// One scenario's outcome in the suite: its report, or why it could not run.

@@ -667,8 +667,8 @@ impl Handler<RoomNodeGone> for Room {
         self.update_wants(ctx);
         let grace = self.node.config.resume_grace;
         ctx.run_later(grace, move |act, ctx| {
-            if act.links.remote.is_suspended(&node) {
-                let notices = act.links.remote.forget(&node);
+            let notices = act.links.remote.forget_dead(&node);
+            if !notices.is_empty() {
                 act.apply_notices(notices);
                 act.update_wants(ctx);
             }
