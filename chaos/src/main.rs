@@ -125,6 +125,11 @@ struct RunArgs {
     /// Print the schedule and exit, starting nothing.
     #[arg(long)]
     dry_run: bool,
+    /// The cluster to start and its load, from a TOML file (coordinators, nats_servers,
+    /// nodes or regions, rooms, per_room, video_pps, recovery_bound_secs); what it leaves
+    /// out keeps the scenario's value.
+    #[arg(long)]
+    cluster: Option<std::path::PathBuf>,
     /// With `all`: write the suite's summary to this file (the repository keeps it as
     /// CHAOS.md) and the timeline pictures to `docs/chaos/` beside it.
     #[arg(long)]
@@ -490,12 +495,13 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
     }
     let seed = args.seed.unwrap_or_else(rand::random);
     let config = runner::RunConfig {
-        scenario: Scenario::named(&args.scenario)?,
+        scenario: with_cluster_file(Scenario::named(&args.scenario)?, args.cluster.as_deref())?,
         seed,
         duration: args.duration,
         bins: args.bins,
         dir: args.dir,
         udp_base: args.udp_base,
+        cluster_file: args.cluster.clone(),
     };
     let steps = runner::plan(&config)?;
     eprintln!("== {}", config.replay());
@@ -515,6 +521,21 @@ fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `scenario` shaped by the `--cluster` file, when one is given.
+fn with_cluster_file(
+    scenario: chaos::runner::scenario::Scenario,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<chaos::runner::scenario::Scenario> {
+    let Some(file) = file else {
+        return Ok(scenario);
+    };
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let parsed = chaos::runner::scenario::ClusterFile::parse(&text)
+        .with_context(|| format!("cluster file {}", file.display()))?;
+    Ok(parsed.apply(scenario))
+}
+
 /// `chaos run all`: the suite's scenarios one after the other; fails when one does.
 fn run_suite(args: RunArgs) -> anyhow::Result<()> {
     use chaos::runner::{self, scenario::Scenario, suite};
@@ -527,12 +548,13 @@ fn run_suite(args: RunArgs) -> anyhow::Result<()> {
     let mut entries = Vec::new();
     for name in suite::SUITE {
         let config = runner::RunConfig {
-            scenario: Scenario::named(name)?,
+            scenario: with_cluster_file(Scenario::named(name)?, args.cluster.as_deref())?,
             seed,
             duration: args.duration,
             bins: args.bins.clone(),
             dir: args.dir.as_ref().map(|d| d.join(name)),
             udp_base: args.udp_base,
+            cluster_file: args.cluster.clone(),
         };
         eprintln!("\n== suite: {}", config.replay());
         let started = std::time::Instant::now();

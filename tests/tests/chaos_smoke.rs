@@ -18,6 +18,7 @@ fn config(seed: u64) -> anyhow::Result<RunConfig> {
         },
         dir: None,
         udp_base: 20000,
+        cluster_file: None,
     })
 }
 

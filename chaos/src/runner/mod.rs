@@ -69,14 +69,21 @@ pub struct RunConfig {
     pub dir: Option<PathBuf>,
     /// First UDP port of n1's media range; the next nodes follow, 200 ports each.
     pub udp_base: u16,
+    /// The `--cluster` file the scenario's shape came from, for the replay command.
+    pub cluster_file: Option<PathBuf>,
 }
 
 impl RunConfig {
     /// The command that replays this run's schedule.
     pub fn replay(&self) -> String {
         let t = self.scenario.timing(self.duration);
+        let file = self
+            .cluster_file
+            .as_ref()
+            .map(|f| format!(" --cluster {}", f.display()))
+            .unwrap_or_default();
         format!(
-            "chaos run {} --seed {} --duration {}s",
+            "chaos run {} --seed {} --duration {}s{file}",
             self.scenario.name,
             self.seed,
             t.duration.as_secs()

@@ -38,6 +38,75 @@ pub struct Scenario {
     pub allowed_errors: &'static [&'static str],
 }
 
+/// The cluster and load of a run as a file gives them (`chaos run <scenario> --cluster
+/// FILE`, TOML); what it leaves out keeps the scenario's value. Example:
+///
+/// ```toml
+/// coordinators = 3
+/// nats_servers = 3
+/// nodes = 4                 # n1..n4 on 127.0.0.1, or regions:
+/// # regions = [["eu", 2], ["us", 2]]
+/// rooms = 6
+/// per_room = 4
+/// video_pps = 60
+/// recovery_bound_secs = 20
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    pub coordinators: Option<usize>,
+    pub nats_servers: Option<usize>,
+    pub nodes: Option<usize>,
+    pub regions: Option<Vec<(String, usize)>>,
+    pub client_region: Option<String>,
+    pub rooms: Option<usize>,
+    pub per_room: Option<usize>,
+    pub video_pps: Option<u32>,
+    pub recovery_bound_secs: Option<u64>,
+}
+
+impl ClusterFile {
+    pub fn parse(text: &str) -> Result<ClusterFile> {
+        let f: ClusterFile = toml::from_str(text)?;
+        if f.coordinators == Some(0) || f.rooms == Some(0) || f.per_room.is_some_and(|n| n < 2) {
+            bail!("a run needs a coordinator, a room and two participants per room");
+        }
+        if f.nodes.is_some() && f.regions.is_some() {
+            bail!("give nodes or regions, not both");
+        }
+        Ok(f)
+    }
+
+    /// `scenario` with this file's cluster and load. The strings a file gives live as long
+    /// as the process (a run reads one file once).
+    pub fn apply(&self, mut s: Scenario) -> Scenario {
+        fn keep(v: String) -> &'static str {
+            Box::leak(v.into_boxed_str())
+        }
+        s.coordinators = self.coordinators.unwrap_or(s.coordinators);
+        s.nats_servers = self.nats_servers.unwrap_or(s.nats_servers);
+        if let Some(n) = self.nodes {
+            s.nodes = n;
+            s.regions = &[];
+        }
+        if let Some(r) = &self.regions {
+            let r: Vec<(&'static str, usize)> =
+                r.iter().map(|(name, n)| (keep(name.clone()), *n)).collect();
+            s.regions = Box::leak(r.into_boxed_slice());
+        }
+        if let Some(c) = &self.client_region {
+            s.client_region = Some(keep(c.clone()));
+        }
+        s.rooms = self.rooms.unwrap_or(s.rooms);
+        s.per_room = self.per_room.unwrap_or(s.per_room);
+        s.video_pps = self.video_pps.unwrap_or(s.video_pps);
+        if let Some(b) = self.recovery_bound_secs {
+            s.recovery_bound = Duration::from_secs(b);
+        }
+        s
+    }
+}
+
 /// Time before the first fault of every scenario.
 pub const LEAD: Duration = Duration::from_secs(5);
 /// Added to the recovery bound between two faults: the repair (a restart) and a margin.
@@ -290,6 +359,32 @@ mod tests {
             assert!(!steps.is_empty(), "{name}");
         }
         assert!(Scenario::named("nope").is_err());
+    }
+
+    #[test]
+    fn a_cluster_file_overrides_the_scenarios_shape_and_load() {
+        let f = ClusterFile::parse(
+            "coordinators = 3\nnats_servers = 3\nregions = [[\"eu\", 2], [\"us\", 1]]\n\
+             rooms = 6\nper_room = 4\nvideo_pps = 60\nrecovery_bound_secs = 20\n",
+        )
+        .unwrap();
+        let s = f.apply(Scenario::named("kill").unwrap());
+        assert_eq!((s.coordinators, s.nats_servers), (3, 3));
+        assert_eq!(s.node_ids(), ["eu-1", "eu-2", "us-1"]);
+        assert_eq!((s.rooms, s.per_room, s.video_pps), (6, 4, 60));
+        assert_eq!(s.recovery_bound, Duration::from_secs(20));
+        assert_eq!(s.targets().nodes, ["eu-1", "eu-2", "us-1"]);
+        // Left out: the scenario's own.
+        let s = ClusterFile::parse("nodes = 5")
+            .unwrap()
+            .apply(Scenario::named("stop").unwrap());
+        assert_eq!((s.nodes, s.coordinators, s.rooms), (5, 2, 3));
+        assert!(ClusterFile::parse("nodes = 2\nregions = [[\"eu\", 1]]").is_err());
+        assert!(ClusterFile::parse("per_room = 1").is_err());
+        assert!(
+            ClusterFile::parse("nodez = 2").is_err(),
+            "unknown keys are refused"
+        );
     }
 
     #[test]
