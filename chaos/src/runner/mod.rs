@@ -31,9 +31,9 @@ use crate::invariants::{
     bad_input_contained, everyone_receives, live_nodes, memory_bounded, recovery_times,
     single_origin, Bystander, Death, HostileOutcome, Invariant,
 };
-use crate::sandbox::{self, Cluster, ClusterSpec, NodeSpec};
+use crate::sandbox::{Cluster, ClusterSpec, NodeSpec};
 use crate::{mint_tokens, ClientConfig, Participant, ParticipantConfig, PublishOpts};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use faults::NatsCuts;
 use monitor::Monitor;
 use observe::Room;
@@ -484,41 +484,27 @@ async fn inject(cluster: &mut Cluster, env: &Env<'_>, step: &Step) -> Result<Inj
             all_ready(cluster).await?;
             seen
         }
-        Fault::KillCoordinator { coordinator } => {
-            let ws = first_node_ws(cluster)?;
-            cluster.proc_mut(coordinator)?.signal("KILL")?;
-            notes.push(format!("killed {coordinator}"));
-            let place = faults::place_new_room(&ws, cluster.api_secret(), tag);
-            let (seen, placed) = tokio::join!(observe::watch(rooms, fault_at, bound), place);
-            let t = Instant::now();
-            cluster.restart(coordinator, SETTLE).await?;
-            all_ready(cluster).await?;
-            notes.push(format!(
-                "{coordinator} restarted and ready in {:.1?}",
-                t.elapsed()
-            ));
-            let took = placed.with_context(|| format!("a new room with {coordinator} dead"))?;
-            notes.push(format!(
-                "a new room was placed in {took:.1?} with {coordinator} dead"
-            ));
-            seen
+        // A control-plane process dies: a new room must still be placed meanwhile.
+        Fault::KillCoordinator {
+            coordinator: victim,
         }
-        Fault::KillNatsServer { server } => {
+        | Fault::KillNatsServer { server: victim } => {
             let ws = first_node_ws(cluster)?;
-            cluster.proc_mut(server)?.signal("KILL")?;
-            notes.push(format!("killed {server}"));
+            cluster.proc_mut(victim)?.signal("KILL")?;
+            notes.push(format!("killed {victim}"));
             let place = faults::place_new_room(&ws, cluster.api_secret(), tag);
             let (seen, placed) = tokio::join!(observe::watch(rooms, fault_at, bound), place);
             let t = Instant::now();
-            cluster.restart_nats_server(server, SETTLE).await?;
+            // `restart` waits for /readyz, or for a nats-server's greeting.
+            cluster.restart(victim, SETTLE).await?;
             all_ready(cluster).await?;
             notes.push(format!(
-                "{server} restarted and ready in {:.1?}",
+                "{victim} restarted and ready in {:.1?}",
                 t.elapsed()
             ));
-            let took = placed.with_context(|| format!("a new room with {server} dead"))?;
+            let took = placed.with_context(|| format!("a new room with {victim} dead"))?;
             notes.push(format!(
-                "a new room was placed in {took:.1?} with {server} dead"
+                "a new room was placed in {took:.1?} with {victim} dead"
             ));
             seen
         }
@@ -658,7 +644,7 @@ async fn inject(cluster: &mut Cluster, env: &Env<'_>, step: &Step) -> Result<Inj
             cluster.proc_mut("nats")?.signal("KILL")?;
             // Watched from the kill on: media may well flow on while NATS is away.
             let restart = async {
-                let r = restart_nats(cluster).await;
+                let r = cluster.restart("nats", SETTLE).await;
                 (r, fault_at.elapsed())
             };
             let (seen, (restarted, took)) =
@@ -730,30 +716,6 @@ fn busiest(rooms: &[Room]) -> Option<String> {
         .into_iter()
         .find(|(_, n)| *n == most)
         .map(|(node, _)| node)
-}
-
-/// Starts the killed nats-server again (same port and store) and waits until it greets
-/// with JetStream, bounded by [`SETTLE`]. `Cluster::restart` waits for an HTTP `/readyz`,
-/// which nats-server has not: its readiness error is expected, and the NATS probe decides.
-async fn restart_nats(cluster: &mut Cluster) -> Result<()> {
-    let restarted = cluster.restart("nats", Duration::from_millis(1)).await;
-    let nats = cluster.proc_mut("nats")?;
-    if nats.exited().is_some() {
-        bail!("nats-server exited again after its restart: {restarted:?}");
-    }
-    let port = nats.port();
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        match sandbox::probe_nats(port).await {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(anyhow!(
-                    "nats-server not ready {SETTLE:?} after its restart: {e:#}"
-                ))
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 /// Every process ready and every coordinator seeing every node, bounded by [`SETTLE`].
