@@ -17,11 +17,15 @@ pub struct Config {
     pub region: String,
     /// HTTP and WebSocket listen address. Port 0 picks a free port.
     pub listen: SocketAddr,
-    /// Address the media UDP sockets bind to. webrtc 0.21 expands a wildcard to every
-    /// non-loopback interface, so local clusters bind 127.0.0.1.
+    /// Address the media socket binds to. A wildcard announces the first non-loopback
+    /// interface address unless `public_ip` is set; local clusters bind 127.0.0.1.
     pub udp_ip: IpAddr,
-    /// Inclusive UDP port range; each peer connection takes one port.
-    pub udp_ports: (u16, u16),
+    /// The one UDP port every peer connection of the node shares (0: a free port).
+    pub udp_port: u16,
+    /// The ICE-TCP port on `udp_ip` (0: a free port; `None`: no ICE-TCP).
+    pub ice_tcp_port: Option<u16>,
+    /// Media engine worker threads; each owns the connections of the rooms hashed to it.
+    pub media_workers: usize,
     /// The public address announced in ICE candidates (1:1 NAT), instead of `udp_ip`.
     pub public_ip: Option<String>,
     /// HS256 secret of join tokens.
@@ -83,7 +87,9 @@ impl Config {
             region: "local".into(),
             listen: "127.0.0.1:0".parse().expect("valid addr"),
             udp_ip: "127.0.0.1".parse().expect("valid ip"),
-            udp_ports: (0, 0),
+            udp_port: 0,
+            ice_tcp_port: Some(0),
+            media_workers: 2,
             public_ip: None,
             api_secret: "devsecret".into(),
             ice_servers: Vec::new(),
@@ -124,7 +130,11 @@ impl Config {
         };
         let mut c = Config::local_dev();
         c.listen = "127.0.0.1:7880".parse()?;
-        c.udp_ports = (50000, 50999);
+        c.udp_port = 50000;
+        c.ice_tcp_port = Some(50000);
+        c.media_workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         c.dev_tokens = false;
 
         macro_rules! layer {
@@ -140,9 +150,21 @@ impl Config {
         layer!(region);
         layer!(listen);
         layer!(udp_ip);
-        if let Some(r) = flags.udp_ports.clone().or(file.udp_ports.clone()) {
-            c.udp_ports = parse_port_range(&r)?;
+        if let Some(p) = flags.udp_port.clone().or(file.udp_port.clone()) {
+            let (first, last) = parse_port_range(&p)?;
+            if first != last {
+                tracing::warn!(range = %p, port = first, "the node uses one UDP port; the rest of the range is unused");
+            }
+            c.udp_port = first;
         }
+        if let Some(p) = flags.ice_tcp_port.clone().or(file.ice_tcp_port.clone()) {
+            c.ice_tcp_port = match p.trim() {
+                "off" | "none" => None,
+                p => Some(p.parse().context("ice tcp port")?),
+            };
+        }
+        layer!(media_workers);
+        c.media_workers = c.media_workers.clamp(1, 64);
         if let Some(ip) = flags.public_ip.clone().or(file.public_ip.clone()) {
             c.public_ip = Some(ip);
         }
@@ -205,9 +227,6 @@ impl Config {
                 "set --api-secret (or NODE_API_SECRET) to a real secret, or run with --dev-tokens"
             );
         }
-        if c.udp_ports.0 > c.udp_ports.1 {
-            bail!("udp port range is empty");
-        }
         if c.ws_idle_timeout.is_zero() {
             bail!("the websocket idle timeout must be at least a second");
         }
@@ -242,9 +261,17 @@ pub struct NodeArgs {
     /// IP the media UDP sockets bind to [default: 127.0.0.1].
     #[arg(long, env = "NODE_UDP_IP")]
     pub udp_ip: Option<IpAddr>,
-    /// UDP port range for media, e.g. 50000-50999 [default: 50000-50999].
-    #[arg(long, env = "NODE_UDP_PORTS")]
-    pub udp_ports: Option<String>,
+    /// The UDP port all media shares [default: 50000]; 0 picks a free port. (`--udp-ports
+    /// A-B` of older versions is read as port A.)
+    #[arg(long, env = "NODE_UDP_PORT", alias = "udp-ports")]
+    pub udp_port: Option<String>,
+    /// The ICE-TCP port for clients whose UDP is blocked [default: 50000]; 0 picks a free
+    /// port, `off` disables it.
+    #[arg(long, env = "NODE_ICE_TCP_PORT")]
+    pub ice_tcp_port: Option<String>,
+    /// Media engine threads [default: the number of CPUs].
+    #[arg(long, env = "NODE_MEDIA_WORKERS")]
+    pub media_workers: Option<usize>,
     /// Public IP announced in ICE candidates (1:1 NAT).
     #[arg(long, env = "NODE_PUBLIC_IP")]
     pub public_ip: Option<String>,
@@ -320,7 +347,10 @@ struct FileConfig {
     region: Option<String>,
     listen: Option<SocketAddr>,
     udp_ip: Option<IpAddr>,
-    udp_ports: Option<String>,
+    #[serde(alias = "udp_ports")]
+    udp_port: Option<String>,
+    ice_tcp_port: Option<String>,
+    media_workers: Option<usize>,
     public_ip: Option<String>,
     api_secret: Option<String>,
     ice_servers: Option<Vec<String>>,
@@ -358,7 +388,7 @@ mod tests {
         let path = dir.join("node.toml");
         std::fs::write(
             &path,
-            "region = \"eu\"\napi_secret = \"s3\"\nudp_ports = \"40000-40010\"\nws_idle_timeout_secs = 20\n",
+            "region = \"eu\"\napi_secret = \"s3\"\nudp_port = \"40000\"\nice_tcp_port = \"off\"\nws_idle_timeout_secs = 20\n",
         )
         .unwrap();
         let flags = NodeArgs {
@@ -369,7 +399,8 @@ mod tests {
         let c = Config::from_sources(&flags).unwrap();
         assert_eq!(c.region, "us");
         assert_eq!(c.api_secret, "s3");
-        assert_eq!(c.udp_ports, (40000, 40010));
+        assert_eq!(c.udp_port, 40000);
+        assert_eq!(c.ice_tcp_port, None);
         assert_eq!(c.ws_idle_timeout, Duration::from_secs(20));
         assert_eq!(Config::local_dev().ws_idle_timeout, Duration::from_secs(45));
         assert!(!c.dev_tokens);

@@ -35,6 +35,18 @@ pub struct Counters {
     /// webrtc refused the packet (track unbound or closed).
     pub dropped_write_error: AtomicU64,
     pub keyframe_requests: AtomicU64,
+    /// Media engine: datagrams (and ICE-TCP frames) read from the node's media port.
+    pub engine_datagrams_in: AtomicU64,
+    /// Datagrams sent on the media port (and ICE-TCP frames queued).
+    pub engine_datagrams_out: AtomicU64,
+    /// Dropped on arrival: the owning worker's queue was full (the node is starved).
+    pub engine_queue_full: AtomicU64,
+    /// Dropped on arrival: no connection for the address or ufrag (stray, spoofed, late).
+    pub engine_unroutable: AtomicU64,
+    /// Dropped on sending: the socket buffer or a TCP stream's queue was full.
+    pub engine_send_dropped: AtomicU64,
+    /// ICE-TCP streams open.
+    pub engine_tcp_streams: AtomicI64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -57,6 +69,12 @@ pub struct CountersSnapshot {
     pub dropped_duplicate: u64,
     pub dropped_write_error: u64,
     pub keyframe_requests: u64,
+    pub engine_datagrams_in: u64,
+    pub engine_datagrams_out: u64,
+    pub engine_queue_full: u64,
+    pub engine_unroutable: u64,
+    pub engine_send_dropped: u64,
+    pub engine_tcp_streams: i64,
 }
 
 impl Counters {
@@ -82,6 +100,12 @@ impl Counters {
             dropped_duplicate: c(&self.dropped_duplicate),
             dropped_write_error: c(&self.dropped_write_error),
             keyframe_requests: c(&self.keyframe_requests),
+            engine_datagrams_in: c(&self.engine_datagrams_in),
+            engine_datagrams_out: c(&self.engine_datagrams_out),
+            engine_queue_full: c(&self.engine_queue_full),
+            engine_unroutable: c(&self.engine_unroutable),
+            engine_send_dropped: c(&self.engine_send_dropped),
+            engine_tcp_streams: g(&self.engine_tcp_streams),
         }
     }
 }

@@ -25,6 +25,7 @@ use actors::router::SessionRouter;
 use actors::{NodeCtx, NodeEntry};
 use cluster::Cluster;
 use counters::{Counters, CountersSnapshot};
+use media::engine::EngineConfig;
 use media::MediaContext;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -68,13 +69,24 @@ pub async fn start_in_system(
 ) -> anyhow::Result<(actix_web::dev::Server, SocketAddr, NodeEntry)> {
     metrics::install();
     let counters = Arc::new(Counters::default());
+    let announce_ip = match &config.public_ip {
+        Some(ip) => Some(
+            ip.parse()
+                .map_err(|e| anyhow::anyhow!("--public-ip {ip}: {e}"))?,
+        ),
+        None => None,
+    };
     let media = Arc::new(MediaContext::new(
         media_rt.clone(),
         counters.clone(),
-        config.udp_ip,
-        config.udp_ports,
-        config.public_ip.clone(),
-    ));
+        EngineConfig {
+            udp: SocketAddr::new(config.udp_ip, config.udp_port),
+            tcp_port: config.ice_tcp_port,
+            announce_ip,
+            workers: config.media_workers,
+            queue: 8192,
+        },
+    )?);
     let cluster = match &config.nats_url {
         Some(url) => Some(Cluster::connect(url, config.node_id.clone(), media_rt).await?),
         None => None,

@@ -61,4 +61,13 @@ pub fn publish(c: &Counters) {
     metrics::counter!("sfu_packets_dropped_total", "reason" => "write_error")
         .absolute(s.dropped_write_error);
     metrics::counter!("sfu_keyframe_requests_total").absolute(s.keyframe_requests);
+    metrics::counter!("media_datagrams_received_total").absolute(s.engine_datagrams_in);
+    metrics::counter!("media_datagrams_sent_total").absolute(s.engine_datagrams_out);
+    metrics::counter!("media_datagrams_dropped_total", "reason" => "queue_full")
+        .absolute(s.engine_queue_full);
+    metrics::counter!("media_datagrams_dropped_total", "reason" => "unroutable")
+        .absolute(s.engine_unroutable);
+    metrics::counter!("media_datagrams_dropped_total", "reason" => "send")
+        .absolute(s.engine_send_dropped);
+    metrics::gauge!("media_ice_tcp_streams").set(s.engine_tcp_streams as f64);
 }

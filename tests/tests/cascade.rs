@@ -94,14 +94,16 @@ impl Geo {
             c.room_empty_grace = Duration::from_millis(300);
             if let Some(net) = net.as_mut() {
                 let (bind, announce) = net.node_ips(region, 0).expect("a region of the net");
-                let ports = (next_port, next_port + 39);
+                // One port: the node's media port (UDP) and its ICE-TCP port.
+                let ports = (next_port, next_port);
                 next_port += 40;
                 net.add_node(region, 0, ports).await?;
                 let nats_addr = ([127, 0, 0, 1], nats.port()).into();
                 c.nats_url = Some(net.nats_url(region, nats_addr).await?);
                 c.udp_ip = bind;
                 c.public_ip = Some(announce.to_string());
-                c.udp_ports = ports;
+                c.udp_port = ports.0;
+                c.ice_tcp_port = None;
             }
             tweak(&mut c);
             started.push(node::spawn(c)?);

@@ -71,7 +71,8 @@ impl Cell {
         c.room_empty_grace = Duration::from_millis(300);
         c.udp_ip = bind;
         c.public_ip = Some(announce.to_string());
-        c.udp_ports = ports;
+        c.udp_port = ports.0;
+        c.ice_tcp_port = None;
         let node = node::spawn(c)?;
         wait_until(WAIT, "the coordinator to see the node", || async {
             let snap = coordinator.snapshot();

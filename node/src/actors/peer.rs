@@ -7,7 +7,7 @@ use super::router::Deliver;
 use super::transport::{self, SubSlot, Transport, TransportError, TransportEvent};
 use super::{NodeCtx, Observe};
 use crate::counters::{Kind, Live};
-use crate::media::forward::{run_feedback_loop, DownTrack, TrackSource};
+use crate::media::forward::{DownTrack, TrackSource};
 use crate::media::sdp;
 use actix::prelude::*;
 use protocol::cluster::{self as wire, PeerCmd, RelayBody, RelayMessage};
@@ -200,13 +200,12 @@ impl Peer {
         let removed: Vec<_> = to_remove
             .iter()
             .filter_map(|id| self.current.remove(id))
-            .map(|slot| slot.sender)
             .collect();
         let transport = self.transport(PcKind::Subscriber, ctx);
         async move {
             let (addr, sub) = transport.await?;
-            for sender in removed {
-                sub.send(transport::RemoveTrack(sender))
+            for slot in removed {
+                sub.send(transport::RemoveTrack(slot))
                     .await
                     .map_err(|_| TransportError::Gone)??;
             }
@@ -270,11 +269,12 @@ impl Peer {
             _ => None,
         };
         let relay = self.role != PeerRole::Client;
+        let shard = self.room_id.to_string();
         async move {
             match existing {
                 Some(t) => Ok((None, t)),
                 None => {
-                    let t = Transport::connect(kind, user, relay, relayed_from, me, media)
+                    let t = Transport::connect(kind, user, relay, relayed_from, me, media, &shard)
                         .await?
                         .start();
                     Ok((Some(t.clone()), t))
@@ -463,17 +463,11 @@ impl Handler<SubscribeAnswer> for Peer {
                         act.user.clone(),
                         matches!(act.role, PeerRole::RelayOut { .. }),
                         slot.source.id.clone(),
-                        slot.track.clone(),
+                        &slot.conn,
                         slot.ssrc,
                         pt,
                         &counters,
                     );
-                    act.node.media.rt.spawn(run_feedback_loop(
-                        dt.clone(),
-                        slot.source.clone(),
-                        act.node.media.rt.clone(),
-                        counters.clone(),
-                    ));
                     act.announce_ready(dt);
                 }
                 act.negotiate(ctx);

@@ -459,7 +459,7 @@ impl Room {
         };
         source.add_downtrack(dt);
         // A new subscriber can decode nothing until the next keyframe.
-        source.request_keyframe(&self.node.media.rt);
+        source.request_keyframe();
     }
 
     /// A member's peer ended, or a relay link's peer failed.

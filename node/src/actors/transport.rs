@@ -1,34 +1,26 @@
-//! `Transport`: one actor per WebRTC peer connection (client ↔ node now; node ↔ node relay
-//! links later). It owns the connection and its UDP port, runs every operation on the media
-//! runtime, one at a time, and reports connection events to its `Peer`.
+//! `Transport`: one actor per WebRTC peer connection (client ↔ node, and node ↔ node relay
+//! links). The connection itself lives on a media engine worker; the actor names it and runs
+//! each operation there, one at a time, and its `Peer` hears the connection's events.
 
 use crate::counters::{Kind, Live};
-use crate::media::forward::{run_read_loop, TrackSource};
-use crate::media::ports::PortLease;
+use crate::media::engine::worker::Conn;
+use crate::media::engine::{ConnRef, ConnSpec, EngineError};
+use crate::media::forward::TrackSource;
 use crate::media::MediaContext;
 use actix::prelude::*;
-use async_trait::async_trait;
 use protocol::signal::{IceCandidate, PcKind, TrackKind};
 use protocol::{NodeId, TrackId, UserId};
 use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use std::future::Future;
+use rtc::rtp_transceiver::RTCRtpSenderId;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::watch;
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_local::TrackLocal;
-use webrtc::media_stream::track_remote::TrackRemote;
-use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceGatheringState,
-    RTCPeerConnectionState, RTCSessionDescription,
-};
-use webrtc::rtp_transceiver::RtpSender;
+use std::time::{Duration, Instant};
 
-/// How long a local description may wait for ICE gathering before it is sent as it is.
-const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
 /// No operation on a connection may hold its actor longer than this.
 const OP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -42,13 +34,22 @@ pub enum TransportError {
     Gone,
 }
 
+impl From<EngineError> for TransportError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Busy => TransportError::Webrtc(e.to_string()),
+            EngineError::Stopped => TransportError::Gone,
+        }
+    }
+}
+
 /// What a transport tells its peer.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum TransportEvent {
-    /// The publisher connection delivered a track; its read loop is already running.
+    /// The publisher connection delivered a track; its packets are already forwarded.
     TrackArrived(Arc<TrackSource>),
-    /// A published track's read loop ended.
+    /// A published track ended.
     TrackEnded(TrackId),
     /// ICE and DTLS are up: media written from now on arrives.
     Connected(PcKind),
@@ -60,110 +61,21 @@ pub enum TransportEvent {
 #[derive(Clone)]
 pub struct SubSlot {
     pub source: Arc<TrackSource>,
-    pub track: Arc<TrackLocalStaticRTP>,
-    pub sender: Arc<dyn RtpSender>,
+    pub sender: RTCRtpSenderId,
     pub ssrc: u32,
+    /// The subscriber connection the slot's packets are written to.
+    pub conn: ConnRef,
 }
 
 pub struct Transport {
     kind: PcKind,
-    pc: Arc<dyn PeerConnection>,
-    media: Arc<MediaContext>,
-    gathered: watch::Receiver<bool>,
-    lease: Option<PortLease>,
+    conn: ConnRef,
     _live: Live,
 }
 
-/// Receives webrtc's callbacks on the media runtime and turns them into messages.
-struct Events {
-    kind: PcKind,
-    owner: UserId,
-    /// A relay link's receiving end: tracks keep the publisher and track id their `a=msid`
-    /// names on the sending node.
-    relayed_from: Option<NodeId>,
-    peer: Recipient<TransportEvent>,
-    media: Arc<MediaContext>,
-    gathered: watch::Sender<bool>,
-}
-
-#[async_trait]
-impl PeerConnectionEventHandler for Events {
-    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete {
-            let _ = self.gathered.send(true);
-        }
-    }
-
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        tracing::debug!(user = %self.owner, pc = ?self.kind, %state, "connection state");
-        match state {
-            RTCPeerConnectionState::Failed => self.peer.do_send(TransportEvent::Failed(self.kind)),
-            RTCPeerConnectionState::Connected => {
-                self.peer.do_send(TransportEvent::Connected(self.kind))
-            }
-            _ => {}
-        }
-    }
-
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        if self.kind != PcKind::Publisher {
-            return;
-        }
-        let Some(ssrc) = track.ssrcs().await.first().copied() else {
-            tracing::warn!(user = %self.owner, "remote track without ssrc ignored");
-            return;
-        };
-        let Some(codec) = track.codec(ssrc).await else {
-            tracing::warn!(user = %self.owner, ssrc, "remote track without codec ignored");
-            return;
-        };
-        let kind = match track.kind().await {
-            RtpCodecKind::Audio => TrackKind::Audio,
-            _ => TrackKind::Video,
-        };
-        let (id, owner) = match &self.relayed_from {
-            None => (
-                TrackId::new(format!("TR_{:016x}", rand::random::<u64>()))
-                    .expect("generated ids are valid"),
-                self.owner.clone(),
-            ),
-            Some(from) => {
-                let (stream, track_id) = (track.stream_id().await, track.track_id().await);
-                match (
-                    UserId::new(stream.as_str()),
-                    TrackId::new(track_id.as_str()),
-                ) {
-                    (Ok(owner), Ok(id)) => (id, owner),
-                    _ => {
-                        tracing::warn!(%from, %stream, %track_id, "relayed track without a valid msid ignored");
-                        return;
-                    }
-                }
-            }
-        };
-        let source = TrackSource::new(
-            id.clone(),
-            owner,
-            self.relayed_from.clone(),
-            kind,
-            codec,
-            track,
-            ssrc,
-            &self.media.counters,
-        );
-        let peer = self.peer.clone();
-        let reader = source.clone();
-        self.media.rt.spawn(async move {
-            run_read_loop(reader).await;
-            peer.do_send(TransportEvent::TrackEnded(id));
-        });
-        self.peer.do_send(TransportEvent::TrackArrived(source));
-    }
-}
-
 impl Transport {
-    /// Builds the peer connection on the media runtime. Start the actor with the result on
-    /// the arbiter that should own it.
+    /// Creates the connection on the engine worker of `shard` (the room: one room's
+    /// connections share a worker). Start the actor with the result.
     /// `relay`: a link between two nodes (faster ICE pacing and failure detection, both ends
     /// being ours); `relayed_from`: its receiving end, whose tracks keep their msid.
     pub async fn connect(
@@ -173,67 +85,54 @@ impl Transport {
         relayed_from: Option<NodeId>,
         peer: Recipient<TransportEvent>,
         media: Arc<MediaContext>,
+        shard: &str,
     ) -> Result<Transport, TransportError> {
-        let (tx, rx) = watch::channel(false);
-        let events = Arc::new(Events {
+        let worker = media.engine.worker_for(shard).clone();
+        let spec = ConnSpec {
             kind,
             owner,
+            relay,
             relayed_from,
-            peer,
-            media: media.clone(),
-            gathered: tx,
-        });
-        let m = media.clone();
-        let built = media
-            .rt
-            .spawn(async move {
-                tokio::time::timeout(OP_TIMEOUT, m.new_peer_connection(kind, relay, events))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(anyhow::anyhow!("creating a peer connection timed out"))
-                    })
-            })
+            events: peer,
+        };
+        let id = tokio::time::timeout(OP_TIMEOUT, worker.call(move |w| w.create(spec)))
             .await
-            .map_err(|e| TransportError::Webrtc(e.to_string()))?
-            .map_err(|e| TransportError::Webrtc(e.to_string()))?;
-        let (pc, lease) = built;
+            .map_err(|_| TransportError::Webrtc("creating a peer connection timed out".into()))??
+            .map_err(TransportError::Webrtc)?;
         Ok(Transport {
             kind,
-            pc,
-            gathered: rx,
-            lease: Some(lease),
+            conn: ConnRef { worker, conn: id },
             _live: Live::new(&media.counters, Kind::Transport),
-            media,
         })
     }
 
-    /// Runs `f` with the connection on the media runtime; the actor handles nothing else
+    /// Runs `f` with the connection on its worker; the actor handles nothing else
     /// meanwhile (`AtomicResponse`), so operations on one connection never interleave.
-    fn run<T, F, Fut>(
-        &self,
-        op: &'static str,
-        f: F,
-    ) -> AtomicResponse<Self, Result<T, TransportError>>
+    fn run<T, F>(&self, op: &'static str, f: F) -> AtomicResponse<Self, Result<T, TransportError>>
     where
         T: Send + 'static,
-        F: FnOnce(Arc<dyn PeerConnection>, watch::Receiver<bool>) -> Fut,
-        Fut: Future<Output = Result<T, TransportError>> + Send + 'static,
+        F: FnOnce(&mut Conn) -> Result<T, TransportError> + Send + 'static,
     {
-        let fut = f(self.pc.clone(), self.gathered.clone());
-        let kind = self.kind;
-        let task = self.media.rt.spawn(async move {
-            let started = std::time::Instant::now();
-            let res = tokio::time::timeout(OP_TIMEOUT, fut).await;
-            let elapsed_ms = started.elapsed().as_millis() as u64;
-            tracing::debug!(pc = ?kind, op, elapsed_ms, ok = matches!(res, Ok(Ok(_))), "transport op");
-            res.unwrap_or_else(|_| {
-                tracing::warn!(pc = ?kind, op, "transport operation timed out");
-                Err(TransportError::Webrtc(format!("{op} timed out")))
-            })
-        });
-        AtomicResponse::new(Box::pin(
-            async move { task.await.map_err(|_| TransportError::Gone)? }.into_actor(self),
-        ))
+        let (worker, id, kind) = (self.conn.worker.clone(), self.conn.conn, self.kind);
+        let fut = async move {
+            let call = worker.call(move |w| {
+                let res = w.conn(id).map(f);
+                w.touch(id);
+                res.unwrap_or(Err(TransportError::Gone))
+            });
+            match tokio::time::timeout(OP_TIMEOUT, call).await {
+                Ok(res) => {
+                    let res = res.map_err(TransportError::from).and_then(|r| r);
+                    tracing::debug!(pc = ?kind, op, ok = res.is_ok(), "transport op");
+                    res
+                }
+                Err(_) => {
+                    tracing::warn!(pc = ?kind, op, "transport operation timed out");
+                    Err(TransportError::Webrtc(format!("{op} timed out")))
+                }
+            }
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self)))
     }
 }
 
@@ -241,16 +140,10 @@ impl Actor for Transport {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        let pc = self.pc.clone();
-        let lease = self.lease.take();
-        let kind = self.kind;
-        self.media.rt.spawn(async move {
-            if let Err(e) = pc.close().await {
-                tracing::debug!(pc = ?kind, error = %e, "close");
-            }
-            // The port goes back to the pool only once its socket is closed.
-            drop(lease);
-        });
+        let id = self.conn.conn;
+        if let Err(e) = self.conn.worker.post(move |w| w.close(id)) {
+            tracing::warn!(pc = ?self.kind, error = %e, "connection not closed");
+        }
     }
 }
 
@@ -258,17 +151,14 @@ fn webrtc_err(e: impl std::fmt::Display) -> TransportError {
     TransportError::Webrtc(e.to_string())
 }
 
-/// The local description once ICE gathering finished, so it carries every candidate and a
+/// The local description with every candidate (the node's are known from the start), so a
 /// client that does no trickle ICE can connect.
-async fn local_sdp(
-    pc: &Arc<dyn PeerConnection>,
-    mut gathered: watch::Receiver<bool>,
-    media: &MediaContext,
-) -> Result<String, TransportError> {
-    let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.wait_for(|done| *done)).await;
+fn local_sdp(pc: &mut RTCPeerConnection) -> Result<String, TransportError> {
+    // An empty candidate ends gathering: the description says end-of-candidates.
+    pc.add_local_candidate(RTCIceCandidateInit::default())
+        .map_err(webrtc_err)?;
     pc.local_description()
-        .await
-        .map(|d| media.announced(d.sdp))
+        .map(|d| d.sdp)
         .ok_or_else(|| TransportError::Webrtc("no local description".into()))
 }
 
@@ -280,16 +170,16 @@ pub struct ApplyOffer(pub String);
 impl Handler<ApplyOffer> for Transport {
     type Result = AtomicResponse<Self, Result<String, TransportError>>;
     fn handle(&mut self, msg: ApplyOffer, _: &mut Context<Self>) -> Self::Result {
-        let media = self.media.clone();
-        self.run("apply_offer", move |pc, gathered| async move {
+        self.run("apply_offer", move |c| {
+            let pc = &mut c.pc;
             let offer = RTCSessionDescription::offer(msg.0)
                 .map_err(|e| TransportError::InvalidSdp(e.to_string()))?;
-            pc.set_remote_description(offer)
-                .await
+            pc.set_remote_description(Instant::now(), offer)
                 .map_err(|e| TransportError::InvalidSdp(e.to_string()))?;
-            let answer = pc.create_answer(None).await.map_err(webrtc_err)?;
-            pc.set_local_description(answer).await.map_err(webrtc_err)?;
-            local_sdp(&pc, gathered, &media).await
+            let answer = pc.create_answer(None).map_err(webrtc_err)?;
+            pc.set_local_description(Instant::now(), answer)
+                .map_err(webrtc_err)?;
+            local_sdp(pc)
         })
     }
 }
@@ -302,11 +192,12 @@ pub struct CreateOffer;
 impl Handler<CreateOffer> for Transport {
     type Result = AtomicResponse<Self, Result<String, TransportError>>;
     fn handle(&mut self, _: CreateOffer, _: &mut Context<Self>) -> Self::Result {
-        let media = self.media.clone();
-        self.run("create_offer", move |pc, gathered| async move {
-            let offer = pc.create_offer(None).await.map_err(webrtc_err)?;
-            pc.set_local_description(offer).await.map_err(webrtc_err)?;
-            local_sdp(&pc, gathered, &media).await
+        self.run("create_offer", move |c| {
+            let pc = &mut c.pc;
+            let offer = pc.create_offer(None).map_err(webrtc_err)?;
+            pc.set_local_description(Instant::now(), offer)
+                .map_err(webrtc_err)?;
+            local_sdp(pc)
         })
     }
 }
@@ -323,23 +214,24 @@ pub struct ApplyAnswer {
 impl Handler<ApplyAnswer> for Transport {
     type Result = AtomicResponse<Self, Result<Vec<Option<u8>>, TransportError>>;
     fn handle(&mut self, msg: ApplyAnswer, _: &mut Context<Self>) -> Self::Result {
-        self.run("apply_answer", move |pc, _| async move {
+        self.run("apply_answer", move |c| {
+            let pc = &mut c.pc;
             let answer = RTCSessionDescription::answer(msg.sdp)
                 .map_err(|e| TransportError::InvalidSdp(e.to_string()))?;
-            pc.set_remote_description(answer)
-                .await
+            pc.set_remote_description(Instant::now(), answer)
                 .map_err(|e| TransportError::InvalidSdp(e.to_string()))?;
-            let mut pts = Vec::with_capacity(msg.slots.len());
-            for slot in &msg.slots {
-                let pt = match slot.sender.get_parameters().await {
-                    Ok(params) => {
-                        payload_type_for(&slot.source.codec, &params.rtp_parameters.codecs)
-                    }
-                    Err(_) => None,
-                };
-                pts.push(pt);
-            }
-            Ok(pts)
+            Ok(msg
+                .slots
+                .iter()
+                .map(|slot| {
+                    pc.rtp_sender(slot.sender).and_then(|mut sender| {
+                        payload_type_for(
+                            &slot.source.codec,
+                            &sender.get_parameters().rtp_parameters.codecs,
+                        )
+                    })
+                })
+                .collect())
         })
     }
 }
@@ -376,7 +268,8 @@ pub struct AddTrack(pub Arc<TrackSource>);
 impl Handler<AddTrack> for Transport {
     type Result = AtomicResponse<Self, Result<SubSlot, TransportError>>;
     fn handle(&mut self, msg: AddTrack, _: &mut Context<Self>) -> Self::Result {
-        self.run("add_track", move |pc, _| async move {
+        let conn = self.conn.clone();
+        self.run("add_track", move |c| {
             let source = msg.0;
             let ssrc = rand::random::<u32>();
             let kind = match source.kind {
@@ -384,7 +277,7 @@ impl Handler<AddTrack> for Transport {
                 TrackKind::Video => RtpCodecKind::Video,
             };
             // msid = "<publisher participant id> <track id>" (PROTOCOL.md subscribe_offer).
-            let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            let track = MediaStreamTrack::new(
                 source.owner.to_string(),
                 source.id.to_string(),
                 source.id.to_string(),
@@ -398,16 +291,14 @@ impl Handler<AddTrack> for Transport {
                     codec: source.codec.clone(),
                     ..Default::default()
                 }],
-            )));
-            let sender = pc
-                .add_track(track.clone() as Arc<dyn TrackLocal>)
-                .await
-                .map_err(webrtc_err)?;
+            );
+            let sender = c.pc.add_track(track).map_err(webrtc_err)?;
+            c.outbound.insert(source.id.to_string(), source.clone());
             Ok(SubSlot {
                 source,
-                track,
                 sender,
                 ssrc,
+                conn,
             })
         })
     }
@@ -416,13 +307,14 @@ impl Handler<AddTrack> for Transport {
 /// Removes a subscriber-side track; the next offer stops its transceiver.
 #[derive(Message)]
 #[rtype(result = "Result<(), TransportError>")]
-pub struct RemoveTrack(pub Arc<dyn RtpSender>);
+pub struct RemoveTrack(pub SubSlot);
 
 impl Handler<RemoveTrack> for Transport {
     type Result = AtomicResponse<Self, Result<(), TransportError>>;
     fn handle(&mut self, msg: RemoveTrack, _: &mut Context<Self>) -> Self::Result {
-        self.run("remove_track", move |pc, _| async move {
-            pc.remove_track(&msg.0).await.map_err(webrtc_err)
+        self.run("remove_track", move |c| {
+            c.outbound.remove(msg.0.source.id.as_str());
+            c.pc.remove_track(msg.0.sender).map_err(webrtc_err)
         })
     }
 }
@@ -435,7 +327,8 @@ pub struct AddCandidate(pub IceCandidate);
 impl Handler<AddCandidate> for Transport {
     type Result = AtomicResponse<Self, Result<(), TransportError>>;
     fn handle(&mut self, msg: AddCandidate, _: &mut Context<Self>) -> Self::Result {
-        self.run("add_candidate", move |pc, _| async move {
+        self.run("add_candidate", move |c| {
+            let pc = &mut c.pc;
             let c = msg.0;
             let init = RTCIceCandidateInit {
                 candidate: c.candidate,
@@ -444,7 +337,7 @@ impl Handler<AddCandidate> for Transport {
                 username_fragment: c.username_fragment,
                 ..Default::default()
             };
-            pc.add_ice_candidate(init).await.map_err(webrtc_err)
+            pc.add_remote_candidate(init).map_err(webrtc_err)
         })
     }
 }

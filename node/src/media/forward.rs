@@ -1,28 +1,24 @@
-//! The per-packet path: a publisher track's read loop rewrites each RTP packet for each
-//! subscriber and writes it to that subscriber's own outgoing track.
+//! The per-packet path: a publisher track's packets, as the media engine's worker reads
+//! them, are rewritten for each subscriber and written to that subscriber's connection.
 //!
 //! The `Room` actor decides who receives what and publishes it as each source's forwarding
-//! table (an `ArcSwap` of down tracks). The read loop only loads that table: no actor
-//! mailbox, no lock held across an await, one packet clone per subscriber.
+//! table (an `ArcSwap` of down tracks). The worker only loads that table: no actor
+//! mailbox, no lock, one packet clone per subscriber.
 
 use crate::counters::{Counters, Kind, Live};
+use crate::media::engine::ConnRef;
 use arc_swap::ArcSwap;
-use futures::FutureExt;
 use protocol::signal::TrackKind;
 use protocol::{NodeId, TrackId, UserId};
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 /// The fewest milliseconds between two keyframe requests sent to one publisher track.
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
-/// One published track: what the read loop needs, shared with the actors.
+/// One published track: what the forwarding path needs, shared with the actors.
 pub struct TrackSource {
     pub id: TrackId,
     pub owner: UserId,
@@ -33,7 +29,8 @@ pub struct TrackSource {
     pub codec: RTCRtpCodec,
     /// The forwarding table, replaced whole by the `Room` on every change.
     pub fanout: ArcSwap<Vec<Arc<DownTrack>>>,
-    remote: Arc<dyn TrackRemote>,
+    /// The publisher's connection, where keyframe requests go.
+    origin: ConnRef,
     pub media_ssrc: u32,
     created: Instant,
     keyframe_gate: RateGate,
@@ -49,7 +46,7 @@ impl TrackSource {
         relayed_from: Option<NodeId>,
         kind: TrackKind,
         codec: RTCRtpCodec,
-        remote: Arc<dyn TrackRemote>,
+        origin: ConnRef,
         media_ssrc: u32,
         counters: &Arc<Counters>,
     ) -> Arc<Self> {
@@ -60,7 +57,7 @@ impl TrackSource {
             kind,
             codec,
             fanout: ArcSwap::from_pointee(Vec::new()),
-            remote,
+            origin,
             media_ssrc,
             created: Instant::now(),
             keyframe_gate: RateGate::new(KEYFRAME_REQUEST_INTERVAL),
@@ -71,7 +68,7 @@ impl TrackSource {
 
     /// Asks the publisher for a keyframe, at most once per [`KEYFRAME_REQUEST_INTERVAL`]
     /// however many subscribers ask. Audio has no keyframes.
-    pub fn request_keyframe(self: &Arc<Self>, rt: &tokio::runtime::Handle) {
+    pub fn request_keyframe(&self) {
         if self.kind != TrackKind::Video {
             return;
         }
@@ -83,16 +80,10 @@ impl TrackSource {
         self.counters
             .keyframe_requests
             .fetch_add(1, Ordering::Relaxed);
-        let me = self.clone();
-        rt.spawn(async move {
-            let pli = PictureLossIndication {
-                sender_ssrc: 0,
-                media_ssrc: me.media_ssrc,
-            };
-            if let Err(e) = me.remote.write_rtcp(vec![Box::new(pli)]).await {
-                tracing::debug!(track = %me.id, error = %e, "keyframe request not sent");
-            }
-        });
+        let (conn, ssrc) = (self.origin.conn, self.media_ssrc);
+        if let Err(e) = self.origin.worker.post(move |w| w.send_pli(conn, ssrc)) {
+            tracing::debug!(track = %self.id, error = %e, "keyframe request not sent");
+        }
     }
 
     pub fn add_downtrack(&self, dt: Arc<DownTrack>) {
@@ -150,14 +141,16 @@ impl RateGate {
     }
 }
 
-/// One subscriber's outgoing copy of a source: its own SSRC, and the payload type its peer
-/// connection negotiated for the source's codec.
+/// One subscriber's outgoing copy of a source: its connection, its own SSRC, and the
+/// payload type its connection negotiated for the source's codec.
 pub struct DownTrack {
     pub subscriber: UserId,
     /// The subscriber is a relay link to another node.
     pub to_relay: bool,
     pub source: TrackId,
-    pub track: Arc<TrackLocalStaticRTP>,
+    /// The engine worker and connection the copy is written to.
+    pub worker: u8,
+    pub conn: u64,
     pub ssrc: u32,
     pub payload_type: u8,
     pub forwarded: AtomicU64,
@@ -166,11 +159,12 @@ pub struct DownTrack {
 }
 
 impl DownTrack {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         subscriber: UserId,
         to_relay: bool,
         source: TrackId,
-        track: Arc<TrackLocalStaticRTP>,
+        conn: &ConnRef,
         ssrc: u32,
         payload_type: u8,
         counters: &Arc<Counters>,
@@ -179,7 +173,8 @@ impl DownTrack {
             subscriber,
             to_relay,
             source,
-            track,
+            worker: conn.worker.index,
+            conn: conn.conn,
             ssrc,
             payload_type,
             forwarded: AtomicU64::new(0),
@@ -270,9 +265,7 @@ struct LocalCounts {
     relay_bytes: u64,
     forwarded: u64,
     bytes: u64,
-    congested: u64,
     duplicate: u64,
-    write_error: u64,
 }
 
 impl LocalCounts {
@@ -287,102 +280,81 @@ impl LocalCounts {
         c.packets_forwarded
             .fetch_add(self.forwarded, Ordering::Relaxed);
         c.bytes_forwarded.fetch_add(self.bytes, Ordering::Relaxed);
-        c.dropped_congested
-            .fetch_add(self.congested, Ordering::Relaxed);
         c.dropped_duplicate
             .fetch_add(self.duplicate, Ordering::Relaxed);
-        c.dropped_write_error
-            .fetch_add(self.write_error, Ordering::Relaxed);
         *self = LocalCounts::default();
     }
 }
 
-/// Reads a publisher track until it ends, forwarding each packet to the current fanout.
-/// Returns when the remote track ends (the publisher's connection closed or dropped it).
-pub async fn run_read_loop(source: Arc<TrackSource>) {
-    let _live = Live::new(&source.counters, Kind::ForwardingTask);
-    let mut filter = SeqFilter::default();
-    let mut counts = LocalCounts::default();
-    let local = source.relayed_from.is_none();
-    while let Some(event) = source.remote.poll().await {
-        let TrackRemoteEvent::OnRtpPacket(mut packet) = event else {
-            if matches!(event, TrackRemoteEvent::OnEnded) {
-                break;
-            }
-            continue;
-        };
-        counts.packets_in += 1;
-        if local {
-            counts.published_bytes += packet.payload.len() as u64;
+/// A published track as its connection's worker sees it: the source, its sequence filter
+/// and its counts.
+pub struct Inbound {
+    pub source: Arc<TrackSource>,
+    filter: SeqFilter,
+    counts: LocalCounts,
+    local: bool,
+    _live: Live,
+}
+
+impl Inbound {
+    pub fn new(source: Arc<TrackSource>) -> Self {
+        let live = Live::new(&source.counters, Kind::ForwardingTask);
+        Inbound {
+            local: source.relayed_from.is_none(),
+            source,
+            filter: SeqFilter::default(),
+            counts: LocalCounts::default(),
+            _live: live,
+        }
+    }
+
+    /// The packet to forward, rewritten, or `None` (duplicate, padding).
+    pub fn accept(&mut self, mut packet: rtp::packet::Packet) -> Option<rtp::packet::Packet> {
+        self.counts.packets_in += 1;
+        if self.local {
+            self.counts.published_bytes += packet.payload.len() as u64;
         }
         let padding_only = packet.payload.is_empty();
-        let seq = match filter.accept(packet.header.sequence_number, padding_only) {
+        let seq = match self.filter.accept(packet.header.sequence_number, padding_only) {
             SeqVerdict::Forward(seq) => seq,
             SeqVerdict::Duplicate => {
-                counts.duplicate += 1;
-                continue;
+                self.counts.duplicate += 1;
+                return None;
             }
-            SeqVerdict::Skip => continue,
+            SeqVerdict::Skip => return None,
         };
-        // Header extension ids are negotiated per connection; forwarding the publisher's
-        // ids would make webrtc drop the packet on the subscriber side.
+        // Header extension ids are negotiated per connection; the publisher's ids mean
+        // nothing to a subscriber.
         packet.header.sequence_number = seq;
         packet.header.extension = false;
         packet.header.extension_profile = 0;
         packet.header.extensions.clear();
         packet.header.extensions_padding = 0;
         packet.header.padding = false;
+        Some(packet)
+    }
 
-        let fanout = source.fanout.load();
-        for dt in fanout.iter() {
-            let mut out = packet.clone();
-            out.header.ssrc = dt.ssrc;
-            out.header.payload_type = dt.payload_type;
-            let len = out.payload.len() as u64;
-            // A subscriber whose connection cannot take the packet right now loses it;
-            // waiting would stall every other subscriber of this track.
-            match dt.track.write_rtp(out).now_or_never() {
-                Some(Ok(())) => {
-                    counts.forwarded += 1;
-                    counts.bytes += len;
-                    if dt.to_relay {
-                        counts.relay_packets += 1;
-                        counts.relay_bytes += len;
-                    }
-                    dt.forwarded.fetch_add(1, Ordering::Relaxed);
-                }
-                Some(Err(_)) => counts.write_error += 1,
-                None => {
-                    counts.congested += 1;
-                    dt.congested.fetch_add(1, Ordering::Relaxed);
-                }
+    /// Counts one packet of `len` payload bytes written to `fanout`.
+    pub fn count_forwarded(&mut self, fanout: &[Arc<DownTrack>], len: usize) {
+        let len = len as u64;
+        for dt in fanout {
+            self.counts.forwarded += 1;
+            self.counts.bytes += len;
+            if dt.to_relay {
+                self.counts.relay_packets += 1;
+                self.counts.relay_bytes += len;
             }
         }
-        if counts.packets_in >= 64 {
-            counts.flush(&source.counters);
+        if self.counts.packets_in >= 64 {
+            self.counts.flush(&self.source.counters);
         }
     }
-    counts.flush(&source.counters);
-    source.clear_fanout();
-    tracing::debug!(track = %source.id, "publisher track ended");
-}
 
-/// Relays a subscriber's keyframe requests for one down track to its source. Ends when the
-/// subscriber's connection unbinds the track.
-pub async fn run_feedback_loop(
-    dt: Arc<DownTrack>,
-    source: Arc<TrackSource>,
-    rt: tokio::runtime::Handle,
-    counters: Arc<Counters>,
-) {
-    let _live = Live::new(&counters, Kind::ForwardingTask);
-    while let Some(TrackLocalEvent::OnRtcpPacket(packets)) = dt.track.poll().await {
-        if packets
-            .iter()
-            .any(|p| super::interceptor::is_keyframe_request(p.as_ref()))
-        {
-            source.request_keyframe(&rt);
-        }
+    /// The track ended: its last counts go to the node's totals and nobody receives it.
+    pub fn finish(mut self) {
+        self.counts.flush(&self.source.counters);
+        self.source.clear_fanout();
+        tracing::debug!(track = %self.source.id, "publisher track ended");
     }
 }
 

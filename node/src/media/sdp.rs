@@ -1,6 +1,5 @@
 //! The little the node reads from client SDP itself: which SSRCs an offer still sends, and
-//! the ICE credentials that tell a new connection from a renegotiation of the old one; and
-//! the one thing it writes into its own: the announced address of its candidates.
+//! the ICE credentials that tell a new connection from a renegotiation of the old one.
 
 use std::collections::{HashMap, HashSet};
 
@@ -77,57 +76,9 @@ pub fn ice_ufrag(sdp: &str) -> Option<&str> {
         .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
 }
 
-/// Announces `public` instead of `bound` in the host candidates (and connection lines) of the
-/// node's own SDP: a 1:1 NAT, where the node's sockets are bound to a private address and
-/// reached at a public one. webrtc 0.21.1 keeps `SettingEngine::nat_1to1_ips` but never
-/// applies it (host candidates come straight from the socket address), so the node rewrites
-/// its SDP itself; it never trickles, so the SDP is the only place candidates appear.
-pub fn announce_address(sdp: &str, bound: &str, public: &str) -> String {
-    let mut out = String::with_capacity(sdp.len());
-    for line in sdp.split_inclusive('\n') {
-        let (body, end) = match line.strip_suffix("\r\n") {
-            Some(b) => (b, "\r\n"),
-            None => match line.strip_suffix('\n') {
-                Some(b) => (b, "\n"),
-                None => (line, ""),
-            },
-        };
-        if body.starts_with("a=candidate:") {
-            // foundation component transport priority address port typ ...
-            let mut fields: Vec<&str> = body.split(' ').collect();
-            if fields.get(4) == Some(&bound) {
-                fields[4] = public;
-            }
-            out.push_str(&fields.join(" "));
-        } else if body.starts_with("c=IN ") && body.ends_with(&format!(" {bound}")) {
-            out.push_str(&body[..body.len() - bound.len()]);
-            out.push_str(public);
-        } else {
-            out.push_str(body);
-        }
-        out.push_str(end);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_candidates_announce_the_public_address() {
-        let sdp = "v=0\r\nc=IN IP4 10.0.0.5\r\na=candidate:1 1 udp 2130706431 10.0.0.5 50000 typ host\r\na=candidate:2 1 udp 1694498815 10.0.0.50 50001 typ host\r\na=mid:0\r\n";
-        let out = announce_address(sdp, "10.0.0.5", "203.0.113.7");
-        assert_eq!(
-            out,
-            "v=0\r\nc=IN IP4 203.0.113.7\r\na=candidate:1 1 udp 2130706431 203.0.113.7 50000 typ host\r\na=candidate:2 1 udp 1694498815 10.0.0.50 50001 typ host\r\na=mid:0\r\n"
-        );
-        // Nothing else changes, line endings included.
-        assert_eq!(
-            announce_address("a=mid:0\nx", "1.1.1.1", "2.2.2.2"),
-            "a=mid:0\nx"
-        );
-    }
 
     const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
 a=group:BUNDLE 0 1 2\r\n\
