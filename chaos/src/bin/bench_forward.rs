@@ -1,26 +1,35 @@
 //! `bench_forward`: what forwarding costs one media node.
 //!
-//! For each subscriber count N it starts a fresh node process (`--node-bin`, built
-//! beforehand with `cargo build --release -p node -p chaos`), connects one publisher
-//! (synthetic VP8 ≈ 1 Mbps at 100 packets/s of 1200 bytes, Opus-like audio at 50 packets/s)
-//! and N subscribe-only clients, waits until every subscriber receives both tracks, and then
-//! measures a steady window:
+//! For each subscriber count N and each load (`--load`) it starts a fresh node process
+//! (`--node-bin`, built beforehand with `cargo build --release -p node -p chaos`), connects one
+//! publisher and N subscribe-only clients, waits until every subscriber receives every
+//! published track, and then measures a steady window. The loads:
+//!
+//! - `video`: one synthetic VP8 track only (≈ 1 Mbps at 100 packets/s of 1200 bytes), no audio
+//!   track at all: the per-packet cost of video-size packets;
+//! - `mixed`: the same video plus Opus-like audio at 50 packets/s of 160 bytes (small packets,
+//!   which make the per-packet cost look lower);
+//! - `both` (default): each N is measured with `video`, then with `mixed`.
+//!
+//! Figures of a window:
 //!
 //! - forwarded packets/s: least-squares slope of `sfu_packets_forwarded_total` sampled from
 //!   `/metrics` at 4 Hz (the node adds to that counter in batches of 64 packets per track,
 //!   so a two-point delta over 10 s can be off by several percent);
 //! - node CPU: utime + stime of the node process (`/proc/<pid>/stat`, all threads) over the
-//!   window, per million forwarded packets and as % of one core;
+//!   window, per million forwarded packets (= µs per forwarded packet, the headline) and as %
+//!   of one core;
 //! - the bench process's own CPU the same way (its clients share the machine's cores), and
 //!   everything else's: all cores' busy time (`/proc/stat`) minus node and bench. On a shared
-//!   machine the bench waits for a quiet moment before each N and measures up to
+//!   machine the bench waits for a quiet moment before each run and measures up to
 //!   `--attempts` windows, reporting the least disturbed;
-//! - loss: over all subscribers and both tracks, sequence numbers that should have arrived
-//!   in the window (growth of highest − first + 1) and did not, from statistics snapshots
-//!   taken at the start and the end of the window; plus subscribers whose stream stalled;
+//! - loss: over all subscribers and every published track, sequence numbers that should have
+//!   arrived in the window (growth of highest − first + 1) and did not, from statistics
+//!   snapshots taken at the start and the end of the window; plus subscribers whose stream
+//!   stalled;
 //! - latency: receive time − send time (same machine clock) of every non-duplicate packet
-//!   received in the window, pooled over all subscribers and both tracks, from latency
-//!   histograms copied at the start and the end of the window and subtracted;
+//!   received in the window, pooled over all subscribers and every published track, from
+//!   latency histograms copied at the start and the end of the window and subtracted;
 //! - node RSS (`VmRSS`) at the end of the window.
 //!
 //! Then every client leaves and the node is stopped (SIGINT, then SIGKILL). With `--write
@@ -34,7 +43,7 @@ use chaos::bench::{
 };
 use chaos::stats::LatencyHistogram;
 use chaos::{Client, PublishOpts, TrackStats};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use futures::StreamExt;
 use protocol::signal::TrackKind;
 use protocol::token::{mint, Claims};
@@ -58,9 +67,13 @@ struct Args {
     /// The node binary (build it first: cargo build --release -p node -p chaos).
     #[arg(long, default_value = "target/release/node")]
     node_bin: PathBuf,
-    /// Subscriber counts to measure, one fresh node each.
-    #[arg(long, value_delimiter = ',', default_value = "10,50,100,200")]
+    /// Subscriber counts to measure, one fresh node per count and load.
+    #[arg(long, value_delimiter = ',', default_value = "50,100,200")]
     subscribers: Vec<usize>,
+    /// What the publisher sends: `video` (a video track only, no audio track), `mixed` (video
+    /// and audio), or `both` (each N with `video`, then with `mixed`, each on a fresh node).
+    #[arg(long, value_enum, default_value_t = LoadArg::Both)]
+    load: LoadArg,
     /// Length of the measured window, in seconds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -76,10 +89,10 @@ struct Args {
     /// Video packets per second of the publisher.
     #[arg(long, default_value_t = 100)]
     video_pps: u32,
-    /// Audio packets per second of the publisher.
+    /// Audio packets per second of the publisher (the `mixed` load only).
     #[arg(long, default_value_t = 50)]
     audio_pps: u32,
-    /// Video RTP payload bytes.
+    /// Video RTP payload bytes (both loads).
     #[arg(long, default_value_t = 1200)]
     video_payload: usize,
     /// Where the node logs (and perf data) go.
@@ -111,11 +124,102 @@ struct Args {
     note: Option<PathBuf>,
 }
 
+/// `--load`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LoadArg {
+    Video,
+    Mixed,
+    Both,
+}
+
+impl LoadArg {
+    /// The loads to run for each N, in order.
+    fn loads(self) -> &'static [Load] {
+        match self {
+            LoadArg::Video => &[Load::Video],
+            LoadArg::Mixed => &[Load::Mixed],
+            LoadArg::Both => &[Load::Video, Load::Mixed],
+        }
+    }
+}
+
+/// What the publisher of one run sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// One video track, nothing else.
+    Video,
+    /// A video and an audio track.
+    Mixed,
+}
+
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::Video => "video",
+            Load::Mixed => "mixed",
+        }
+    }
+
+    /// The tracks the publisher publishes, and so the ones every subscriber must receive.
+    fn kinds(self) -> &'static [TrackKind] {
+        match self {
+            Load::Video => &[TrackKind::Video],
+            Load::Mixed => &[TrackKind::Video, TrackKind::Audio],
+        }
+    }
+
+    fn publish_opts(self, args: &Args) -> PublishOpts {
+        PublishOpts {
+            audio: self.kinds().contains(&TrackKind::Audio),
+            video: self.kinds().contains(&TrackKind::Video),
+            video_pps: args.video_pps,
+            audio_pps: args.audio_pps,
+            video_payload: args.video_payload,
+            ..PublishOpts::default()
+        }
+    }
+
+    /// For the section's "load:" line.
+    fn describe(self, args: &Args) -> String {
+        let o = self.publish_opts(args);
+        match self {
+            Load::Video => format!(
+                "*video*: a video track only (no audio track), {} pkt/s × {} B payload",
+                o.video_pps, o.video_payload
+            ),
+            Load::Mixed => format!(
+                "*mixed*: video {} pkt/s × {} B payload + audio {} pkt/s × {} B",
+                o.video_pps, o.video_payload, o.audio_pps, o.audio_payload
+            ),
+        }
+    }
+}
+
+/// Every track kind of `kinds` is among `tracks` and has received something.
+fn receives_all(tracks: &[TrackStats], kinds: &[TrackKind]) -> bool {
+    kinds
+        .iter()
+        .all(|k| tracks.iter().any(|t| t.kind == *k && t.received > 0))
+}
+
+/// One run: N subscribers with one load, on a fresh node.
+struct Outcome {
+    n: usize,
+    load: Load,
+    result: Result<RunResult>,
+}
+
+impl Outcome {
+    fn label(&self) -> String {
+        format!("N={} {}", self.n, self.load.name())
+    }
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     bench::init_logs();
     if args.subscribers.is_empty() || args.subscribers.contains(&0) {
-        bail!("--subscribers needs positive counts, e.g. 10,50,100,200");
+        bail!("--subscribers needs positive counts, e.g. 50,100,200");
     }
     if args.seconds == 0 {
         bail!("--seconds must be at least 1");
@@ -134,35 +238,41 @@ fn main() -> Result<()> {
         .build()?;
     let mut outcomes = Vec::new();
     for &n in &args.subscribers {
-        eprintln!("== N = {n} subscribers");
-        let busy = rt.block_on(wait_quiet(
-            Duration::from_secs(args.quiet_wait),
-            args.quiet_below,
-        ))?;
-        if busy >= args.quiet_below {
-            eprintln!(
-                "   the machine is still {busy:.0} % busy after {} s; measuring anyway",
-                args.quiet_wait
-            );
+        for &load in args.load.loads() {
+            let name = load.name();
+            eprintln!("== N = {n} subscribers, {name} load");
+            let busy = rt.block_on(wait_quiet(
+                Duration::from_secs(args.quiet_wait),
+                args.quiet_below,
+            ))?;
+            if busy >= args.quiet_below {
+                eprintln!(
+                    "   the machine is still {busy:.0} % busy after {} s; measuring anyway",
+                    args.quiet_wait
+                );
+            }
+            let result = rt.block_on(run_one(&args, &facts, n, load));
+            match &result {
+                Ok(r) => eprintln!("== N = {n} {name}: {}", r.one_line()),
+                Err(e) => eprintln!("== N = {n} {name} FAILED: {e:#}"),
+            }
+            outcomes.push(Outcome { n, load, result });
         }
-        let outcome = rt.block_on(run_one(&args, &facts, n));
-        match &outcome {
-            Ok(r) => eprintln!("== N = {n}: {}", r.one_line()),
-            Err(e) => eprintln!("== N = {n} FAILED: {e:#}"),
-        }
-        outcomes.push((n, outcome));
     }
     // Clients closing in the background finish before the runtime goes.
     rt.shutdown_timeout(Duration::from_secs(5));
 
     let table = render_table(&outcomes, facts.nproc);
     println!("{table}");
-    let profiles: Vec<(usize, &str)> = outcomes
-        .iter()
-        .filter_map(|(n, o)| o.as_ref().ok()?.profile.as_deref().map(|p| (*n, p)))
-        .collect();
-    for (n, p) in &profiles {
-        println!("perf profile of the node at N = {n}:\n{p}");
+    println!("{}", render_headline(&outcomes));
+    for o in &outcomes {
+        if let Some(p) = o.result.as_ref().ok().and_then(|r| r.profile.as_deref()) {
+            println!(
+                "perf profile of the node at N = {}, {} load:\n{p}",
+                o.n,
+                o.load.name()
+            );
+        }
     }
     if let Some(path) = &args.write {
         let note = match &args.note {
@@ -177,10 +287,11 @@ fn main() -> Result<()> {
     }
     let failed: Vec<String> = outcomes
         .iter()
-        .filter_map(|(n, o)| match o {
-            Err(e) => Some(format!("N={n}: {e:#}")),
+        .filter_map(|o| match &o.result {
+            Err(e) => Some(format!("{}: {e:#}", o.label())),
             Ok(r) if r.window.stalled > 0 => Some(format!(
-                "N={n}: {} subscriber(s) stalled in the window",
+                "{}: {} subscriber(s) stalled in the window",
+                o.label(),
                 r.window.stalled
             )),
             Ok(_) => None,
@@ -192,9 +303,8 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// The figures of one N.
+/// The figures of one run (one N, one load).
 struct RunResult {
-    n: usize,
     setup_secs: f64,
     /// The measured window (the least disturbed one, when several were taken).
     window: Window,
@@ -206,7 +316,7 @@ impl RunResult {
     fn one_line(&self) -> String {
         let w = &self.window;
         format!(
-            "fwd {:.0}/s, node {:.0}% CPU, {:.2} CPU-s/Mpkt, bench {:.0}% CPU, machine {:.0}% busy, loss {:.3}%, p50 {:.2} ms, p99 {:.2} ms",
+            "fwd {:.0}/s, node {:.0}% CPU, {:.2} µs node CPU per fwd pkt, bench {:.0}% CPU, machine {:.0}% busy, loss {:.3}%, p50 {:.2} ms, p99 {:.2} ms",
             w.forwarded_pps,
             w.node_cpu_pct(),
             w.cpu_per_mpkt(),
@@ -283,10 +393,10 @@ impl Drop for NodeProc {
     }
 }
 
-async fn run_one(args: &Args, facts: &MachineFacts, n: usize) -> Result<RunResult> {
-    let log = args.log_dir.join(format!("node-n{n}.log"));
+async fn run_one(args: &Args, facts: &MachineFacts, n: usize, load: Load) -> Result<RunResult> {
+    let log = args.log_dir.join(format!("node-n{n}-{}.log", load.name()));
     let mut node = NodeProc::start(&args.node_bin, &log)?;
-    let result = run_with_node(args, facts, n, &mut node).await;
+    let result = run_with_node(args, facts, n, load, &mut node).await;
     node.stop();
     result.with_context(|| format!("node log: {}", log.display()))
 }
@@ -295,6 +405,7 @@ async fn run_with_node(
     args: &Args,
     facts: &MachineFacts,
     n: usize,
+    load: Load,
     node: &mut NodeProc,
 ) -> Result<RunResult> {
     let port = node.port;
@@ -313,7 +424,8 @@ async fn run_with_node(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let ws = format!("ws://127.0.0.1:{port}/ws");
-    let room = format!("bench-{n}-{:04x}", rand::random::<u16>());
+    let room = format!("bench-{n}-{}-{:04x}", load.name(), rand::random::<u16>());
+    let kinds = load.kinds();
 
     let publisher = Client::connect(&ws).await.context("publisher connect")?;
     publisher
@@ -325,25 +437,33 @@ async fn run_with_node(
         .ok_or_else(|| anyhow!("publisher has no participant id"))?
         .to_string();
     publisher
-        .publish(PublishOpts {
-            audio: true,
-            video: true,
-            video_pps: args.video_pps,
-            audio_pps: args.audio_pps,
-            video_payload: args.video_payload,
-            ..PublishOpts::default()
-        })
+        .publish(load.publish_opts(args))
         .await
         .context("publisher publish")?;
+    // Exactly the load's tracks are published (so `video` has no audio track).
+    let mut published: Vec<TrackKind> = publisher
+        .sent_stats()
+        .await
+        .iter()
+        .filter(|t| t.active)
+        .map(|t| t.kind)
+        .collect();
+    published.sort_by_key(|k| *k == TrackKind::Audio);
+    if published != kinds {
+        bail!(
+            "the publisher publishes {published:?}, the {} load wants {kinds:?}",
+            load.name()
+        );
+    }
 
-    // Subscribers, `concurrency` at a time; each counts as set up once it receives both
-    // tracks. The first failure stops the setup.
+    // Subscribers, `concurrency` at a time; each counts as set up once it receives every
+    // published track. The first failure stops the setup.
     let setup_started = Instant::now();
     let setup_timeout = Duration::from_secs(args.setup_timeout.unwrap_or(60 + n as u64));
     let mut subs: Vec<Client> = Vec::with_capacity(n);
     let setup = async {
         let mut stream = futures::stream::iter(0..n)
-            .map(|i| setup_subscriber(&ws, &room, i, &publisher_id))
+            .map(|i| setup_subscriber(&ws, &room, i, &publisher_id, kinds))
             .buffer_unordered(args.concurrency.max(1));
         while let Some(r) = stream.next().await {
             subs.push(r?);
@@ -378,7 +498,7 @@ async fn run_with_node(
     let setup_secs = setup_started.elapsed().as_secs_f64();
     eprintln!("   all {n} subscribers receive media after {setup_secs:.1} s");
 
-    // Steady: every subscriber got a packet of each track within the last second.
+    // Steady: every subscriber got a packet of each published track within the last second.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let now = chaos::payload::unix_now_us();
@@ -386,7 +506,7 @@ async fn run_with_node(
             .iter()
             .filter(|c| {
                 let ts = tracks_of(c, &publisher_id);
-                ts.len() < 2
+                !receives_all(&ts, kinds)
                     || ts
                         .iter()
                         .any(|t| now.saturating_sub(t.last_packet_unix_us) > 1_000_000)
@@ -402,13 +522,29 @@ async fn run_with_node(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
+    // No subscriber sees a track of a kind that was not published.
+    let strays = subs
+        .iter()
+        .filter(|c| {
+            tracks_of(c, &publisher_id)
+                .iter()
+                .any(|t| !kinds.contains(&t.kind))
+        })
+        .count();
+    if strays > 0 {
+        leave_all(subs, args.concurrency).await;
+        bail!(
+            "{strays} of {n} subscribers receive a track the {} load does not publish",
+            load.name()
+        );
+    }
 
     // The window, repeated (bounded) while other processes take much of the machine.
     let pid = node.pid();
     let attempts = args.attempts.max(1);
     let mut best: Option<Window> = None;
     for attempt in 1..=attempts {
-        let w = measure_window(args, facts, port, pid, &publisher, &publisher_id, &subs).await?;
+        let w = measure_window(args, facts, node, &publisher, &publisher_id, &subs, kinds).await?;
         let other = w.other_cpu_pct(facts.nproc);
         eprintln!(
             "   window {attempt}/{attempts}: node {:.0} %, bench {:.0} %, other {other:.0} % of a core",
@@ -428,7 +564,7 @@ async fn run_with_node(
     let window = best.ok_or_else(|| anyhow!("no window measured"))?;
 
     let profile = match args.perf_seconds {
-        Some(s) if s > 0 => match perf_profile(pid, s, &args.log_dir, n).await {
+        Some(s) if s > 0 => match perf_profile(pid, s, &args.log_dir, n, load).await {
             Ok(p) => Some(p),
             Err(e) => Some(format!("perf failed: {e:#}")),
         },
@@ -450,7 +586,6 @@ async fn run_with_node(
     }
 
     Ok(RunResult {
-        n,
         setup_secs,
         window,
         peers_after_leave,
@@ -503,12 +638,13 @@ impl Window {
 async fn measure_window(
     args: &Args,
     facts: &MachineFacts,
-    port: u16,
-    pid: u32,
+    node: &NodeProc,
     publisher: &Client,
     publisher_id: &str,
     subs: &[Client],
+    kinds: &[TrackKind],
 ) -> Result<Window> {
+    let (port, pid) = (node.port, node.pid());
     let m0 = Metrics::fetch(port).await?;
     let sent0 = publisher.sent_stats().await;
     let subs0: Vec<SubSnap> = subs
@@ -567,7 +703,9 @@ async fn measure_window(
     let mut stalled = 0usize;
     let mut lat = LatencyHistogram::default();
     for (a, b) in subs0.iter().zip(&subs1) {
-        let mut sub_stalled = b.stats.len() < 2;
+        // A subscriber missing a published track has stalled; tracks of kinds not
+        // published cannot be there (checked before the window).
+        let mut sub_stalled = !kinds.iter().all(|k| b.stats.values().any(|t| t.kind == *k));
         for (key, tb) in &b.stats {
             let Some(ta) = a.stats.get(key) else {
                 sub_stalled = true;
@@ -630,8 +768,15 @@ fn tracks_of(c: &Client, publisher: &str) -> Vec<TrackStats> {
         .collect()
 }
 
-/// Connects, joins subscribe-only and waits (30 s at most) until both tracks arrive.
-async fn setup_subscriber(ws: &str, room: &str, i: usize, publisher: &str) -> Result<Client> {
+/// Connects, joins subscribe-only and waits (30 s at most) until every published track
+/// (`kinds`) arrives.
+async fn setup_subscriber(
+    ws: &str,
+    room: &str,
+    i: usize,
+    publisher: &str,
+    kinds: &[TrackKind],
+) -> Result<Client> {
     let user = format!("sub-{i:04}");
     let c = Client::connect(ws)
         .await
@@ -642,13 +787,13 @@ async fn setup_subscriber(ws: &str, room: &str, i: usize, publisher: &str) -> Re
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ts = tracks_of(&c, publisher);
-        if ts.len() >= 2 && ts.iter().all(|t| t.received > 0) {
+        if receives_all(&ts, kinds) {
             return Ok(c);
         }
         if Instant::now() >= deadline {
             let errors = c.local_errors();
             bail!(
-                "{user}: no media from both tracks within 30 s after joining (tracks: {}, local errors: {:?})",
+                "{user}: no media from every published track ({kinds:?}) within 30 s after joining (tracks: {}, local errors: {:?})",
                 ts.iter()
                     .map(|t| format!("{:?} received {}", t.kind, t.received))
                     .collect::<Vec<_>>()
@@ -736,8 +881,8 @@ impl Metrics {
 
 /// `perf record` of the node for `secs` (sampling at 999 Hz, no call graphs), then the
 /// hottest symbols by self time.
-async fn perf_profile(pid: u32, secs: u64, dir: &Path, n: usize) -> Result<String> {
-    let data = dir.join(format!("perf-n{n}.data"));
+async fn perf_profile(pid: u32, secs: u64, dir: &Path, n: usize, load: Load) -> Result<String> {
+    let data = dir.join(format!("perf-n{n}-{}.data", load.name()));
     let data_s = data.to_string_lossy().to_string();
     let pid_s = pid.to_string();
     let secs_s = secs.to_string();
@@ -787,20 +932,27 @@ async fn perf_profile(pid: u32, secs: u64, dir: &Path, n: usize) -> Result<Strin
     Ok(report)
 }
 
-fn render_table(outcomes: &[(usize, Result<RunResult>)], nproc: usize) -> String {
+/// The µs-per-packet column's header: CPU-seconds per million forwarded packets is the same
+/// number as CPU-microseconds per forwarded packet.
+const CPU_PER_PKT: &str = "node CPU µs per fwd pkt (= CPU-s per M fwd)";
+
+fn render_table(outcomes: &[Outcome], nproc: usize) -> String {
     let mut t = String::new();
-    t.push_str("| subscribers | setup s | sent pkt/s | forwarded pkt/s | delivered pkt/s | node CPU % | node CPU-s per M fwd | bench CPU % | other CPU % | loss % | stalled | p50 ms | p99 ms | max ms | node RSS MiB | dropped congested / write err |\n");
-    t.push_str(
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    let _ = writeln!(
+        t,
+        "| subscribers | load | setup s | sent pkt/s | forwarded pkt/s | delivered pkt/s | node CPU % | {CPU_PER_PKT} | bench CPU % | other CPU % | loss % | stalled | p50 ms | p99 ms | max ms | node RSS MiB | dropped congested / write err |"
     );
-    for (n, o) in outcomes {
-        match o {
+    t.push_str(
+        "|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for o in outcomes {
+        let (n, load) = (o.n, o.load.name());
+        match &o.result {
             Ok(r) => {
                 let w = &r.window;
                 let _ = writeln!(
                     t,
-                    "| {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.3} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} / {:.0} |",
-                    r.n,
+                    "| {n} | {load} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.3} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {:.0} / {:.0} |",
                     r.setup_secs,
                     w.sent_pps,
                     w.forwarded_pps,
@@ -821,18 +973,68 @@ fn render_table(outcomes: &[(usize, Result<RunResult>)], nproc: usize) -> String
             }
             Err(e) => {
                 let msg = format!("{e:#}").replace('|', "/").replace('\n', " ");
-                let _ = writeln!(t, "| {n} | failed: {msg} | | | | | | | | | | | | | | |");
+                let _ = writeln!(
+                    t,
+                    "| {n} | {load} | failed: {msg} | | | | | | | | | | | | | | |"
+                );
             }
         }
     }
     t
 }
 
+/// The headline: node CPU per forwarded packet, one line per N with every load measured.
+fn render_headline(outcomes: &[Outcome]) -> String {
+    let mut h = String::from("Node CPU per forwarded packet (µs; = CPU-s per M fwd):\n");
+    let mut ns: Vec<usize> = Vec::new();
+    for o in outcomes {
+        if !ns.contains(&o.n) {
+            ns.push(o.n);
+        }
+    }
+    for n in ns {
+        let per_load: Vec<String> = outcomes
+            .iter()
+            .filter(|o| o.n == n)
+            .map(|o| match &o.result {
+                Ok(r) => format!(
+                    "{} {:.2} µs (loss {:.3} %)",
+                    o.load.name(),
+                    r.window.cpu_per_mpkt(),
+                    r.window.loss_pct
+                ),
+                Err(_) => format!("{} failed", o.load.name()),
+            })
+            .collect();
+        let _ = writeln!(h, "- N = {n}: {}", per_load.join(", "));
+    }
+    h
+}
+
+/// The section's "load:" line.
+fn load_line(args: &Args) -> String {
+    let loads: Vec<String> = args.load.loads().iter().map(|l| l.describe(args)).collect();
+    let per_n = if args.load.loads().len() > 1 {
+        "a row per N and load, each run on a fresh node"
+    } else {
+        "a row per N, each run on a fresh node"
+    };
+    format!(
+        "- load ({per_n}): one publisher; {}; N subscribe-only clients set up {} at a time; window {} s after {} s of settling (up to {} windows while other processes took more than {} % of a core; the least disturbed is reported); node with default settings (`--dev-tokens --udp-ports 0`, 2 media threads); clients and node on the same machine",
+        loads.join("; "),
+        args.concurrency,
+        args.seconds,
+        args.settle,
+        args.attempts.max(1),
+        args.max_other
+    )
+}
+
 fn render_section(
     args: &Args,
     facts: &MachineFacts,
     table: &str,
-    outcomes: &[(usize, Result<RunResult>)],
+    outcomes: &[Outcome],
     note: Option<&str>,
 ) -> String {
     let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
@@ -866,52 +1068,49 @@ fn render_section(
         "- machine: {} CPUs (nproc), {}, Linux {}; CLK_TCK {} ({})",
         facts.nproc, facts.cpu_model, facts.kernel, facts.clk_tck, facts.clk_tck_note
     );
-    let _ = writeln!(
-        s,
-        "- load: one publisher, video {} pkt/s × {} B payload + audio {} pkt/s × 160 B; N subscribe-only clients set up {} at a time; window {} s after {} s of settling (up to {} windows while other processes took more than {} % of a core; the least disturbed is reported); node with default settings (`--dev-tokens --udp-ports 0`, 2 media threads); clients and node on the same machine\n",
-        args.video_pps,
-        args.video_payload,
-        args.audio_pps,
-        args.concurrency,
-        args.seconds,
-        args.settle,
-        args.attempts.max(1),
-        args.max_other
-    );
+    let _ = writeln!(s, "{}\n", load_line(args));
     s.push_str(table);
+    s.push('\n');
+    s.push_str(&render_headline(outcomes));
     s.push('\n');
     s.push_str(
         "How each figure is computed:\n\n\
+- *load*: *video* publishes one video track and no audio track, so every forwarded packet is \
+video-size; *mixed* adds the audio track, whose small packets lower the average cost per packet. \
+Every figure below covers exactly the tracks published in that row.\n\
 - *forwarded pkt/s*: least-squares slope of the node's `sfu_packets_forwarded_total`, sampled \
 from `/metrics` every 250 ms through the window (the node adds to the counter in batches of 64 \
 received packets per track, so a two-point delta would be off by up to ±8 %). *delivered pkt/s*: \
 packets the subscribers' applications received in the window (their own counters). *sent pkt/s*: \
 packets the publisher handed to webrtc.\n\
 - *node CPU*: utime + stime of the node process (all threads, `/proc/<pid>/stat`) over the \
-window; 100 % = one core, so the machine has nproc × 100 %. *CPU-s per M fwd* = node CPU-seconds / (forwarded pkt/s × window / 10⁶). \
+window; 100 % = one core, so the machine has nproc × 100 %. *node CPU µs per fwd pkt* = node \
+CPU-seconds / (forwarded pkt/s × window / 10⁶), i.e. CPU-seconds per million forwarded packets, \
+which is the same number as CPU-microseconds per forwarded packet. \
 *bench CPU*: the same for this process (publisher + all subscribers, which compete with the node \
 for the same cores). *other CPU*: everything else on the machine in the window (all cores' non-idle time from \
 `/proc/stat`, minus node and bench); well above 0 means the figures were disturbed.\n\
 - *loss*: from statistics snapshots of every subscriber at the start and end of the window, \
 Σ growth of missing sequence numbers / Σ growth of (highest − first + 1), over all subscribers and \
-both tracks. *stalled*: subscribers with a track whose highest sequence number advanced less than \
-half of what the publisher sent in the window (loss by sequence alone cannot see a stream that \
-stopped).\n\
+every published track. *stalled*: subscribers missing a published track, or with a track whose \
+highest sequence number advanced less than half of what the publisher sent in the window (loss by \
+sequence alone cannot see a stream that stopped).\n\
 - *latency*: receive time − send time embedded in the payload (one clock), of every non-duplicate \
-packet received in the window, pooled over all subscribers and both tracks: each subscriber's \
-latency histograms (≤ 1.6 % bucket error) are copied at the start and end of the window and \
-subtracted. *max* is the top of the highest non-empty bucket.\n\
+packet received in the window, pooled over all subscribers and every published track: each \
+subscriber's latency histograms (≤ 1.6 % bucket error) are copied at the start and end of the \
+window and subtracted. *max* is the top of the highest non-empty bucket.\n\
 - *node RSS*: `VmRSS` at the end of the window. *dropped*: growth of \
 `sfu_packets_dropped_total{reason=congested|write_error}` in the window.\n\n",
     );
     let leaks: Vec<String> = outcomes
         .iter()
-        .filter_map(|(n, o)| {
-            let r = o.as_ref().ok()?;
+        .filter_map(|o| {
+            let r = o.result.as_ref().ok()?;
+            let label = o.label();
             match r.peers_after_leave {
                 Some(0.0) => None,
-                Some(p) => Some(format!("N={n}: sfu_peers = {p} 10 s after everyone left")),
-                None => Some(format!("N={n}: sfu_peers unreadable after everyone left")),
+                Some(p) => Some(format!("{label}: sfu_peers = {p} 10 s after everyone left")),
+                None => Some(format!("{label}: sfu_peers unreadable after everyone left")),
             }
         })
         .collect();
@@ -926,17 +1125,19 @@ subtracted. *max* is the top of the highest non-empty bucket.\n\
         }
         None if outcomes
             .iter()
-            .any(|(_, o)| o.as_ref().is_ok_and(|r| r.profile.is_some())) =>
+            .any(|o| o.result.as_ref().is_ok_and(|r| r.profile.is_some())) =>
         {
             s.push_str("No summary was given (`--note`); the profiles are below.\n\n")
         }
         None => s.push_str("Not measured (no profile was taken for this run).\n\n"),
     }
-    for (n, o) in outcomes {
-        if let Some(p) = o.as_ref().ok().and_then(|r| r.profile.as_deref()) {
+    for o in outcomes {
+        if let Some(p) = o.result.as_ref().ok().and_then(|r| r.profile.as_deref()) {
             let _ = writeln!(
                 s,
-                "<details><summary>perf profile of the node at N = {n} (taken after the window)</summary>\n\n```\n{}```\n</details>\n",
+                "<details><summary>perf profile of the node at N = {}, {} load (taken after the window)</summary>\n\n```\n{}```\n</details>\n",
+                o.n,
+                o.load.name(),
                 p
             );
         }
@@ -953,5 +1154,164 @@ mod tests {
     fn slope_of_a_line() {
         let s: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, 5.0 + 3.0 * i as f64)).collect();
         assert!((slope(&s) - 3.0).abs() < 1e-9);
+    }
+
+    fn args(extra: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("bench_forward").chain(extra.iter().copied())).unwrap()
+    }
+
+    /// A run of N subscribers: `pps` packets/s forwarded per subscriber over 10 s, with
+    /// `cpu_secs` of node CPU.
+    fn ok(n: usize, load: Load, pps: f64, cpu_secs: f64) -> Outcome {
+        let mut lat = LatencyHistogram::default();
+        lat.record(1_000);
+        Outcome {
+            n,
+            load,
+            result: Ok(RunResult {
+                setup_secs: 1.0,
+                window: Window {
+                    secs: 10.0,
+                    sent_pps: pps,
+                    forwarded_pps: pps * n as f64,
+                    delivered_pps: pps * n as f64,
+                    node_cpu_secs: cpu_secs,
+                    bench_cpu_secs: 0.5,
+                    machine_busy: 10.0,
+                    loss_pct: 0.0,
+                    stalled: 0,
+                    lat,
+                    rss_kib: 20 * 1024,
+                    dropped_congested: 0.0,
+                    dropped_write_error: 0.0,
+                },
+                peers_after_leave: Some(0.0),
+                profile: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_issue_benchmark() {
+        let a = args(&[]);
+        assert_eq!(a.subscribers, vec![50, 100, 200]);
+        assert_eq!(a.load, LoadArg::Both);
+        assert_eq!(a.load.loads(), &[Load::Video, Load::Mixed]);
+        assert_eq!(a.video_payload, 1200);
+        let a = args(&["--subscribers", "10", "--load", "video"]);
+        assert_eq!(a.subscribers, vec![10]);
+        assert_eq!(a.load.loads(), &[Load::Video]);
+        assert_eq!(args(&["--load", "mixed"]).load.loads(), &[Load::Mixed]);
+    }
+
+    #[test]
+    fn video_load_publishes_only_video() {
+        let a = args(&[]);
+        let v = Load::Video.publish_opts(&a);
+        assert!(v.video && !v.audio);
+        assert_eq!(v.video_payload, 1200);
+        let m = Load::Mixed.publish_opts(&a);
+        assert!(m.video && m.audio);
+        assert_eq!(Load::Video.kinds(), &[TrackKind::Video]);
+    }
+
+    fn track(kind: TrackKind, received: u64) -> TrackStats {
+        TrackStats {
+            publisher: "p".into(),
+            track_id: format!("{kind:?}"),
+            kind,
+            received,
+            lost: 0,
+            duplicates: 0,
+            foreign: 0,
+            restarts: 0,
+            in_flight: 0,
+            in_flight_missing: 0,
+            latency_p50_us: 0,
+            latency_p99_us: 0,
+            latency_max_us: 0,
+            last_packet_unix_us: 0,
+            ended: false,
+        }
+    }
+
+    #[test]
+    fn a_video_only_subscriber_is_complete_without_audio() {
+        let video = track(TrackKind::Video, 5);
+        assert!(receives_all(
+            std::slice::from_ref(&video),
+            Load::Video.kinds()
+        ));
+        assert!(!receives_all(
+            std::slice::from_ref(&video),
+            Load::Mixed.kinds()
+        ));
+        let silent_audio = track(TrackKind::Audio, 0);
+        assert!(!receives_all(&[video, silent_audio], Load::Mixed.kinds()));
+    }
+
+    #[test]
+    fn table_has_a_load_column_and_a_row_per_run() {
+        let outcomes = vec![
+            ok(50, Load::Video, 100.0, 5.0),
+            ok(50, Load::Mixed, 150.0, 6.0),
+            Outcome {
+                n: 100,
+                load: Load::Video,
+                result: Err(anyhow!("boom | bang")),
+            },
+        ];
+        let t = render_table(&outcomes, 2);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 5);
+        assert!(lines[0].starts_with("| subscribers | load | setup s |"));
+        assert!(lines[0].contains("node CPU µs per fwd pkt"));
+        let cells = |l: &str| l.matches('|').count();
+        for l in &lines {
+            assert_eq!(cells(l), cells(lines[0]), "{l}");
+        }
+        // 5 CPU-s over 10 s × 5000 pkt/s = 50 000 packets: 100 µs per packet.
+        assert!(lines[2].starts_with("| 50 | video | 1.0 | 100 | 5000 | 5000 | 50 | 100.00 |"));
+        assert!(lines[3].starts_with("| 50 | mixed | 1.0 | 150 | 7500 | 7500 | 60 | 80.00 |"));
+        assert!(lines[4].starts_with("| 100 | video | failed: boom / bang |"));
+    }
+
+    #[test]
+    fn headline_puts_the_loads_of_one_n_side_by_side() {
+        let outcomes = vec![
+            ok(50, Load::Video, 100.0, 5.0),
+            ok(50, Load::Mixed, 150.0, 6.0),
+            Outcome {
+                n: 100,
+                load: Load::Video,
+                result: Err(anyhow!("boom")),
+            },
+            ok(100, Load::Mixed, 150.0, 12.0),
+        ];
+        let h = render_headline(&outcomes);
+        let lines: Vec<&str> = h.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].contains("µs"));
+        assert_eq!(
+            lines[1],
+            "- N = 50: video 100.00 µs (loss 0.000 %), mixed 80.00 µs (loss 0.000 %)"
+        );
+        assert_eq!(
+            lines[2],
+            "- N = 100: video failed, mixed 80.00 µs (loss 0.000 %)"
+        );
+    }
+
+    #[test]
+    fn load_line_describes_the_loads_run() {
+        let both = load_line(&args(&[]));
+        assert!(both.starts_with("- load (a row per N and load"));
+        assert!(both.contains(
+            "*video*: a video track only (no audio track), 100 pkt/s × 1200 B payload; \
+*mixed*: video 100 pkt/s × 1200 B payload + audio 50 pkt/s × 160 B;"
+        ));
+        let video = load_line(&args(&["--load", "video"]));
+        assert!(video.contains("*video*"));
+        assert!(!video.contains("*mixed*"));
     }
 }
