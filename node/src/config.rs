@@ -26,6 +26,9 @@ pub struct Config {
     pub ice_tcp_port: Option<u16>,
     /// Media engine worker threads; each owns the connections of the rooms hashed to it.
     pub media_workers: usize,
+    /// Ports for the receiving ends of relay links between nodes, inclusive (`(0, 0)`: any
+    /// free port). Only other nodes reach these; clients use `udp_port` alone.
+    pub relay_ports: (u16, u16),
     /// The public address announced in ICE candidates (1:1 NAT), instead of `udp_ip`.
     pub public_ip: Option<String>,
     /// HS256 secret of join tokens.
@@ -90,6 +93,7 @@ impl Config {
             udp_port: 0,
             ice_tcp_port: Some(0),
             media_workers: 2,
+            relay_ports: (0, 0),
             public_ip: None,
             api_secret: "devsecret".into(),
             ice_servers: Vec::new(),
@@ -131,7 +135,6 @@ impl Config {
         let mut c = Config::local_dev();
         c.listen = "127.0.0.1:7880".parse()?;
         c.udp_port = 50000;
-        c.ice_tcp_port = Some(50000);
         c.media_workers = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
@@ -151,12 +154,26 @@ impl Config {
         layer!(listen);
         layer!(udp_ip);
         if let Some(p) = flags.udp_port.clone().or(file.udp_port.clone()) {
+            // A range (`--udp-ports A-B` of older versions): A is the media port, the rest
+            // serve relay links.
             let (first, last) = parse_port_range(&p)?;
-            if first != last {
-                tracing::warn!(range = %p, port = first, "the node uses one UDP port; the rest of the range is unused");
+            if first > last {
+                bail!("udp port range {p} is empty");
             }
             c.udp_port = first;
+            if last > first {
+                c.relay_ports = (first + 1, last);
+            }
         }
+        if let Some(r) = flags.relay_ports.clone().or(file.relay_ports.clone()) {
+            c.relay_ports = parse_port_range(&r)?;
+            if c.relay_ports.0 > c.relay_ports.1 {
+                bail!("relay port range {r} is empty");
+            }
+        }
+        // ICE-TCP listens on the UDP port's number unless told otherwise (TCP and UDP
+        // ports are separate: a firewall opens "50000/udp and 50000/tcp").
+        c.ice_tcp_port = Some(c.udp_port);
         if let Some(p) = flags.ice_tcp_port.clone().or(file.ice_tcp_port.clone()) {
             c.ice_tcp_port = match p.trim() {
                 "off" | "none" => None,
@@ -265,13 +282,17 @@ pub struct NodeArgs {
     /// A-B` of older versions is read as port A.)
     #[arg(long, env = "NODE_UDP_PORT", alias = "udp-ports")]
     pub udp_port: Option<String>,
-    /// The ICE-TCP port for clients whose UDP is blocked [default: 50000]; 0 picks a free
-    /// port, `off` disables it.
+    /// The ICE-TCP port for clients whose UDP is blocked [default: the UDP port's number];
+    /// 0 picks a free port, `off` disables it.
     #[arg(long, env = "NODE_ICE_TCP_PORT")]
     pub ice_tcp_port: Option<String>,
     /// Media engine threads [default: the number of CPUs].
     #[arg(long, env = "NODE_MEDIA_WORKERS")]
     pub media_workers: Option<usize>,
+    /// UDP ports for the receiving ends of relay links from other nodes, e.g. 50001-50999
+    /// [default: any free port]. Only other nodes need to reach them.
+    #[arg(long, env = "NODE_RELAY_PORTS")]
+    pub relay_ports: Option<String>,
     /// Public IP announced in ICE candidates (1:1 NAT).
     #[arg(long, env = "NODE_PUBLIC_IP")]
     pub public_ip: Option<String>,
@@ -351,6 +372,7 @@ struct FileConfig {
     udp_port: Option<String>,
     ice_tcp_port: Option<String>,
     media_workers: Option<usize>,
+    relay_ports: Option<String>,
     public_ip: Option<String>,
     api_secret: Option<String>,
     ice_servers: Option<Vec<String>>,

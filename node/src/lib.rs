@@ -85,6 +85,7 @@ pub async fn start_in_system(
             announce_ip,
             workers: config.media_workers,
             queue: 8192,
+            relay_ports: config.relay_ports,
         },
     )?);
     let cluster = match &config.nats_url {
@@ -209,6 +210,16 @@ impl NodeHandle {
 
     pub fn counters(&self) -> CountersSnapshot {
         self.node.shared.counters.snapshot()
+    }
+
+    /// The bound address of the node's media port (UDP).
+    pub fn media_udp_addr(&self) -> SocketAddr {
+        self.node.shared.media.engine.udp_addr()
+    }
+
+    /// The bound address of the node's ICE-TCP port, if it has one.
+    pub fn media_tcp_addr(&self) -> Option<SocketAddr> {
+        self.node.shared.media.engine.tcp_addr()
     }
 
     /// The actors' snapshots (rooms, members, tracks, fanouts) and the counters.

@@ -94,8 +94,9 @@ impl Geo {
             c.room_empty_grace = Duration::from_millis(300);
             if let Some(net) = net.as_mut() {
                 let (bind, announce) = net.node_ips(region, 0).expect("a region of the net");
-                // One port: the node's media port (UDP) and its ICE-TCP port.
-                let ports = (next_port, next_port);
+                // The node's media port, then the ports of its relay links' receiving ends:
+                // the region's gateway relays each of them.
+                let ports = (next_port, next_port + 39);
                 next_port += 40;
                 net.add_node(region, 0, ports).await?;
                 let nats_addr = ([127, 0, 0, 1], nats.port()).into();
@@ -103,6 +104,7 @@ impl Geo {
                 c.udp_ip = bind;
                 c.public_ip = Some(announce.to_string());
                 c.udp_port = ports.0;
+                c.relay_ports = (ports.0 + 1, ports.1);
                 c.ice_tcp_port = None;
             }
             tweak(&mut c);

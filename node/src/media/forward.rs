@@ -315,7 +315,10 @@ impl Inbound {
             self.counts.published_bytes += packet.payload.len() as u64;
         }
         let padding_only = packet.payload.is_empty();
-        let seq = match self.filter.accept(packet.header.sequence_number, padding_only) {
+        let seq = match self
+            .filter
+            .accept(packet.header.sequence_number, padding_only)
+        {
             SeqVerdict::Forward(seq) => seq,
             SeqVerdict::Duplicate => {
                 self.counts.duplicate += 1;

@@ -5,6 +5,7 @@
 pub mod engine;
 pub mod forward;
 pub mod interceptor;
+pub mod ports;
 pub mod sdp;
 
 use crate::counters::Counters;

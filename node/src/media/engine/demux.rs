@@ -3,10 +3,12 @@
 //! A STUN binding request names its connection: the first half of its USERNAME is the local
 //! ICE ufrag, which the engine makes itself and which carries the worker and connection
 //! ([`Ufrag`]). Every other datagram (DTLS, SRTP, SRTCP, STUN responses and indications) is
-//! routed by the address it came from, as learned from the binding requests that came from it
-//! (str0m's `Rtc::accepts` does the same). A datagram from an address no binding request came
-//! from is dropped: nobody can inject into a connection without first passing ICE from that
-//! address, and the ICE agent itself checks MESSAGE-INTEGRITY.
+//! routed by the address it came from (str0m's `Rtc::accepts` does the same). An address is
+//! learned only from what a connection itself sends ([`AddrTable::learn`]): its answer to a
+//! binding request that passed the ICE agent's MESSAGE-INTEGRITY check, or its own checks to
+//! the candidates the client signalled. So a forged binding request reaches the connection
+//! (which drops it) but teaches the engine nothing, and a datagram from an address no
+//! connection talks to is dropped.
 //!
 //! Everything here is pure and never panics on any input.
 
@@ -125,8 +127,6 @@ pub enum Verdict {
     To(Route),
     /// No connection is known for this address, or the ufrag is not ours.
     Unroutable,
-    /// The table is full of live entries.
-    Full,
     Junk,
 }
 
@@ -148,31 +148,20 @@ impl AddrTable {
         self.map.is_empty()
     }
 
-    /// Routes one datagram from `from`, learning the address from a binding request.
-    /// `workers` bounds the worker index a ufrag may name.
-    pub fn route(&mut self, data: &[u8], from: SocketAddr, workers: usize, now: Instant) -> Verdict {
+    /// Routes one datagram from `from`. `workers` bounds the worker index a ufrag may name.
+    pub fn route(
+        &mut self,
+        data: &[u8],
+        from: SocketAddr,
+        workers: usize,
+        now: Instant,
+    ) -> Verdict {
         match classify(data) {
             Datagram::Junk => Verdict::Junk,
-            Datagram::BindingRequest { local_ufrag } => {
-                let Some(route) = Ufrag::parse(local_ufrag) else {
-                    return Verdict::Unroutable;
-                };
-                if usize::from(route.worker) >= workers {
-                    return Verdict::Unroutable;
-                }
-                if let Some(entry) = self.map.get_mut(&from) {
-                    *entry = (route, now);
-                    return Verdict::To(route);
-                }
-                if self.map.len() >= self.cap {
-                    self.sweep(now);
-                    if self.map.len() >= self.cap {
-                        return Verdict::Full;
-                    }
-                }
-                self.map.insert(from, (route, now));
-                Verdict::To(route)
-            }
+            Datagram::BindingRequest { local_ufrag } => match Ufrag::parse(local_ufrag) {
+                Some(route) if usize::from(route.worker) < workers => Verdict::To(route),
+                _ => Verdict::Unroutable,
+            },
             Datagram::OtherStun | Datagram::Other => match self.map.get_mut(&from) {
                 Some((route, seen)) => {
                     *seen = now;
@@ -183,12 +172,31 @@ impl AddrTable {
         }
     }
 
+    /// A connection sends to `addr`: what comes from there is its. The newest sender wins
+    /// (a client's new connection from an old address). False when the table is full of
+    /// live entries.
+    pub fn learn(&mut self, addr: SocketAddr, route: Route, now: Instant) -> bool {
+        if let Some(entry) = self.map.get_mut(&addr) {
+            *entry = (route, now);
+            return true;
+        }
+        if self.map.len() >= self.cap {
+            self.sweep(now);
+            if self.map.len() >= self.cap {
+                return false;
+            }
+        }
+        self.map.insert(addr, (route, now));
+        true
+    }
+
     /// Forgets every address of a connection (it closed).
     pub fn forget(&mut self, route: Route) {
         self.map.retain(|_, (r, _)| *r != route);
     }
 
     /// Forgets idle entries; runs at most once per `idle / 4` unless the table is full.
+    /// (Connections keep their entries fresh: ICE consent checks come every few seconds.)
     pub fn maybe_sweep(&mut self, now: Instant) {
         let due = self
             .last_sweep
@@ -249,7 +257,7 @@ mod tests {
     }
 
     #[test]
-    fn binding_requests_name_their_connection_and_teach_the_address() {
+    fn binding_requests_name_their_connection_and_what_it_sends_to_teaches_the_address() {
         let mut t = AddrTable::new(16, Duration::from_secs(30));
         let now = Instant::now();
         let a = Route { worker: 0, conn: 7 };
@@ -267,6 +275,10 @@ mod tests {
             t.route(&binding_request(&format!("{ub}:remote2")), p2, 2, now),
             Verdict::To(b)
         );
+        // A binding request alone (its integrity is not checked here) teaches nothing.
+        assert_eq!(t.route(&dtls, p1, 2, now), Verdict::Unroutable);
+        assert!(t.learn(p1, a, now));
+        assert!(t.learn(p2, b, now));
         assert_eq!(t.route(&dtls, p1, 2, now), Verdict::To(a));
         assert_eq!(t.route(&[0x80, 96, 0, 1], p2, 2, now), Verdict::To(b));
         // A stray datagram from elsewhere reaches nobody.
@@ -281,9 +293,12 @@ mod tests {
             Verdict::Unroutable
         );
         assert_eq!(t.route(&dtls, p1, 2, now), Verdict::To(a));
-        t.forget(a);
+        // The newest sender to an address owns it.
+        assert!(t.learn(p1, b, now));
+        assert_eq!(t.route(&dtls, p1, 2, now), Verdict::To(b));
+        t.forget(b);
         assert_eq!(t.route(&dtls, p1, 2, now), Verdict::Unroutable);
-        assert_eq!(t.route(&dtls, p2, 2, now), Verdict::To(b));
+        assert_eq!(t.route(&dtls, p2, 2, now), Verdict::Unroutable);
     }
 
     #[test]
@@ -291,14 +306,16 @@ mod tests {
         let mut t = AddrTable::new(2, Duration::from_secs(10));
         let t0 = Instant::now();
         let r = Route { worker: 0, conn: 1 };
-        let req = binding_request(&format!("{}:x", Ufrag::make(r, 1)));
-        assert_eq!(t.route(&req, addr("1.1.1.1:1"), 1, t0), Verdict::To(r));
-        assert_eq!(t.route(&req, addr("1.1.1.1:2"), 1, t0), Verdict::To(r));
-        assert_eq!(t.route(&req, addr("1.1.1.1:3"), 1, t0), Verdict::Full);
+        assert!(t.learn(addr("1.1.1.1:1"), r, t0));
+        assert!(t.learn(addr("1.1.1.1:2"), r, t0));
+        assert!(!t.learn(addr("1.1.1.1:3"), r, t0));
         // A known address is still routed while full.
-        assert_eq!(t.route(&[23u8, 0], addr("1.1.1.1:1"), 1, t0), Verdict::To(r));
+        assert_eq!(
+            t.route(&[23u8, 0], addr("1.1.1.1:1"), 1, t0),
+            Verdict::To(r)
+        );
         let later = t0 + Duration::from_secs(11);
-        assert_eq!(t.route(&req, addr("1.1.1.1:3"), 1, later), Verdict::To(r));
+        assert!(t.learn(addr("1.1.1.1:3"), r, later));
         assert_eq!(t.len(), 1);
     }
 
@@ -317,8 +334,12 @@ mod tests {
         #[test]
         fn never_panics_on_any_datagram(data in proptest::collection::vec(any::<u8>(), 0..300), port in 1u16..) {
             let mut t = AddrTable::new(4, Duration::from_secs(1));
-            let _ = t.route(&data, SocketAddr::from(([127, 0, 0, 1], port)), 4, Instant::now());
-            prop_assert!(t.len() <= 4);
+            let from = SocketAddr::from(([127, 0, 0, 1], port));
+            // Routing never learns: an unknown address stays unknown whatever it sends.
+            let v = t.route(&data, from, 4, Instant::now());
+            prop_assert!(matches!(v, Verdict::Unroutable | Verdict::Junk | Verdict::To(_)));
+            prop_assert_eq!(t.len(), 0);
+            prop_assert_ne!(t.route(&[23u8, 0], from, 4, Instant::now()), Verdict::To(Route { worker: 0, conn: 1 }));
         }
 
         #[test]

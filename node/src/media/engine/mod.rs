@@ -49,6 +49,8 @@ pub struct EngineConfig {
     pub workers: usize,
     /// Datagrams a worker's queue holds before the receiver drops.
     pub queue: usize,
+    /// Ports for the receiving ends of relay links, inclusive; `(0, 0)`: any free port.
+    pub relay_ports: (u16, u16),
 }
 
 /// What the workers share (read-only after start).
@@ -61,6 +63,21 @@ pub struct EngineShared {
     pub certificate: RTCCertificate,
     socket: socket2::Socket,
     tcp_writers: tcp::Writers,
+    /// What connections send to, for the receiver's address table.
+    learn: crossbeam_channel::Sender<Learn>,
+    /// The bound IP, and the announced one, for relay links' own sockets.
+    bind_ip: IpAddr,
+    announce_ip: IpAddr,
+    pub(crate) relay_ports: crate::media::ports::PortPool,
+    pub(crate) rt: tokio::runtime::Handle,
+}
+
+/// A worker tells the receiver which addresses are whose.
+pub enum Learn {
+    /// A connection sent to this address (not a STUN error): what comes from it is its.
+    Add(SocketAddr, demux::Route),
+    /// A connection closed.
+    Forget(demux::Route),
 }
 
 pub struct Engine {
@@ -122,6 +139,7 @@ impl Engine {
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (learn_tx, learn_rx) = crossbeam_channel::bounded(65536);
         let shared = Arc::new(EngineShared {
             udp_local,
             tcp_local,
@@ -129,6 +147,11 @@ impl Engine {
             certificate,
             socket: sock,
             tcp_writers: tcp::Writers::default(),
+            learn: learn_tx,
+            bind_ip: config.udp.ip(),
+            announce_ip,
+            relay_ports: crate::media::ports::PortPool::new(config.relay_ports),
+            rt: rt.clone(),
         });
 
         let mut handles = Vec::with_capacity(workers_n);
@@ -155,7 +178,7 @@ impl Engine {
             let (workers, counters, stop) = (workers.clone(), counters.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("media-recv".into())
-                .spawn(move || receive(udp, &workers, &counters, &stop))?;
+                .spawn(move || receive(udp, &learn_rx, &workers, &counters, &stop))?;
         }
         if let Some(listener) = tcp_listener {
             let listener = {
@@ -227,11 +250,31 @@ fn default_announce_ip(bound: IpAddr) -> IpAddr {
 }
 
 /// The receiver thread: reads datagrams until the engine stops, routes them to workers.
-fn receive(socket: UdpSocket, workers: &[WorkerHandle], counters: &Counters, stop: &AtomicBool) {
+fn receive(
+    socket: UdpSocket,
+    learn: &crossbeam_channel::Receiver<Learn>,
+    workers: &[WorkerHandle],
+    counters: &Counters,
+    stop: &AtomicBool,
+) {
     let mut table = AddrTable::new(1 << 16, Duration::from_secs(30));
     let mut buf = vec![0u8; 2048];
+    let learn_all = |table: &mut AddrTable, now: Instant| {
+        while let Ok(l) = learn.try_recv() {
+            match l {
+                Learn::Add(addr, route) => {
+                    if !table.learn(addr, route, now) {
+                        tracing::warn!(%addr, "media address table full");
+                    }
+                }
+                Learn::Forget(route) => table.forget(route),
+            }
+        }
+    };
     while !stop.load(Ordering::Relaxed) {
-        let (n, from) = match socket.recv_from(&mut buf) {
+        let received = socket.recv_from(&mut buf);
+        learn_all(&mut table, Instant::now());
+        let (n, from) = match received {
             Ok(r) => r,
             Err(e)
                 if matches!(
@@ -258,6 +301,7 @@ fn receive(socket: UdpSocket, workers: &[WorkerHandle], counters: &Counters, sto
                 let d = worker::Data::Datagram {
                     conn: route.conn,
                     from,
+                    local: None,
                     proto: TransportProtocol::UDP,
                     bytes: BytesMut::from(data),
                     at: now,
@@ -266,7 +310,7 @@ fn receive(socket: UdpSocket, workers: &[WorkerHandle], counters: &Counters, sto
                     counters.engine_queue_full.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            Verdict::Unroutable | Verdict::Full | Verdict::Junk => {
+            Verdict::Unroutable | Verdict::Junk => {
                 counters.engine_unroutable.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -274,10 +318,85 @@ fn receive(socket: UdpSocket, workers: &[WorkerHandle], counters: &Counters, sto
     }
 }
 
+/// The socket of one relay link's receiving end: its own port, read by a task on the media
+/// runtime that feeds the owning worker like the receiver thread does.
+pub struct OwnSocket {
+    pub socket: Arc<socket2::Socket>,
+    /// The address its candidate announces (what `rtc` sees as local).
+    pub local: SocketAddr,
+    reader: tokio::task::JoinHandle<()>,
+    _lease: crate::media::ports::PortLease,
+}
+
+impl Drop for OwnSocket {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl EngineShared {
+    /// Binds a port of the relay range for connection `conn` of `worker`.
+    pub(crate) fn own_socket(
+        &self,
+        worker: WorkerHandle,
+        conn: u64,
+        counters: Arc<Counters>,
+    ) -> anyhow::Result<OwnSocket> {
+        let mut last = None;
+        for _ in 0..8 {
+            let lease = self.relay_ports.lease()?;
+            let bound = match UdpSocket::bind(SocketAddr::new(self.bind_ip, lease.port())) {
+                Ok(s) => s,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            bound.set_nonblocking(true)?;
+            let port = bound.local_addr()?.port();
+            let local = SocketAddr::new(self.announce_ip, port);
+            let sender = Arc::new(socket2::Socket::from(bound.try_clone()?));
+            let reader = {
+                let _in_runtime = self.rt.enter();
+                let socket = tokio::net::UdpSocket::from_std(bound)?;
+                self.rt.spawn(async move {
+                    let mut buf = vec![0u8; 2048];
+                    while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                        counters.engine_datagrams_in.fetch_add(1, Ordering::Relaxed);
+                        let d = worker::Data::Datagram {
+                            conn,
+                            from,
+                            local: Some(local),
+                            proto: TransportProtocol::UDP,
+                            bytes: BytesMut::from(&buf[..n]),
+                            at: Instant::now(),
+                        };
+                        if worker.data.try_send(d).is_err() {
+                            counters.engine_queue_full.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            };
+            return Ok(OwnSocket {
+                socket: sender,
+                local,
+                reader,
+                _lease: lease,
+            });
+        }
+        Err(anyhow::anyhow!(
+            "no usable relay port: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        ))
+    }
+}
+
 /// What a worker's connections wrote, sent at the end of its loop iteration.
 pub struct Outbox {
     shared: Arc<EngineShared>,
     queue: Vec<TaggedBytesMut>,
+    /// Relay links' own sockets by their announced address.
+    pub(crate) own: std::collections::HashMap<SocketAddr, Arc<socket2::Socket>>,
 }
 
 impl Outbox {
@@ -285,6 +404,7 @@ impl Outbox {
         Outbox {
             shared,
             queue: Vec::with_capacity(512),
+            own: std::collections::HashMap::new(),
         }
     }
 
@@ -305,8 +425,11 @@ impl Outbox {
                     .send(w.transport.peer_addr, w.message.freeze()),
                 _ => {
                     let addr = socket2::SockAddr::from(w.transport.peer_addr);
-                    self.shared
-                        .socket
+                    let socket = match self.own.get(&w.transport.local_addr) {
+                        Some(own) => own.as_ref(),
+                        None => &self.shared.socket,
+                    };
+                    socket
                         .send_to_with_flags(&w.message, &addr, libc_dontwait())
                         .is_ok()
                 }

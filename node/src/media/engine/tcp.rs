@@ -75,8 +75,7 @@ pub async fn accept_loop(
     stop: Arc<AtomicBool>,
 ) {
     while !stop.load(Ordering::Relaxed) {
-        let accepted =
-            tokio::time::timeout(Duration::from_millis(500), listener.accept()).await;
+        let accepted = tokio::time::timeout(Duration::from_millis(500), listener.accept()).await;
         let (stream, peer) = match accepted {
             Err(_) => continue,
             Ok(Err(e)) => {
@@ -148,8 +147,7 @@ async fn serve(
             let Ok(len) = u16::try_from(frame.len()) else {
                 continue;
             };
-            if w.write_all(&len.to_be_bytes()).await.is_err()
-                || w.write_all(&frame).await.is_err()
+            if w.write_all(&len.to_be_bytes()).await.is_err() || w.write_all(&frame).await.is_err()
             {
                 break;
             }
@@ -159,6 +157,7 @@ async fn serve(
         let d = Data::Datagram {
             conn: route.conn,
             from: peer,
+            local: None,
             proto: TransportProtocol::TCP,
             bytes: BytesMut::from(&buf[..]),
             at: Instant::now(),

@@ -44,12 +44,18 @@ pub enum Data {
     Datagram {
         conn: u64,
         from: SocketAddr,
+        /// The connection's own socket it came in on (a relay link's receiving end);
+        /// `None`: the node's media port.
+        local: Option<SocketAddr>,
         proto: TransportProtocol,
         bytes: BytesMut,
         at: Instant,
     },
     /// A packet for a down track whose connection lives here, from another worker.
-    Forward { conn: u64, packet: rtp::packet::Packet },
+    Forward {
+        conn: u64,
+        packet: rtp::packet::Packet,
+    },
 }
 
 /// The sending side of a worker's queues. Cheap to clone.
@@ -117,6 +123,18 @@ pub struct Conn {
     deadline: Option<Instant>,
     dirty: bool,
     state: RTCPeerConnectionState,
+    /// UDP addresses this connection sent to, as told to the receiver (a few at most).
+    remotes: Vec<SocketAddr>,
+    /// A relay link's receiving end has a socket of its own (see `media::ports`).
+    own_socket: Option<super::OwnSocket>,
+}
+
+/// Addresses one connection may own at once (a client's candidates that it checks).
+const MAX_REMOTES: usize = 16;
+
+/// A STUN error response (class bits 0b11): sent to whoever asked, owned by nobody.
+fn is_stun_error(data: &[u8]) -> bool {
+    data.len() >= 20 && data[0] < 4 && u16::from_be_bytes([data[0], data[1]]) & 0x0110 == 0x0110
 }
 
 const RELAY_ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
@@ -254,12 +272,16 @@ impl Worker {
             Data::Datagram {
                 conn,
                 from,
+                local,
                 proto,
                 bytes,
                 at,
             } => {
-                let local_addr = match proto {
-                    TransportProtocol::TCP => self.shared.tcp_local.unwrap_or(self.shared.udp_local),
+                let local_addr = match (local, proto) {
+                    (Some(own), _) => own,
+                    (None, TransportProtocol::TCP) => {
+                        self.shared.tcp_local.unwrap_or(self.shared.udp_local)
+                    }
                     _ => self.shared.udp_local,
                 };
                 let Some(c) = self.conns.get_mut(&conn) else {
@@ -317,6 +339,27 @@ impl Worker {
                     Some(RELAY_ICE_KEEPALIVE),
                 );
         }
+        // The receiving end of a relay link gets its own port; everything else shares the
+        // node's media port (and ICE-TCP, for clients).
+        let own_socket = if spec.relay && spec.relayed_from.is_some() {
+            let me = self.peers[usize::from(self.index)].clone();
+            Some(
+                self.shared
+                    .own_socket(me, id, self.counters.clone())
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            None
+        };
+        let candidates: Vec<String> = match &own_socket {
+            Some(own) => vec![format!(
+                "candidate:3 1 udp 2130706431 {} {} typ host",
+                own.local.ip(),
+                own.local.port()
+            )],
+            None if spec.relay => self.shared.candidates[..1].to_vec(),
+            None => self.shared.candidates.clone(),
+        };
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(
                 RTCConfigurationBuilder::new()
@@ -328,12 +371,15 @@ impl Worker {
             .with_interceptor_registry(registry)
             .build(Instant::now())
             .map_err(|e| e.to_string())?;
-        for candidate in &self.shared.candidates {
+        for candidate in candidates {
             pc.add_local_candidate(RTCIceCandidateInit {
-                candidate: candidate.clone(),
+                candidate,
                 ..Default::default()
             })
             .map_err(|e| e.to_string())?;
+        }
+        if let Some(own) = &own_socket {
+            self.outbox.own.insert(own.local, own.socket.clone());
         }
         self.conns.insert(
             id,
@@ -345,6 +391,8 @@ impl Worker {
                 deadline: None,
                 dirty: false,
                 state: RTCPeerConnectionState::New,
+                remotes: Vec::new(),
+                own_socket,
             },
         );
         self.touch(id);
@@ -373,6 +421,15 @@ impl Worker {
         while let Some(w) = conn.pc.poll_write() {
             self.outbox.push(w);
         }
+        if let Some(own) = conn.own_socket.take() {
+            // Its last words go out first.
+            self.outbox.flush(&self.counters);
+            self.outbox.own.remove(&own.local);
+        }
+        let _ = self.shared.learn.try_send(super::Learn::Forget(Route {
+            worker: self.index,
+            conn: id,
+        }));
         for (_, inbound) in conn.inbound.drain() {
             let track = inbound.source.id.clone();
             inbound.finish();
@@ -458,6 +515,28 @@ impl Worker {
             return;
         };
         while let Some(w) = c.pc.poll_write() {
+            let to = w.transport.peer_addr;
+            if w.transport.transport_protocol != TransportProtocol::TCP
+                && c.own_socket.is_none()
+                && !c.remotes.contains(&to)
+                && !is_stun_error(&w.message)
+            {
+                let route = Route {
+                    worker: self.index,
+                    conn: id,
+                };
+                if self
+                    .shared
+                    .learn
+                    .try_send(super::Learn::Add(to, route))
+                    .is_ok()
+                {
+                    if c.remotes.len() >= MAX_REMOTES {
+                        c.remotes.remove(0);
+                    }
+                    c.remotes.push(to);
+                }
+            }
             self.outbox.push(w);
         }
         let next = c.pc.poll_timeout();
