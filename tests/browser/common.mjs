@@ -234,3 +234,165 @@ export function summarize(last) {
   }
   return out;
 }
+
+// ---------------------------------------------------------------- ICE over TCP only
+
+// Runs in the page before its own script (`restrictToIceTcp`): the page's peer connections
+// behave as behind a firewall that drops UDP. Every UDP candidate is hidden, both ways: the
+// node's (`setRemoteDescription`, `addIceCandidate`), so the browser checks only the node's
+// passive TCP candidate (RFC 6544), and the browser's own (`localDescription` and the
+// `icecandidate` events the page sends on), so the node never checks a UDP path to the
+// browser either (that would give the browser a peer-reflexive UDP pair). What was dropped
+// and kept is counted in `window.__iceTcp`.
+function iceTcpOnly() {
+  const P = RTCPeerConnection.prototype;
+  const seen = { remoteUdpDropped: 0, remoteKept: 0, localUdpDropped: new Set() };
+  window.__iceTcp = {
+    get remoteUdpDropped() { return seen.remoteUdpDropped; },
+    get remoteKept() { return seen.remoteKept; },
+    get localUdpDropped() { return seen.localUdpDropped.size; },
+  };
+  const isUdp = (c) => /^(a=)?candidate:\S+\s+\d+\s+udp\s/i.test(String(c || '').trim());
+  const candidateOf = (c) => (c && typeof c === 'object' ? c.candidate : c);
+  // Removes the UDP `a=candidate` lines; `remote` says whose they are, for the counts.
+  const filterSdp = (sdp, remote) => String(sdp || '').split('\r\n').filter((line) => {
+    if (!line.startsWith('a=candidate:')) return true;
+    if (!isUdp(line)) {
+      if (remote) seen.remoteKept += 1;
+      return true;
+    }
+    if (remote) seen.remoteUdpDropped += 1;
+    else seen.localUdpDropped.add(line);
+    return false;
+  }).join('\r\n');
+
+  const setRemote = P.setRemoteDescription;
+  P.setRemoteDescription = function (desc, ...rest) {
+    if (desc && typeof desc.sdp === 'string') desc = { type: desc.type, sdp: filterSdp(desc.sdp, true) };
+    return setRemote.call(this, desc, ...rest);
+  };
+  const addCandidate = P.addIceCandidate;
+  P.addIceCandidate = function (c, ...rest) {
+    if (isUdp(candidateOf(c))) {
+      seen.remoteUdpDropped += 1;
+      return Promise.resolve();
+    }
+    if (candidateOf(c)) seen.remoteKept += 1;
+    return addCandidate.call(this, c, ...rest);
+  };
+  for (const name of ['localDescription', 'currentLocalDescription', 'pendingLocalDescription']) {
+    const d = Object.getOwnPropertyDescriptor(P, name);
+    if (!d || !d.get) continue;
+    Object.defineProperty(P, name, {
+      configurable: true,
+      enumerable: d.enumerable,
+      get() {
+        const v = d.get.call(this);
+        return v && new RTCSessionDescription({ type: v.type, sdp: filterSdp(v.sdp, false) });
+      },
+    });
+  }
+  // `icecandidate` listeners and `onicecandidate` never hear of a UDP candidate.
+  const wrapped = new WeakMap();
+  const tcpOnly = (listener) => {
+    if (typeof listener !== 'function' && !(listener && typeof listener.handleEvent === 'function')) return listener;
+    if (!wrapped.has(listener)) {
+      wrapped.set(listener, function (ev) {
+        if (ev && ev.candidate && isUdp(ev.candidate.candidate)) {
+          seen.localUdpDropped.add(ev.candidate.candidate);
+          return undefined;
+        }
+        return typeof listener === 'function' ? listener.call(this, ev) : listener.handleEvent(ev);
+      });
+    }
+    return wrapped.get(listener);
+  };
+  const add = P.addEventListener;
+  const remove = P.removeEventListener;
+  P.addEventListener = function (type, listener, ...rest) {
+    return add.call(this, type, type === 'icecandidate' ? tcpOnly(listener) : listener, ...rest);
+  };
+  P.removeEventListener = function (type, listener, ...rest) {
+    const l = type === 'icecandidate' && listener && wrapped.has(listener) ? wrapped.get(listener) : listener;
+    return remove.call(this, type, l, ...rest);
+  };
+  const on = Object.getOwnPropertyDescriptor(P, 'onicecandidate');
+  if (on && on.set) {
+    Object.defineProperty(P, 'onicecandidate', {
+      configurable: true,
+      enumerable: on.enumerable,
+      get() { return on.get.call(this); },
+      set(f) { on.set.call(this, typeof f === 'function' ? tcpOnly(f) : f); },
+    });
+  }
+}
+
+// Hides every UDP candidate from `p`'s peer connections (see `iceTcpOnly`); call before the
+// page loads.
+export async function restrictToIceTcp(p) {
+  await p.page.addInitScript(iceTcpOnly);
+}
+
+// Each of `p`'s peer connections (publisher, subscriber): its state, its selected candidate
+// pair (the transport's `selectedCandidatePairId`, else the nominated succeeded pair) with
+// both candidates, and how many candidates its remote description holds; plus what the
+// ICE-TCP filter dropped, when it runs.
+export async function selectedPairs(p) {
+  return p.page.evaluate(async () => {
+    const out = { filter: null };
+    if (window.__iceTcp) {
+      const f = window.__iceTcp;
+      out.filter = { remoteUdpDropped: f.remoteUdpDropped, remoteKept: f.remoteKept, localUdpDropped: f.localUdpDropped };
+    }
+    const d = window.demo;
+    for (const [which, pc] of [['publisher', d && d.publisherPc], ['subscriber', d && d.subscriberPc]]) {
+      if (!pc) {
+        out[which] = null;
+        continue;
+      }
+      const report = await pc.getStats();
+      const byId = new Map();
+      report.forEach((r) => byId.set(r.id, r));
+      let pair = null;
+      report.forEach((r) => {
+        if (r.type === 'transport' && r.selectedCandidatePairId && byId.has(r.selectedCandidatePairId)) {
+          pair = byId.get(r.selectedCandidatePairId);
+        }
+      });
+      if (!pair) {
+        report.forEach((r) => {
+          if (!pair && r.type === 'candidate-pair' && r.nominated && r.state === 'succeeded') pair = r;
+        });
+      }
+      const candidate = (id) => {
+        const c = id && byId.get(id);
+        if (!c) return null;
+        return { protocol: c.protocol, type: c.candidateType, tcpType: c.tcpType || null, address: c.address || c.ip, port: c.port };
+      };
+      const pairs = [];
+      report.forEach((r) => {
+        if (r.type !== 'candidate-pair') return;
+        const l = candidate(r.localCandidateId);
+        const c = candidate(r.remoteCandidateId);
+        pairs.push(`${l ? `${l.protocol} ${l.type} ${l.address}:${l.port}` : '?'} -> ${c ? `${c.protocol} ${c.type} ${c.address}:${c.port}` : '?'} ` +
+          `${r.state}${r.nominated ? ' nominated' : ''}${r === pair ? ' selected' : ''} sent ${r.bytesSent || 0} received ${r.bytesReceived || 0}`);
+      });
+      const remoteSdp = pc.remoteDescription ? pc.remoteDescription.sdp : null;
+      out[which] = {
+        connection: pc.connectionState,
+        ice: pc.iceConnectionState,
+        remoteCandidates: remoteSdp === null ? null : (remoteSdp.match(/^a=candidate:/gm) || []).length,
+        pair: pair && {
+          state: pair.state,
+          nominated: Boolean(pair.nominated),
+          bytesSent: pair.bytesSent || 0,
+          bytesReceived: pair.bytesReceived || 0,
+          local: candidate(pair.localCandidateId),
+          remote: candidate(pair.remoteCandidateId),
+        },
+        pairs,
+      };
+    }
+    return out;
+  });
+}

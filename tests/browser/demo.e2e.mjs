@@ -23,17 +23,28 @@
 //                    all, or none
 //   E2E_RESUME=1     also drop alice's signaling socket once media flows; she must resume
 //                    and bob must decode her video again
+//   E2E_ICE          any (default), or tcp: both pages as behind a firewall that drops UDP
+//                    (every UDP candidate hidden from their peer connections, both ways), so
+//                    the node's ICE-TCP candidate is the only path. Either way the result
+//                    lists each page's candidate pairs, per peer connection (`pages.*.ice`)
+//   E2E_HOLD=1       once media flows both ways, print {"event":"media","ice":{..}} and wait
+//                    for a line on stdin (at most 20 s; EOF goes on at once) before going on,
+//                    so that the harness can look at the node while both pages are connected
 //   CHROMIUM_PATH    Chromium binary (default /usr/bin/chromium)
 
+import readline from 'node:readline';
 import {
   Failure, STEP_TIMEOUT_MS, checkChromium, closeParticipant, dumpConsole, joinThroughForm, log,
-  missing, openParticipant, parseBase, screenshot, since, snapshot, summarize, until,
+  missing, openParticipant, parseBase, restrictToIceTcp, screenshot, selectedPairs, since,
+  snapshot, summarize, until,
 } from './common.mjs';
 
 const MEDIA_TIMEOUT_MS = Number(process.env.E2E_TIMEOUT_MS || 90000);
 const SCREENSHOT = process.env.E2E_SCREENSHOT || '';
 const TRICKLE = process.env.E2E_TRICKLE || 'mixed';
 const RESUME = process.env.E2E_RESUME === '1';
+const ICE = process.env.E2E_ICE || 'any';
+const HOLD = process.env.E2E_HOLD === '1';
 
 function usage(msg) {
   console.error(`${msg}\nusage: node demo.e2e.mjs <base url, e.g. http://127.0.0.1:7880> [<bob's base url>]`);
@@ -45,6 +56,7 @@ if (!baseArg) usage('missing base URL');
 const base = parseBase(baseArg, usage);
 const bases = { alice: base, bob: process.argv[3] ? parseBase(process.argv[3], usage) : base };
 checkChromium(usage);
+if (ICE !== 'any' && ICE !== 'tcp') usage(`E2E_ICE must be any or tcp, not ${JSON.stringify(ICE)}`);
 
 const room = `e2e-${Math.random().toString(36).slice(2, 10)}`;
 const result = {
@@ -54,6 +66,7 @@ const result = {
   bob_base: bases.bob.origin,
   room,
   trickle: TRICKLE,
+  ice: ICE,
   phases: {},
   pages: {},
   screenshots: [],
@@ -66,6 +79,36 @@ function trickleFor(who) {
 }
 
 const join = (p) => joinThroughForm(p, bases[p.who], room, trickleFor(p.who));
+
+// With E2E_ICE=tcp: a peer connection whose remote description kept no candidate can never
+// connect (the node announced no ICE-TCP candidate), so say so instead of waiting.
+function checkIceTcp(p, pairs) {
+  for (const which of ['publisher', 'subscriber']) {
+    const pc = pairs[which];
+    if (pc && pc.remoteCandidates === 0) {
+      throw new Failure(`${p.who}: the node's ${which} description has no TCP candidate left once its UDP ` +
+        `ones are hidden (is ICE-TCP off on the node?); filter ${JSON.stringify(pairs.filter)}`);
+    }
+  }
+}
+
+// The next line on stdin (null at EOF, undefined after `timeoutMs`); only with E2E_HOLD=1.
+function nextLine(timeoutMs) {
+  return new Promise((resolve) => {
+    const rl = readline.createInterface({ input: process.stdin });
+    let settled = false;
+    const done = (line) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      resolve(line);
+      rl.close();
+    };
+    const timer = setTimeout(() => done(undefined), timeoutMs);
+    rl.once('line', done);
+    rl.once('close', () => done(null));
+  });
+}
 
 async function main() {
   let t = Date.now();
@@ -82,6 +125,7 @@ async function main() {
   }, MEDIA_TIMEOUT_MS + 4 * STEP_TIMEOUT_MS + 30000);
 
   try {
+    if (ICE === 'tcp') await Promise.all(people.map(restrictToIceTcp));
     t = Date.now();
     await join(alice);
     await join(bob);
@@ -97,6 +141,9 @@ async function main() {
           throw new Failure(`a page left the call (state ${s.state}); errors: ${s.errors.join(' | ') || 'none'}`);
         }
       }
+      if (ICE === 'tcp') {
+        for (const p of people) checkIceTcp(p, await selectedPairs(p));
+      }
       const why = [missing(alice, bob, sa), missing(bob, alice, sb)].filter(Boolean);
       return { done: why.length === 0, why: why.join('; ') };
     }).catch((e) => {
@@ -108,6 +155,15 @@ async function main() {
     result.pages.alice = { id: alice.id, name: alice.name, trickle: trickleFor('alice'), from_bob: sa.stats[bob.id] };
     result.pages.bob = { id: bob.id, name: bob.name, trickle: trickleFor('bob'), from_alice: sb.stats[alice.id] };
     log('media flows both ways', JSON.stringify({ alice: sa.stats[bob.id], bob: sb.stats[alice.id] }));
+    const [ia, ib] = await Promise.all([selectedPairs(alice), selectedPairs(bob)]);
+    result.pages.alice.ice = ia;
+    result.pages.bob.ice = ib;
+    log('selected candidate pairs', JSON.stringify({ alice: ia, bob: ib }));
+    if (HOLD) {
+      process.stdout.write(JSON.stringify({ event: 'media', room, ice: { alice: ia, bob: ib } }) + '\n');
+      const line = await nextLine(STEP_TIMEOUT_MS);
+      log(`harness: ${line === undefined ? 'no answer, going on' : JSON.stringify(line)}`);
+    }
 
     if (SCREENSHOT) {
       await screenshot(alice, SCREENSHOT, result);

@@ -19,10 +19,12 @@ pub mod tcp;
 pub mod worker;
 
 use crate::counters::Counters;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use demux::{AddrTable, Verdict};
+use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::shared::{TaggedBytesMut, TransportProtocol};
+use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -412,34 +414,48 @@ impl Outbox {
         self.queue.push(w);
     }
 
+    /// Sends everything queued: UDP datagrams in `sendmmsg` batches per socket (one system
+    /// call for a packet's whole fan-out), ICE-TCP frames to their streams' queues. Nothing
+    /// blocks: what the socket buffer cannot take is dropped and counted.
     pub fn flush(&mut self, counters: &Counters) {
         if self.queue.is_empty() {
             return;
         }
         let (mut sent, mut dropped) = (0u64, 0u64);
-        for w in self.queue.drain(..) {
-            let ok = match w.transport.transport_protocol {
-                TransportProtocol::TCP => self
-                    .shared
-                    .tcp_writers
-                    .send(w.transport.peer_addr, w.message.freeze()),
-                _ => {
-                    let addr = socket2::SockAddr::from(w.transport.peer_addr);
-                    let socket = match self.own.get(&w.transport.local_addr) {
-                        Some(own) => own.as_ref(),
-                        None => &self.shared.socket,
-                    };
-                    socket
-                        .send_to_with_flags(&w.message, &addr, libc_dontwait())
-                        .is_ok()
+        let mut queue = std::mem::take(&mut self.queue);
+        let mut i = 0;
+        while i < queue.len() {
+            let w = &queue[i];
+            if w.transport.transport_protocol == TransportProtocol::TCP {
+                let frame = Bytes::copy_from_slice(&w.message);
+                if self.shared.tcp_writers.send(w.transport.peer_addr, frame) {
+                    sent += 1;
+                } else {
+                    dropped += 1;
                 }
-            };
-            if ok {
-                sent += 1;
-            } else {
-                dropped += 1;
+                i += 1;
+                continue;
             }
+            // A run of datagrams leaving through the same socket.
+            let local = w.transport.local_addr;
+            let own = self.own.get(&local).cloned();
+            let mut end = i + 1;
+            while end < queue.len()
+                && end - i < SEND_BATCH
+                && queue[end].transport.transport_protocol != TransportProtocol::TCP
+                && (own.is_none() || queue[end].transport.local_addr == local)
+                && (own.is_some() || !self.own.contains_key(&queue[end].transport.local_addr))
+            {
+                end += 1;
+            }
+            let socket = own.as_deref().unwrap_or(&self.shared.socket);
+            let n = send_batch(socket, &queue[i..end]);
+            sent += n as u64;
+            dropped += (end - i - n) as u64;
+            i = end;
         }
+        queue.clear();
+        self.queue = queue;
         counters
             .engine_datagrams_out
             .fetch_add(sent, Ordering::Relaxed);
@@ -451,6 +467,50 @@ impl Outbox {
     }
 }
 
-fn libc_dontwait() -> i32 {
-    nix::sys::socket::MsgFlags::MSG_DONTWAIT.bits()
+/// Datagrams per `sendmmsg` call (the kernel takes at most `UIO_MAXIOV`, 1024).
+const SEND_BATCH: usize = 512;
+
+/// Sends `batch` on `socket` with as few `sendmmsg` calls as the kernel allows; returns how
+/// many went out. A full socket buffer (EAGAIN) drops the rest of the batch.
+fn send_batch(socket: &socket2::Socket, batch: &[TaggedBytesMut]) -> usize {
+    use std::os::fd::AsRawFd;
+    let addrs: Vec<Option<SockaddrStorage>> = batch
+        .iter()
+        .map(|w| Some(SockaddrStorage::from(w.transport.peer_addr)))
+        .collect();
+    let iovs: Vec<[IoSlice<'_>; 1]> = batch.iter().map(|w| [IoSlice::new(&w.message)]).collect();
+    // (The headers hold raw pointers, so they are not `Send` and cannot live in the worker
+    // between flushes; one allocation per batch.)
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(batch.len(), None);
+    let (mut at, mut sent) = (0, 0);
+    // Bounded: each round moves `at` forward or stops.
+    while at < batch.len() {
+        let res = sendmmsg(
+            socket.as_raw_fd(),
+            &mut headers,
+            &iovs[at..],
+            &addrs[at..],
+            [],
+            MsgFlags::MSG_DONTWAIT,
+        );
+        match res {
+            Ok(results) => {
+                let n = results.count();
+                if n == 0 {
+                    break;
+                }
+                at += n;
+                sent += n;
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            // The socket buffer is full: the rest is dropped.
+            Err(nix::errno::Errno::EAGAIN) => break,
+            Err(e) => {
+                // Anything else (a peer's ICMP error surfacing) concerns the first datagram.
+                tracing::trace!(error = %e, to = %batch[at].transport.peer_addr, "send");
+                at += 1;
+            }
+        }
+    }
+    sent
 }
