@@ -114,7 +114,7 @@ fn run(args: NodeArgs) -> anyhow::Result<()> {
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
-            "info,webrtc=warn,rtc=error,rtc_ice=warn,rtc_dtls=error,rtc_srtp=error",
+            "info,rtc=error,rtc_ice=error,rtc_dtls=error,rtc_srtp=error",
         )
     });
     // No colour codes in files or pipes.

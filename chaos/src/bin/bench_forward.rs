@@ -347,7 +347,7 @@ impl NodeProc {
         let err = out.try_clone()?;
         let child = Command::new(bin)
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--dev-tokens", "--udp-ports", "0"])
+            .args(["--dev-tokens", "--udp-ports", "0", "--room-node-share", "0"])
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

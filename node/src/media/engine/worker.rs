@@ -121,7 +121,10 @@ pub struct Conn {
     /// requests go where.
     pub outbound: HashMap<String, Arc<TrackSource>>,
     deadline: Option<Instant>,
+    /// Something happened that may raise events, reads, writes or a new timer.
     dirty: bool,
+    /// Only packets were written to it (forwarding): its writes need draining, nothing else.
+    wrote: bool,
     state: RTCPeerConnectionState,
     /// UDP addresses this connection sent to, as told to the receiver (a few at most).
     remotes: Vec<SocketAddr>,
@@ -148,7 +151,8 @@ pub struct Worker {
     pub index: u8,
     shared: Arc<EngineShared>,
     counters: Arc<Counters>,
-    conns: HashMap<u64, Conn>,
+    /// By connection id (a fast hash: two lookups per forwarded packet and subscriber).
+    conns: rustc_hash::FxHashMap<u64, Conn>,
     next_id: u64,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     dirty: Vec<u64>,
@@ -169,7 +173,7 @@ impl Worker {
             index,
             shared,
             counters,
-            conns: HashMap::new(),
+            conns: rustc_hash::FxHashMap::default(),
             next_id: 1,
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
@@ -390,6 +394,7 @@ impl Worker {
                 outbound: HashMap::new(),
                 deadline: None,
                 dirty: false,
+                wrote: false,
                 state: RTCPeerConnectionState::New,
                 remotes: Vec::new(),
                 own_socket,
@@ -472,7 +477,10 @@ impl Worker {
                 .dropped_write_error
                 .fetch_add(1, Ordering::Relaxed);
         }
-        mark(&mut self.dirty, conn, c);
+        if !c.dirty && !c.wrote {
+            c.wrote = true;
+            self.dirty.push(conn);
+        }
     }
 
     /// Drives every connection something happened to: events, reads (forwarding), writes,
@@ -496,12 +504,25 @@ impl Worker {
     }
 
     fn drive(&mut self, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if !c.dirty {
+            // Forwarded packets only: encrypt and queue them. (Writing media raises no event
+            // and no read, and moves no timer of a connection that only sends.)
+            c.wrote = false;
+            while let Some(w) = c.pc.poll_write() {
+                self.outbox.push(w);
+            }
+            return;
+        }
         let now = Instant::now();
         self.events(id);
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
         c.dirty = false;
+        c.wrote = false;
         let mut reads = std::mem::take(&mut self.reads);
         while let Some(m) = c.pc.poll_read() {
             reads.push(m);
@@ -714,6 +735,8 @@ impl Worker {
 fn mark(dirty: &mut Vec<u64>, id: u64, c: &mut Conn) {
     if !c.dirty {
         c.dirty = true;
-        dirty.push(id);
+        if !c.wrote {
+            dirty.push(id);
+        }
     }
 }
