@@ -17,7 +17,9 @@ use crate::events::{CloseInfo, EventLog, TaskSet};
 use crate::peer::{to_rtc_candidate, Peer};
 use crate::publisher::{LocalTrack, PublishOpts};
 use crate::stats::{LatencyHistogram, TrackStats};
-use crate::subscriber::{self, StatsBook, SubscriberCmd, SubscriberCtx, TrackReaders};
+use crate::subscriber::{
+    self, ReceivedCodec, StatsBook, SubscriberCmd, SubscriberCtx, TrackReaders,
+};
 use crate::ws::{next_incoming, Incoming, WsRead, WsWriter};
 use futures::StreamExt;
 use protocol::signal::{
@@ -396,6 +398,11 @@ impl Client {
     /// Per received track: counts, loss, duplicates and latency percentiles.
     pub fn track_stats(&self) -> Vec<TrackStats> {
         self.stats.snapshot()
+    }
+
+    /// Per received track: its codec and the payload types its packets carried.
+    pub fn received_codecs(&self) -> Vec<ReceivedCodec> {
+        self.stats.codecs()
     }
 
     /// Per received track (publisher, track id): a copy of its latency histogram. Two copies

@@ -53,8 +53,9 @@ pub use client::{
 };
 pub use error::{Error, Result};
 pub use events::CloseInfo;
-pub use publisher::{PublishOpts, SentStats};
+pub use publisher::{PublishOpts, SentStats, VideoCodec};
 pub use stats::TrackStats;
+pub use subscriber::ReceivedCodec;
 
 /// Polls `check` until it returns `Ok`, or fails after `timeout` with the last reason it
 /// gave: what tests and scenario runs wait on instead of sleeping.

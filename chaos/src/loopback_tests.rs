@@ -4,7 +4,7 @@
 
 use crate::events::TaskSet;
 use crate::peer::{build_peer, Peer, TrackSink};
-use crate::publisher::{self, LocalTrack, PublishOpts};
+use crate::publisher::{self, LocalTrack, PublishOpts, VideoCodec};
 use crate::stats::TrackStats;
 use crate::subscriber::{StatsBook, TrackReaders};
 use protocol::signal::TrackKind;
@@ -70,10 +70,10 @@ async fn synthetic_rtp_crosses_a_loopback_pair() {
     let sender = build_peer(LOOPBACK, &[], None, None).await.unwrap();
     let receiver = build_peer(LOOPBACK, &[], Some(sink), None).await.unwrap();
 
-    let mut audio = publisher::add_track(&sender, TrackKind::Audio, "alice")
+    let mut audio = publisher::add_track(&sender, TrackKind::Audio, VideoCodec::Vp8, "alice")
         .await
         .unwrap();
-    let mut video = publisher::add_track(&sender, TrackKind::Video, "alice")
+    let mut video = publisher::add_track(&sender, TrackKind::Video, VideoCodec::Vp8, "alice")
         .await
         .unwrap();
     negotiate(&sender, &receiver).await.unwrap();

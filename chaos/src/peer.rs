@@ -5,8 +5,11 @@
 //! callback. The remote tracks go to an optional [`TrackSink`].
 
 use crate::error::{Error, Result};
+use crate::publisher::KeyframeRequestMarker;
 use protocol::signal::{IceCandidate, IceServer};
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::Slot;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodecParameters, RtpCodecKind};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,10 +96,30 @@ pub(crate) async fn build_peer(
     tracks: Option<Arc<dyn TrackSink>>,
     ice_check_interval: Option<Duration>,
 ) -> Result<Peer> {
+    build_peer_with_codecs(local, ice_servers, tracks, ice_check_interval, None).await
+}
+
+/// [`build_peer`] registering `codecs` instead of the default codecs when given. Keyframe
+/// requests (PLI, FIR) reach the local tracks they name ([`KeyframeRequestMarker`]).
+pub(crate) async fn build_peer_with_codecs(
+    local: impl Into<LocalAddr>,
+    ice_servers: &[IceServer],
+    tracks: Option<Arc<dyn TrackSink>>,
+    ice_check_interval: Option<Duration>,
+    codecs: Option<Vec<(RTCRtpCodecParameters, RtpCodecKind)>>,
+) -> Result<Peer> {
     let local = local.into();
     let mut media_engine = MediaEngine::default();
-    media_engine.register_default_codecs()?;
-    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+    match codecs {
+        None => media_engine.register_default_codecs()?,
+        Some(codecs) => {
+            for (codec, kind) in codecs {
+                media_engine.register_codec(codec, kind)?;
+            }
+        }
+    }
+    let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
+        .with(Slot::from(14_000), KeyframeRequestMarker::default());
     // Query-only mDNS (the default) opens a multicast socket on port 5353 per connection;
     // a synthetic client on loopback never needs it.
     let mut settings =

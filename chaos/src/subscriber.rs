@@ -8,7 +8,8 @@ use crate::peer::{build_peer, to_rtc_candidate, LocalAddr, Peer, TrackSink};
 use crate::stats::{LatencyHistogram, TrackAccumulator, TrackStats};
 use crate::ws::WsWriter;
 use protocol::signal::{ClientMessage, IceCandidate, IceServer, TrackKind};
-use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -19,13 +20,54 @@ use webrtc::peer_connection::{RTCIceCandidateInit, RTCSessionDescription};
 
 type Key = (String, String);
 
+/// The codec of a received track: what the payload type of its packets maps to in this
+/// subscriber's negotiated SDP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReceivedCodec {
+    /// The publisher's participant id (the track's msid stream id).
+    pub publisher: String,
+    /// The track id the node assigned (the track's msid track id).
+    pub track_id: String,
+    /// E.g. `video/H264`; empty when the payload type mapped to no negotiated codec.
+    pub mime_type: String,
+    pub sdp_fmtp_line: String,
+    /// The payload types the received packets carried, in the order first seen.
+    pub payload_types: Vec<u8>,
+}
+
 /// Per-track accumulators, keyed by (publisher, track id).
 #[derive(Default)]
 pub(crate) struct StatsBook {
     tracks: Mutex<BTreeMap<Key, Arc<Mutex<TrackAccumulator>>>>,
+    codecs: Mutex<BTreeMap<Key, ReceivedCodec>>,
 }
 
 impl StatsBook {
+    /// Notes that a packet of `key` carried `payload_type`, which `codec` is for.
+    fn record_codec(&self, key: &Key, payload_type: u8, codec: Option<&RTCRtpCodec>) {
+        let mut codecs = self.codecs.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = codecs.entry(key.clone()).or_insert_with(|| ReceivedCodec {
+            publisher: key.0.clone(),
+            track_id: key.1.clone(),
+            mime_type: String::new(),
+            sdp_fmtp_line: String::new(),
+            payload_types: Vec::new(),
+        });
+        if let Some(c) = codec {
+            entry.mime_type.clone_from(&c.mime_type);
+            entry.sdp_fmtp_line.clone_from(&c.sdp_fmtp_line);
+        }
+        if !entry.payload_types.contains(&payload_type) {
+            entry.payload_types.push(payload_type);
+        }
+    }
+
+    /// The codec of every track received so far.
+    pub fn codecs(&self) -> Vec<ReceivedCodec> {
+        let codecs = self.codecs.lock().unwrap_or_else(|p| p.into_inner());
+        codecs.values().cloned().collect()
+    }
+
     fn entry(&self, key: Key, kind: TrackKind) -> Arc<Mutex<TrackAccumulator>> {
         let mut tracks = self.tracks.lock().unwrap_or_else(|p| p.into_inner());
         tracks
@@ -81,11 +123,20 @@ async fn read_track(track: Arc<dyn TrackRemote>, stats: Arc<StatsBook>) {
         _ => TrackKind::Video,
     };
     tracing::debug!(%publisher, %track_id, ?kind, "remote track");
-    let acc = stats.entry((publisher, track_id), kind);
+    let key = (publisher, track_id);
+    let acc = stats.entry(key.clone(), kind);
+    // (ssrc, payload type) of the last packet: the codec is looked up when it changes.
+    let mut last: Option<(u32, u8)> = None;
     while let Some(event) = track.poll().await {
         match event {
             TrackRemoteEvent::OnRtpPacket(pkt) => {
                 let now = unix_now_us();
+                let format = (pkt.header.ssrc, pkt.header.payload_type);
+                if last != Some(format) {
+                    last = Some(format);
+                    let codec = track.codec(format.0).await;
+                    stats.record_codec(&key, format.1, codec.as_ref());
+                }
                 acc.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .record_payload(&pkt.payload, now);

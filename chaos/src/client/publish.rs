@@ -3,7 +3,7 @@
 
 use super::{lock, Client, Joined, Publisher};
 use crate::error::{Error, Result};
-use crate::peer::{build_peer, LocalAddr, Peer};
+use crate::peer::{build_peer_with_codecs, LocalAddr, Peer};
 use crate::publisher::{self, LocalTrack, PublishOpts, SentStats};
 use protocol::signal::{ClientMessage, IceServer, ServerMessage, TrackKind};
 use webrtc::peer_connection::RTCSessionDescription;
@@ -44,7 +44,14 @@ impl Client {
                     bind: self.config.bind_ip,
                     announce: self.config.announce_ip,
                 };
-                let peer = build_peer(local, &ice, None, self.config.ice_check_interval).await?;
+                let peer = build_peer_with_codecs(
+                    local,
+                    &ice,
+                    None,
+                    self.config.ice_check_interval,
+                    opts.media_codecs(),
+                )
+                .await?;
                 lock(&self.peers).push(peer.clone());
                 slot.insert(Publisher {
                     peer,
@@ -57,7 +64,8 @@ impl Client {
         let added = publisher.tracks.len();
         let result = async {
             for kind in kinds {
-                let t = publisher::add_track(&publisher.peer, kind, stream_id).await?;
+                let t = publisher::add_track(&publisher.peer, kind, opts.video_codec, stream_id)
+                    .await?;
                 publisher.tracks.push(t);
             }
             self.negotiate_publisher(&publisher.peer).await?;
