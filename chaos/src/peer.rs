@@ -5,7 +5,7 @@
 //! callback. The remote tracks go to an optional [`TrackSink`].
 
 use crate::error::{Error, Result};
-use crate::publisher::KeyframeRequestMarker;
+use protocol::keyframe::KeyframeRequestForwarder;
 use protocol::signal::{IceCandidate, IceServer};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::Slot;
@@ -100,7 +100,7 @@ pub(crate) async fn build_peer(
 }
 
 /// [`build_peer`] registering `codecs` instead of the default codecs when given. Keyframe
-/// requests (PLI, FIR) reach the local tracks they name ([`KeyframeRequestMarker`]).
+/// requests (PLI, FIR) reach the local tracks they name ([`KeyframeRequestForwarder`]).
 pub(crate) async fn build_peer_with_codecs(
     local: impl Into<LocalAddr>,
     ice_servers: &[IceServer],
@@ -119,7 +119,7 @@ pub(crate) async fn build_peer_with_codecs(
         }
     }
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
-        .with(Slot::from(14_000), KeyframeRequestMarker::default());
+        .with(Slot::from(14_000), KeyframeRequestForwarder::default());
     // Query-only mDNS (the default) opens a multicast socket on port 5353 per connection;
     // a synthetic client on loopback never needs it.
     let mut settings =

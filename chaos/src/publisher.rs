@@ -5,25 +5,20 @@ use crate::error::{Error, Result};
 use crate::events::TaskSet;
 use crate::payload::{unix_now_us, Generator, MediaKind};
 use crate::peer::Peer;
+use protocol::keyframe::is_keyframe_request;
 use protocol::signal::TrackKind;
-use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8,
 };
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
-use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-use rtc::sansio::Protocol;
 use serde::Serialize;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::MissedTickBehavior;
@@ -358,7 +353,7 @@ pub(crate) async fn start_sending(
     Ok(())
 }
 
-/// Counts the keyframe requests the remote sends about a track ([`KeyframeRequestMarker`]
+/// Counts the keyframe requests the remote sends about a track ([`protocol::keyframe::KeyframeRequestForwarder`]
 /// hands them to the track), from when the connection is up until the track is unbound.
 async fn read_feedback(
     track: Arc<TrackLocalStaticRTP>,
@@ -366,18 +361,7 @@ async fn read_feedback(
     keyframe_requests: Arc<AtomicU64>,
 ) {
     // The track is bound (its events readable) by the time the connection is up.
-    let connected = state
-        .wait_for(|s| {
-            matches!(
-                s,
-                RTCPeerConnectionState::Connected
-                    | RTCPeerConnectionState::Failed
-                    | RTCPeerConnectionState::Closed
-            )
-        })
-        .await
-        .is_ok_and(|s| *s == RTCPeerConnectionState::Connected);
-    if !connected {
+    if !connected(&mut state).await {
         return;
     }
     while let Some(event) = track.poll().await {
@@ -391,74 +375,9 @@ async fn read_feedback(
     }
 }
 
-fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
-    let any = packet.as_any();
-    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
-}
-
-/// The last interceptor of a client connection: marks inbound keyframe requests (PLI, FIR)
-/// for the application, which webrtc 0.21 otherwise stops at the end of the chain, so they
-/// reach the local track they name ([`SentStats::keyframe_requests`]). Other RTCP ends here,
-/// as it would without it.
-#[derive(Default)]
-pub(crate) struct KeyframeRequestMarker {
-    read_queue: VecDeque<TaggedPacket>,
-    write_queue: VecDeque<TaggedPacket>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestMarker {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> std::result::Result<(), Self::Error> {
-        if let Packet::Rtcp(packets) = &msg.message.packet {
-            let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
-                .iter()
-                .filter(|p| is_keyframe_request(p.as_ref()))
-                .cloned()
-                .collect();
-            if requests.is_empty() {
-                return Ok(());
-            }
-            msg.message.packet = Packet::Rtcp(requests);
-            msg.message.add(Attribute::DeliverToApplication);
-        }
-        self.read_queue.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.read_queue.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> std::result::Result<(), Self::Error> {
-        self.write_queue.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<Self::Wout> {
-        self.write_queue.pop_front()
-    }
-}
-
-impl Interceptor for KeyframeRequestMarker {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
-}
-
-async fn send_loop(
-    track: Arc<TrackLocalStaticRTP>,
-    mut generator: Generator,
-    mut state: watch::Receiver<RTCPeerConnectionState>,
-    sent: Arc<AtomicU64>,
-) {
-    // Packets written before DTLS is up are dropped by webrtc; start counting when connected.
-    let connected = state
+/// Waits until the connection is up (true) or has failed or closed (false).
+async fn connected(state: &mut watch::Receiver<RTCPeerConnectionState>) -> bool {
+    state
         .wait_for(|s| {
             matches!(
                 s,
@@ -468,8 +387,17 @@ async fn send_loop(
             )
         })
         .await
-        .is_ok_and(|s| *s == RTCPeerConnectionState::Connected);
-    if !connected {
+        .is_ok_and(|s| *s == RTCPeerConnectionState::Connected)
+}
+
+async fn send_loop(
+    track: Arc<TrackLocalStaticRTP>,
+    mut generator: Generator,
+    mut state: watch::Receiver<RTCPeerConnectionState>,
+    sent: Arc<AtomicU64>,
+) {
+    // Packets written before DTLS is up are dropped by webrtc; start counting when connected.
+    if !connected(&mut state).await {
         return;
     }
     let mut ticker = tokio::time::interval(generator.tick_interval());

@@ -8,6 +8,8 @@ pub mod cascade;
 pub mod cluster;
 pub mod error;
 pub mod ids;
+#[cfg(feature = "rtc")]
+pub mod keyframe;
 pub mod placement;
 pub mod signal;
 pub mod token;
