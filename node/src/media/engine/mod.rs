@@ -169,13 +169,14 @@ impl Engine {
             receivers.push((ctl_rx, data_rx));
         }
         let workers: Arc<[WorkerHandle]> = handles.into();
+        let stop = Arc::new(AtomicBool::new(false));
         for (i, (ctl_rx, data_rx)) in receivers.into_iter().enumerate() {
             let w = Worker::new(i as u8, shared.clone(), counters.clone(), workers.clone());
+            let stop = stop.clone();
             std::thread::Builder::new()
                 .name(format!("media-{i}"))
-                .spawn(move || w.run(ctl_rx, data_rx))?;
+                .spawn(move || w.run(ctl_rx, data_rx, &stop))?;
         }
-        let stop = Arc::new(AtomicBool::new(false));
         {
             let (workers, counters, stop) = (workers.clone(), counters.clone(), stop.clone());
             std::thread::Builder::new()

@@ -187,9 +187,14 @@ impl Worker {
         self.conns.len()
     }
 
-    /// Runs until both queues are closed (the engine was dropped).
-    pub(super) fn run(mut self, ctl: Receiver<Call>, data: Receiver<Data>) {
-        loop {
+    /// Runs until the engine is dropped (`stop`) or its queues close.
+    pub(super) fn run(
+        mut self,
+        ctl: Receiver<Call>,
+        data: Receiver<Data>,
+        stop_flag: &std::sync::atomic::AtomicBool,
+    ) {
+        while !stop_flag.load(Ordering::Relaxed) {
             let now = Instant::now();
             let wait = self
                 .next_deadline()
