@@ -38,14 +38,7 @@ fn run_driver(
         &[("E2E_SCREENSHOT", screenshot), ("E2E_RESUME", resume)],
     )?;
     let result = driver.finish(DRIVER_TIMEOUT)?;
-    for (who, from) in [("alice", "from_bob"), ("bob", "from_alice")] {
-        let stats = &result["pages"][who][from];
-        let frames = stats["video"]["framesDecoded"].as_u64().unwrap_or(0);
-        let packets = stats["audio"]["packetsReceived"].as_u64().unwrap_or(0);
-        assert!(frames > 0, "{who} decoded no video frames: {stats}");
-        assert!(packets > 0, "{who} received no audio packets: {stats}");
-    }
-    Ok(())
+    browser_driver::check_media_both_ways(&result)
 }
 
 #[test]

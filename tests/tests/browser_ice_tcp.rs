@@ -120,13 +120,7 @@ fn run(browser: &Browser, handle: &node::NodeHandle, tcp_port: u16) -> anyhow::R
     let result = driver.finish(DRIVER_TIMEOUT)?;
 
     // (a) Each page decoded the other's video and received its audio.
-    for (who, from) in [("alice", "from_bob"), ("bob", "from_alice")] {
-        let stats = &result["pages"][who][from];
-        let frames = stats["video"]["framesDecoded"].as_u64().unwrap_or(0);
-        let packets = stats["audio"]["packetsReceived"].as_u64().unwrap_or(0);
-        ensure!(frames > 0, "{who} decoded no video frames: {stats}");
-        ensure!(packets > 0, "{who} received no audio packets: {stats}");
-    }
+    browser_driver::check_media_both_ways(&result)?;
     // (b) Over TCP: every peer connection's candidate pairs, as the pages saw them once media
     // flowed, just before the node was looked at (the result holds the same).
     for who in ["alice", "bob"] {

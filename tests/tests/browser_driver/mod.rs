@@ -108,6 +108,19 @@ pub fn setup() -> anyhow::Result<Option<Browser>> {
 
 /// Where a test keeps a screenshot: `E2E_SCREENSHOT`, else cargo's per-test temporary
 /// directory.
+/// Each of the driver's two pages (alice, bob) decoded the other's video and received the
+/// other's audio, by the driver's final result.
+pub fn check_media_both_ways(result: &serde_json::Value) -> anyhow::Result<()> {
+    for (who, from) in [("alice", "from_bob"), ("bob", "from_alice")] {
+        let stats = &result["pages"][who][from];
+        let frames = stats["video"]["framesDecoded"].as_u64().unwrap_or(0);
+        let packets = stats["audio"]["packetsReceived"].as_u64().unwrap_or(0);
+        anyhow::ensure!(frames > 0, "{who} decoded no video frames: {stats}");
+        anyhow::ensure!(packets > 0, "{who} received no audio packets: {stats}");
+    }
+    Ok(())
+}
+
 pub fn screenshot_path(name: &str) -> String {
     std::env::var("E2E_SCREENSHOT").unwrap_or_else(|_| {
         Path::new(env!("CARGO_TARGET_TMPDIR"))
