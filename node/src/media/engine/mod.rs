@@ -19,7 +19,7 @@ pub mod tcp;
 pub mod worker;
 
 use crate::counters::Counters;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use demux::{AddrTable, Verdict};
 use nix::sys::socket::{sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
@@ -84,7 +84,6 @@ pub enum Learn {
 
 pub struct Engine {
     workers: Arc<[WorkerHandle]>,
-    shared: Arc<EngineShared>,
     bound_udp: SocketAddr,
     bound_tcp: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
@@ -199,7 +198,6 @@ impl Engine {
         tracing::info!(udp = %bound_udp, tcp = ?bound_tcp, announce = %announce_ip, workers = workers_n, "media engine started");
         Ok(Engine {
             workers,
-            shared,
             bound_udp,
             bound_tcp,
             stop,
@@ -214,21 +212,12 @@ impl Engine {
         &self.workers[(h.finish() % self.workers.len() as u64) as usize]
     }
 
-    pub fn workers(&self) -> &[WorkerHandle] {
-        &self.workers
-    }
-
     pub fn udp_addr(&self) -> SocketAddr {
         self.bound_udp
     }
 
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.bound_tcp
-    }
-
-    /// The address candidates announce.
-    pub fn announced(&self) -> SocketAddr {
-        self.shared.udp_local
     }
 }
 
@@ -426,9 +415,9 @@ impl Outbox {
         let mut queue = std::mem::take(&mut self.queue);
         let mut i = 0;
         while i < queue.len() {
-            let w = &queue[i];
+            let w = &mut queue[i];
             if w.transport.transport_protocol == TransportProtocol::TCP {
-                let frame = Bytes::copy_from_slice(&w.message);
+                let frame = std::mem::take(&mut w.message).freeze();
                 if self.shared.tcp_writers.send(w.transport.peer_addr, frame) {
                     sent += 1;
                 } else {

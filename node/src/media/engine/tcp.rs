@@ -57,14 +57,6 @@ impl Writers {
             .unwrap_or_else(|p| p.into_inner())
             .remove(peer);
     }
-
-    pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 pub async fn accept_loop(

@@ -125,7 +125,6 @@ pub struct Conn {
     dirty: bool,
     /// Only packets were written to it (forwarding): its writes need draining, nothing else.
     wrote: bool,
-    state: RTCPeerConnectionState,
     /// UDP addresses this connection sent to, as told to the receiver (a few at most).
     remotes: Vec<SocketAddr>,
     /// A relay link's receiving end has a socket of its own (see `media::ports`).
@@ -183,10 +182,6 @@ impl Worker {
         }
     }
 
-    pub fn conn_count(&self) -> usize {
-        self.conns.len()
-    }
-
     /// Runs until the engine is dropped (`stop`) or its queues close.
     pub(super) fn run(
         mut self,
@@ -194,6 +189,9 @@ impl Worker {
         data: Receiver<Data>,
         stop_flag: &std::sync::atomic::AtomicBool,
     ) {
+        let mut sel = Select::new();
+        let ctl_i = sel.recv(&ctl);
+        let data_i = sel.recv(&data);
         while !stop_flag.load(Ordering::Relaxed) {
             let now = Instant::now();
             let wait = self
@@ -201,9 +199,6 @@ impl Worker {
                 .map(|d| d.saturating_duration_since(now))
                 .unwrap_or(Duration::from_millis(500))
                 .min(Duration::from_millis(500));
-            let mut sel = Select::new();
-            let ctl_i = sel.recv(&ctl);
-            let data_i = sel.recv(&data);
             let ready = sel.ready_timeout(wait);
             let mut stop = false;
             if let Ok(i) = ready {
@@ -400,7 +395,6 @@ impl Worker {
                 deadline: None,
                 dirty: false,
                 wrote: false,
-                state: RTCPeerConnectionState::New,
                 remotes: Vec::new(),
                 own_socket,
             },
@@ -584,7 +578,6 @@ impl Worker {
             };
             match ev {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
-                    c.state = state;
                     tracing::debug!(conn = id, user = %c.spec.owner, pc = ?c.spec.kind, %state, "connection state");
                     match state {
                         RTCPeerConnectionState::Connected => c
