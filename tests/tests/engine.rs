@@ -6,7 +6,6 @@ use chaos::{Client, ClientConfig, PublishOpts};
 use protocol::signal::TrackKind;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
-use std::time::Duration;
 use tests::procs::{ProcSpec, Procs};
 use tests::{assert_delivery, join, room_name, start_node, wait_media, wait_until, MEDIA_WAIT};
 
@@ -205,9 +204,25 @@ async fn connections_from_one_address_are_told_apart_and_strays_harm_nobody() ->
     for (who, c) in [("ann", &clients[0]), ("ben", &clients[1]), ("carl", &carl)] {
         assert_delivery(who, c);
     }
-    // The forged binding request taught the node nothing: the stray address still reaches
-    // no connection.
+    // The forged binding requests taught the node nothing: what the stray address sends
+    // now still reaches no connection.
+    let mark = node.counters().engine_unroutable;
+    for _ in 0..10 {
+        let _ = stray.send_to(&datagrams[2], target);
+    }
+    wait_until(
+        MEDIA_WAIT,
+        "later strays to be counted unroutable",
+        || async {
+            let now = node.counters().engine_unroutable;
+            if now >= mark + 10 {
+                Ok(())
+            } else {
+                Err(format!("{now} < {mark} + 10"))
+            }
+        },
+    )
+    .await?;
     assert_eq!(node.counters().peers, 3);
-    let _ = Duration::ZERO;
     Ok(())
 }
