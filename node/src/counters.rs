@@ -32,8 +32,11 @@ pub struct Counters {
     pub dropped_congested: AtomicU64,
     /// A retransmission or duplicate arrived twice from the publisher.
     pub dropped_duplicate: AtomicU64,
-    /// webrtc refused the packet (track unbound or closed).
+    /// The subscriber's connection could not protect the packet (no DTLS keys or no
+    /// selected candidate pair yet, or closed).
     pub dropped_write_error: AtomicU64,
+    /// Packets sent again because a subscriber's NACK named them.
+    pub packets_retransmitted: AtomicU64,
     pub keyframe_requests: AtomicU64,
     /// Media engine: datagrams (and ICE-TCP frames) read from the node's media port.
     pub engine_datagrams_in: AtomicU64,
@@ -68,6 +71,7 @@ pub struct CountersSnapshot {
     pub dropped_congested: u64,
     pub dropped_duplicate: u64,
     pub dropped_write_error: u64,
+    pub packets_retransmitted: u64,
     pub keyframe_requests: u64,
     pub engine_datagrams_in: u64,
     pub engine_datagrams_out: u64,
@@ -99,6 +103,7 @@ impl Counters {
             dropped_congested: c(&self.dropped_congested),
             dropped_duplicate: c(&self.dropped_duplicate),
             dropped_write_error: c(&self.dropped_write_error),
+            packets_retransmitted: c(&self.packets_retransmitted),
             keyframe_requests: c(&self.keyframe_requests),
             engine_datagrams_in: c(&self.engine_datagrams_in),
             engine_datagrams_out: c(&self.engine_datagrams_out),

@@ -60,6 +60,7 @@ pub fn publish(c: &Counters) {
         .absolute(s.dropped_duplicate);
     metrics::counter!("sfu_packets_dropped_total", "reason" => "write_error")
         .absolute(s.dropped_write_error);
+    metrics::counter!("sfu_packets_retransmitted_total").absolute(s.packets_retransmitted);
     metrics::counter!("sfu_keyframe_requests_total").absolute(s.keyframe_requests);
     metrics::counter!("media_datagrams_received_total").absolute(s.engine_datagrams_in);
     metrics::counter!("media_datagrams_sent_total").absolute(s.engine_datagrams_out);

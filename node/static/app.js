@@ -1135,8 +1135,8 @@
       out[p.id] = {
         name: p.name,
         tracks: Array.from(p.media.values(), (m) => m.kind),
-        video: { framesDecoded: 0, framesReceived: 0, packetsReceived: 0, bytesReceived: 0, frameWidth: 0, frameHeight: 0 },
-        audio: { packetsReceived: 0, totalSamplesReceived: 0, bytesReceived: 0 },
+        video: { framesDecoded: 0, framesReceived: 0, packetsReceived: 0, bytesReceived: 0, frameWidth: 0, frameHeight: 0, senderReports: 0 },
+        audio: { packetsReceived: 0, totalSamplesReceived: 0, bytesReceived: 0, senderReports: 0 },
       };
     }
     const pc = s.sub;
@@ -1155,6 +1155,9 @@
       const pid = (r.mid !== undefined && byMid.get(String(r.mid))) || byTrackId.get(r.trackIdentifier);
       if (!pid || !out[pid]) return;
       const kind = r.kind || r.mediaType;
+      // The RTCP sender reports the node sent for this stream (its remote-outbound-rtp).
+      const remote = r.remoteId ? report.get(r.remoteId) : null;
+      const senderReports = (remote && remote.reportsSent) || 0;
       if (kind === 'video') {
         const v = out[pid].video;
         v.framesDecoded += r.framesDecoded || 0;
@@ -1163,11 +1166,13 @@
         v.bytesReceived += r.bytesReceived || 0;
         v.frameWidth = Math.max(v.frameWidth, r.frameWidth || 0);
         v.frameHeight = Math.max(v.frameHeight, r.frameHeight || 0);
+        v.senderReports += senderReports;
       } else if (kind === 'audio') {
         const a = out[pid].audio;
         a.packetsReceived += r.packetsReceived || 0;
         a.totalSamplesReceived += r.totalSamplesReceived || 0;
         a.bytesReceived += r.bytesReceived || 0;
+        a.senderReports += senderReports;
       }
     });
     return out;

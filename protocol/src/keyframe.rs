@@ -1,11 +1,13 @@
 //! The interceptor the node and the chaos client put last in their chains: it marks inbound
-//! keyframe requests (PLI, FIR) for the application. webrtc-rs 0.21 stops inbound RTCP at the
+//! keyframe requests (PLI, FIR) — and, for a sender that answers NACKs itself, NACKs — for the
+//! application. webrtc-rs 0.21 stops inbound RTCP at the
 //! end of the interceptor chain unless an interceptor vouches for it. Adapted from webrtc-rs's
 //! `rtcp-processing` example. Sans-IO, like everything in this crate.
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 use std::collections::VecDeque;
@@ -16,11 +18,23 @@ pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
 }
 
-/// Delivers inbound PLI/FIR to the application; other RTCP ends here.
+/// Delivers inbound PLI/FIR (and NACKs, if asked) to the application; other RTCP ends here.
 #[derive(Default)]
 pub struct KeyframeRequestForwarder {
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
+    nacks: bool,
+}
+
+impl KeyframeRequestForwarder {
+    /// Delivers NACKs too: for an application that keeps its own send history (the node),
+    /// with no NACK responder in the chain.
+    pub fn with_nacks() -> Self {
+        KeyframeRequestForwarder {
+            nacks: true,
+            ..Default::default()
+        }
+    }
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
@@ -34,7 +48,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
         if let Packet::Rtcp(packets) = &msg.message.packet {
             let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
                 .iter()
-                .filter(|p| is_keyframe_request(p.as_ref()))
+                .filter(|p| {
+                    is_keyframe_request(p.as_ref())
+                        || (self.nacks && p.as_any().is::<TransportLayerNack>())
+                })
                 .cloned()
                 .collect();
             if requests.is_empty() {

@@ -187,6 +187,11 @@ export function missing(viewer, other, s) {
     problems.push(`video framesDecoded=${st.video.framesDecoded} (packets ${st.video.packetsReceived})`);
   }
   if (!(st.audio.packetsReceived > 0)) problems.push(`audio packetsReceived=${st.audio.packetsReceived}`);
+  // The node writes its own RTCP sender reports (the browser's lip sync and round-trip time
+  // rest on them); Chromium counts them in the stream's remote-outbound-rtp.
+  for (const kind of ['video', 'audio']) {
+    if (!(st[kind].senderReports > 0)) problems.push(`no ${kind} sender report yet`);
+  }
   const tile = s.tiles.find((t) => t.id === other.id);
   if (!tile) problems.push('no tile');
   else if (!(tile.videoWidth > 0)) problems.push(`tile video not rendering (readyState ${tile.readyState})`);

@@ -230,6 +230,7 @@ async fn media_to_and_from_an_impaired_client_crosses_its_link_and_video_is_repa
     // The measure starts now (the subscriptions' first moments have start-up losses of
     // their own, not the repair measured here).
     let (bob_before, alice_before) = (bob.track_stats(), alice.track_stats());
+    let retransmitted_before = cell.node.counters().packets_retransmitted;
     let (bob_lat, alice_lat) = (bob.latency_histograms(), alice.latency_histograms());
     let link_before = link.stats();
     // 1000 audio and 1000 video packets each way: 10 s of media.
@@ -310,6 +311,9 @@ async fn media_to_and_from_an_impaired_client_crosses_its_link_and_video_is_repa
             }
         }
     }
+    // The repair toward alice is the node's own: it answered her NACKs from its send log.
+    let retransmitted = cell.node.counters().packets_retransmitted - retransmitted_before;
+    assert!(retransmitted > 0, "the node resent nothing alice asked for");
     assert!(
         alice.local_errors().is_empty(),
         "{:?}",

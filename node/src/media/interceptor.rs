@@ -1,8 +1,9 @@
 //! The interceptor chains of the node's connections, and the one interceptor of our own.
 //!
 //! Every interceptor handles every packet of its connection, so each kind of connection gets
-//! only what it uses. A subscriber connection only sends media: it answers NACKs, sends sender
-//! reports, and passes keyframe requests up. A publisher connection only receives: it sends
+//! only what it uses. A subscriber connection only sends media, and its media skips the chain
+//! (`RTCPeerConnection::protect_rtp`): the node answers its NACKs and sends its sender reports
+//! (`media::history`); the chain only passes keyframe requests and NACKs up. A publisher connection only receives: it sends
 //! NACKs, receiver reports and transport-wide congestion feedback (the browser's send-side
 //! bandwidth estimate runs on it).
 //!
@@ -12,10 +13,7 @@
 
 pub use protocol::keyframe::{is_keyframe_request, KeyframeRequestForwarder};
 use protocol::signal::PcKind;
-use rtc::interceptor::{
-    NackGeneratorBuilder, NackResponderBuilder, ReceiverReportBuilder, Registry,
-    SenderReportBuilder, Slot,
-};
+use rtc::interceptor::{NackGeneratorBuilder, ReceiverReportBuilder, Registry, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
@@ -36,10 +34,11 @@ pub fn chain(kind: PcKind) -> rtc::shared::error::Result<(MediaEngine, Registry)
         );
     }
     let registry = match kind {
-        PcKind::Subscriber => Registry::new()
-            .with(Slot::NackResponder, NackResponderBuilder::new().build())
-            .with(Slot::SenderReport, SenderReportBuilder::new().build())
-            .with(Slot::from(14_000), KeyframeRequestForwarder::default()),
+        // The node answers NACKs and sends sender reports itself (`media::history`): its
+        // forwarded media does not pass through the chain.
+        PcKind::Subscriber => {
+            Registry::new().with(Slot::from(14_000), KeyframeRequestForwarder::with_nacks())
+        }
         PcKind::Publisher => {
             configure_simulcast_extension_headers(&mut engine)?;
             let registry = Registry::new()

@@ -4,6 +4,7 @@
 
 pub mod engine;
 pub mod forward;
+pub mod history;
 pub mod interceptor;
 pub mod ports;
 pub mod sdp;

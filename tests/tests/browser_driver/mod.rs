@@ -106,10 +106,9 @@ pub fn setup() -> anyhow::Result<Option<Browser>> {
     }))
 }
 
-/// Where a test keeps a screenshot: `E2E_SCREENSHOT`, else cargo's per-test temporary
-/// directory.
-/// Each of the driver's two pages (alice, bob) decoded the other's video and received the
-/// other's audio, by the driver's final result.
+/// Each of the driver's two pages (alice, bob) decoded the other's video, received the
+/// other's audio, and got the node's RTCP sender reports for both, by the driver's final
+/// result.
 pub fn check_media_both_ways(result: &serde_json::Value) -> anyhow::Result<()> {
     for (who, from) in [("alice", "from_bob"), ("bob", "from_alice")] {
         let stats = &result["pages"][who][from];
@@ -117,10 +116,19 @@ pub fn check_media_both_ways(result: &serde_json::Value) -> anyhow::Result<()> {
         let packets = stats["audio"]["packetsReceived"].as_u64().unwrap_or(0);
         anyhow::ensure!(frames > 0, "{who} decoded no video frames: {stats}");
         anyhow::ensure!(packets > 0, "{who} received no audio packets: {stats}");
+        for kind in ["video", "audio"] {
+            let reports = stats[kind]["senderReports"].as_u64().unwrap_or(0);
+            anyhow::ensure!(
+                reports > 0,
+                "{who} got no RTCP sender report for {kind}: {stats}"
+            );
+        }
     }
     Ok(())
 }
 
+/// Where a test keeps a screenshot: `E2E_SCREENSHOT`, else cargo's per-test temporary
+/// directory.
 pub fn screenshot_path(name: &str) -> String {
     std::env::var("E2E_SCREENSHOT").unwrap_or_else(|_| {
         Path::new(env!("CARGO_TARGET_TMPDIR"))

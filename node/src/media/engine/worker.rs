@@ -12,6 +12,7 @@ use super::{EngineShared, Outbox};
 use crate::actors::transport::TransportEvent;
 use crate::counters::Counters;
 use crate::media::forward::{DownTrack, Inbound, TrackSource};
+use crate::media::history::SendLog;
 use crate::media::interceptor;
 use actix::Recipient;
 use bytes::BytesMut;
@@ -26,6 +27,7 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
@@ -120,11 +122,12 @@ pub struct Conn {
     /// Tracks this connection sends (a subscriber), by local track id: whose keyframe
     /// requests go where.
     pub outbound: HashMap<String, Arc<TrackSource>>,
+    /// What it sent on each of its outgoing streams, by SSRC: NACKs are answered and sender
+    /// reports written from it (the node's media skips `rtc`'s interceptors).
+    sent: rustc_hash::FxHashMap<u32, SendLog>,
     deadline: Option<Instant>,
     /// Something happened that may raise events, reads, writes or a new timer.
     dirty: bool,
-    /// Only packets were written to it (forwarding): its writes need draining, nothing else.
-    wrote: bool,
     /// UDP addresses this connection sent to, as told to the receiver (a few at most).
     remotes: Vec<SocketAddr>,
     /// A relay link's receiving end has a socket of its own (see `media::ports`).
@@ -145,6 +148,8 @@ const RELAY_ICE_FAILED: Duration = Duration::from_secs(5);
 const RELAY_ICE_KEEPALIVE: Duration = Duration::from_millis(500);
 /// Datagrams and calls handled before the worker drives its connections and sends.
 const BATCH: usize = 256;
+/// How often every sending stream gets a sender report (what `rtc`'s interceptor does).
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct Worker {
     pub index: u8,
@@ -158,6 +163,7 @@ pub struct Worker {
     outbox: Outbox,
     peers: Arc<[WorkerHandle]>,
     reads: Vec<TaggedRTCMessage>,
+    next_reports: Instant,
 }
 
 impl Worker {
@@ -179,6 +185,7 @@ impl Worker {
             outbox,
             peers,
             reads: Vec::new(),
+            next_reports: Instant::now() + REPORT_INTERVAL,
         }
     }
 
@@ -226,7 +233,12 @@ impl Worker {
                     }
                 }
             }
-            self.run_timers(Instant::now());
+            let now = Instant::now();
+            self.run_timers(now);
+            if now >= self.next_reports {
+                self.next_reports = now + REPORT_INTERVAL;
+                self.send_reports(now);
+            }
             self.drive_dirty();
             self.outbox.flush(&self.counters);
             if stop {
@@ -392,9 +404,9 @@ impl Worker {
                 spec,
                 inbound: HashMap::new(),
                 outbound: HashMap::new(),
+                sent: Default::default(),
                 deadline: None,
                 dirty: false,
-                wrote: false,
                 remotes: Vec::new(),
                 own_socket,
             },
@@ -467,18 +479,74 @@ impl Worker {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let msg = TaggedRTCMessage {
-            now,
-            message: RTCMessage::RtpPacket(String::new(), packet),
-        };
-        if c.pc.handle_write(msg).is_err() {
-            self.counters
-                .dropped_write_error
-                .fetch_add(1, Ordering::Relaxed);
+        // SRTP and the selected pair only, straight into the outbox: writing media raises no
+        // event and no read, and moves no timer. The packet is kept for NACKs.
+        match c.pc.protect_rtp(now, &packet) {
+            Ok(datagram) => {
+                self.outbox.push(datagram);
+                let ssrc = packet.header.ssrc;
+                match c.sent.get_mut(&ssrc) {
+                    Some(log) => log.record(packet, now),
+                    None => c.sent.entry(ssrc).or_default().record(packet, now),
+                }
+            }
+            Err(_) => {
+                self.counters
+                    .dropped_write_error
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
-        if !c.dirty && !c.wrote {
-            c.wrote = true;
-            self.dirty.push(conn);
+    }
+
+    /// Sends again what a subscriber's NACK names, from the connection's send log.
+    fn answer_nack(&mut self, id: u64, nack: &TransportLayerNack, now: Instant) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(log) = c.sent.get(&nack.media_ssrc) else {
+            return;
+        };
+        let mut resent = 0u64;
+        for pair in &nack.nacks {
+            for seq in *pair {
+                let Some(packet) = log.get(seq) else {
+                    continue;
+                };
+                if let Ok(datagram) = c.pc.protect_rtp(now, packet) {
+                    self.outbox.push(datagram);
+                    resent += 1;
+                }
+            }
+        }
+        self.counters
+            .packets_retransmitted
+            .fetch_add(resent, Ordering::Relaxed);
+    }
+
+    /// A sender report for every stream of every connection that sent recently.
+    fn send_reports(&mut self, now: Instant) {
+        let wall = std::time::SystemTime::now();
+        for (id, c) in self.conns.iter_mut() {
+            if c.sent.is_empty() {
+                continue;
+            }
+            let reports: Vec<Box<dyn rtc::rtcp::Packet>> = c
+                .sent
+                .iter()
+                .filter_map(|(ssrc, log)| log.report(*ssrc, now, wall))
+                .map(|sr| Box::new(sr) as Box<dyn rtc::rtcp::Packet>)
+                .collect();
+            if reports.is_empty() {
+                continue;
+            }
+            let msg = TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtcpPacket(String::new(), reports),
+            };
+            if let Err(e) = c.pc.handle_write(msg) {
+                tracing::debug!(conn = id, error = %e, "sender report not sent");
+            }
+            mark(&mut self.dirty, *id, c);
         }
     }
 
@@ -507,12 +575,6 @@ impl Worker {
             return;
         };
         if !c.dirty {
-            // Forwarded packets only: encrypt and queue them. (Writing media raises no event
-            // and no read, and moves no timer of a connection that only sends.)
-            c.wrote = false;
-            while let Some(w) = c.pc.poll_write() {
-                self.outbox.push(w);
-            }
             return;
         }
         let now = Instant::now();
@@ -521,7 +583,6 @@ impl Worker {
             return;
         };
         c.dirty = false;
-        c.wrote = false;
         let mut reads = std::mem::take(&mut self.reads);
         while let Some(m) = c.pc.poll_read() {
             reads.push(m);
@@ -686,6 +747,12 @@ impl Worker {
                 }
             }
             RTCMessage::RtcpPacket(track_id, packets) => {
+                for nack in packets
+                    .iter()
+                    .filter_map(|p| p.as_any().downcast_ref::<TransportLayerNack>())
+                {
+                    self.answer_nack(id, nack, now);
+                }
                 let Some(c) = self.conns.get_mut(&id) else {
                     return;
                 };
@@ -733,8 +800,6 @@ impl Worker {
 fn mark(dirty: &mut Vec<u64>, id: u64, c: &mut Conn) {
     if !c.dirty {
         c.dirty = true;
-        if !c.wrote {
-            dirty.push(id);
-        }
+        dirty.push(id);
     }
 }
