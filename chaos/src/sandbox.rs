@@ -633,6 +633,8 @@ impl Cluster {
                 n.nats_url.clone().unwrap_or_else(|| self.nats_url.clone()),
                 "--api-secret".into(),
                 spec.api_secret.clone(),
+                "--admin-token".into(),
+                node_admin_token(&spec.api_secret),
             ]);
             a.extend(n.extra_args.iter().cloned());
             let region = Some(n.region.clone());
@@ -803,6 +805,11 @@ impl Cluster {
     /// The nodes' API secret, to mint join tokens with (`protocol::token::mint`).
     pub fn api_secret(&self) -> &str {
         &self.api_secret
+    }
+
+    /// The nodes' `--admin-token` (`/debug/snapshot`, `/admin/drain`).
+    pub fn node_admin_token(&self) -> String {
+        node_admin_token(&self.api_secret)
     }
 
     /// Every child, in start order: the nats-servers, coordinators, nodes.
@@ -990,6 +997,12 @@ pub async fn probe_nats(port: u16) -> Result<()> {
         bail!("jetstream not enabled yet");
     }
     Ok(())
+}
+
+/// The nodes' admin token: derived from the API secret (so a spec names one secret) and never
+/// equal to it, as the nodes require.
+fn node_admin_token(api_secret: &str) -> String {
+    format!("{api_secret}-admin")
 }
 
 #[cfg(test)]

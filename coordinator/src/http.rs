@@ -66,7 +66,8 @@ fn denied(req: &HttpRequest, shared: &Shared) -> Option<HttpResponse> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), shared.config.admin_token.as_bytes()) {
+    use subtle::ConstantTimeEq;
+    if bool::from(given.as_bytes().ct_eq(shared.config.admin_token.as_bytes())) {
         None
     } else {
         Some(
@@ -75,10 +76,6 @@ fn denied(req: &HttpRequest, shared: &Shared) -> Option<HttpResponse> {
                 .body("admin bearer token required"),
         )
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn readyz(shared: Data) -> HttpResponse {

@@ -31,8 +31,11 @@ pub struct Config {
     pub relay_ports: (u16, u16),
     /// The public address announced in ICE candidates (1:1 NAT), instead of `udp_ip`.
     pub public_ip: Option<String>,
-    /// HS256 secret of join tokens.
+    /// HS256 secret of join tokens (at least 32 bytes unless `dev_tokens`).
     pub api_secret: String,
+    /// Bearer token of the operators' endpoints (`/debug/snapshot`, `/admin/drain`); they
+    /// are off without one (`/debug/snapshot` is open with `dev_tokens`).
+    pub admin_token: Option<String>,
     /// STUN/TURN servers handed to clients in `joined`.
     pub ice_servers: Vec<IceServer>,
     /// With a TURN shared secret, `turn:`/`turns:` entries get time-limited credentials.
@@ -96,6 +99,7 @@ impl Config {
             relay_ports: (0, 0),
             public_ip: None,
             api_secret: "devsecret".into(),
+            admin_token: None,
             ice_servers: Vec::new(),
             turn_secret: None,
             turn_ttl: Duration::from_secs(6 * 3600),
@@ -186,6 +190,9 @@ impl Config {
             c.public_ip = Some(ip);
         }
         layer!(api_secret);
+        if let Some(t) = flags.admin_token.clone().or(file.admin_token.clone()) {
+            c.admin_token = Some(t);
+        }
         if let Some(urls) = flags.ice_servers.clone().or(file.ice_servers.clone()) {
             c.ice_servers = urls
                 .iter()
@@ -244,6 +251,18 @@ impl Config {
                 "set --api-secret (or NODE_API_SECRET) to a real secret, or run with --dev-tokens"
             );
         }
+        let min = protocol::token::MIN_SECRET_LEN;
+        if !c.dev_tokens && c.api_secret.len() < min {
+            bail!("--api-secret must be at least {min} bytes (e.g. `openssl rand -hex 32`)");
+        }
+        if let Some(t) = &c.admin_token {
+            if !c.dev_tokens && t.len() < min {
+                bail!("--admin-token must be at least {min} bytes (e.g. `openssl rand -hex 32`)");
+            }
+            if *t == c.api_secret {
+                bail!("--admin-token must differ from --api-secret");
+            }
+        }
         if c.ws_idle_timeout.is_zero() {
             bail!("the websocket idle timeout must be at least a second");
         }
@@ -299,6 +318,9 @@ pub struct NodeArgs {
     /// HS256 secret for join tokens.
     #[arg(long, env = "NODE_API_SECRET", hide_env_values = true)]
     pub api_secret: Option<String>,
+    /// Bearer token of /debug/snapshot and /admin/drain (off without one).
+    #[arg(long, env = "NODE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// ICE server URLs for clients (stun:…, turn:…), comma separated.
     #[arg(long, env = "NODE_ICE_SERVERS", value_delimiter = ',')]
     pub ice_servers: Option<Vec<String>>,
@@ -375,6 +397,7 @@ struct FileConfig {
     relay_ports: Option<String>,
     public_ip: Option<String>,
     api_secret: Option<String>,
+    admin_token: Option<String>,
     ice_servers: Option<Vec<String>>,
     turn_secret: Option<String>,
     turn_ttl_secs: Option<u64>,
@@ -410,7 +433,7 @@ mod tests {
         let path = dir.join("node.toml");
         std::fs::write(
             &path,
-            "region = \"eu\"\napi_secret = \"s3\"\nudp_port = \"40000\"\nice_tcp_port = \"off\"\nws_idle_timeout_secs = 20\n",
+            "region = \"eu\"\napi_secret = \"s3s3s3s3s3s3s3s3s3s3s3s3s3s3s3s3\"\nudp_port = \"40000\"\nice_tcp_port = \"off\"\nws_idle_timeout_secs = 20\n",
         )
         .unwrap();
         let flags = NodeArgs {
@@ -420,7 +443,7 @@ mod tests {
         };
         let c = Config::from_sources(&flags).unwrap();
         assert_eq!(c.region, "us");
-        assert_eq!(c.api_secret, "s3");
+        assert_eq!(c.api_secret, "s3s3s3s3s3s3s3s3s3s3s3s3s3s3s3s3");
         assert_eq!(c.udp_port, 40000);
         assert_eq!(c.ice_tcp_port, None);
         assert_eq!(c.ws_idle_timeout, Duration::from_secs(20));
@@ -429,5 +452,27 @@ mod tests {
         assert!(Config::from_sources(&NodeArgs::default()).is_err());
         std::fs::write(&path, "nonsense = 1\n").unwrap();
         assert!(Config::from_sources(&flags).is_err());
+    }
+
+    #[test]
+    fn short_secrets_and_a_shared_admin_token_are_refused_outside_dev_tokens() {
+        let long = "0123456789abcdef0123456789abcdef".to_string();
+        let args = |secret: &str, admin: Option<&str>, dev: bool| NodeArgs {
+            api_secret: Some(secret.into()),
+            admin_token: admin.map(Into::into),
+            dev_tokens: dev,
+            ..Default::default()
+        };
+        let err = |a: NodeArgs| Config::from_sources(&a).unwrap_err().to_string();
+        assert!(err(args("short", None, false)).contains("at least 32 bytes"));
+        assert!(err(args(&long[..31], None, false)).contains("at least 32 bytes"));
+        assert!(Config::from_sources(&args(&long, None, false)).is_ok());
+        assert!(err(args(&long, Some("tiny"), false)).contains("--admin-token must be at least"));
+        assert!(err(args(&long, Some(&long), false)).contains("must differ"));
+        let admin = format!("{long}-admin");
+        let c = Config::from_sources(&args(&long, Some(&admin), false)).unwrap();
+        assert_eq!(c.admin_token.as_deref(), Some(admin.as_str()));
+        // Development: any secret.
+        assert!(Config::from_sources(&args("short", Some("dev"), true)).is_ok());
     }
 }

@@ -95,19 +95,35 @@ async fn hears(path: web::Path<String>, node: web::Data<NodeEntry>) -> HttpRespo
     HttpResponse::Ok().json(serde_json::json!({ "node": id, "silent": silent }))
 }
 
-fn bearer_ok(req: &HttpRequest, secret: &str) -> bool {
-    let expected = format!("Bearer {secret}");
+/// Whether the request carries `Authorization: Bearer <expected>`, compared in constant time.
+fn bearer_ok(req: &HttpRequest, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
     req.headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|given| given == expected)
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())))
 }
 
-/// `POST /admin/drain` (bearer API secret): the node moves its participants to other nodes
+/// The refusal, unless the request carries the admin token (`--admin-token`; without one
+/// the operators' endpoints are off).
+fn admin_denied(req: &HttpRequest, config: &crate::config::Config) -> Option<HttpResponse> {
+    match &config.admin_token {
+        None => Some(HttpResponse::Forbidden().body("admin endpoints are off: set --admin-token")),
+        Some(token) if bearer_ok(req, token) => None,
+        Some(_) => Some(
+            HttpResponse::Unauthorized()
+                .insert_header(("www-authenticate", "Bearer"))
+                .body("bearer admin token required"),
+        ),
+    }
+}
+
+/// `POST /admin/drain` (bearer admin token): the node moves its participants to other nodes
 /// and exits (DESIGN "drain"); the same as SIGTERM.
 async fn admin_drain(req: HttpRequest, node: web::Data<NodeEntry>) -> HttpResponse {
-    if !bearer_ok(&req, &node.shared.config.api_secret) {
-        return HttpResponse::Unauthorized().body("bearer api secret required");
+    if let Some(denied) = admin_denied(&req, &node.shared.config) {
+        return denied;
     }
     let started = crate::actors::drain::start(&node.shared, &node.rooms, "admin api");
     HttpResponse::Accepted().json(serde_json::json!({
@@ -117,11 +133,13 @@ async fn admin_drain(req: HttpRequest, node: web::Data<NodeEntry>) -> HttpRespon
     }))
 }
 
-/// Operators' view: every actor's snapshot. Needs the API secret as a bearer token unless
+/// Operators' view: every actor's snapshot. Needs the admin token as a bearer token unless
 /// the node runs with dev tokens.
 async fn snapshot(req: HttpRequest, node: web::Data<NodeEntry>) -> HttpResponse {
-    if !node.shared.config.dev_tokens && !bearer_ok(&req, &node.shared.config.api_secret) {
-        return HttpResponse::Unauthorized().body("bearer api secret required");
+    if !node.shared.config.dev_tokens {
+        if let Some(denied) = admin_denied(&req, &node.shared.config) {
+            return denied;
+        }
     }
     HttpResponse::Ok().json(crate::snapshot(&node).await)
 }

@@ -28,7 +28,7 @@
 use crate::ids::{NodeId, RoomId, UserId};
 use crate::signal::{IceCandidate, IceServer, ParticipantInfo, ParticipantState, PcKind};
 
-use crate::token::Claims;
+use crate::token::{self, Claims, TokenError};
 use crate::ErrorCode;
 use serde::{Deserialize, Serialize};
 
@@ -394,11 +394,13 @@ pub enum RelayBody {
 }
 
 /// Join a room hosted on the receiving node for a client whose socket is on `session_node`.
+/// The receiving node takes the participant's identity and grants from `proof`, which it
+/// verifies itself: a cluster message alone proves nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteJoin {
     pub v: u32,
     pub room: RoomId,
-    pub claims: Claims,
+    pub proof: JoinProof,
     pub session_node: NodeId,
     /// The assignment's epoch the session was told.
     #[serde(default)]
@@ -406,6 +408,38 @@ pub struct RemoteJoin {
     /// The room's nodes as the directory lists them.
     #[serde(default)]
     pub nodes: Vec<NodeId>,
+}
+
+/// The token a client showed its session's node, passed on to the room's node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "token", rename_all = "snake_case")]
+pub enum JoinProof {
+    /// The client's join token.
+    Join(String),
+    /// The client's resume token: its participant is joined afresh where the room is now
+    /// (its node is gone, drains or was fenced).
+    Resume(String),
+}
+
+impl JoinProof {
+    /// The claims the token stands for, if its signature, time and room check out.
+    pub fn verify(
+        &self,
+        secret: &[u8],
+        room: &RoomId,
+        now_unix: u64,
+    ) -> Result<Claims, TokenError> {
+        match self {
+            JoinProof::Join(t) => token::verify(secret, t, room, now_unix),
+            JoinProof::Resume(t) => {
+                let claims = token::verify_resume(secret, t, now_unix)?;
+                if &claims.room != room {
+                    return Err(TokenError::WrongRoom);
+                }
+                Ok(claims.join_claims())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -598,6 +632,27 @@ mod tests {
             UserInbound::Delivery(d)
         );
         assert!(serde_json::from_slice::<UserInbound>(br#"{"v":1,"room":"r"}"#).is_err());
+    }
+
+    #[test]
+    fn a_join_proof_stands_for_its_token_and_nothing_else() {
+        use crate::token::{mint, mint_resume, Claims, ResumeClaims};
+        let (room, other) = (RoomId::new("r").unwrap(), RoomId::new("r2").unwrap());
+        let now = 1_700_000_000;
+        let claims = Claims::new(room.clone(), UserId::new("alice").unwrap(), now, 60);
+        let join = JoinProof::Join(mint(b"s", &claims));
+        assert_eq!(join.verify(b"s", &room, now), Ok(claims.clone()));
+        assert_eq!(join.verify(b"forged", &room, now), Err(TokenError::Invalid));
+        assert_eq!(join.verify(b"s", &other, now), Err(TokenError::WrongRoom));
+        let rc = ResumeClaims::new(&claims, NodeId::new("n1").unwrap(), "x".into(), now, 60);
+        let resume = JoinProof::Resume(mint_resume(b"s", &rc));
+        assert_eq!(resume.verify(b"s", &room, now), Ok(rc.join_claims()));
+        assert_eq!(resume.verify(b"s", &other, now), Err(TokenError::WrongRoom));
+        // A join token is not a resume token, nor the reverse.
+        let swapped = JoinProof::Resume(mint(b"s", &claims));
+        assert_eq!(swapped.verify(b"s", &room, now), Err(TokenError::Invalid));
+        let json = serde_json::to_string(&join).unwrap();
+        assert!(json.starts_with(r#"{"kind":"join","token":"#), "{json}");
     }
 
     proptest::proptest! {

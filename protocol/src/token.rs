@@ -3,6 +3,8 @@
 //! restore a participant from the token alone (PROTOCOL.md `resume`).
 //!
 //! Verification takes the current time as an argument so that it stays pure and testable.
+//! Both kinds are checked with [`LEEWAY_SECS`] of clock skew either way: a token is good from
+//! `nbf − leeway` (when it has an `nbf`) until `exp + leeway`.
 
 use crate::ids::{NodeId, RoomId, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -11,6 +13,13 @@ use serde::{Deserialize, Serialize};
 fn yes() -> bool {
     true
 }
+
+/// Clock skew tolerated between whoever minted a token and the node checking it.
+pub const LEEWAY_SECS: u64 = 10;
+
+/// The shortest API secret a production node accepts (HS256 wants a key as long as its
+/// hash, 32 bytes; `--dev-tokens` accepts any).
+pub const MIN_SECRET_LEN: usize = 32;
 
 /// The claims of a join token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +35,9 @@ pub struct Claims {
     pub can_subscribe: bool,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// Not before, seconds since the Unix epoch (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
 }
 
 impl Claims {
@@ -38,6 +50,7 @@ impl Claims {
             can_publish: true,
             can_subscribe: true,
             exp: now_unix.saturating_add(ttl_secs),
+            nbf: None,
         }
     }
 
@@ -54,6 +67,8 @@ pub enum TokenError {
     Invalid,
     #[error("token expired")]
     Expired,
+    #[error("token not valid yet (nbf)")]
+    NotYetValid,
     #[error("token is for another room")]
     WrongRoom,
 }
@@ -122,6 +137,7 @@ impl ResumeClaims {
             can_publish: self.can_publish,
             can_subscribe: self.can_subscribe,
             exp: self.exp,
+            nbf: None,
         }
     }
 }
@@ -133,10 +149,22 @@ pub fn mint_resume(secret: &[u8], claims: &ResumeClaims) -> String {
 
 fn validation() -> Validation {
     let mut validation = Validation::new(Algorithm::HS256);
-    // Expiry is checked by the callers against their clock, without leeway.
+    // Expiry and nbf are checked here against the caller's clock (`check_time`).
     validation.validate_exp = false;
+    validation.validate_nbf = false;
     validation.required_spec_claims.clear();
     validation
+}
+
+/// `exp` and `nbf` against `now_unix`, with [`LEEWAY_SECS`] either way.
+fn check_time(exp: u64, nbf: Option<u64>, now_unix: u64) -> Result<(), TokenError> {
+    if exp.saturating_add(LEEWAY_SECS) <= now_unix {
+        return Err(TokenError::Expired);
+    }
+    if nbf.is_some_and(|nbf| nbf > now_unix.saturating_add(LEEWAY_SECS)) {
+        return Err(TokenError::NotYetValid);
+    }
+    Ok(())
 }
 
 /// Checks a resume token's signature, type and expiry.
@@ -155,9 +183,7 @@ pub fn verify_resume(
     if claims.typ != RESUME_TYP {
         return Err(TokenError::Invalid);
     }
-    if claims.exp <= now_unix {
-        return Err(TokenError::Expired);
-    }
+    check_time(claims.exp, None, now_unix)?;
     Ok(claims)
 }
 
@@ -184,9 +210,7 @@ pub fn verify(
         return Err(TokenError::Invalid);
     }
     let claims = data.claims.claims;
-    if claims.exp <= now_unix {
-        return Err(TokenError::Expired);
-    }
+    check_time(claims.exp, claims.nbf, now_unix)?;
     if &claims.room != room {
         return Err(TokenError::WrongRoom);
     }
@@ -221,8 +245,10 @@ mod tests {
         let room = RoomId::new("r1").unwrap();
         let t = mint(b"secret", &claims());
         assert_eq!(verify(b"other", &t, &room, NOW), Err(TokenError::Invalid));
+        // exp is NOW + 60; within the leeway it still passes, past it it does not.
+        assert!(verify(b"secret", &t, &room, NOW + 60 + LEEWAY_SECS - 1).is_ok());
         assert_eq!(
-            verify(b"secret", &t, &room, NOW + 60),
+            verify(b"secret", &t, &room, NOW + 60 + LEEWAY_SECS),
             Err(TokenError::Expired)
         );
         assert_eq!(
@@ -289,7 +315,7 @@ mod tests {
         let t = mint_resume(b"secret", &resume_claims());
         assert_eq!(verify_resume(b"other", &t, NOW), Err(TokenError::Invalid));
         assert_eq!(
-            verify_resume(b"secret", &t, NOW + 600),
+            verify_resume(b"secret", &t, NOW + 600 + LEEWAY_SECS),
             Err(TokenError::Expired)
         );
         assert_eq!(
@@ -310,6 +336,45 @@ mod tests {
             verify_resume(b"secret", &parts.join("."), NOW),
             Err(TokenError::Invalid)
         );
+    }
+
+    #[test]
+    fn nbf_is_honoured_with_the_leeway() {
+        let room = RoomId::new("r1").unwrap();
+        let mut c = claims();
+        c.nbf = Some(NOW + 30);
+        let t = mint(b"secret", &c);
+        assert_eq!(
+            verify(b"secret", &t, &room, NOW),
+            Err(TokenError::NotYetValid)
+        );
+        assert_eq!(
+            verify(b"secret", &t, &room, NOW + 30 - LEEWAY_SECS - 1),
+            Err(TokenError::NotYetValid)
+        );
+        assert!(verify(b"secret", &t, &room, NOW + 30 - LEEWAY_SECS).is_ok());
+        assert!(verify(b"secret", &t, &room, NOW + 30).is_ok());
+    }
+
+    proptest::proptest! {
+        /// A token verifies exactly while `now` is within [nbf − leeway, exp + leeway).
+        #[test]
+        fn validity_window(exp_in in 0u64..1000, nbf_in in proptest::option::of(0u64..1000), at in 0u64..2000) {
+            let room = RoomId::new("r1").unwrap();
+            let mut c = claims();
+            c.exp = NOW + exp_in;
+            c.nbf = nbf_in.map(|n| NOW + n);
+            let t = mint(b"secret", &c);
+            let now = NOW - 50 + at;
+            let expected = if c.exp + LEEWAY_SECS <= now {
+                Err(TokenError::Expired)
+            } else if c.nbf.is_some_and(|n| n > now + LEEWAY_SECS) {
+                Err(TokenError::NotYetValid)
+            } else {
+                Ok(c.clone())
+            };
+            proptest::prop_assert_eq!(verify(b"secret", &t, &room, now), expected);
+        }
     }
 
     #[test]

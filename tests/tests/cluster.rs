@@ -469,3 +469,118 @@ async fn joins_keep_succeeding_when_a_coordinator_dies_mid_burst() -> anyhow::Re
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_remote_join_is_refused_by_the_rooms_node() -> anyhow::Result<()> {
+    use protocol::cluster::{self as wire, JoinProof, RemoteJoin, RemoteJoinReply};
+    use protocol::token::{self, Claims, ResumeClaims};
+    let sb = Sandbox::start().await?;
+    let room = room_name("forged");
+    let alice = join(&sb.nodes[0], &room, "alice").await?;
+    // The room's node: the one that counts the room.
+    wait_until(WAIT, "one node to host the room", || async {
+        let per_node = sb.rooms_per_node();
+        if per_node.contains(&1) {
+            Ok(())
+        } else {
+            Err(format!("{per_node:?}"))
+        }
+    })
+    .await?;
+    let host = sb.rooms_per_node().iter().position(|n| *n == 1).unwrap();
+    let host = &sb.nodes[host];
+    let secret = host.config().api_secret.clone();
+    let room_id = protocol::RoomId::new(&room)?;
+    let mallory = |room: &str| tests::claims(room, "mallory", 600);
+    let nats = async_nats::connect(sb.nats.url()).await?;
+    let ask = |proof: JoinProof| RemoteJoin {
+        v: wire::VERSION,
+        room: room_id.clone(),
+        proof,
+        session_node: protocol::NodeId::new("n-forger").unwrap(),
+        epoch: 0,
+        nodes: Vec::new(),
+    };
+    let now = tests::now_unix();
+    let resume_for_other_room = ResumeClaims::new(
+        &mallory("elsewhere"),
+        host.config().node_id.clone(),
+        "x".into(),
+        now,
+        600,
+    );
+    let forged: [(&str, JoinProof, protocol::ErrorCode); 4] = [
+        (
+            "signed with another secret",
+            JoinProof::Join(token::mint(b"not-the-cluster-secret", &mallory(&room))),
+            protocol::ErrorCode::Unauthorized,
+        ),
+        (
+            "a token for another room",
+            JoinProof::Join(token::mint(secret.as_bytes(), &mallory("elsewhere"))),
+            protocol::ErrorCode::Forbidden,
+        ),
+        (
+            "a join token passed as a resume token",
+            JoinProof::Resume(token::mint(secret.as_bytes(), &mallory(&room))),
+            protocol::ErrorCode::Unauthorized,
+        ),
+        (
+            "a resume token for another room",
+            JoinProof::Resume(token::mint_resume(
+                secret.as_bytes(),
+                &resume_for_other_room,
+            )),
+            protocol::ErrorCode::Forbidden,
+        ),
+    ];
+    for (what, proof, want) in forged {
+        let payload = serde_json::to_vec(&ask(proof))?;
+        let msg = nats
+            .request(wire::node_join(&host.config().node_id), payload.into())
+            .await?;
+        match serde_json::from_slice::<RemoteJoinReply>(&msg.payload)? {
+            RemoteJoinReply::Error { code, .. } if code == want => {}
+            other => anyhow::bail!("{what}: expected {want:?}, got {other:?}"),
+        }
+    }
+    // An old-style request with bare claims and no token is not even understood.
+    let bare = serde_json::json!({
+        "v": wire::VERSION, "room": room, "session_node": "n-forger",
+        "claims": Claims::new(room_id.clone(), protocol::UserId::new("mallory")?, now, 600),
+    });
+    let msg = nats
+        .request(
+            wire::node_join(&host.config().node_id),
+            serde_json::to_vec(&bare)?.into(),
+        )
+        .await?;
+    match serde_json::from_slice::<RemoteJoinReply>(&msg.payload)? {
+        RemoteJoinReply::Error {
+            code: protocol::ErrorCode::BadRequest,
+            ..
+        } => {}
+        other => anyhow::bail!("bare claims: expected bad_request, got {other:?}"),
+    }
+    // A real join through another node still works, and mallory never appeared.
+    let other = sb
+        .nodes
+        .iter()
+        .find(|n| n.config().node_id != host.config().node_id);
+    let cursor = alice.message_count();
+    let bob = join(other.unwrap(), &room, "bob").await?;
+    alice
+        .wait_for_since(cursor, WAIT, |m| {
+            matches!(m, ServerMessage::ParticipantJoined { participant } if participant.id.as_str() == "bob")
+        })
+        .await?;
+    let seen: Vec<String> = alice
+        .participants()
+        .iter()
+        .map(|p| p.id.to_string())
+        .collect();
+    assert_eq!(seen, ["bob"], "only bob joined alice's room");
+    bob.leave().await?;
+    alice.leave().await?;
+    Ok(())
+}

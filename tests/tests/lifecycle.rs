@@ -107,10 +107,14 @@ async fn http_surface_reports_health_metrics_and_snapshots() -> anyhow::Result<(
     wait_node_idle(&node, WAIT).await?;
     node.stop();
 
-    // Production shape: no dev tokens, snapshot behind the API secret.
+    // Production shape: no dev tokens, the operators' endpoints behind the admin token,
+    // which is not the API secret.
+    const SECRET: &str = "prod-secret-0123456789abcdef0123456789";
+    const ADMIN: &str = "prod-admin-0123456789abcdef0123456789";
     let node = start_node(|c| {
         c.dev_tokens = false;
-        c.api_secret = "prod-secret".into();
+        c.api_secret = SECRET.into();
+        c.admin_token = Some(ADMIN.into());
     });
     let addr = node.http_addr();
     assert_eq!(
@@ -118,8 +122,30 @@ async fn http_surface_reports_health_metrics_and_snapshots() -> anyhow::Result<(
         404
     );
     assert_eq!(http_get(addr, "/debug/snapshot", &[]).await?.0, 401);
-    let auth = [("Authorization", "Bearer prod-secret")];
-    assert_eq!(http_get(addr, "/debug/snapshot", &auth).await?.0, 200);
+    let bearer = |t: &str| format!("Bearer {t}");
+    for wrong in [SECRET, &ADMIN[..ADMIN.len() - 1], "prod-admin"] {
+        let auth = bearer(wrong);
+        let status = http_get(addr, "/debug/snapshot", &[("Authorization", &auth)]).await?;
+        assert_eq!(status.0, 401, "{wrong}");
+    }
+    let auth = bearer(ADMIN);
+    let status = http_get(addr, "/debug/snapshot", &[("Authorization", &auth)]).await?;
+    assert_eq!(status.0, 200);
+    node.stop();
+
+    // Without an admin token the operators' endpoints are off.
+    let node = start_node(|c| {
+        c.dev_tokens = false;
+        c.api_secret = SECRET.into();
+    });
+    let auth = bearer(SECRET);
+    let status = http_get(
+        node.http_addr(),
+        "/debug/snapshot",
+        &[("Authorization", &auth)],
+    )
+    .await?;
+    assert_eq!(status.0, 403);
     node.stop();
     Ok(())
 }

@@ -66,7 +66,7 @@ async fn get_with_bearer(port: u16, path: &str, secret: &str) -> Result<String> 
 pub async fn snapshots(cluster: &Cluster) -> Result<Vec<NodeSnapshot>> {
     let mut out = Vec::new();
     for n in cluster.nodes() {
-        let body = get_with_bearer(n.port(), "/debug/snapshot", cluster.api_secret())
+        let body = get_with_bearer(n.port(), "/debug/snapshot", &cluster.node_admin_token())
             .await
             .with_context(|| format!("snapshot of {}", n.id()))?;
         let json: serde_json::Value = serde_json::from_str(&body)?;

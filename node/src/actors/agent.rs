@@ -128,10 +128,10 @@ impl NodeAgent {
     fn serve(&self) {
         let id = &self.node.config.node_id;
         let c = &self.cluster;
-        let rooms = self.rooms.clone();
+        let (rooms, secret) = (self.rooms.clone(), self.node.config.api_secret.clone());
         serve_requests(c, wire::node_join(id), move |payload| {
-            let rooms = rooms.clone();
-            async move { remote_join(&rooms, &payload).await }
+            let (rooms, secret) = (rooms.clone(), secret.clone());
+            async move { remote_join(&rooms, secret.as_bytes(), &payload).await }
         });
         let (rooms, secret) = (self.rooms.clone(), self.node.config.api_secret.clone());
         serve_requests(c, wire::node_resume(id), move |payload| {
@@ -426,19 +426,35 @@ where
     });
 }
 
-async fn remote_join(rooms: &Addr<RoomRegistry>, payload: &[u8]) -> RemoteJoinReply {
-    match serde_json::from_slice::<RemoteJoin>(payload) {
-        Ok(req) => {
-            let join = JoinRoom {
-                room: req.room,
-                claims: req.claims,
-                epoch: req.epoch,
-                nodes: req.nodes,
+/// A client whose socket is on another node joins a room hosted here. Its token is checked
+/// again here, as on the socket's node: a cluster message is no proof of anything.
+async fn remote_join(rooms: &Addr<RoomRegistry>, secret: &[u8], payload: &[u8]) -> RemoteJoinReply {
+    let req = match serde_json::from_slice::<RemoteJoin>(payload) {
+        Ok(req) => req,
+        Err(e) => return bad_request(e),
+    };
+    let claims = match req.proof.verify(secret, &req.room, crate::unix_secs()) {
+        Ok(claims) => claims,
+        Err(e) => {
+            metrics::counter!("cluster_forged_requests_total", "subject" => "join").increment(1);
+            tracing::warn!(room = %req.room, from = %req.session_node, error = %e, "remote join refused");
+            let code = match e {
+                protocol::token::TokenError::WrongRoom => protocol::ErrorCode::Forbidden,
+                _ => protocol::ErrorCode::Unauthorized,
             };
-            joined_reply(rooms.send(join).await, "join refused by the room's node")
+            return RemoteJoinReply::Error {
+                code,
+                message: e.to_string(),
+            };
         }
-        Err(e) => bad_request(e),
-    }
+    };
+    let join = JoinRoom {
+        room: req.room,
+        claims,
+        epoch: req.epoch,
+        nodes: req.nodes,
+    };
+    joined_reply(rooms.send(join).await, "join refused by the room's node")
 }
 
 /// A participant of a room hosted here resumes through another node. The token is checked
@@ -456,10 +472,12 @@ async fn remote_resume(
     {
         Ok(c) => c,
         Err(e) => {
+            metrics::counter!("cluster_forged_requests_total", "subject" => "resume").increment(1);
+            tracing::warn!(from = %req.session_node, error = %e, "remote resume refused");
             return RemoteJoinReply::Error {
                 code: protocol::ErrorCode::Unauthorized,
                 message: e.to_string(),
-            }
+            };
         }
     };
     let resume = ResumeRoom {

@@ -12,7 +12,8 @@ use crate::counters::{Kind, Live};
 use actix::prelude::*;
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use protocol::cluster::{
-    self as wire, AllocateReply, AllocateRequest, PeerCmd, PeerCommand, RemoteJoin, RemoteJoinReply,
+    self as wire, AllocateReply, AllocateRequest, JoinProof, PeerCmd, PeerCommand, RemoteJoin,
+    RemoteJoinReply,
 };
 use protocol::signal::{parse_client_message, ClientMessage, ParseError, ServerMessage};
 use protocol::signal::{IceServer, ParticipantInfo, ParticipantState};
@@ -346,7 +347,9 @@ impl SignalingSession {
             Err(e) => {
                 let code = match e {
                     TokenError::WrongRoom => ErrorCode::Forbidden,
-                    TokenError::Invalid | TokenError::Expired => ErrorCode::Unauthorized,
+                    TokenError::Invalid | TokenError::Expired | TokenError::NotYetValid => {
+                        ErrorCode::Unauthorized
+                    }
                 };
                 metrics::counter!("signaling_auth_failures_total").increment(1);
                 self.error(code, e.to_string(), ctx);
@@ -375,7 +378,17 @@ impl SignalingSession {
         // participant is lost; `wait` holds this session's mailbox until `joined` is out.
         async move {
             router.send(register).await.ok();
-            join_anywhere(&node, &rooms, room.clone(), claims, region, Vec::new()).await
+            let proof = JoinProof::Join(token);
+            join_anywhere(
+                &node,
+                &rooms,
+                room.clone(),
+                claims,
+                proof,
+                region,
+                Vec::new(),
+            )
+            .await
         }
         .into_actor(self)
         .map(move |res, act, ctx| act.finish_join(user, res, ctx))
@@ -506,14 +519,16 @@ async fn resume_anywhere(
     // is lost.
     router.send(register).await.ok();
     let restored = match &node.cluster {
-        None => Some(resume_local(rooms, claims.clone(), resume_token).await),
-        Some(_) if host == me => Some(resume_local(rooms, claims.clone(), resume_token).await),
+        None => Some(resume_local(rooms, claims.clone(), resume_token.clone()).await),
+        Some(_) if host == me => {
+            Some(resume_local(rooms, claims.clone(), resume_token.clone()).await)
+        }
         // A coordinator said it died: nothing to ask.
         Some(_) if lock(&node.peers).is_dead(&host) => None,
         Some(cluster) => {
             let ask = wire::RemoteResume {
                 v: wire::VERSION,
-                resume_token,
+                resume_token: resume_token.clone(),
                 session_node: me.clone(),
             };
             let reply = cluster
@@ -545,7 +560,17 @@ async fn resume_anywhere(
     metrics::counter!("signaling_resumed_elsewhere_total").increment(1);
     tracing::info!(%room, user = %claims.sub, %host, "participant's node no longer serves it; joining it afresh");
     let region = Some(node.config.region.clone());
-    let outcome = join_anywhere(node, rooms, room, claims.join_claims(), region, suspects).await?;
+    let proof = JoinProof::Resume(resume_token);
+    let outcome = join_anywhere(
+        node,
+        rooms,
+        room,
+        claims.join_claims(),
+        proof,
+        region,
+        suspects,
+    )
+    .await?;
     Ok((outcome, false))
 }
 
@@ -608,6 +633,7 @@ async fn join_anywhere(
     rooms: &Addr<RoomRegistry>,
     room: RoomId,
     claims: protocol::token::Claims,
+    proof: JoinProof,
     region: Option<String>,
     suspects: Vec<NodeId>,
 ) -> Result<JoinOutcome, ErrorCode> {
@@ -650,7 +676,7 @@ async fn join_anywhere(
             let remote = RemoteJoin {
                 v: wire::VERSION,
                 room: room.clone(),
-                claims: claims.clone(),
+                proof: proof.clone(),
                 session_node: me.clone(),
                 epoch: assignment.epoch,
                 nodes,
