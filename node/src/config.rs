@@ -83,6 +83,8 @@ pub struct Config {
     pub media_threads: usize,
     /// actix-web worker threads (signaling).
     pub http_workers: usize,
+    /// What one client, address or room may take (`crate::limits`).
+    pub limits: crate::limits::Limits,
 }
 
 impl Config {
@@ -122,6 +124,7 @@ impl Config {
             drain_deadline: Duration::from_secs(60),
             drain_batch: 10,
             node_timeout: Duration::from_secs(3),
+            limits: crate::limits::Limits::default(),
         }
     }
 
@@ -251,6 +254,20 @@ impl Config {
                 "set --api-secret (or NODE_API_SECRET) to a real secret, or run with --dev-tokens"
             );
         }
+        macro_rules! limit {
+            ($field:ident, $flag:ident) => {
+                if let Some(v) = flags.$flag.or(file.$flag) {
+                    c.limits.$field = v;
+                }
+            };
+        }
+        limit!(auth_failures, max_auth_failures);
+        limit!(tracks_per_publisher, max_tracks_per_publisher);
+        limit!(connections, max_connections);
+        limit!(connections_per_ip, max_connections_per_ip);
+        limit!(room_joins_per_sec, room_join_rate);
+        limit!(recipient_messages_per_sec, recipient_msg_rate);
+        limit!(cluster_requests, max_cluster_requests);
         let min = protocol::token::MIN_SECRET_LEN;
         if !c.dev_tokens && c.api_secret.len() < min {
             bail!("--api-secret must be at least {min} bytes (e.g. `openssl rand -hex 32`)");
@@ -321,6 +338,27 @@ pub struct NodeArgs {
     /// Bearer token of /debug/snapshot and /admin/drain (off without one).
     #[arg(long, env = "NODE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Failed token checks a socket may make before it is closed [default: 3].
+    #[arg(long, env = "NODE_MAX_AUTH_FAILURES")]
+    pub max_auth_failures: Option<u32>,
+    /// Tracks one publisher may send at once [default: 8].
+    #[arg(long, env = "NODE_MAX_TRACKS_PER_PUBLISHER")]
+    pub max_tracks_per_publisher: Option<usize>,
+    /// Signaling sockets this node holds at once [default: 10000].
+    #[arg(long, env = "NODE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Signaling sockets from one source address [default: 200].
+    #[arg(long, env = "NODE_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Joins per second one room takes on this node, burst twice that [default: 50].
+    #[arg(long, env = "NODE_ROOM_JOIN_RATE")]
+    pub room_join_rate: Option<u32>,
+    /// Application messages per second to one recipient, burst twice that [default: 50].
+    #[arg(long, env = "NODE_RECIPIENT_MSG_RATE")]
+    pub recipient_msg_rate: Option<u32>,
+    /// NATS requests (remote joins, resumes) this node serves at once [default: 256].
+    #[arg(long, env = "NODE_MAX_CLUSTER_REQUESTS")]
+    pub max_cluster_requests: Option<usize>,
     /// ICE server URLs for clients (stun:…, turn:…), comma separated.
     #[arg(long, env = "NODE_ICE_SERVERS", value_delimiter = ',')]
     pub ice_servers: Option<Vec<String>>,
@@ -398,6 +436,13 @@ struct FileConfig {
     public_ip: Option<String>,
     api_secret: Option<String>,
     admin_token: Option<String>,
+    max_auth_failures: Option<u32>,
+    max_tracks_per_publisher: Option<usize>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    room_join_rate: Option<u32>,
+    recipient_msg_rate: Option<u32>,
+    max_cluster_requests: Option<usize>,
     ice_servers: Option<Vec<String>>,
     turn_secret: Option<String>,
     turn_ttl_secs: Option<u64>,

@@ -47,8 +47,28 @@ async fn ws(
     body: web::Payload,
     node: web::Data<NodeEntry>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    let shared = &node.shared;
+    let ip = req
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+    let admitted = match shared.connections.admit(ip, &shared.config.limits) {
+        Ok(guard) => guard,
+        Err(crate::limits::ConnRefusal::Node) => {
+            crate::limits::hit("connections");
+            return Ok(HttpResponse::ServiceUnavailable()
+                .insert_header(("retry-after", "5"))
+                .body("node at its connection limit"));
+        }
+        Err(crate::limits::ConnRefusal::Address) => {
+            crate::limits::hit("connections_per_ip");
+            return Ok(
+                HttpResponse::TooManyRequests().body("too many connections from this address")
+            );
+        }
+    };
     let (response, session, stream) = actix_ws::handle(&req, body)?;
-    SignalingSession::start(node.get_ref().clone(), session, stream);
+    SignalingSession::start(node.get_ref().clone(), session, stream, admitted);
     Ok(response)
 }
 

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod counters;
 pub mod http;
+pub mod limits;
 pub mod media;
 pub mod membership;
 pub mod metrics;
@@ -92,7 +93,8 @@ pub async fn start_in_system(
         Some(url) => Some(Cluster::connect(url, config.node_id.clone(), media_rt).await?),
         None => None,
     };
-    let router = SessionRouter::new(cluster.clone()).start();
+    let router =
+        SessionRouter::new(cluster.clone(), config.limits.recipient_messages_per_sec).start();
     let peers = peers::PeerNodes::new(
         config.node_id.clone(),
         config.region.clone(),
@@ -109,6 +111,7 @@ pub async fn start_in_system(
         peers: Arc::new(std::sync::Mutex::new(peers)),
         drain_started: Arc::new(AtomicBool::new(false)),
         exit: Arc::new(tokio::sync::Notify::new()),
+        connections: Arc::default(),
     };
     let rooms: Addr<RoomRegistry> = RoomRegistry::new(shared.clone()).start();
     let node = NodeEntry { shared, rooms };

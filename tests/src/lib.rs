@@ -1,6 +1,7 @@
 //! Shared harness of the cross-crate tests in `tests/tests/`: start real nodes, mint
 //! tokens, connect synthetic clients, and wait on conditions (never on sleeps).
 
+pub mod abuse;
 pub mod fake_node;
 pub mod nats;
 pub mod procs;

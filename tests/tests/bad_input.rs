@@ -1,75 +1,20 @@
 //! Bad input from one client gets a clear error (or a closed socket) and never disturbs the
 //! other sessions of the room, which keep receiving media throughout.
 
-use chaos::{Client, PublishOpts};
+use chaos::Client;
 use protocol::signal::{ClientMessage, ServerMessage};
 use protocol::token::Claims;
 use protocol::ErrorCode;
 use std::time::Duration;
-use tests::{claims, join, mint, room_name, start_node, wait_until, NodeHandle};
+use tests::abuse::{expect_error, good_pair, still_flowing};
+use tests::{claims, join, mint, room_name, start_node, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Sends `frame` and waits for an `error` with `code` sent after it.
-async fn expect_error(
-    c: &Client,
-    code: ErrorCode,
-    send: impl std::future::Future<Output = chaos::Result<()>>,
-) -> anyhow::Result<()> {
-    let cursor = c.message_count();
-    send.await?;
-    let got = c
-        .wait_for_since(cursor, WAIT, |m| matches!(m, ServerMessage::Error { .. }))
-        .await?;
-    match got {
-        ServerMessage::Error { code: c2, message } => {
-            assert_eq!(c2, code, "error message: {message}");
-            assert!(!message.is_empty());
-        }
-        other => panic!("{other:?}"),
-    }
-    Ok(())
-}
-
-/// The two good clients still receive each other's media: both counts grow by `n` more.
-async fn still_flowing(good: &[Client; 2], n: u64) -> anyhow::Result<()> {
-    let before = [
-        good[0].received_from("good2"),
-        good[1].received_from("good1"),
-    ];
-    wait_until(
-        WAIT,
-        "media to keep flowing between the good clients",
-        || async {
-            let now = [
-                good[0].received_from("good2"),
-                good[1].received_from("good1"),
-            ];
-            if now[0] >= before[0] + n && now[1] >= before[1] + n {
-                Ok(())
-            } else {
-                Err(format!("before {before:?} now {now:?}"))
-            }
-        },
-    )
-    .await?;
-    assert!(!good[0].is_closed() && !good[1].is_closed());
-    Ok(())
-}
-
-async fn good_pair(node: &NodeHandle, room: &str) -> anyhow::Result<[Client; 2]> {
-    let a = join(node, room, "good1").await?;
-    let b = join(node, room, "good2").await?;
-    a.publish(PublishOpts::default()).await?;
-    b.publish(PublishOpts::default()).await?;
-    let pair = [a, b];
-    still_flowing(&pair, 100).await?;
-    Ok(pair)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_and_bad_tokens_get_errors() -> anyhow::Result<()> {
-    let node = start_node(|_| {});
+    // Four failed token checks on one socket: more than the default limit (tests/limits.rs).
+    let node = start_node(|c| c.limits.auth_failures = 10);
     let room = room_name("bad");
     let good = good_pair(&node, &room).await?;
 

@@ -584,3 +584,56 @@ async fn a_forged_remote_join_is_refused_by_the_rooms_node() -> anyhow::Result<(
     alice.leave().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_a_bounded_number_of_cluster_requests_at_once() -> anyhow::Result<()> {
+    use protocol::cluster::{self as wire, JoinProof, RemoteJoin, RemoteJoinReply};
+    let sb = Sandbox::start_with(|c| c.limits.cluster_requests = 1).await?;
+    let room = room_name("busy");
+    let host = &sb.nodes[0];
+    let secret = host.config().api_secret.clone();
+    let nats = async_nats::connect(sb.nats.url()).await?;
+    // Fifty remote joins at once, each with a valid token: the node serves one at a time
+    // and answers the others at once that it is busy.
+    let asks = (0..50).map(|i| {
+        let claims = tests::claims(&room, &format!("u{i}"), 600);
+        let ask = RemoteJoin {
+            v: wire::VERSION,
+            room: protocol::RoomId::new(&room).unwrap(),
+            proof: JoinProof::Join(protocol::token::mint(secret.as_bytes(), &claims)),
+            session_node: protocol::NodeId::new("n-elsewhere").unwrap(),
+            epoch: 0,
+            nodes: Vec::new(),
+        };
+        let (nats, subject) = (nats.clone(), wire::node_join(&host.config().node_id));
+        async move {
+            let msg = nats
+                .request(subject, serde_json::to_vec(&ask)?.into())
+                .await?;
+            anyhow::Ok(serde_json::from_slice::<RemoteJoinReply>(&msg.payload)?)
+        }
+    });
+    let mut busy = 0;
+    for reply in futures::future::join_all(asks).await {
+        match reply? {
+            RemoteJoinReply::Error {
+                code: protocol::ErrorCode::Unavailable,
+                message,
+            } if message.contains("busy") => busy += 1,
+            _ => {}
+        }
+    }
+    assert!(
+        busy > 0,
+        "fifty requests at once, one permit: some were refused"
+    );
+    let (_, metrics) = http_get(host.http_addr(), "/metrics", &[]).await?;
+    assert!(
+        metrics.contains("limits_hit_total{limit=\"cluster_requests\"}"),
+        "{metrics}"
+    );
+    // Clients still join through it.
+    let alice = join(host, &room_name("after"), "alice").await?;
+    alice.leave().await?;
+    Ok(())
+}

@@ -129,28 +129,45 @@ impl NodeAgent {
         let id = &self.node.config.node_id;
         let c = &self.cluster;
         let (rooms, secret) = (self.rooms.clone(), self.node.config.api_secret.clone());
-        serve_requests(c, wire::node_join(id), move |payload| {
+        // Remote joins, resumes and room queries share `limits.cluster_requests` permits;
+        // pings are never refused (they tell other nodes this one lives).
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            self.node.config.limits.cluster_requests.max(1),
+        ));
+        let busy = || RemoteJoinReply::Error {
+            code: protocol::ErrorCode::Unavailable,
+            message: "node busy: too many cluster requests at once".into(),
+        };
+        let admit = Admission::new(&permits, Some(busy()));
+        serve_requests(c, wire::node_join(id), admit, move |payload| {
             let (rooms, secret) = (rooms.clone(), secret.clone());
             async move { remote_join(&rooms, secret.as_bytes(), &payload).await }
         });
         let (rooms, secret) = (self.rooms.clone(), self.node.config.api_secret.clone());
-        serve_requests(c, wire::node_resume(id), move |payload| {
+        let admit = Admission::new(&permits, Some(busy()));
+        serve_requests(c, wire::node_resume(id), admit, move |payload| {
             let (rooms, secret) = (rooms.clone(), secret.clone());
             async move { remote_resume(&rooms, secret.as_bytes(), &payload).await }
         });
         let (rooms, node) = (self.rooms.clone(), id.clone());
-        serve_requests(c, wire::node_rooms(id), move |_| {
-            let (rooms, node) = (rooms.clone(), node.clone());
-            async move {
-                wire::NodeRooms {
-                    v: wire::VERSION,
-                    node,
-                    rooms: rooms.send(ListRooms).await.unwrap_or_default(),
+        serve_requests(
+            c,
+            wire::node_rooms(id),
+            Admission::new(&permits, None),
+            move |_| {
+                let (rooms, node) = (rooms.clone(), node.clone());
+                async move {
+                    wire::NodeRooms {
+                        v: wire::VERSION,
+                        node,
+                        rooms: rooms.send(ListRooms).await.unwrap_or_default(),
+                    }
                 }
-            }
-        });
+            },
+        );
         let rooms = self.rooms.clone();
-        serve_requests(c, wire::node_room_state(id), move |payload| {
+        let admit = Admission::new(&permits, None);
+        serve_requests(c, wire::node_room_state(id), admit, move |payload| {
             let rooms = rooms.clone();
             async move {
                 match serde_json::from_slice::<wire::RoomStateRequest>(&payload) {
@@ -183,7 +200,7 @@ impl NodeAgent {
             },
         );
         let (me, draining) = (id.clone(), self.node.draining.clone());
-        serve_requests(c, wire::node_ping(id), move |_| {
+        serve_requests(c, wire::node_ping(id), None, move |_| {
             let pong = wire::NodePong {
                 v: wire::VERSION,
                 node: me.clone(),
@@ -386,8 +403,28 @@ fn node_down(node: &NodeCtx, rooms: &Addr<RoomRegistry>, down: wire::NodeDown) {
 }
 
 /// Answers every request on `subject` with `handler`'s JSON reply, each in its own task.
-fn serve_requests<F, Fut, Rep>(c: &Cluster, subject: String, handler: F)
-where
+/// How many requests may be served at once, and what the others are answered (`None`: no
+/// answer, the requester times out).
+struct Admission<Rep> {
+    permits: Arc<tokio::sync::Semaphore>,
+    busy: Option<Rep>,
+}
+
+impl<Rep> Admission<Rep> {
+    fn new(permits: &Arc<tokio::sync::Semaphore>, busy: Option<Rep>) -> Option<Self> {
+        Some(Admission {
+            permits: permits.clone(),
+            busy,
+        })
+    }
+}
+
+fn serve_requests<F, Fut, Rep>(
+    c: &Cluster,
+    subject: String,
+    admission: Option<Admission<Rep>>,
+    handler: F,
+) where
     F: Fn(bytes::Bytes) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Rep> + Send + 'static,
     Rep: Serialize + Send + 'static,
@@ -399,8 +436,23 @@ where
             return tracing::error!(%subject, "cannot subscribe");
         };
         while let Some(msg) = sub.next().await {
+            let permit = match &admission {
+                None => None,
+                Some(a) => match a.permits.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        crate::limits::hit("cluster_requests");
+                        let busy = a.busy.as_ref().and_then(|b| serde_json::to_vec(b).ok());
+                        if let (Some(to), Some(body)) = (msg.reply, busy) {
+                            let _ = c.client.publish(to, body.into()).await;
+                        }
+                        continue;
+                    }
+                },
+            };
             let (client, handler) = (c.client.clone(), handler.clone());
             c.rt.spawn(async move {
+                let _permit = permit;
                 let reply = handler(msg.payload).await;
                 if let (Some(to), Ok(body)) = (msg.reply, serde_json::to_vec(&reply)) {
                     let _ = client.publish(to, body.into()).await;
@@ -453,6 +505,7 @@ async fn remote_join(rooms: &Addr<RoomRegistry>, secret: &[u8], payload: &[u8]) 
         claims,
         epoch: req.epoch,
         nodes: req.nodes,
+        rejoin: matches!(req.proof, wire::JoinProof::Resume(_)),
     };
     joined_reply(rooms.send(join).await, "join refused by the room's node")
 }

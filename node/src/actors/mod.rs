@@ -74,6 +74,8 @@ pub struct NodeCtx {
     pub drain_started: Arc<AtomicBool>,
     /// Notified when the node should exit (a drain ended).
     pub exit: Arc<tokio::sync::Notify>,
+    /// The signaling sockets held, in all and per source address (`limits`).
+    pub connections: Arc<crate::limits::Connections>,
 }
 
 impl NodeCtx {

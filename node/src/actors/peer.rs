@@ -385,6 +385,13 @@ impl Handler<Publish> for Peer {
         if !self.can_publish {
             return self.error(ErrorCode::Forbidden, "token does not allow publishing");
         }
+        let max = self.node.config.limits.tracks_per_publisher;
+        let tracks = sdp::sending_tracks(&msg.sdp);
+        if tracks > max {
+            crate::limits::hit("tracks_per_publisher");
+            let text = format!("the offer sends {tracks} tracks; at most {max} per publisher");
+            return self.error(ErrorCode::Forbidden, text);
+        }
         let ufrag = sdp::ice_ufrag(&msg.sdp).map(str::to_owned);
         if self.publisher.is_some() && ufrag.is_some() && ufrag != self.publisher_ufrag {
             // The client made a new publisher connection: the old one and its tracks go.
@@ -537,6 +544,18 @@ impl Handler<TransportEvent> for Peer {
     fn handle(&mut self, msg: TransportEvent, ctx: &mut Context<Self>) {
         match msg {
             TransportEvent::TrackArrived(source) => {
+                // The offer was counted; this holds however the tracks came (an offer
+                // without SSRC lines, renegotiations adding one at a time).
+                let max = self.node.config.limits.tracks_per_publisher;
+                // A relay link carries the other node's publishers' tracks: not counted.
+                if self.role.relay_node().is_none()
+                    && self.own_tracks.len() >= max
+                    && !self.own_tracks.contains_key(&source.id)
+                {
+                    crate::limits::hit("tracks_per_publisher");
+                    let text = format!("at most {max} tracks per publisher");
+                    return self.error(ErrorCode::Forbidden, text);
+                }
                 self.own_tracks.insert(source.id.clone(), source.clone());
                 self.room.do_send(PeerEvent::TrackPublished(source));
             }

@@ -29,13 +29,17 @@ struct Hosted {
 pub struct RoomRegistry {
     node: NodeCtx,
     rooms: HashMap<RoomId, Hosted>,
+    /// Joins per room per second (`limits.room_joins_per_sec`).
+    join_rate: crate::limits::KeyedRate<RoomId>,
 }
 
 impl RoomRegistry {
     pub fn new(node: NodeCtx) -> Self {
+        let join_rate = crate::limits::KeyedRate::new(node.config.limits.room_joins_per_sec);
         RoomRegistry {
             node,
             rooms: HashMap::new(),
+            join_rate,
         }
     }
 }
@@ -53,6 +57,10 @@ pub struct JoinRoom {
     pub epoch: u64,
     /// The room's nodes as the directory lists them (this one may be among them).
     pub nodes: Vec<NodeId>,
+    /// A participant moved here (its node died, drains or was fenced) joining afresh with
+    /// its resume token: not counted against the room's join rate, so a failover is not
+    /// throttled.
+    pub rejoin: bool,
 }
 
 /// Signaling from a participant whose socket is on another node.
@@ -88,6 +96,13 @@ impl Handler<JoinRoom> for RoomRegistry {
     type Result = AtomicResponse<Self, Result<JoinedInfo, ErrorCode>>;
 
     fn handle(&mut self, msg: JoinRoom, ctx: &mut Context<Self>) -> Self::Result {
+        if !msg.rejoin && !self.join_rate.admit(&msg.room) {
+            crate::limits::hit("room_joins");
+            if self.join_rate.len() > 10_000 {
+                self.join_rate.prune();
+            }
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(ErrorCode::RateLimited))));
+        }
         let node = self.node.clone();
         let registry = ctx.address().recipient();
         let nodes = msg.nodes.clone();

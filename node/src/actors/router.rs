@@ -82,20 +82,23 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-#[derive(Default)]
 pub struct SessionRouter {
     sessions: HashMap<UserId, Entry>,
     cluster: Option<Cluster>,
     /// Sessions closed because the same user joined again (here or on another node).
     superseded: u64,
+    /// Application messages per recipient per second sent from this node
+    /// (`limits.recipient_messages_per_sec`).
+    recipient_rate: crate::limits::KeyedRate<UserId>,
 }
 
 impl SessionRouter {
-    pub fn new(cluster: Option<Cluster>) -> Self {
+    pub fn new(cluster: Option<Cluster>, recipient_messages_per_sec: u32) -> Self {
         SessionRouter {
             sessions: HashMap::new(),
             cluster,
             superseded: 0,
+            recipient_rate: crate::limits::KeyedRate::new(recipient_messages_per_sec),
         }
     }
 
@@ -381,6 +384,13 @@ impl Handler<Inbound> for SessionRouter {
 impl Handler<RouteUserMessage> for SessionRouter {
     type Result = ResponseFuture<Result<(), ErrorCode>>;
     fn handle(&mut self, msg: RouteUserMessage, _: &mut Context<Self>) -> Self::Result {
+        if !self.recipient_rate.admit(&msg.to) {
+            crate::limits::hit("recipient_messages");
+            if self.recipient_rate.len() > 100_000 {
+                self.recipient_rate.prune();
+            }
+            return Box::pin(async { Err(ErrorCode::RateLimited) });
+        }
         let out = ServerMessage::Message {
             from: msg.from,
             data: msg.data,

@@ -105,7 +105,11 @@ pub struct SignalingSession {
     dropped: u64,
     last_rate_error: Option<Instant>,
     bad_messages: u32,
+    /// Token checks (join, resume) that failed on this socket (`limits.auth_failures`).
+    auth_failures: u32,
     _live: Live,
+    /// Its place among the node's connections (`limits`).
+    _admitted: crate::limits::ConnectionGuard,
 }
 
 impl SignalingSession {
@@ -114,6 +118,7 @@ impl SignalingSession {
         entry: NodeEntry,
         ws: actix_ws::Session,
         stream: actix_ws::MessageStream,
+        admitted: crate::limits::ConnectionGuard,
     ) -> Addr<Self> {
         let NodeEntry {
             shared: node,
@@ -141,7 +146,9 @@ impl SignalingSession {
                 dropped: 0,
                 last_rate_error: None,
                 bad_messages: 0,
+                auth_failures: 0,
                 _live: live,
+                _admitted: admitted,
             }
         })
     }
@@ -214,6 +221,18 @@ impl SignalingSession {
         self.send(&ServerMessage::Reconnect { reason, url }, ctx);
         // 1012: service restart (RFC 6455 registry), the client is expected back.
         self.close(CloseCode::Restart, "reconnect", ctx);
+    }
+
+    /// A failed token check: its error, and the socket closes once it failed
+    /// `limits.auth_failures` times (a client guessing tokens gets a few tries, not many).
+    fn auth_failed(&mut self, code: ErrorCode, message: String, ctx: &mut Context<Self>) {
+        metrics::counter!("signaling_auth_failures_total").increment(1);
+        self.auth_failures += 1;
+        self.error(code, message, ctx);
+        if self.auth_failures >= self.node.config.limits.auth_failures {
+            crate::limits::hit("auth_failures");
+            self.close(CloseCode::Policy, "too many failed authentications", ctx);
+        }
     }
 
     fn bad_message(&mut self, message: String, ctx: &mut Context<Self>) {
@@ -309,14 +328,18 @@ impl SignalingSession {
                     .router
                     .send(route)
                     .into_actor(self)
-                    .map(move |res, act, ctx| {
-                        if !matches!(res, Ok(Ok(()))) {
-                            act.error(
-                                ErrorCode::NotFound,
-                                format!("no user `{to}` in this room"),
-                                ctx,
-                            );
+                    .map(move |res, act, ctx| match res {
+                        Ok(Ok(())) => {}
+                        Ok(Err(ErrorCode::RateLimited)) => {
+                            let rate = act.node.config.limits.recipient_messages_per_sec;
+                            let text = format!("`{to}` takes at most {rate} messages a second");
+                            act.error(ErrorCode::RateLimited, text, ctx);
                         }
+                        _ => act.error(
+                            ErrorCode::NotFound,
+                            format!("no user `{to}` in this room"),
+                            ctx,
+                        ),
                     })
                     .wait(ctx);
             }
@@ -351,15 +374,12 @@ impl SignalingSession {
                         ErrorCode::Unauthorized
                     }
                 };
-                metrics::counter!("signaling_auth_failures_total").increment(1);
-                self.error(code, e.to_string(), ctx);
-                return;
+                return self.auth_failed(code, e.to_string(), ctx);
             }
         };
         if claims.sub.as_str().starts_with(RELAY_USER_PREFIX) {
-            metrics::counter!("signaling_auth_failures_total").increment(1);
             let text = format!("user ids starting with `{RELAY_USER_PREFIX}` are reserved");
-            return self.error(ErrorCode::Forbidden, text, ctx);
+            return self.auth_failed(ErrorCode::Forbidden, text, ctx);
         }
         self.state = State::Joining;
         let user = claims.sub.clone();
@@ -401,9 +421,9 @@ impl SignalingSession {
         let claims = match token::verify_resume(secret, &resume_token, now) {
             Ok(c) => c,
             Err(e) => {
-                metrics::counter!("signaling_auth_failures_total").increment(1);
                 // PROTOCOL.md: on `unauthorized` the client joins afresh with a new token.
-                return self.error(ErrorCode::Unauthorized, format!("resume token: {e}"), ctx);
+                let text = format!("resume token: {e}");
+                return self.auth_failed(ErrorCode::Unauthorized, text, ctx);
             }
         };
         self.state = State::Joining;
@@ -637,6 +657,7 @@ async fn join_anywhere(
     region: Option<String>,
     suspects: Vec<NodeId>,
 ) -> Result<JoinOutcome, ErrorCode> {
+    let rejoin = matches!(proof, JoinProof::Resume(_));
     let local = |epoch, nodes| {
         let rooms = rooms.clone();
         let (room, claims) = (room.clone(), claims.clone());
@@ -647,6 +668,7 @@ async fn join_anywhere(
                     claims,
                     epoch,
                     nodes,
+                    rejoin,
                 })
                 .await
                 .map_err(|_| ErrorCode::Unavailable)??;

@@ -6,6 +6,8 @@ use std::collections::{HashMap, HashSet};
 /// One media section of an offer, as far as publishing is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Section {
+    /// `audio`, `video`, `application`, ... (the m-line's first word).
+    pub media: String,
     pub mid: String,
     /// `sendonly`/`sendrecv` (the default) on a live port.
     pub sending: bool,
@@ -31,6 +33,11 @@ pub fn sections(sdp: &str) -> Vec<Section> {
                 .collect();
             ssrcs.dedup();
             Section {
+                media: lines()
+                    .next()
+                    .and_then(|l| l.split_whitespace().next())
+                    .unwrap_or_default()
+                    .to_owned(),
                 mid: lines()
                     .find_map(|l| l.strip_prefix("a=mid:"))
                     .unwrap_or_default()
@@ -40,6 +47,14 @@ pub fn sections(sdp: &str) -> Vec<Section> {
             }
         })
         .collect()
+}
+
+/// Audio and video sections an offer sends on: the tracks it publishes.
+pub fn sending_tracks(sdp: &str) -> usize {
+    sections(sdp)
+        .iter()
+        .filter(|s| s.sending && (s.media == "audio" || s.media == "video"))
+        .count()
 }
 
 /// What each media section (by mid) sent in the last accepted offer.
@@ -94,6 +109,7 @@ m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=ssrc:444 cname:x\r\n";
         assert_eq!(
             got[0],
             Section {
+                media: "audio".into(),
                 mid: "0".into(),
                 sending: true,
                 ssrcs: vec![111]
@@ -101,6 +117,11 @@ m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=ssrc:444 cname:x\r\n";
         );
         assert!(!got[1].sending && !got[3].sending);
         assert_eq!(got[2].ssrcs, vec![333, 334]);
+        // Two tracks: the audio and the sendrecv video; the inactive and port-0 ones not.
+        assert_eq!(sending_tracks(OFFER), 2);
+        let with_data =
+            format!("{OFFER}m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:4\r\n");
+        assert_eq!(sending_tracks(&with_data), 2, "a data channel is no track");
     }
 
     #[test]
