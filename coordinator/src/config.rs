@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use clap::Args;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -15,6 +16,8 @@ pub struct Config {
     pub http_listen: SocketAddr,
     /// Bearer token of the admin API (everything but `/healthz`, `/readyz`, `/metrics`).
     pub admin_token: String,
+    /// PEM certificate chain and private key: the HTTP API is served over HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Silence after which a node or a coordinator is dead.
     pub node_timeout: Duration,
     /// How often this coordinator announces itself on `cluster.coord.heartbeat`.
@@ -37,6 +40,7 @@ impl Config {
             nats_url: nats_url.into(),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token: "dev-admin-token".into(),
+            tls: None,
             node_timeout: Duration::from_secs(3),
             heartbeat_interval: Duration::from_secs(1),
             kv_replicas: 1,
@@ -92,6 +96,12 @@ pub struct CoordArgs {
     /// Log as JSON lines.
     #[arg(long, env = "COORD_LOG_JSON")]
     pub log_json: bool,
+    /// PEM certificate chain: serve the HTTP API over HTTPS (with --tls-key).
+    #[arg(long, env = "COORD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "COORD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl CoordArgs {
@@ -105,6 +115,11 @@ impl CoordArgs {
         c.node_timeout = Duration::from_millis(self.node_timeout_ms);
         c.heartbeat_interval = Duration::from_millis(self.heartbeat_interval_ms);
         c.kv_replicas = self.kv_replicas;
+        c.tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(Error::Config("--tls-cert and --tls-key go together".into())),
+        };
         c.validate()?;
         Ok(c)
     }

@@ -29,6 +29,14 @@ type Data = web::Data<Arc<Shared>>;
 /// Binds the server (must run inside a tokio runtime) and returns it unstarted.
 pub(crate) fn serve(shared: Arc<Shared>) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
     let listen = shared.config.http_listen;
+    let tls = match &shared.config.tls {
+        Some((cert, key)) => {
+            let cert = std::fs::read(cert)?;
+            let key = std::fs::read(key)?;
+            Some(protocol::tls::server_config(&cert, &key).map_err(std::io::Error::other)?)
+        }
+        None => None,
+    };
     let data: Data = web::Data::new(shared);
     let server = actix_web::HttpServer::new(move || {
         actix_web::App::new()
@@ -37,8 +45,11 @@ pub(crate) fn serve(shared: Arc<Shared>) -> std::io::Result<(actix_web::dev::Ser
     })
     .workers(1)
     .disable_signals()
-    .shutdown_timeout(1)
-    .bind(listen)?;
+    .shutdown_timeout(1);
+    let server = match &tls {
+        Some(tls) => server.bind_rustls_0_23(listen, tls.clone())?,
+        None => server.bind(listen)?,
+    };
     let addr = server
         .addrs()
         .first()

@@ -59,6 +59,9 @@ pub struct Config {
     pub room_node_share: usize,
     /// NATS server(s) of the cluster; without it the node runs standalone.
     pub nats_url: Option<String>,
+    /// PEM certificate chain and private key: the node serves HTTPS and WSS itself
+    /// (otherwise plain HTTP, for a TLS-terminating balancer in front or development).
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// The WebSocket URL clients and other processes reach this node at; defaults to
     /// `ws://<listen address>/ws`.
     pub advertise_url: Option<String>,
@@ -115,6 +118,7 @@ impl Config {
             media_threads: 2,
             http_workers: 1,
             nats_url: None,
+            tls: None,
             advertise_url: None,
             max_rooms: 1000,
             max_peers: 1000,
@@ -225,6 +229,13 @@ impl Config {
         layer!(room_node_share);
         layer!(media_threads);
         layer!(http_workers);
+        let cert = flags.tls_cert.clone().or(file.tls_cert.clone());
+        let key = flags.tls_key.clone().or(file.tls_key.clone());
+        c.tls = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => bail!("--tls-cert and --tls-key go together"),
+        };
         if let Some(u) = flags.nats_url.clone().or(file.nats_url.clone()) {
             c.nats_url = Some(u);
         }
@@ -393,6 +404,12 @@ pub struct NodeArgs {
     /// NATS URL(s) of the cluster, e.g. nats://127.0.0.1:4222. Without it: standalone.
     #[arg(long, env = "NODE_NATS_URL")]
     pub nats_url: Option<String>,
+    /// PEM certificate chain: serve HTTPS/WSS (with --tls-key).
+    #[arg(long, env = "NODE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "NODE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// WebSocket URL this node is reached at [default: ws://<listen>/ws].
     #[arg(long, env = "NODE_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
@@ -456,6 +473,8 @@ struct FileConfig {
     media_threads: Option<usize>,
     http_workers: Option<usize>,
     nats_url: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     advertise_url: Option<String>,
     max_rooms: Option<u32>,
     max_peers: Option<u32>,

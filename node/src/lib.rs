@@ -126,8 +126,22 @@ pub async fn start_in_system(
     // back-to-back messages (`joined`, then `subscribe_offer`) for ~40 ms.
     .tcp_nodelay(true)
     .disable_signals()
-    .shutdown_timeout(2)
-    .bind(node.shared.config.listen)?;
+    .shutdown_timeout(2);
+    let tls = match &node.shared.config.tls {
+        Some((cert, key)) => {
+            let read = |p: &std::path::Path| {
+                use anyhow::Context;
+                std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+            };
+            Some(protocol::tls::server_config(&read(cert)?, &read(key)?)?)
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let server = match tls {
+        Some(tls) => server.bind_rustls_0_23(node.shared.config.listen, tls)?,
+        None => server.bind(node.shared.config.listen)?,
+    };
     let addr = server
         .addrs()
         .first()
@@ -139,7 +153,7 @@ pub async fn start_in_system(
         .config
         .advertise_url
         .clone()
-        .unwrap_or_else(|| format!("ws://{addr}/ws"));
+        .unwrap_or_else(|| format!("{scheme}://{addr}/ws"));
     if let Some(c) = cluster {
         NodeAgent::new(node.clone(), c, ws_url).start();
     }
@@ -204,7 +218,12 @@ impl NodeHandle {
     }
 
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.http_addr)
+        let scheme = if self.node.shared.config.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        format!("{scheme}://{}/ws", self.http_addr)
     }
 
     pub fn config(&self) -> &Config {

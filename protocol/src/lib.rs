@@ -12,6 +12,8 @@ pub mod ids;
 pub mod keyframe;
 pub mod placement;
 pub mod signal;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod token;
 pub mod turn;
 

@@ -78,6 +78,8 @@ export async function openParticipant(who) {
     args: FLAGS,
     viewport: { width: 1280, height: 720 },
     permissions: ['camera', 'microphone'],
+    // A node serving HTTPS/WSS with a test certificate (browser_demo.rs).
+    ignoreHTTPSErrors: process.env.E2E_TLS_INSECURE === '1',
   });
   const page = context.pages()[0] || (await context.newPage());
   const consoleLines = [];

@@ -27,16 +27,23 @@ fn run_driver(
     resume: bool,
     screenshot_name: &str,
 ) -> anyhow::Result<()> {
+    run_driver_with(browser, bases, resume, screenshot_name, &[])
+}
+
+fn run_driver_with(
+    browser: &Browser,
+    bases: &[String],
+    resume: bool,
+    screenshot_name: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<()> {
     let screenshot = browser_driver::screenshot_path(screenshot_name);
     eprintln!("pages at {bases:?}; running the browser driver (screenshot: {screenshot})");
     let resume =
         std::env::var("E2E_RESUME").unwrap_or_else(|_| if resume { "1" } else { "0" }.into());
-    let driver = Driver::spawn(
-        browser,
-        "demo.e2e.mjs",
-        bases,
-        &[("E2E_SCREENSHOT", screenshot), ("E2E_RESUME", resume)],
-    )?;
+    let mut env = env.to_vec();
+    env.extend([("E2E_SCREENSHOT", screenshot), ("E2E_RESUME", resume)]);
+    let driver = Driver::spawn(browser, "demo.e2e.mjs", bases, &env)?;
     let result = driver.finish(DRIVER_TIMEOUT)?;
     browser_driver::check_media_both_ways(&result)
 }
@@ -49,6 +56,40 @@ fn two_browsers_see_and_hear_each_other() -> anyhow::Result<()> {
     let handle = node::spawn(node::Config::local_dev()).context("starting the node")?;
     let base = format!("http://{}", handle.http_addr());
     let outcome = run_driver(&browser, &[base], true, "browser_demo.png");
+    handle.stop();
+    outcome
+}
+
+/// The node serves the page over HTTPS and signaling over WSS itself (rustls, a test
+/// certificate for 127.0.0.1 made here): both browsers join through it, and a plain-HTTP
+/// request to the same port is not served.
+#[test]
+fn two_browsers_join_over_https_and_wss() -> anyhow::Result<()> {
+    let Some(browser) = browser_driver::setup()? else {
+        return Ok(());
+    };
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("tls-node");
+    std::fs::create_dir_all(&dir)?;
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])?;
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem())?;
+    std::fs::write(&key_file, cert.signing_key.serialize_pem())?;
+    let mut config = node::Config::local_dev();
+    config.tls = Some((cert_file, key_file));
+    let handle = node::spawn(config).context("starting the node")?;
+    assert!(handle.ws_url().starts_with("wss://"), "{}", handle.ws_url());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let plain = rt.block_on(tests::http_get(handle.http_addr(), "/healthz", &[]));
+    assert!(
+        !matches!(plain, Ok((200, _))),
+        "plain HTTP on the TLS port: {plain:?}"
+    );
+    let base = format!("https://{}", handle.http_addr());
+    // The driver's Chromium accepts the test certificate (no CA signed it).
+    let env = [("E2E_TLS_INSECURE", "1".to_owned())];
+    let outcome = run_driver_with(&browser, &[base], false, "browser_tls.png", &env);
     handle.stop();
     outcome
 }

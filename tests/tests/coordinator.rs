@@ -1171,3 +1171,46 @@ async fn a_suspected_node_that_answers_or_is_only_stopped_is_not_declared_dead(
     assert_eq!(down.cause, DeathCause::Silence);
     wait_moved(dir, &room, b, 1).await
 }
+
+/// With `--tls-cert`/`--tls-key` the admin API is HTTPS: a client that trusts the
+/// certificate gets `/healthz` over TLS, and plain HTTP on that port is not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_is_served_over_https_with_a_certificate() -> anyhow::Result<()> {
+    use rustls::pki_types::ServerName;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nats = NatsServer::start()?;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("tls-coordinator");
+    std::fs::create_dir_all(&dir)?;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()])?;
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem())?;
+    std::fs::write(&key_file, cert.signing_key.serialize_pem())?;
+    let mut config = coordinator::Config::local(nats.url());
+    config.tls = Some((cert_file, key_file));
+    let c = coordinator::spawn(config)?;
+    let addr = c.http_addr();
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await?;
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response)).await??;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+
+    let plain = http_get(addr, "/healthz", &[]).await;
+    assert!(!matches!(plain, Ok((200, _))), "plain HTTP: {plain:?}");
+    Ok(())
+}
