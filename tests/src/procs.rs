@@ -163,7 +163,7 @@ impl Procs {
     /// A node's `/debug/snapshot`.
     pub async fn snapshot(&self, node: &str) -> anyhow::Result<serde_json::Value> {
         let port = self.cluster.node(node)?.port();
-        let auth = format!("Bearer {}", self.secret());
+        let auth = format!("Bearer {}", self.cluster.node_admin_token());
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let (status, body) = crate::http_request(
             addr,

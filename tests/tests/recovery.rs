@@ -55,7 +55,7 @@ impl NodeProc {
     /// Starts a standalone node on free loopback ports with a random API secret.
     async fn start(extra: &[&str]) -> NodeProc {
         let bin = node_bin();
-        let secret = format!("recovery-{:016x}", rand::random::<u64>());
+        let secret = format!("recovery-{:032x}", rand::random::<u128>());
         let mut child = tokio::process::Command::new(&bin)
             .args(["--listen", "127.0.0.1:0", "--udp-ip", "127.0.0.1"])
             .args(["--udp-ports", "0", "--log-json", "--api-secret", &secret])
