@@ -15,6 +15,7 @@ pub mod media;
 pub mod membership;
 pub mod metrics;
 pub mod peers;
+pub mod ws_limit;
 
 pub use config::Config;
 

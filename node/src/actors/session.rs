@@ -800,9 +800,10 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for SignalingSessio
             }
             Err(e) => {
                 // The stream cannot be resynchronised after a protocol error.
-                let (code, why) = match e {
-                    ProtocolError::Overflow => (CloseCode::Size, "frame too large"),
-                    _ => (CloseCode::Protocol, "websocket protocol error"),
+                let (code, why) = if crate::ws_limit::is_overflow(&e) {
+                    (CloseCode::Size, "frame too large")
+                } else {
+                    (CloseCode::Protocol, "websocket protocol error")
                 };
                 self.error(ErrorCode::BadRequest, why, ctx);
                 self.close(code, why, ctx);
