@@ -853,7 +853,18 @@ impl Handler<Routed> for SignalingSession {
             }
             Routed::Leave { reason, url } => self.reconnect(reason.into(), url, ctx),
             Routed::Kick { reason } => {
-                // The newer session owns the participant now: do not detach it.
+                // A newer session of the user took the route. Its join replaces this
+                // participant, or its resume attaches to it (the peer then ignores this
+                // session's departure); if that resume fails, the participant has no socket
+                // left and waits out its grace period like any other. A participant on
+                // another node is told nothing: its departure there carries no session id.
+                if let State::Joined {
+                    peer: PeerRef::Local(_),
+                    ..
+                } = &self.state
+                {
+                    self.to_peer(PeerCmd::SessionGone { leaving: false });
+                }
                 self.state = State::Closing;
                 let _ = self.out.try_send(Out::Text(
                     ServerMessage::error(ErrorCode::Unauthorized, reason).to_json(),
