@@ -389,6 +389,8 @@ impl Handler<Publish> for Peer {
         if !self.can_publish {
             return self.error(ErrorCode::Forbidden, "token does not allow publishing");
         }
+        // The SDP fuzzer's planted fault: an offer with more than two `a=mid` lines.
+        crate::planted_panic("sdp", || msg.sdp.matches("a=mid:").count() > 2);
         let ufrag = sdp::ice_ufrag(&msg.sdp).map(str::to_owned);
         if self.publisher.is_some() && ufrag.is_some() && ufrag != self.publisher_ufrag {
             // The client made a new publisher connection: the old one and its tracks go.

@@ -267,6 +267,11 @@ impl SignalingSession {
             }
             Err(e) => return self.bad_message(e.to_string(), ctx),
         };
+        // The signaling fuzzer's planted fault: a trickled candidate of over 1000 bytes.
+        crate::planted_panic(
+            "signaling",
+            || matches!(&msg, ClientMessage::Candidate { candidate: Some(c), .. } if c.candidate.len() > 1000),
+        );
         match (&self.state, msg) {
             (_, ClientMessage::Ping) => self.send(&ServerMessage::Pong, ctx),
             (
