@@ -351,7 +351,9 @@ async fn read_frames(
 ) {
     let mut chunk = vec![0u8; 64 * 1024];
     let mut text_parts: Vec<u8> = Vec::new();
-    loop {
+    // Bounded: a socket of a fuzz case lives seconds, and reads far fewer chunks.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    for _ in 0..1_000_000 {
         // Every complete frame in the buffer.
         loop {
             if buf.len() < 2 {
@@ -404,14 +406,13 @@ async fn read_frames(
                 return;
             }
         }
-        match read.read(&mut chunk).await {
-            Ok(0) | Err(_) => {
-                let _ = tx.send(Event::Eof).await;
-                return;
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, read.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
         }
     }
+    let _ = tx.send(Event::Eof).await;
 }
 
 /// The node's messages among `events`.
