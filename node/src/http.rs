@@ -67,6 +67,15 @@ async fn ws(
             );
         }
     };
+    // Frames are refused by their announced length, before their payload is buffered.
+    let limited = crate::ws_limit::FrameLimit::new(body, crate::actors::session::MAX_READ_FRAME);
+    let mut limited: actix_web::dev::Payload = actix_web::dev::Payload::Stream {
+        payload: Box::pin(limited),
+    };
+    let body = {
+        use actix_web::FromRequest;
+        web::Payload::from_request(&req, &mut limited).await?
+    };
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     SignalingSession::start(node.get_ref().clone(), session, stream, admitted);
     Ok(response)

@@ -16,6 +16,7 @@ pub mod media;
 pub mod membership;
 pub mod metrics;
 pub mod peers;
+pub mod ws_limit;
 
 pub use config::Config;
 
@@ -38,6 +39,20 @@ pub fn unix_secs() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// A fault planted for the fuzzers' self-test (tests/tests/fuzz_*.rs), in debug builds only:
+/// with `NODE_PLANTED_PANIC=<site>` in the environment, the call at `site` panics when `hit`
+/// says the input is the one that site's fuzzer should find. Release builds compile it out,
+/// and without the variable it does nothing.
+#[inline]
+pub fn planted_panic(site: &str, hit: impl FnOnce() -> bool) {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("NODE_PLANTED_PANIC").is_some_and(|v| v == site) && hit() {
+        panic!("planted panic at `{site}` (NODE_PLANTED_PANIC={site})");
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = (site, hit);
 }
 
 /// Everything an operator or a test can see of a node, from the actors' own snapshots.

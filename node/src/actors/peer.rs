@@ -88,6 +88,9 @@ pub struct Peer {
     /// Counts socket attachments so a stale grace timer does nothing.
     attach_epoch: u64,
     detached: bool,
+    /// The session a `resume` attached (0: one on another node); `None` while the joining
+    /// session owns it. Only the attached session's departure starts the grace period.
+    attached: Option<u64>,
     _live: Live,
 }
 
@@ -125,6 +128,7 @@ impl Peer {
             pending_ready: Vec::new(),
             attach_epoch: 0,
             detached: false,
+            attached: None,
             _live: live,
         }
     }
@@ -368,7 +372,7 @@ pub fn command(peer: &Addr<Peer>, session_id: u64, cmd: PeerCmd) {
             session_id,
             leaving,
         }),
-        PeerCmd::SessionAttached => peer.do_send(SessionAttached),
+        PeerCmd::SessionAttached => peer.do_send(SessionAttached { session_id }),
     }
 }
 
@@ -385,6 +389,8 @@ impl Handler<Publish> for Peer {
         if !self.can_publish {
             return self.error(ErrorCode::Forbidden, "token does not allow publishing");
         }
+        // The SDP fuzzer's planted fault: an offer with more than two `a=mid` lines.
+        crate::planted_panic("sdp", || msg.sdp.matches("a=mid:").count() > 2);
         let max = self.node.config.limits.tracks_per_publisher;
         let tracks = sdp::sending_tracks(&msg.sdp);
         if tracks > max {
@@ -587,6 +593,11 @@ pub struct SessionGone {
 impl Handler<SessionGone> for Peer {
     type Result = ();
     fn handle(&mut self, msg: SessionGone, ctx: &mut Context<Self>) {
+        // A socket replaced by the one a resume attached since: not this peer's any more.
+        if self.attached.is_some_and(|s| s != msg.session_id) {
+            tracing::debug!(user = %self.user, session = msg.session_id, "a replaced socket's departure ignored");
+            return;
+        }
         let grace = self.node.config.resume_grace;
         if msg.leaving || grace.is_zero() {
             return ctx.stop();
@@ -607,11 +618,14 @@ impl Handler<SessionGone> for Peer {
 /// publishes again and answers a new subscribe offer (PROTOCOL.md "A join, end to end" 5).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct SessionAttached;
+pub struct SessionAttached {
+    pub session_id: u64,
+}
 
 impl Handler<SessionAttached> for Peer {
     type Result = ();
-    fn handle(&mut self, _: SessionAttached, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: SessionAttached, ctx: &mut Context<Self>) {
+        self.attached = Some(msg.session_id);
         self.attach_epoch += 1;
         self.detached = false;
         self.stop_transports();

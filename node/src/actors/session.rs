@@ -287,6 +287,11 @@ impl SignalingSession {
             }
             Err(e) => return self.bad_message(e.to_string(), ctx),
         };
+        // The signaling fuzzer's planted fault: a trickled candidate of over 1000 bytes.
+        crate::planted_panic(
+            "signaling",
+            || matches!(&msg, ClientMessage::Candidate { candidate: Some(c), .. } if c.candidate.len() > 1000),
+        );
         match (&self.state, msg) {
             (_, ClientMessage::Ping) => self.send(&ServerMessage::Pong, ctx),
             (
@@ -848,9 +853,10 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for SignalingSessio
             }
             Err(e) => {
                 // The stream cannot be resynchronised after a protocol error.
-                let (code, why) = match e {
-                    ProtocolError::Overflow => (CloseCode::Size, "frame too large"),
-                    _ => (CloseCode::Protocol, "websocket protocol error"),
+                let (code, why) = if crate::ws_limit::is_overflow(&e) {
+                    (CloseCode::Size, "frame too large")
+                } else {
+                    (CloseCode::Protocol, "websocket protocol error")
                 };
                 self.error(ErrorCode::BadRequest, why, ctx);
                 self.close(code, why, ctx);
@@ -900,7 +906,18 @@ impl Handler<Routed> for SignalingSession {
             }
             Routed::Leave { reason, url } => self.reconnect(reason.into(), url, ctx),
             Routed::Kick { reason } => {
-                // The newer session owns the participant now: do not detach it.
+                // A newer session of the user took the route. Its join replaces this
+                // participant, or its resume attaches to it (the peer then ignores this
+                // session's departure); if that resume fails, the participant has no socket
+                // left and waits out its grace period like any other. A participant on
+                // another node is told nothing: its departure there carries no session id.
+                if let State::Joined {
+                    peer: PeerRef::Local(_),
+                    ..
+                } = &self.state
+                {
+                    self.to_peer(PeerCmd::SessionGone { leaving: false });
+                }
                 self.state = State::Closing;
                 let _ = self.out.try_send(Out::Text(
                     ServerMessage::error(ErrorCode::Unauthorized, reason).to_json(),
