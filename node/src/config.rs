@@ -56,6 +56,14 @@ pub struct Config {
     pub room_node_share: usize,
     /// NATS server(s) of the cluster; without it the node runs standalone.
     pub nats_url: Option<String>,
+    /// NATS user name; defaults to the node id once a password is given (the cluster's
+    /// NATS gives every node its own user, README "NATS security"). Credentials in the URL
+    /// (`nats://user:password@host:4222`) serve when these are unset.
+    pub nats_user: Option<String>,
+    pub nats_password: Option<String>,
+    /// CA certificate (PEM) of the NATS servers' TLS certificates: the connection then
+    /// requires TLS (production, README "NATS security").
+    pub nats_ca_file: Option<PathBuf>,
     /// The WebSocket URL clients and other processes reach this node at; defaults to
     /// `ws://<listen address>/ws`.
     pub advertise_url: Option<String>,
@@ -109,6 +117,9 @@ impl Config {
             media_threads: 2,
             http_workers: 1,
             nats_url: None,
+            nats_user: None,
+            nats_password: None,
+            nats_ca_file: None,
             advertise_url: None,
             max_rooms: 1000,
             max_peers: 1000,
@@ -217,6 +228,29 @@ impl Config {
         layer!(http_workers);
         if let Some(u) = flags.nats_url.clone().or(file.nats_url.clone()) {
             c.nats_url = Some(u);
+        }
+        if let Some(u) = flags.nats_user.clone().or(file.nats_user.clone()) {
+            c.nats_user = Some(u);
+        }
+        c.nats_password = match (
+            flags.nats_password.clone(),
+            flags
+                .nats_password_file
+                .clone()
+                .or(file.nats_password_file.clone()),
+        ) {
+            (Some(p), _) => Some(p),
+            (None, Some(path)) => Some(read_secret_file(&path)?),
+            (None, None) => None,
+        };
+        if c.nats_password.is_some() && c.nats_user.is_none() {
+            c.nats_user = Some(c.node_id.to_string());
+        }
+        if c.nats_user.is_some() && c.nats_password.is_none() {
+            bail!("--nats-user needs --nats-password or --nats-password-file");
+        }
+        if let Some(f) = flags.nats_ca_file.clone().or(file.nats_ca_file.clone()) {
+            c.nats_ca_file = Some(f);
         }
         if let Some(u) = flags.advertise_url.clone().or(file.advertise_url.clone()) {
             c.advertise_url = Some(u);
@@ -333,6 +367,18 @@ pub struct NodeArgs {
     /// NATS URL(s) of the cluster, e.g. nats://127.0.0.1:4222. Without it: standalone.
     #[arg(long, env = "NODE_NATS_URL")]
     pub nats_url: Option<String>,
+    /// NATS user [default: the node id when a password is given].
+    #[arg(long, env = "NODE_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password (prefer --nats-password-file: flags show in `ps`).
+    #[arg(long, env = "NODE_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// File holding the NATS password (one line; surrounding whitespace is ignored).
+    #[arg(long, env = "NODE_NATS_PASSWORD_FILE")]
+    pub nats_password_file: Option<PathBuf>,
+    /// CA certificate (PEM) of the NATS servers: the NATS connection requires TLS.
+    #[arg(long, env = "NODE_NATS_CA_FILE")]
+    pub nats_ca_file: Option<PathBuf>,
     /// WebSocket URL this node is reached at [default: ws://<listen>/ws].
     #[arg(long, env = "NODE_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
@@ -359,6 +405,17 @@ pub struct NodeArgs {
     /// serving its cluster rooms [default: 3000].
     #[arg(long, env = "NODE_NODE_TIMEOUT_MS")]
     pub node_timeout_ms: Option<u64>,
+}
+
+/// A secret kept in a file (a password): its content without surrounding whitespace.
+fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading secret file {}", path.display()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        bail!("secret file {} is empty", path.display());
+    }
+    Ok(secret.to_owned())
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -388,6 +445,9 @@ struct FileConfig {
     media_threads: Option<usize>,
     http_workers: Option<usize>,
     nats_url: Option<String>,
+    nats_user: Option<String>,
+    nats_password_file: Option<PathBuf>,
+    nats_ca_file: Option<PathBuf>,
     advertise_url: Option<String>,
     max_rooms: Option<u32>,
     max_peers: Option<u32>,
@@ -429,5 +489,42 @@ mod tests {
         assert!(Config::from_sources(&NodeArgs::default()).is_err());
         std::fs::write(&path, "nonsense = 1\n").unwrap();
         assert!(Config::from_sources(&flags).is_err());
+    }
+
+    #[test]
+    fn a_nats_password_file_makes_the_node_id_the_user() {
+        let dir = std::env::temp_dir().join(format!("nodecfg-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("nats.password");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let flags = NodeArgs {
+            node_id: Some("eu-1".into()),
+            api_secret: Some("x".repeat(32)),
+            nats_password_file: Some(secret.clone()),
+            ..Default::default()
+        };
+        let c = Config::from_sources(&flags).unwrap();
+        assert_eq!(c.nats_user.as_deref(), Some("eu-1"));
+        assert_eq!(c.nats_password.as_deref(), Some("s3cret"));
+        let named = NodeArgs {
+            nats_user: Some("other".into()),
+            ..flags.clone()
+        };
+        assert_eq!(
+            Config::from_sources(&named).unwrap().nats_user.as_deref(),
+            Some("other")
+        );
+        std::fs::write(&secret, " \n").unwrap();
+        assert!(
+            Config::from_sources(&flags).is_err(),
+            "an empty password file"
+        );
+        let no_password = NodeArgs {
+            nats_user: Some("eu-1".into()),
+            api_secret: Some("x".repeat(32)),
+            ..Default::default()
+        };
+        assert!(Config::from_sources(&no_password).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
