@@ -33,6 +33,8 @@ pub struct NatsServer {
     coordinator_password: String,
     /// Node id → password of every node user in the config.
     nodes: Mutex<BTreeMap<String, String>>,
+    /// More of the server's config (a `tls { ... }` block, say).
+    extra_config: String,
 }
 
 /// A NATS client for a test: credentials from the URL(s) (comma-separated servers are
@@ -64,6 +66,17 @@ impl NatsServer {
             }
         }
         anyhow::bail!("nats-server did not start: {last}")
+    }
+
+    /// Starts a server whose config also has `extra` (say, a `tls { ... }` block).
+    pub fn start_with_config(extra: &str) -> anyhow::Result<NatsServer> {
+        let mut server = NatsServer::unstarted(Self::free_port()?)?;
+        server.extra_config = extra.to_owned();
+        server.write_config()?;
+        server
+            .launch()
+            .map_err(|e| anyhow::anyhow!("nats-server did not start: {e}"))?;
+        Ok(server)
     }
 
     /// Starts a server on `port` (say, one a client was told about before NATS existed).
@@ -107,6 +120,7 @@ impl NatsServer {
             admin_password: password(),
             coordinator_password: password(),
             nodes: Mutex::new(BTreeMap::new()),
+            extra_config: String::new(),
         };
         server.write_config()?;
         Ok(server)
@@ -134,6 +148,14 @@ impl NatsServer {
             nats_auth::COORDINATOR_USER,
             self.coordinator_password,
             self.port
+        )
+    }
+
+    /// The coordinators' user and password.
+    pub fn coordinator_credentials(&self) -> (String, String) {
+        (
+            nats_auth::COORDINATOR_USER.to_owned(),
+            self.coordinator_password.clone(),
         )
     }
 
@@ -183,19 +205,41 @@ impl NatsServer {
                 users.push(User::node(&node, password));
             }
         }
-        let text = nats_auth::authorization_block(&users);
+        let text = nats_auth::authorization_block(&users) + &self.extra_config;
         let tmp = self.dir.join("nats.conf.tmp");
         std::fs::write(&tmp, text)?;
         std::fs::rename(tmp, self.config_path())
     }
 
-    /// Sends SIGHUP (reload the config) and waits until `user` may connect.
+    /// How many times the server has logged a finished reload.
+    fn reloads(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("server.log"))
+            .unwrap_or_default()
+            .matches("Reloaded server configuration")
+            .count()
+    }
+
+    /// Sends SIGHUP (reload the config) and waits until the server logs the reload done
+    /// and, on a server with only the generated config, until `user` may connect (the raw
+    /// probe speaks no TLS, which an extra config may require).
     fn reload(&self, pid: u32, user: &str, password: &str) -> anyhow::Result<()> {
+        let before = self.reloads();
         let status = Command::new("kill")
             .args(["-HUP", &pid.to_string()])
             .status()?;
         anyhow::ensure!(status.success(), "kill -HUP {pid}: {status}");
         let deadline = Instant::now() + START_TIMEOUT;
+        while self.reloads() <= before {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no reload logged: {}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !self.extra_config.is_empty() {
+            return Ok(());
+        }
         loop {
             match authenticates(self.port, user, password) {
                 Ok(true) => return Ok(()),

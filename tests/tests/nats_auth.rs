@@ -1,7 +1,7 @@
 //! NATS authorization (README "NATS security", `protocol::nats_auth`): a real nats-server
 //! with the generated users and permissions refuses anonymous clients, keeps a node's user
 //! to what nodes may do, and still carries a whole cluster of nodes and coordinators with
-//! their own users, without a single permissions violation.
+//! their own users, without a single permissions violation; over TLS too.
 
 use async_nats::jetstream;
 use chaos::PublishOpts;
@@ -305,5 +305,76 @@ async fn a_cluster_with_per_role_users_serves_a_room_across_nodes() -> anyhow::R
         .filter(|l| l.to_lowercase().contains("violation"))
         .collect();
     assert!(violations.is_empty(), "{violations:#?}");
+    Ok(())
+}
+
+/// A CA and a server certificate for 127.0.0.1 in `dir`: (ca, cert, key) paths.
+fn test_certificates(
+    dir: &std::path::Path,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf, std::path::PathBuf)> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?
+        .signed_by(&key, &ca)?;
+    std::fs::create_dir_all(dir)?;
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server-key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem())?;
+    std::fs::write(&paths.1, cert.pem())?;
+    std::fs::write(&paths.2, key.serialize_pem())?;
+    Ok(paths)
+}
+
+/// TLS as the production configs have it: the server requires it; a coordinator and a
+/// node given the CA (`--nats-ca-file`) and their users connect and form the cluster; a
+/// client without TLS is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinators_and_nodes_reach_a_tls_nats_with_the_ca_file() -> anyhow::Result<()> {
+    tests::init_logs();
+    let dir = std::env::temp_dir().join(format!("nats-tls-{:08x}", rand::random::<u32>()));
+    let (ca, cert, key) = test_certificates(&dir)?;
+    let nats = NatsServer::start_with_config(&format!(
+        "tls {{ cert_file: {:?}, key_file: {:?}, ca_file: {:?}, timeout: 2 }}\n",
+        cert, key, ca
+    ))?;
+    let tls_url = format!("tls://127.0.0.1:{}", nats.port());
+
+    let plain =
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "whatever".into())
+            .connect(nats.anonymous_url())
+            .await;
+    assert!(plain.is_err(), "a client without TLS is refused");
+
+    let mut config = coordinator::Config::local(tls_url.clone());
+    let (user, password) = nats.coordinator_credentials();
+    (config.nats_user, config.nats_password) = (Some(user), Some(password));
+    config.nats_ca_file = Some(ca.clone());
+    let coordinator = coordinator::spawn(config)?;
+
+    let mut c = Config::local_dev();
+    c.node_id = NodeId::new("tls-1")?;
+    c.nats_url = Some(tls_url);
+    let (user, password) = nats.node_credentials("tls-1")?;
+    (c.nats_user, c.nats_password) = (Some(user), Some(password));
+    c.nats_ca_file = Some(ca);
+    let node = node::spawn(c)?;
+    wait_until(WAIT, "the coordinator to see the node over TLS", || async {
+        let snap = coordinator.snapshot();
+        if snap.ready && snap.nodes.iter().any(|n| n.healthy) {
+            Ok(())
+        } else {
+            Err(format!("{snap:?}"))
+        }
+    })
+    .await?;
+    let a = join(&node, &room_name("tls"), "alice").await?;
+    a.leave().await?;
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
