@@ -43,9 +43,17 @@
 //!   its client moves to another server when its own goes. `async_nats::connect` takes a
 //!   `&str` as one URL: connect with [`Cluster::nats_client`] (or split
 //!   [`Cluster::nats_url`] at the commas) instead.
+//! - NATS authorization is on, as in production (README "NATS security"): the servers'
+//!   config (`nats-auth.conf` in the run directory) has a user per node (named after it),
+//!   the coordinators' user and an unrestricted `admin` user, with the permissions of
+//!   `protocol::nats_auth`. Each coordinator and node reads its password from a file
+//!   (`secrets/` in the run directory, `--nats-password-file`). [`Cluster::nats_url`]
+//!   carries the admin credentials for the caller's own clients: connect with
+//!   [`nats_options`] (async-nats ignores credentials in a URL).
 
 use crate::bench::{self, CpuSnap};
 use anyhow::{anyhow, bail, Context, Result};
+use protocol::nats_auth::{self, User};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -417,7 +425,11 @@ impl Drop for Proc {
 #[derive(Debug)]
 pub struct Cluster {
     dir: PathBuf,
+    /// The servers' client URLs, comma-separated, without credentials (the processes').
+    servers_url: String,
+    /// The same with the admin user's credentials in each (the caller's clients).
     nats_url: String,
+    admin_password: String,
     api_secret: String,
     /// In start order: the nats-servers, coordinators, nodes.
     procs: Vec<Proc>,
@@ -435,7 +447,9 @@ impl Cluster {
             .with_context(|| format!("creating {}", spec.dir.display()))?;
         let mut cluster = Cluster {
             dir: spec.dir.clone(),
+            servers_url: String::new(),
             nats_url: String::new(),
+            admin_password: format!("{:032x}", rand::random::<u128>()),
             api_secret: spec.api_secret.clone(),
             procs: Vec::new(),
             stopped: false,
@@ -474,10 +488,13 @@ impl Cluster {
         };
         let js = self.dir.join("jetstream");
         std::fs::create_dir_all(&js)?;
+        let auth_conf = self.write_auth(spec)?;
         for (i, id) in ids.iter().enumerate() {
             // One server keeps the store directly in `jetstream/`, as it always has.
             let store = if n > 1 { js.join(id) } else { js.clone() };
             let mut args: Vec<String> = vec![
+                "-c".into(),
+                auth_conf.to_string_lossy().into_owned(),
                 "-js".into(),
                 "-sd".into(),
                 store.to_string_lossy().into_owned(),
@@ -525,9 +542,20 @@ impl Cluster {
                 p.monitor_port = monitor_port;
             }
         }
-        self.nats_url = client_ports
+        self.servers_url = client_ports
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.nats_url = client_ports
+            .iter()
+            .map(|p| {
+                format!(
+                    "nats://{}:{}@127.0.0.1:{p}",
+                    nats_auth::ADMIN_USER,
+                    self.admin_password
+                )
+            })
             .collect::<Vec<_>>()
             .join(",");
         let deadline = Instant::now() + spec.nats_timeout;
@@ -559,6 +587,39 @@ impl Cluster {
         Ok(())
     }
 
+    /// Where the password of NATS user `user` lives (a node's user is its id).
+    fn secret_path(&self, user: &str) -> PathBuf {
+        self.dir
+            .join("secrets")
+            .join(format!("{}.password", protocol::cluster::token(user)))
+    }
+
+    /// Writes the servers' authorization config (admin, the coordinators, one user per
+    /// node) and every process's password file; returns the config's path.
+    fn write_auth(&self, spec: &ClusterSpec) -> Result<PathBuf> {
+        std::fs::create_dir_all(self.dir.join("secrets"))?;
+        let secret = |user: &str| -> Result<String> {
+            let password = format!("{:032x}", rand::random::<u128>());
+            let path = self.secret_path(user);
+            std::fs::write(&path, &password)
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(password)
+        };
+        let mut users = vec![
+            User::admin(&self.admin_password),
+            User::coordinator(secret(nats_auth::COORDINATOR_USER)?),
+        ];
+        for n in &spec.nodes {
+            let id = protocol::NodeId::new(n.id.as_str())
+                .map_err(|e| anyhow!("node id {:?}: {e}", n.id))?;
+            users.push(User::node(&id, secret(&n.id)?));
+        }
+        let path = self.dir.join("nats-auth.conf");
+        std::fs::write(&path, nats_auth::authorization_block(&users))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
     /// Until JetStream answers an account-info request (in a cluster only the meta leader
     /// does). Unbounded: the caller bounds it.
     async fn wait_jetstream_meta_leader(&self) -> Result<()> {
@@ -583,7 +644,11 @@ impl Cluster {
                 "--id",
                 id,
                 "--nats-url",
-                &self.nats_url,
+                &self.servers_url,
+                "--nats-password-file",
+                &self
+                    .secret_path(nats_auth::COORDINATOR_USER)
+                    .to_string_lossy(),
                 "--http-listen",
                 &format!("127.0.0.1:{port}"),
                 "--admin-token",
@@ -630,7 +695,11 @@ impl Cluster {
                 "--udp-ports".into(),
                 format!("{}-{}", n.udp_ports.0, n.udp_ports.1),
                 "--nats-url".into(),
-                n.nats_url.clone().unwrap_or_else(|| self.nats_url.clone()),
+                n.nats_url
+                    .clone()
+                    .unwrap_or_else(|| self.servers_url.clone()),
+                "--nats-password-file".into(),
+                self.secret_path(&n.id).to_string_lossy().into_owned(),
                 "--api-secret".into(),
                 spec.api_secret.clone(),
                 "--admin-token".into(),
@@ -778,23 +847,29 @@ impl Cluster {
     }
 
     /// The NATS servers' own client URLs (not a per-node override): one, or with three
-    /// servers all three comma-separated, as every coordinator and node gets them.
+    /// servers all three comma-separated, each with the admin user's credentials (connect
+    /// with [`nats_options`]).
     pub fn nats_url(&self) -> &str {
         &self.nats_url
+    }
+
+    /// [`Cluster::nats_url`] without credentials, as the coordinators and nodes get it.
+    pub fn servers_url(&self) -> &str {
+        &self.servers_url
     }
 
     /// A NATS client of this test or tool, given every server of [`Cluster::nats_url`] (it
     /// moves to another when its own goes). Fails if none answers within 5 s.
     pub async fn nats_client(&self) -> Result<async_nats::Client> {
         let servers: Vec<&str> = self.nats_url.split(',').collect();
-        let connect = async_nats::ConnectOptions::new()
+        let connect = nats_options(&self.nats_url)
             .name("sandbox")
             .connection_timeout(Duration::from_secs(2))
             .connect(servers);
         tokio::time::timeout(Duration::from_secs(5), connect)
             .await
-            .map_err(|_| anyhow!("no nats server of {} within 5 s", self.nats_url))?
-            .with_context(|| format!("connecting to {}", self.nats_url))
+            .map_err(|_| anyhow!("no nats server of {} within 5 s", self.servers_url))?
+            .with_context(|| format!("connecting to {}", self.servers_url))
     }
 
     /// The nats-servers: `nats`, then `nats2`, `nats3` when there are three.
@@ -926,7 +1001,10 @@ impl Cluster {
             for l in text.lines() {
                 let l = strip_ansi(l);
                 let is_warn = l.contains(" WARN ");
-                let is_error = l.contains(" ERROR ") || l.contains("panicked");
+                // A permissions violation on NATS: a process did what its user may not.
+                let is_error = l.contains(" ERROR ")
+                    || l.contains("panicked")
+                    || (p.role == Role::Nats && l.contains("Violation"));
                 if is_warn || is_error {
                     if is_error {
                         error += 1;
@@ -979,6 +1057,31 @@ pub fn strip_ansi(s: &str) -> String {
 
 /// Ready = accepts a connection on 127.0.0.1:`port` and greets with an INFO announcing
 /// JetStream (bounded by 1 s).
+/// Connect options carrying the credentials of the first URL of `urls` (comma-separated)
+/// that has some (`nats://user:password@host:port`): async-nats ignores them in a URL.
+pub fn nats_options(urls: &str) -> async_nats::ConnectOptions {
+    let credentials = urls
+        .split(',')
+        .filter_map(|u| u.trim().parse::<async_nats::ServerAddr>().ok())
+        .find(|s| s.has_user_pass())
+        .and_then(|s| Some((s.username()?.to_owned(), s.password()?.to_owned())));
+    match credentials {
+        Some((user, password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
+        }
+        None => async_nats::ConnectOptions::new(),
+    }
+}
+
+/// [`nats_options`] connected to every server of `urls`.
+pub async fn nats_connect(urls: &str) -> Result<async_nats::Client> {
+    let servers: Vec<&str> = urls.split(',').map(str::trim).collect();
+    nats_options(urls)
+        .connect(servers)
+        .await
+        .map_err(|e| anyhow!("connecting to nats: {e}"))
+}
+
 pub async fn probe_nats(port: u16) -> Result<()> {
     use tokio::io::AsyncReadExt;
     let exchange = async {

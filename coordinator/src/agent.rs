@@ -97,7 +97,18 @@ pub(crate) async fn run(
 
 async fn connect(shared: &Arc<Shared>) -> Result<Client, async_nats::ConnectError> {
     let weak: Weak<Shared> = Arc::downgrade(shared);
-    async_nats::ConnectOptions::new()
+    let servers: Vec<&str> = shared.config.nats_url.split(',').map(str::trim).collect();
+    let options = match credentials(&shared.config, &servers) {
+        Some((user, password)) => {
+            async_nats::ConnectOptions::with_user_and_password(user, password)
+        }
+        None => async_nats::ConnectOptions::new(),
+    };
+    let options = match &shared.config.nats_ca_file {
+        Some(ca) => options.add_root_certificates(ca.clone()).require_tls(true),
+        None => options,
+    };
+    options
         .name(format!("coordinator {}", shared.config.id))
         .retry_on_initial_connect()
         .reconnect_delay_callback(reconnect_delay)
@@ -118,15 +129,20 @@ async fn connect(shared: &Arc<Shared>) -> Result<Client, async_nats::ConnectErro
                 }
             }
         })
-        .connect(
-            shared
-                .config
-                .nats_url
-                .split(',')
-                .map(str::trim)
-                .collect::<Vec<_>>(),
-        )
+        .connect(servers)
         .await
+}
+
+/// The configured user and password, else those of the first server URL that has them.
+fn credentials(config: &crate::Config, servers: &[&str]) -> Option<(String, String)> {
+    if let (Some(u), Some(p)) = (&config.nats_user, &config.nats_password) {
+        return Some((u.clone(), p.clone()));
+    }
+    servers
+        .iter()
+        .filter_map(|s| s.parse::<async_nats::ServerAddr>().ok())
+        .find(|s| s.has_user_pass())
+        .and_then(|s| Some((s.username()?.to_owned(), s.password()?.to_owned())))
 }
 
 /// Opens (or creates) the `rooms` bucket, retrying until it works.

@@ -13,6 +13,12 @@ pub struct Config {
     pub id: String,
     /// One NATS url, or several separated by commas (servers of one cluster).
     pub nats_url: String,
+    /// NATS user and password (README "NATS security": the coordinators' user). Without
+    /// them, credentials in the URL (`nats://user:password@host:4222`) serve.
+    pub nats_user: Option<String>,
+    pub nats_password: Option<String>,
+    /// CA certificate (PEM) of the NATS servers' TLS certificates: TLS is then required.
+    pub nats_ca_file: Option<std::path::PathBuf>,
     pub http_listen: SocketAddr,
     /// Bearer token of the admin API (everything but `/healthz`, `/readyz`, `/metrics`).
     pub admin_token: String,
@@ -38,6 +44,9 @@ impl Config {
         Self {
             id: format!("coord-{:08x}", rand::random::<u32>()),
             nats_url: nats_url.into(),
+            nats_user: None,
+            nats_password: None,
+            nats_ca_file: None,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token: "dev-admin-token".into(),
             tls: None,
@@ -56,6 +65,9 @@ impl Config {
             url.trim()
                 .parse::<async_nats::ServerAddr>()
                 .map_err(|e| Error::Config(format!("nats url {url:?}: {e}")))?;
+        }
+        if self.nats_user.is_some() != self.nats_password.is_some() {
+            return Err(Error::Config("nats user and password go together".into()));
         }
         if self.admin_token.is_empty() {
             return Err(Error::Config("admin token is empty".into()));
@@ -80,6 +92,18 @@ pub struct CoordArgs {
     pub id: Option<String>,
     #[arg(long, env = "COORD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// NATS user [default: `coordinator` when a password is given].
+    #[arg(long, env = "COORD_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password (prefer --nats-password-file: flags show in `ps`).
+    #[arg(long, env = "COORD_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// File holding the NATS password (one line; surrounding whitespace is ignored).
+    #[arg(long, env = "COORD_NATS_PASSWORD_FILE")]
+    pub nats_password_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) of the NATS servers: the NATS connection requires TLS.
+    #[arg(long, env = "COORD_NATS_CA_FILE")]
+    pub nats_ca_file: Option<std::path::PathBuf>,
     #[arg(long, env = "COORD_HTTP_LISTEN", default_value = "127.0.0.1:7070")]
     pub http_listen: SocketAddr,
     /// Bearer token for the admin API.
@@ -110,6 +134,29 @@ impl CoordArgs {
         if let Some(id) = self.id {
             c.id = id;
         }
+        c.nats_password = match (self.nats_password, self.nats_password_file) {
+            (Some(p), _) => Some(p),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    Error::Config(format!("nats password file {}: {e}", path.display()))
+                })?;
+                let p = text.trim();
+                if p.is_empty() {
+                    return Err(Error::Config(format!(
+                        "nats password file {} is empty",
+                        path.display()
+                    )));
+                }
+                Some(p.to_owned())
+            }
+            (None, None) => None,
+        };
+        c.nats_user = match (self.nats_user, &c.nats_password) {
+            (Some(u), _) => Some(u),
+            (None, Some(_)) => Some(protocol::nats_auth::COORDINATOR_USER.to_owned()),
+            (None, None) => None,
+        };
+        c.nats_ca_file = self.nats_ca_file;
         c.http_listen = self.http_listen;
         c.admin_token = self.admin_token;
         c.node_timeout = Duration::from_millis(self.node_timeout_ms);

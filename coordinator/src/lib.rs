@@ -162,7 +162,7 @@ pub fn spawn(config: Config) -> Result<CoordinatorHandle> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, done_rx) = oneshot::channel();
     rt.spawn(agent::run(shared.clone(), stop_rx, done_tx));
-    tracing::info!(coordinator = %shared.config.id, %http_addr, nats = %shared.config.nats_url, "coordinator started");
+    tracing::info!(coordinator = %shared.config.id, %http_addr, nats = %redact(&shared.config.nats_url), "coordinator started");
     Ok(CoordinatorHandle {
         shared,
         http_addr,
@@ -248,4 +248,34 @@ pub(crate) fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// NATS URLs as they may be logged: a password inside one becomes `***`.
+pub fn redact(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let url = url.trim();
+            let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+            match rest.split_once('@') {
+                Some((userinfo, host)) => {
+                    let user = userinfo.split(':').next().unwrap_or_default();
+                    let sep = if scheme.is_empty() { "" } else { "://" };
+                    format!("{scheme}{sep}{user}:***@{host}")
+                }
+                None => url.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod redact_tests {
+    #[test]
+    fn passwords_in_urls_are_hidden() {
+        assert_eq!(
+            super::redact("nats://c:s3cret@127.0.0.1:4222, nats://h:4223"),
+            "nats://c:***@127.0.0.1:4222,nats://h:4223"
+        );
+    }
 }

@@ -38,9 +38,16 @@ pub struct Cluster {
 impl Cluster {
     /// Connects in the background: the node starts (and reports not ready) even while NATS
     /// is away, and the client reconnects and restores subscriptions after a NATS restart.
+    ///
+    /// `ca_file` (PEM) is the CA of the servers' TLS certificates: TLS is then required.
+    /// `credentials` (user, password) authenticate the node; without them, credentials in a
+    /// URL (`nats://user:password@host`) do. Requests use the node's own inbox prefix
+    /// ([`protocol::nats_auth::node_inbox_prefix`]), the only inboxes its NATS user may read.
     pub async fn connect(
         url: &str,
         node: NodeId,
+        credentials: Option<(String, String)>,
+        ca_file: Option<std::path::PathBuf>,
         rt: tokio::runtime::Handle,
     ) -> Result<Cluster, ClusterError> {
         let name = format!("node {node}");
@@ -52,11 +59,24 @@ impl Cluster {
             .map(|u| u.parse())
             .collect::<Result<_, _>>()
             .map_err(|e: std::io::Error| ClusterError::Nats(e.to_string()))?;
+        let credentials = credentials.or_else(|| url_credentials(&servers));
+        let inbox = protocol::nats_auth::node_inbox_prefix(&node);
         let node_for_log = node.clone();
         let client = rt
             .spawn(async move {
-                async_nats::ConnectOptions::new()
+                let options = match credentials {
+                    Some((user, password)) => {
+                        async_nats::ConnectOptions::with_user_and_password(user, password)
+                    }
+                    None => async_nats::ConnectOptions::new(),
+                };
+                let options = match ca_file {
+                    Some(ca) => options.add_root_certificates(ca).require_tls(true),
+                    None => options,
+                };
+                options
                     .name(name)
+                    .custom_inbox_prefix(inbox)
                     .retry_on_initial_connect()
                     .max_reconnects(None)
                     .connection_timeout(Duration::from_secs(2))
@@ -170,6 +190,14 @@ impl Cluster {
         };
         self.publish(protocol::cluster::NODE_SUSPECT.to_owned(), &msg);
     }
+}
+
+/// The user and password of the first of `servers` whose URL carries them.
+pub fn url_credentials(servers: &[async_nats::ServerAddr]) -> Option<(String, String)> {
+    servers
+        .iter()
+        .find(|s| s.has_user_pass())
+        .and_then(|s| Some((s.username()?.to_owned(), s.password()?.to_owned())))
 }
 
 impl ClusterError {

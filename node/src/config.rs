@@ -62,6 +62,14 @@ pub struct Config {
     /// PEM certificate chain and private key: the node serves HTTPS and WSS itself
     /// (otherwise plain HTTP, for a TLS-terminating balancer in front or development).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// NATS user name; defaults to the node id once a password is given (the cluster's
+    /// NATS gives every node its own user, README "NATS security"). Credentials in the URL
+    /// (`nats://user:password@host:4222`) serve when these are unset.
+    pub nats_user: Option<String>,
+    pub nats_password: Option<String>,
+    /// CA certificate (PEM) of the NATS servers' TLS certificates: the connection then
+    /// requires TLS (production, README "NATS security").
+    pub nats_ca_file: Option<PathBuf>,
     /// The WebSocket URL clients and other processes reach this node at; defaults to
     /// `ws://<listen address>/ws`.
     pub advertise_url: Option<String>,
@@ -119,6 +127,9 @@ impl Config {
             http_workers: 1,
             nats_url: None,
             tls: None,
+            nats_user: None,
+            nats_password: None,
+            nats_ca_file: None,
             advertise_url: None,
             max_rooms: 1000,
             max_peers: 1000,
@@ -238,6 +249,29 @@ impl Config {
         };
         if let Some(u) = flags.nats_url.clone().or(file.nats_url.clone()) {
             c.nats_url = Some(u);
+        }
+        if let Some(u) = flags.nats_user.clone().or(file.nats_user.clone()) {
+            c.nats_user = Some(u);
+        }
+        c.nats_password = match (
+            flags.nats_password.clone(),
+            flags
+                .nats_password_file
+                .clone()
+                .or(file.nats_password_file.clone()),
+        ) {
+            (Some(p), _) => Some(p),
+            (None, Some(path)) => Some(read_secret_file(&path)?),
+            (None, None) => None,
+        };
+        if c.nats_password.is_some() && c.nats_user.is_none() {
+            c.nats_user = Some(c.node_id.to_string());
+        }
+        if c.nats_user.is_some() && c.nats_password.is_none() {
+            bail!("--nats-user needs --nats-password or --nats-password-file");
+        }
+        if let Some(f) = flags.nats_ca_file.clone().or(file.nats_ca_file.clone()) {
+            c.nats_ca_file = Some(f);
         }
         if let Some(u) = flags.advertise_url.clone().or(file.advertise_url.clone()) {
             c.advertise_url = Some(u);
@@ -410,6 +444,18 @@ pub struct NodeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "NODE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// NATS user [default: the node id when a password is given].
+    #[arg(long, env = "NODE_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password (prefer --nats-password-file: flags show in `ps`).
+    #[arg(long, env = "NODE_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// File holding the NATS password (one line; surrounding whitespace is ignored).
+    #[arg(long, env = "NODE_NATS_PASSWORD_FILE")]
+    pub nats_password_file: Option<PathBuf>,
+    /// CA certificate (PEM) of the NATS servers: the NATS connection requires TLS.
+    #[arg(long, env = "NODE_NATS_CA_FILE")]
+    pub nats_ca_file: Option<PathBuf>,
     /// WebSocket URL this node is reached at [default: ws://<listen>/ws].
     #[arg(long, env = "NODE_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
@@ -436,6 +482,17 @@ pub struct NodeArgs {
     /// serving its cluster rooms [default: 3000].
     #[arg(long, env = "NODE_NODE_TIMEOUT_MS")]
     pub node_timeout_ms: Option<u64>,
+}
+
+/// A secret kept in a file (a password): its content without surrounding whitespace.
+fn read_secret_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading secret file {}", path.display()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        bail!("secret file {} is empty", path.display());
+    }
+    Ok(secret.to_owned())
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -475,6 +532,9 @@ struct FileConfig {
     nats_url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    nats_user: Option<String>,
+    nats_password_file: Option<PathBuf>,
+    nats_ca_file: Option<PathBuf>,
     advertise_url: Option<String>,
     max_rooms: Option<u32>,
     max_peers: Option<u32>,
@@ -538,5 +598,42 @@ mod tests {
         assert_eq!(c.admin_token.as_deref(), Some(admin.as_str()));
         // Development: any secret.
         assert!(Config::from_sources(&args("short", Some("dev"), true)).is_ok());
+    }
+
+    #[test]
+    fn a_nats_password_file_makes_the_node_id_the_user() {
+        let dir = std::env::temp_dir().join(format!("nodecfg-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("nats.password");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let flags = NodeArgs {
+            node_id: Some("eu-1".into()),
+            api_secret: Some("x".repeat(32)),
+            nats_password_file: Some(secret.clone()),
+            ..Default::default()
+        };
+        let c = Config::from_sources(&flags).unwrap();
+        assert_eq!(c.nats_user.as_deref(), Some("eu-1"));
+        assert_eq!(c.nats_password.as_deref(), Some("s3cret"));
+        let named = NodeArgs {
+            nats_user: Some("other".into()),
+            ..flags.clone()
+        };
+        assert_eq!(
+            Config::from_sources(&named).unwrap().nats_user.as_deref(),
+            Some("other")
+        );
+        std::fs::write(&secret, " \n").unwrap();
+        assert!(
+            Config::from_sources(&flags).is_err(),
+            "an empty password file"
+        );
+        let no_password = NodeArgs {
+            nats_user: Some("eu-1".into()),
+            api_secret: Some("x".repeat(32)),
+            ..Default::default()
+        };
+        assert!(Config::from_sources(&no_password).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -105,7 +105,11 @@ pub async fn start_in_system(
         },
     )?);
     let cluster = match &config.nats_url {
-        Some(url) => Some(Cluster::connect(url, config.node_id.clone(), media_rt).await?),
+        Some(url) => {
+            let credentials = config.nats_user.clone().zip(config.nats_password.clone());
+            let ca = config.nats_ca_file.clone();
+            Some(Cluster::connect(url, config.node_id.clone(), credentials, ca, media_rt).await?)
+        }
         None => None,
     };
     let router =

@@ -10,6 +10,7 @@ pub mod error;
 pub mod ids;
 #[cfg(feature = "rtc")]
 pub mod keyframe;
+pub mod nats_auth;
 pub mod placement;
 pub mod signal;
 #[cfg(feature = "tls")]

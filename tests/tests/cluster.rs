@@ -37,12 +37,12 @@ impl Sandbox {
         tests::init_logs();
         let nats = NatsServer::start()?;
         let coordinators = (0..2)
-            .map(|_| coordinator::spawn(coordinator::Config::local(nats.url())))
+            .map(|_| coordinator::spawn(coordinator::Config::local(nats.coordinator_url())))
             .collect::<Result<Vec<_>, _>>()?;
         let nodes = [("n1", "eu"), ("n2", "eu"), ("n3", "us")]
             .iter()
             .map(|(id, region)| {
-                let mut c = node_config(&nats.url(), id, region);
+                let mut c = node_config(&nats.node_url(id)?, id, region);
                 tweak(&mut c);
                 node::spawn(c)
             })
@@ -274,9 +274,8 @@ async fn media_survives_a_nats_restart_and_joins_resume() -> anyhow::Result<()> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_is_ready_once_nats_and_a_coordinator_can_place_its_joins() -> anyhow::Result<()> {
     tests::init_logs();
-    let port = NatsServer::free_port()?;
-    let url = format!("nats://127.0.0.1:{port}");
-    let node = node::spawn(node_config(&url, "early", "eu"))?;
+    let mut nats = NatsServer::prepare(NatsServer::free_port()?)?;
+    let node = node::spawn(node_config(&nats.node_url("early")?, "early", "eu"))?;
     let readyz = || async {
         http_get(node.http_addr(), "/readyz", &[])
             .await
@@ -284,7 +283,7 @@ async fn a_node_is_ready_once_nats_and_a_coordinator_can_place_its_joins() -> an
     };
     let (status, _) = readyz().await.map_err(anyhow::Error::msg)?;
     assert_eq!(status, 503);
-    let nats = NatsServer::start_on(port)?;
+    nats.start_prepared()?;
     // NATS alone is not enough: nobody would place a join.
     wait_until(
         WAIT,
@@ -297,7 +296,7 @@ async fn a_node_is_ready_once_nats_and_a_coordinator_can_place_its_joins() -> an
         },
     )
     .await?;
-    let _coordinator = coordinator::spawn(coordinator::Config::local(nats.url()))?;
+    let _coordinator = coordinator::spawn(coordinator::Config::local(nats.coordinator_url()))?;
     wait_until(WAIT, "node ready once a coordinator counts it", || async {
         match readyz().await? {
             (200, _) => Ok(()),
@@ -492,7 +491,7 @@ async fn a_forged_remote_join_is_refused_by_the_rooms_node() -> anyhow::Result<(
     let secret = host.config().api_secret.clone();
     let room_id = protocol::RoomId::new(&room)?;
     let mallory = |room: &str| tests::claims(room, "mallory", 600);
-    let nats = async_nats::connect(sb.nats.url()).await?;
+    let nats = tests::nats::connect(&sb.nats.url()).await?;
     let ask = |proof: JoinProof| RemoteJoin {
         v: wire::VERSION,
         room: room_id.clone(),
@@ -592,7 +591,7 @@ async fn a_node_serves_a_bounded_number_of_cluster_requests_at_once() -> anyhow:
     let room = room_name("busy");
     let host = &sb.nodes[0];
     let secret = host.config().api_secret.clone();
-    let nats = async_nats::connect(sb.nats.url()).await?;
+    let nats = tests::nats::connect(&sb.nats.url()).await?;
     // Fifty remote joins at once, each with a valid token: the node serves one at a time
     // and answers the others at once that it is busy.
     let asks = (0..50).map(|i| {

@@ -27,7 +27,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn start_coordinator(nats: &NatsServer, id: &str) -> CoordinatorHandle {
     tests::init_logs();
-    let mut config = coordinator::Config::local(nats.url());
+    let mut config = coordinator::Config::local(nats.coordinator_url());
     config.id = id.into();
     coordinator::spawn(config).expect("coordinator starts")
 }
@@ -595,14 +595,14 @@ async fn a_gracefully_stopped_coordinator_hands_over_without_failed_requests() -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_started_before_nats_becomes_ready_when_it_appears() -> anyhow::Result<()> {
     tests::init_logs();
-    let port = NatsServer::free_port()?;
-    let mut config = coordinator::Config::local(format!("nats://127.0.0.1:{port}"));
+    let mut nats = NatsServer::prepare(NatsServer::free_port()?)?;
+    let mut config = coordinator::Config::local(nats.coordinator_url());
     config.id = "early".into();
     let c = coordinator::spawn(config)?;
     let (status, body) = http_get(c.http_addr(), "/readyz", &[]).await?;
     assert_eq!((status, body.as_str()), (503, "not connected to nats"));
     assert_eq!(http_get(c.http_addr(), "/healthz", &[]).await?.0, 200);
-    let nats = NatsServer::start_on(port)?;
+    nats.start_prepared()?;
     let _nodes = fake_nodes(&nats, &[("a", "eu")]).await;
     wait_cluster(&[&c], 1).await?;
     let client = fake_node::connect(&nats.url()).await?;

@@ -126,7 +126,12 @@ fn url_avoiding(cluster: &Cluster, avoid: &[&str]) -> Result<String> {
     cluster
         .nats_servers()
         .find(|s| !avoid.contains(&s.id()))
-        .and_then(|s| s.nats_url())
+        .and_then(|s| {
+            // The cluster's URL of that server, with the credentials in it.
+            let port = format!(":{}", s.port());
+            cluster.nats_url().split(',').find(|u| u.ends_with(&port))
+        })
+        .map(str::to_owned)
         .context("a server to avoid none of them")
 }
 
@@ -413,7 +418,7 @@ async fn kill_and_ride_out(
     round: u32,
 ) -> Result<Vec<String>> {
     let mut notes = Vec::new();
-    let watcher = async_nats::connect(watch_url).await?;
+    let watcher = tests::nats::connect(watch_url).await?;
     let mut downs = watcher.subscribe(wire::NODE_DOWN).await?;
     watcher.flush().await?;
     let js = async_nats::jetstream::new(watcher.clone());
@@ -602,7 +607,7 @@ async fn the_cluster_rides_out_the_kill_of_a_nats_server_and_its_return() -> Res
     let watch = url_avoiding(&cluster, &[&victim])?;
     // Our own client may sit on the victim: use one on the watched survivor from here on.
     drop(client);
-    let client = async_nats::connect(&watch).await?;
+    let client = tests::nats::connect(&watch).await?;
     let js = async_nats::jetstream::new(client.clone());
     let notes = kill_and_ride_out(&mut cluster, &victim, &watch, (&room, &a, &b), 1).await?;
     for n in &notes {
@@ -628,7 +633,7 @@ async fn the_cluster_rides_out_the_kill_of_a_nats_server_and_its_return() -> Res
     };
     make_leader(&js, &client, &second).await?;
     let watch2 = url_avoiding(&cluster, &[&second])?;
-    let client = async_nats::connect(&watch2).await?;
+    let client = tests::nats::connect(&watch2).await?;
     let js = async_nats::jetstream::new(client.clone());
     let notes = kill_and_ride_out(&mut cluster, &second, &watch2, (&room, &a, &b), 2).await?;
     for n in &notes {

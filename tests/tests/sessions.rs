@@ -357,14 +357,14 @@ impl Cluster {
     async fn start(nodes: &[(&str, &str)]) -> anyhow::Result<Cluster> {
         tests::init_logs();
         let nats = NatsServer::start()?;
-        let coordinator = coordinator::spawn(coordinator::Config::local(nats.url()))?;
+        let coordinator = coordinator::spawn(coordinator::Config::local(nats.coordinator_url()))?;
         let nodes = nodes
             .iter()
             .map(|(id, region)| {
                 let mut c = Config::local_dev();
                 c.node_id = protocol::NodeId::new(*id).expect("node id");
                 c.region = (*region).into();
-                c.nats_url = Some(nats.url());
+                c.nats_url = Some(nats.node_url(id)?);
                 c.resume_grace = Duration::ZERO;
                 c.room_empty_grace = Duration::from_millis(300);
                 node::spawn(c)

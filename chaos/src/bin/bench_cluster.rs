@@ -761,10 +761,10 @@ async fn allocate_once(client: &async_nats::Client, room: &str, from: &NodeId) -
 }
 
 async fn bench_allocs(args: &Args, cluster: &Cluster, run_id: &str) -> Result<AllocResults> {
-    let client = async_nats::ConnectOptions::new()
+    let client = chaos::sandbox::nats_options(cluster.nats_url())
         .name("bench_cluster")
         .connection_timeout(Duration::from_secs(5))
-        .connect(cluster.nats_url())
+        .connect(cluster.nats_url().split(',').collect::<Vec<_>>())
         .await
         .context("connecting to nats")?;
     let from = NodeId::new("n1")?;

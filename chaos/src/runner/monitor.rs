@@ -193,9 +193,12 @@ async fn open(nats_url: &str) -> anyhow::Result<async_nats::jetstream::kv::Store
         .split(',')
         .map(|u| u.trim().parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()?;
-    let client = tokio::time::timeout(READ, async_nats::connect(servers))
-        .await
-        .map_err(|_| anyhow::anyhow!("NATS connect timed out"))??;
+    let client = tokio::time::timeout(
+        READ,
+        crate::sandbox::nats_options(nats_url).connect(servers),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("NATS connect timed out"))??;
     let js = async_nats::jetstream::new(client);
     tokio::time::timeout(READ, js.get_key_value(wire::ROOMS_BUCKET))
         .await

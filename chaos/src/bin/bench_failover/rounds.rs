@@ -122,7 +122,7 @@ async fn all_rounds(
     // Subscribed before any kill; the client lives as long as the subscription.
     let (n, mut downs) = match fault {
         Fault::Kill => {
-            let client = async_nats::connect(cluster.nats_url()).await?;
+            let client = chaos::sandbox::nats_connect(cluster.nats_url()).await?;
             let sub = client.subscribe(NODE_DOWN).await?;
             client
                 .flush()
