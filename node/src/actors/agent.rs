@@ -434,6 +434,7 @@ async fn remote_join(rooms: &Addr<RoomRegistry>, payload: &[u8]) -> RemoteJoinRe
                 claims: req.claims,
                 epoch: req.epoch,
                 nodes: req.nodes,
+                rank: 0,
             };
             joined_reply(rooms.send(join).await, "join refused by the room's node")
         }

@@ -53,6 +53,11 @@ pub struct JoinRoom {
     pub epoch: u64,
     /// The room's nodes as the directory lists them (this one may be among them).
     pub nodes: Vec<NodeId>,
+    /// The joining session's rank from the router (`Register`); 0 for a join through
+    /// another node. A member of a higher rank is not replaced by this join: two sockets of
+    /// one user joining at once end with the later registered one, as the router decided,
+    /// not with whichever join the room happened to admit last.
+    pub rank: u64,
 }
 
 /// Signaling from a participant whose socket is on another node.
@@ -110,6 +115,7 @@ impl Handler<JoinRoom> for RoomRegistry {
                 addr.send(AdmitMember {
                     claims: msg.claims,
                     nodes: msg.nodes,
+                    rank: msg.rank,
                 })
                 .await
             }

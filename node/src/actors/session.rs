@@ -379,8 +379,9 @@ impl SignalingSession {
         // The route exists before the room knows the user, so nothing sent to the new
         // participant is lost; `wait` holds this session's mailbox until `joined` is out.
         async move {
-            router.send(register).await.ok();
-            join_anywhere(&node, &rooms, room.clone(), claims, region, Vec::new()).await
+            let rank = router.send(register).await.unwrap_or(0);
+            let suspects = Vec::new();
+            join_anywhere(&node, &rooms, room.clone(), claims, region, suspects, rank).await
         }
         .into_actor(self)
         .map(move |res, act, ctx| act.finish_join(user, res, ctx))
@@ -461,6 +462,7 @@ impl SignalingSession {
                 let text = match code {
                     ErrorCode::RoomFull => "room is full",
                     ErrorCode::Unavailable => "the cluster cannot host the room right now",
+                    ErrorCode::Unauthorized => "the same user joined from another connection",
                     _ => "join failed",
                 };
                 return self.error(code, text, ctx);
@@ -509,7 +511,7 @@ async fn resume_anywhere(
     let mut suspects = Vec::new();
     // The route exists before the participant is restored or joined, so nothing sent to it
     // is lost.
-    router.send(register).await.ok();
+    let rank = router.send(register).await.unwrap_or(0);
     let restored = match &node.cluster {
         None => Some(resume_local(rooms, claims.clone(), resume_token).await),
         Some(_) if host == me => Some(resume_local(rooms, claims.clone(), resume_token).await),
@@ -550,7 +552,8 @@ async fn resume_anywhere(
     metrics::counter!("signaling_resumed_elsewhere_total").increment(1);
     tracing::info!(%room, user = %claims.sub, %host, "participant's node no longer serves it; joining it afresh");
     let region = Some(node.config.region.clone());
-    let outcome = join_anywhere(node, rooms, room, claims.join_claims(), region, suspects).await?;
+    let claims = claims.join_claims();
+    let outcome = join_anywhere(node, rooms, room, claims, region, suspects, rank).await?;
     Ok((outcome, false))
 }
 
@@ -615,6 +618,7 @@ async fn join_anywhere(
     claims: protocol::token::Claims,
     region: Option<String>,
     suspects: Vec<NodeId>,
+    rank: u64,
 ) -> Result<JoinOutcome, ErrorCode> {
     let local = |epoch, nodes| {
         let rooms = rooms.clone();
@@ -626,6 +630,7 @@ async fn join_anywhere(
                     claims,
                     epoch,
                     nodes,
+                    rank,
                 })
                 .await
                 .map_err(|_| ErrorCode::Unavailable)??;
