@@ -689,9 +689,11 @@ async fn mutated_message_sequences() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sockets of one user joining at once: the router keeps one and closes the others, and
-/// whatever order the room admits the joins in, a socket left open and joined has a live
-/// participant (its `publish` is answered), and nothing stays once all are closed.
+/// Regression: sockets of one user joining at once. The router keeps the last registered
+/// one and closes the others, but the room could admit an older join last, replacing the
+/// newer socket's participant: that socket stayed open and joined to a participant that no
+/// longer existed, and its `publish` went unanswered (seen about once in 150 rounds of 8).
+/// A socket left open and joined has a live participant, and nothing stays once all close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_joins_of_one_user_leave_one_live_participant() -> anyhow::Result<()> {
     let node = tests::start_node(|_| {});
@@ -699,12 +701,12 @@ async fn simultaneous_joins_of_one_user_leave_one_live_participant() -> anyhow::
     let token = mint(&node, &claims(&room, "twin", 600));
     let join = serde_json::to_string(&json!({"type": "join", "room": room, "token": token}))?;
     let publish = serde_json::to_string(&json!({"type": "publish", "sdp": CHROMIUM_OFFER}))?;
-    for round in 0..15 {
+    for round in 0..60 {
         let mut sockets = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..8 {
             sockets.push(RawWs::connect(node.http_addr()).await?);
         }
-        // All four joins leave before any answer is read.
+        // All the joins leave before any answer is read.
         futures::future::join_all(sockets.iter_mut().map(|ws| ws.send_text(&join))).await;
         let answers = futures::future::join_all(sockets.iter_mut().map(|ws| ws.sync())).await;
         let mut open = Vec::new();

@@ -506,6 +506,7 @@ async fn remote_join(rooms: &Addr<RoomRegistry>, secret: &[u8], payload: &[u8]) 
         epoch: req.epoch,
         nodes: req.nodes,
         rejoin: matches!(req.proof, wire::JoinProof::Resume(_)),
+        rank: 0,
     };
     joined_reply(rooms.send(join).await, "join refused by the room's node")
 }

@@ -35,6 +35,8 @@ struct Member {
     resume_token: String,
     /// Join order, so `joined` lists participants as they arrived.
     seq: u64,
+    /// The joining session's rank ([`JoinRoom::rank`](super::rooms::JoinRoom::rank)).
+    rank: u64,
 }
 
 pub struct Room {
@@ -251,6 +253,8 @@ pub struct AdmitMember {
     pub claims: Claims,
     /// The room's other nodes as the directory lists them now.
     pub nodes: Vec<NodeId>,
+    /// See [`JoinRoom::rank`](super::rooms::JoinRoom::rank).
+    pub rank: u64,
 }
 
 /// Hands a member, named by its resume token, to a new socket.
@@ -291,6 +295,12 @@ impl Handler<AdmitMember> for Room {
         let claims = msg.claims;
         let user = claims.sub.clone();
         self.learn_nodes(msg.nodes, ctx);
+        // A later registered socket of the same user joined first: this older join lost
+        // (the router is closing its socket) and must not replace the newer participant.
+        if msg.rank != 0 && self.members.get(&user).is_some_and(|m| m.rank > msg.rank) {
+            tracing::info!(room = %self.id, %user, "the join of a replaced socket refused");
+            return Err(ErrorCode::Unauthorized);
+        }
         // The same user joining again replaces the old participant.
         self.remove_member(&user);
         let everyone = self.members.len() + self.links.remote.count();
@@ -348,6 +358,7 @@ impl Handler<AdmitMember> for Room {
                 can_subscribe: claims.can_subscribe,
                 resume_token: resume_token.clone(),
                 seq: self.next_seq,
+                rank: msg.rank,
             },
         );
         if claims.can_subscribe {

@@ -61,6 +61,11 @@ pub struct JoinRoom {
     /// its resume token: not counted against the room's join rate, so a failover is not
     /// throttled.
     pub rejoin: bool,
+    /// The joining session's rank from the router (`Register`); 0 for a join through
+    /// another node. A member of a higher rank is not replaced by this join: two sockets of
+    /// one user joining at once end with the later registered one, as the router decided,
+    /// not with whichever join the room happened to admit last.
+    pub rank: u64,
 }
 
 /// Signaling from a participant whose socket is on another node.
@@ -125,6 +130,7 @@ impl Handler<JoinRoom> for RoomRegistry {
                 addr.send(AdmitMember {
                     claims: msg.claims,
                     nodes: msg.nodes,
+                    rank: msg.rank,
                 })
                 .await
             }

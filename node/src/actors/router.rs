@@ -90,6 +90,8 @@ pub struct SessionRouter {
     /// Application messages per recipient per second sent from this node
     /// (`limits.recipient_messages_per_sec`).
     recipient_rate: crate::limits::KeyedRate<UserId>,
+    /// The last rank handed to a registering session.
+    last_rank: u64,
 }
 
 impl SessionRouter {
@@ -99,6 +101,7 @@ impl SessionRouter {
             cluster,
             superseded: 0,
             recipient_rate: crate::limits::KeyedRate::new(recipient_messages_per_sec),
+            last_rank: 0,
         }
     }
 
@@ -171,9 +174,13 @@ impl Handler<Broadcast> for SessionRouter {
 }
 
 /// Makes `session` the route to `user`; an older session of the same user is told to close.
-/// Resolves once messages from other nodes can reach the session.
+/// Resolves once messages from other nodes can reach the session, to the session's rank: a
+/// number growing with each registration on this node, which the room compares so that a
+/// join registered earlier never replaces one registered later ([`JoinRoom::rank`]).
+///
+/// [`JoinRoom::rank`]: super::rooms::JoinRoom::rank
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "u64")]
 pub struct Register {
     pub user: UserId,
     pub room: RoomId,
@@ -226,8 +233,10 @@ struct Claimed {
 }
 
 impl Handler<Register> for SessionRouter {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseFuture<u64>;
     fn handle(&mut self, msg: Register, ctx: &mut Context<Self>) -> Self::Result {
+        self.last_rank += 1;
+        let rank = self.last_rank;
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel::<()>();
         let mut entry = Entry {
             session_id: msg.session_id,
@@ -285,6 +294,7 @@ impl Handler<Register> for SessionRouter {
             if !standalone {
                 let _ = tokio::time::timeout(Duration::from_secs(5), subscribed).await;
             }
+            rank
         })
     }
 }

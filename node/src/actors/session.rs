@@ -402,18 +402,15 @@ impl SignalingSession {
         // The route exists before the room knows the user, so nothing sent to the new
         // participant is lost; `wait` holds this session's mailbox until `joined` is out.
         async move {
-            router.send(register).await.ok();
+            let rank = router.send(register).await.unwrap_or(0);
             let proof = JoinProof::Join(token);
-            join_anywhere(
-                &node,
-                &rooms,
-                room.clone(),
+            let suspects = Vec::new();
+            let joiner = Joiner {
                 claims,
                 proof,
-                region,
-                Vec::new(),
-            )
-            .await
+                rank,
+            };
+            join_anywhere(&node, &rooms, room.clone(), joiner, region, suspects).await
         }
         .into_actor(self)
         .map(move |res, act, ctx| act.finish_join(user, res, ctx))
@@ -494,6 +491,7 @@ impl SignalingSession {
                 let text = match code {
                     ErrorCode::RoomFull => "room is full",
                     ErrorCode::Unavailable => "the cluster cannot host the room right now",
+                    ErrorCode::Unauthorized => "the same user joined from another connection",
                     _ => "join failed",
                 };
                 return self.error(code, text, ctx);
@@ -542,7 +540,7 @@ async fn resume_anywhere(
     let mut suspects = Vec::new();
     // The route exists before the participant is restored or joined, so nothing sent to it
     // is lost.
-    router.send(register).await.ok();
+    let rank = router.send(register).await.unwrap_or(0);
     let restored = match &node.cluster {
         None => Some(resume_local(rooms, claims.clone(), resume_token.clone()).await),
         Some(_) if host == me => {
@@ -586,16 +584,13 @@ async fn resume_anywhere(
     tracing::info!(%room, user = %claims.sub, %host, "participant's node no longer serves it; joining it afresh");
     let region = Some(node.config.region.clone());
     let proof = JoinProof::Resume(resume_token);
-    let outcome = join_anywhere(
-        node,
-        rooms,
-        room,
-        claims.join_claims(),
+    let claims = claims.join_claims();
+    let joiner = Joiner {
+        claims,
         proof,
-        region,
-        suspects,
-    )
-    .await?;
+        rank,
+    };
+    let outcome = join_anywhere(node, rooms, room, joiner, region, suspects).await?;
     Ok((outcome, false))
 }
 
@@ -650,6 +645,14 @@ const CLUSTER_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// join fails with `room_full` (the room is then at its size everywhere).
 const MAX_SHARE_REFUSALS: usize = 2;
 
+/// Who joins: the verified claims, the token they came from (the room's node checks it
+/// again), and the session's rank from the router (`Register`).
+struct Joiner {
+    claims: protocol::token::Claims,
+    proof: JoinProof,
+    rank: u64,
+}
+
 /// Joins `room` on the node that serves this client: standalone nodes host every room; in a
 /// cluster the coordinator names the room's node for the client's region (adding one to the
 /// room when needed), and a room node elsewhere is joined over NATS.
@@ -657,11 +660,15 @@ async fn join_anywhere(
     node: &NodeCtx,
     rooms: &Addr<RoomRegistry>,
     room: RoomId,
-    claims: protocol::token::Claims,
-    proof: JoinProof,
+    joiner: Joiner,
     region: Option<String>,
     suspects: Vec<NodeId>,
 ) -> Result<JoinOutcome, ErrorCode> {
+    let Joiner {
+        claims,
+        proof,
+        rank,
+    } = joiner;
     let rejoin = matches!(proof, JoinProof::Resume(_));
     let local = |epoch, nodes| {
         let rooms = rooms.clone();
@@ -674,6 +681,7 @@ async fn join_anywhere(
                     epoch,
                     nodes,
                     rejoin,
+                    rank,
                 })
                 .await
                 .map_err(|_| ErrorCode::Unavailable)??;
