@@ -989,8 +989,23 @@ impl Cluster {
         self.died = died;
     }
 
+    /// Permissions violations the nats-servers logged: a coordinator or node did what its
+    /// NATS user may not (README "NATS security").
+    pub fn nats_violations(&self) -> Vec<String> {
+        self.nats_servers()
+            .flat_map(|p| {
+                let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+                text.lines()
+                    .filter(|l| l.contains("Violation"))
+                    .map(|l| format!("{}: {l}", p.id))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// After [`Cluster::stop`]: processes that had died by themselves, and per log the number
     /// of WARN/ERROR lines with the first of them.
+    /// (A nats-server's permissions violations count as ERROR lines.)
     pub fn health(&self) -> Vec<String> {
         let mut out = self.died.clone();
         for p in &self.procs {

@@ -19,6 +19,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,9 @@ pub struct NatsServer {
     nodes: Mutex<BTreeMap<String, String>>,
     /// More of the server's config (a `tls { ... }` block, say).
     extra_config: String,
+    /// The test provokes permissions violations (else dropping the server fails the test
+    /// when its log has one).
+    violations_expected: AtomicBool,
 }
 
 /// A NATS client for a test: credentials from the URL(s) (comma-separated servers are
@@ -121,6 +125,7 @@ impl NatsServer {
             coordinator_password: password(),
             nodes: Mutex::new(BTreeMap::new()),
             extra_config: String::new(),
+            violations_expected: AtomicBool::new(false),
         };
         server.write_config()?;
         Ok(server)
@@ -329,6 +334,21 @@ impl NatsServer {
         }
     }
 
+    /// The permissions violations the server logged: a process did what its user may not.
+    pub fn violations(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("server.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("Violation"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// This test provokes permissions violations on purpose.
+    pub fn expect_violations(&self) {
+        self.violations_expected.store(true, Ordering::Relaxed);
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -337,9 +357,19 @@ impl NatsServer {
 }
 
 impl Drop for NatsServer {
+    /// Stops the server and removes its directory; a test that did not expect it fails when
+    /// the server logged a permissions violation (every test runs its processes as the
+    /// roles they have in production).
     fn drop(&mut self) {
         self.stop();
+        let violations = self.violations();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if !std::thread::panicking() && !self.violations_expected.load(Ordering::Relaxed) {
+            assert!(
+                violations.is_empty(),
+                "nats permissions violations: {violations:#?}"
+            );
+        }
     }
 }
 

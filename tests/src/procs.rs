@@ -80,6 +80,20 @@ pub struct Procs {
     _dir: TempDir,
 }
 
+/// A test that ends without a panic fails if a nats-server logged a permissions violation:
+/// every process ran as its production role (README "NATS security").
+impl Drop for Procs {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let violations = self.cluster.nats_violations();
+            assert!(
+                violations.is_empty(),
+                "nats permissions violations: {violations:#?}"
+            );
+        }
+    }
+}
+
 struct TempDir(PathBuf);
 
 impl Drop for TempDir {

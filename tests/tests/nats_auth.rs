@@ -87,6 +87,7 @@ async fn a_client_without_the_right_credentials_is_refused() -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cannot_publish_as_a_coordinator_or_command_another_node() -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
+    nats.expect_violations();
     let admin = tests::nats::connect(&nats.url()).await?;
     let (n1, errors) = node_client(&nats, "n1").await?;
     let n2 = NodeId::new("n2")?;
@@ -141,6 +142,7 @@ async fn a_node_cannot_publish_as_a_coordinator_or_command_another_node() -> any
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cannot_listen_on_another_nodes_subjects_or_inboxes() -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
+    nats.expect_violations();
     let admin = tests::nats::connect(&nats.url()).await?;
     let (n1, errors) = node_client(&nats, "n1").await?;
     let n2 = NodeId::new("n2")?;
@@ -180,6 +182,7 @@ async fn a_node_cannot_listen_on_another_nodes_subjects_or_inboxes() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_reads_the_room_directory_and_cannot_write_it() -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
+    nats.expect_violations();
     // The coordinators own the directory: they create it.
     let coord = tests::nats::connect(&nats.coordinator_url()).await?;
     let rooms = jetstream::new(coord)

@@ -660,6 +660,8 @@ async fn the_cluster_rides_out_the_kill_of_a_nats_server_and_its_return() -> Res
         .filter(|l| l.contains("exited on its own"))
         .collect();
     assert!(crashed.is_empty(), "{crashed:?}");
+    let violations = cluster.nats_violations();
+    assert!(violations.is_empty(), "{violations:#?}");
     eprintln!("   whole test {:.1?}", started.elapsed());
     Ok(())
 }
