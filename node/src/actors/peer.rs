@@ -369,6 +369,7 @@ pub fn command(peer: &Addr<Peer>, session_id: u64, cmd: PeerCmd) {
         PeerCmd::SubscribeAnswer { sdp } => peer.do_send(SubscribeAnswer { sdp }),
         PeerCmd::Candidate { pc, candidate } => peer.do_send(RemoteCandidate { pc, candidate }),
         PeerCmd::SessionGone { leaving } => peer.do_send(SessionGone {
+            superseded: false,
             session_id,
             leaving,
         }),
@@ -588,7 +589,16 @@ impl Handler<TransportEvent> for Peer {
 pub struct SessionGone {
     pub session_id: u64,
     pub leaving: bool,
+    /// The socket was closed because a newer socket of the user took its route: that one's
+    /// join replaces this participant (here or on another node) or its resume attaches to
+    /// it, usually at once. The participant waits at least [`SUPERSEDED_GRACE`] for that,
+    /// whatever the resume grace, and goes if neither happens (a failed stale resume).
+    pub superseded: bool,
 }
+
+/// How long a participant whose socket was superseded waits for the newer socket's join or
+/// resume to take it over.
+pub const SUPERSEDED_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Handler<SessionGone> for Peer {
     type Result = ();
@@ -598,7 +608,10 @@ impl Handler<SessionGone> for Peer {
             tracing::debug!(user = %self.user, session = msg.session_id, "a replaced socket's departure ignored");
             return;
         }
-        let grace = self.node.config.resume_grace;
+        let mut grace = self.node.config.resume_grace;
+        if msg.superseded {
+            grace = grace.max(SUPERSEDED_GRACE);
+        }
         if msg.leaving || grace.is_zero() {
             return ctx.stop();
         }

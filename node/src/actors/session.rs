@@ -920,11 +920,15 @@ impl Handler<Routed> for SignalingSession {
                 // left and waits out its grace period like any other. A participant on
                 // another node is told nothing: its departure there carries no session id.
                 if let State::Joined {
-                    peer: PeerRef::Local(_),
+                    peer: PeerRef::Local(peer),
                     ..
                 } = &self.state
                 {
-                    self.to_peer(PeerCmd::SessionGone { leaving: false });
+                    peer.do_send(super::peer::SessionGone {
+                        session_id: self.id,
+                        leaving: false,
+                        superseded: true,
+                    });
                 }
                 self.state = State::Closing;
                 let _ = self.out.try_send(Out::Text(
