@@ -58,36 +58,30 @@ pub fn hit(limit: &'static str) {
 }
 
 /// Per-key rate limits (rooms, recipients): a token bucket per key, `rate` a second with a
-/// burst of twice that. Idle keys are forgotten (`prune`).
+/// burst of twice that. Keys whose buckets are full again are forgotten once more than
+/// `keep` are held, so the map stays bounded by the keys active in the last few seconds.
 pub struct KeyedRate<K: Hash + Eq + Clone> {
     limiter: DefaultKeyedRateLimiter<K>,
+    keep: usize,
 }
 
 impl<K: Hash + Eq + Clone> KeyedRate<K> {
-    pub fn new(rate: u32) -> Self {
+    pub fn new(rate: u32, keep: usize) -> Self {
         let rate = NonZeroU32::new(rate.max(1)).unwrap_or(NonZeroU32::MIN);
         let burst = rate.saturating_mul(NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN));
         KeyedRate {
             limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            keep,
         }
     }
 
     /// Takes one token of `key`'s bucket; false when it is empty.
     pub fn admit(&self, key: &K) -> bool {
-        self.limiter.check_key(key).is_ok()
-    }
-
-    /// Forgets keys whose buckets are full again.
-    pub fn prune(&self) {
-        self.limiter.retain_recent();
-    }
-
-    pub fn len(&self) -> usize {
-        self.limiter.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.limiter.is_empty()
+        let admitted = self.limiter.check_key(key).is_ok();
+        if self.limiter.len() > self.keep {
+            self.limiter.retain_recent();
+        }
+        admitted
     }
 }
 
@@ -181,7 +175,7 @@ mod tests {
 
     #[test]
     fn a_keyed_rate_takes_its_burst_then_refuses_per_key() {
-        let rate = KeyedRate::new(5);
+        let rate = KeyedRate::new(5, 1000);
         let admitted = (0..100).filter(|_| rate.admit(&"room-a")).count();
         // The burst (10) and at most a token or two refilled meanwhile.
         assert!((10..=12).contains(&admitted), "{admitted}");

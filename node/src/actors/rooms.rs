@@ -35,7 +35,8 @@ pub struct RoomRegistry {
 
 impl RoomRegistry {
     pub fn new(node: NodeCtx) -> Self {
-        let join_rate = crate::limits::KeyedRate::new(node.config.limits.room_joins_per_sec);
+        let join_rate =
+            crate::limits::KeyedRate::new(node.config.limits.room_joins_per_sec, 10_000);
         RoomRegistry {
             node,
             rooms: HashMap::new(),
@@ -103,9 +104,6 @@ impl Handler<JoinRoom> for RoomRegistry {
     fn handle(&mut self, msg: JoinRoom, ctx: &mut Context<Self>) -> Self::Result {
         if !msg.rejoin && !self.join_rate.admit(&msg.room) {
             crate::limits::hit("room_joins");
-            if self.join_rate.len() > 10_000 {
-                self.join_rate.prune();
-            }
             return AtomicResponse::new(Box::pin(actix::fut::ready(Err(ErrorCode::RateLimited))));
         }
         let node = self.node.clone();

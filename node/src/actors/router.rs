@@ -100,7 +100,7 @@ impl SessionRouter {
             sessions: HashMap::new(),
             cluster,
             superseded: 0,
-            recipient_rate: crate::limits::KeyedRate::new(recipient_messages_per_sec),
+            recipient_rate: crate::limits::KeyedRate::new(recipient_messages_per_sec, 100_000),
             last_rank: 0,
         }
     }
@@ -396,9 +396,6 @@ impl Handler<RouteUserMessage> for SessionRouter {
     fn handle(&mut self, msg: RouteUserMessage, _: &mut Context<Self>) -> Self::Result {
         if !self.recipient_rate.admit(&msg.to) {
             crate::limits::hit("recipient_messages");
-            if self.recipient_rate.len() > 100_000 {
-                self.recipient_rate.prune();
-            }
             return Box::pin(async { Err(ErrorCode::RateLimited) });
         }
         let out = ServerMessage::Message {
