@@ -28,6 +28,9 @@ pub struct Counters {
     pub relay_bytes_out: AtomicU64,
     /// Relay links whose connection failed (ICE consent lost: a partition, a dead node).
     pub relay_link_failures: AtomicU64,
+    /// Connections failed because they stayed connecting past their setup timeout (a DTLS
+    /// handshake that gave up silently, ICE that never completed).
+    pub setup_timeouts: AtomicU64,
     /// A subscriber's send queue was full (slow subscriber).
     pub dropped_congested: AtomicU64,
     /// A retransmission or duplicate arrived twice from the publisher.
@@ -68,6 +71,7 @@ pub struct CountersSnapshot {
     pub relay_packets_out: u64,
     pub relay_bytes_out: u64,
     pub relay_link_failures: u64,
+    pub setup_timeouts: u64,
     pub dropped_congested: u64,
     pub dropped_duplicate: u64,
     pub dropped_write_error: u64,
@@ -100,6 +104,7 @@ impl Counters {
             relay_packets_out: c(&self.relay_packets_out),
             relay_bytes_out: c(&self.relay_bytes_out),
             relay_link_failures: c(&self.relay_link_failures),
+            setup_timeouts: c(&self.setup_timeouts),
             dropped_congested: c(&self.dropped_congested),
             dropped_duplicate: c(&self.dropped_duplicate),
             dropped_write_error: c(&self.dropped_write_error),

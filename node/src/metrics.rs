@@ -54,6 +54,7 @@ pub fn publish(c: &Counters) {
     metrics::counter!("sfu_relay_packets_sent_total").absolute(s.relay_packets_out);
     metrics::counter!("sfu_relay_bytes_sent_total").absolute(s.relay_bytes_out);
     metrics::counter!("sfu_relay_link_failures_total").absolute(s.relay_link_failures);
+    metrics::counter!("media_setup_timeouts_total").absolute(s.setup_timeouts);
     metrics::counter!("sfu_packets_dropped_total", "reason" => "congested")
         .absolute(s.dropped_congested);
     metrics::counter!("sfu_packets_dropped_total", "reason" => "duplicate")

@@ -132,6 +132,9 @@ pub struct Conn {
     remotes: Vec<SocketAddr>,
     /// A relay link's receiving end has a socket of its own (see `media::ports`).
     own_socket: Option<super::OwnSocket>,
+    /// Since when the connection has been connecting (ICE checking or DTLS handshaking);
+    /// `None` once connected, or before it starts.
+    connecting_since: Option<Instant>,
 }
 
 /// Addresses one connection may own at once (a client's candidates that it checks).
@@ -150,6 +153,13 @@ const RELAY_ICE_KEEPALIVE: Duration = Duration::from_millis(500);
 const BATCH: usize = 256;
 /// How often every sending stream gets a sender report (what `rtc`'s interceptor does).
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a relay link may stay connecting before it counts as failed. `rtc`'s DTLS gives
+/// up after 7 retransmissions a second apart without telling the connection state, which
+/// then stays "connecting" for ever: seen on a link losing 3 % of its datagrams, about one
+/// relay link in eight (`cascade.rs`, `loss_on_a_relay_path_is_repaired_hop_by_hop`).
+const RELAY_SETUP_TIMEOUT: Duration = Duration::from_secs(12);
+/// The same for a client's connection: about a browser's ICE failure timeout.
+const CLIENT_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Worker {
     pub index: u8,
@@ -238,6 +248,7 @@ impl Worker {
             if now >= self.next_reports {
                 self.next_reports = now + REPORT_INTERVAL;
                 self.send_reports(now);
+                self.fail_stuck_setups(now);
             }
             self.drive_dirty();
             self.outbox.flush(&self.counters);
@@ -409,6 +420,7 @@ impl Worker {
                 dirty: false,
                 remotes: Vec::new(),
                 own_socket,
+                connecting_since: None,
             },
         );
         self.touch(id);
@@ -550,6 +562,30 @@ impl Worker {
         }
     }
 
+    /// A connection that has been connecting for longer than its kind's setup timeout is
+    /// reported failed, once, as if its state had said so: its owner closes it (a relay
+    /// link is opened again, a client's participant is removed and the client rejoins).
+    fn fail_stuck_setups(&mut self, now: Instant) {
+        for (id, c) in self.conns.iter_mut() {
+            let Some(since) = c.connecting_since else {
+                continue;
+            };
+            let limit = if c.spec.relay {
+                RELAY_SETUP_TIMEOUT
+            } else {
+                CLIENT_SETUP_TIMEOUT
+            };
+            if now.saturating_duration_since(since) < limit {
+                continue;
+            }
+            c.connecting_since = None;
+            tracing::warn!(conn = id, user = %c.spec.owner, pc = ?c.spec.kind, relay = c.spec.relay,
+                waited = ?limit, "connection did not connect in time; failing it");
+            self.counters.setup_timeouts.fetch_add(1, Ordering::Relaxed);
+            c.spec.events.do_send(TransportEvent::Failed(c.spec.kind));
+        }
+    }
+
     /// Drives every connection something happened to: events, reads (forwarding), writes,
     /// and its next timer.
     fn drive_dirty(&mut self) {
@@ -641,11 +677,17 @@ impl Worker {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
                     tracing::debug!(conn = id, user = %c.spec.owner, pc = ?c.spec.kind, %state, "connection state");
                     match state {
-                        RTCPeerConnectionState::Connected => c
-                            .spec
-                            .events
-                            .do_send(TransportEvent::Connected(c.spec.kind)),
+                        RTCPeerConnectionState::Connecting => {
+                            c.connecting_since.get_or_insert_with(Instant::now);
+                        }
+                        RTCPeerConnectionState::Connected => {
+                            c.connecting_since = None;
+                            c.spec
+                                .events
+                                .do_send(TransportEvent::Connected(c.spec.kind))
+                        }
                         RTCPeerConnectionState::Failed => {
+                            c.connecting_since = None;
                             c.spec.events.do_send(TransportEvent::Failed(c.spec.kind))
                         }
                         _ => {}
