@@ -55,6 +55,7 @@ pub struct ConnQuality {
 }
 
 struct Outgoing {
+    track: TrackId,
     kind: TrackKind,
     stream: DownStream,
     /// Since the stream was added, on the node's path.
@@ -63,11 +64,12 @@ struct Outgoing {
 }
 
 impl ConnQuality {
-    /// The connection sends a stream of `kind` as `ssrc` (a subscribed track was added).
-    pub fn track_added(&mut self, ssrc: u32, kind: TrackKind, clock_rate: u32) {
+    /// The connection sends `track` as `ssrc` (a subscribed track was added).
+    pub fn track_added(&mut self, ssrc: u32, track: TrackId, kind: TrackKind, clock_rate: u32) {
         self.down.insert(
             ssrc,
             Outgoing {
+                track,
                 kind,
                 stream: DownStream::new(clock_rate),
                 sent: 0,
@@ -152,7 +154,21 @@ pub struct DownView {
     /// and of those lost.
     pub packets: u64,
     pub lost: u64,
-    pub streams: usize,
+    /// Each stream (a subscribed track) alone.
+    pub streams: Vec<DownStreamView>,
+}
+
+/// One stream a subscriber connection sends.
+#[derive(Debug, Clone, Serialize)]
+pub struct DownStreamView {
+    pub track: TrackId,
+    pub kind: TrackKind,
+    pub loss: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    pub rtt_ms: Option<f64>,
+    pub bitrate_bps: f64,
+    pub packets: u64,
+    pub lost: u64,
 }
 
 /// Who a connection belongs to.
@@ -221,6 +237,7 @@ fn sample_down(
     let (mut interval_sent, mut interval_lost, mut covered) = (0u64, 0u64, false);
     let (mut jitter, mut bitrate) = (None::<f64>, 0.0);
     let (mut rtt_sum, mut rtts) = (0.0, 0u32);
+    let mut streams = Vec::with_capacity(quality.down.len());
     for (ssrc, o) in quality.down.iter_mut() {
         let log = sent.get(ssrc);
         let s = o.stream.sample(log.map(|l| l.counts().1), now);
@@ -253,7 +270,18 @@ fn sample_down(
                     .record(s.bitrate_bps);
             }
         }
+        streams.push(DownStreamView {
+            track: o.track.clone(),
+            kind: o.kind,
+            loss: s.loss,
+            jitter_ms: s.jitter.map(|j| j * 1e3),
+            rtt_ms: s.rtt.map(|r| r.as_secs_f64() * 1e3),
+            bitrate_bps: s.bitrate_bps,
+            packets: o.sent,
+            lost: o.lost,
+        });
     }
+    streams.sort_by(|a, b| a.track.cmp(&b.track));
     let rtt = (rtts > 0).then(|| rtt_sum / f64::from(rtts));
     if let (Some(rtt), true) = (rtt, observe) {
         metrics::histogram!(RTT, "direction" => "down").record(rtt);
@@ -263,9 +291,9 @@ fn sample_down(
         jitter_ms: jitter.map(|j| j * 1e3),
         rtt_ms: rtt.map(|r| r * 1e3),
         bitrate_bps: bitrate,
-        packets: quality.down.values().map(|o| o.sent).sum(),
-        lost: quality.down.values().map(|o| o.lost).sum(),
-        streams: quality.down.len(),
+        packets: streams.iter().map(|s| s.packets).sum(),
+        lost: streams.iter().map(|s| s.lost).sum(),
+        streams,
     }
 }
 

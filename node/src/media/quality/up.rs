@@ -1,5 +1,6 @@
 //! Receive statistics of one inbound RTP stream, as RFC 3550 appendix A computes them: the
-//! extended sequence number and the source-restart rule (A.1), expected and lost packets per
+//! extended sequence number and the source-restart rule (A.1, with more room for late
+//! packets), expected and lost packets per
 //! interval (A.3), and the interarrival jitter in timestamp units (A.8, the integer version).
 //!
 //! [`UpStream::on_packet`] runs on every packet a publisher sends, so it does a handful of
@@ -10,8 +11,11 @@ use std::time::Instant;
 /// A jump of more sequence numbers than this (forward) is a source restart or garbage, not
 /// loss (RFC 3550 A.1).
 const MAX_DROPOUT: u16 = 3000;
-/// Sequence numbers this far behind the highest are late, not a restart (RFC 3550 A.1).
-const MAX_MISORDER: u16 = 100;
+/// Sequence numbers up to this far behind the highest are late, not a restart. RFC 3550
+/// A.1 allows 100; a NACK retransmission lost and asked for again arrives later than that
+/// (a second of video is 100 packets), and two of them in a row would pass for a source
+/// restarting there and wipe the counts.
+const MAX_LATE: u16 = 3000;
 /// No sequence number is pending as a restart candidate.
 const NO_BAD_SEQ: u32 = 1 << 16;
 
@@ -97,7 +101,7 @@ impl UpStream {
             self.bad_seq = NO_BAD_SEQ;
             // Late and resent packets would count their wait as jitter: in order only.
             self.update_jitter(timestamp, at);
-        } else if delta <= 0u16.wrapping_sub(MAX_MISORDER) {
+        } else if delta < 0u16.wrapping_sub(MAX_LATE) {
             // A large jump: two sequential packets past it mean the source restarted.
             if u32::from(seq) == self.bad_seq {
                 self.restart(seq, timestamp, at);
@@ -106,7 +110,7 @@ impl UpStream {
             }
             return;
         }
-        // else: late or reordered, within MAX_MISORDER behind the highest.
+        // else: late or reordered, within MAX_LATE behind the highest.
         self.received += 1;
     }
 
@@ -270,6 +274,17 @@ mod tests {
         let second = s.sample(t0 + Duration::from_secs(2)).unwrap();
         assert_eq!(second.loss, 0.0, "{second:?}");
         assert_eq!(s.lost(), 0);
+    }
+
+    #[test]
+    fn retransmissions_a_second_late_are_received_not_a_restart() {
+        let mut s = UpStream::new(90_000);
+        let t0 = Instant::now();
+        let seqs: Vec<u16> = (0..300u16).filter(|n| !(100..102).contains(n)).collect();
+        feed(&mut s, t0, &seqs);
+        assert_eq!(s.lost(), 2);
+        feed(&mut s, t0, &[100, 101]);
+        assert_eq!((s.highest(), s.lost(), s.received()), (299, 0, 300));
     }
 
     #[test]
