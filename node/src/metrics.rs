@@ -10,7 +10,9 @@
 
 use crate::counters::Counters;
 use crate::media::quality;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 use metrics_util::MetricKindMask;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -35,10 +37,9 @@ pub fn install(room_series_ttl: Duration) {
         ];
         let handle = buckets
             .into_iter()
-            .try_fold(
-                PrometheusBuilder::new(),
-                |b, (name, buckets)| b.set_buckets_for_metric(Matcher::Full(name.into()), buckets),
-            )
+            .try_fold(PrometheusBuilder::new(), |b, (name, buckets)| {
+                b.set_buckets_for_metric(Matcher::Full(name.into()), buckets)
+            })
             .and_then(|b| {
                 b.set_buckets_for_metric(
                     Matcher::Suffix("latency_seconds".into()),

@@ -217,9 +217,19 @@ impl Histogram {
 
     /// The observations made since `before`.
     fn since(&self, before: &Histogram) -> Histogram {
-        let at = |le: f64| before.buckets.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+        let at = |le: f64| {
+            before
+                .buckets
+                .iter()
+                .find(|b| b.0 == le)
+                .map_or(0.0, |b| b.1)
+        };
         Histogram {
-            buckets: self.buckets.iter().map(|(le, n)| (*le, n - at(*le))).collect(),
+            buckets: self
+                .buckets
+                .iter()
+                .map(|(le, n)| (*le, n - at(*le)))
+                .collect(),
             count: self.count - before.count,
             sum: self.sum - before.sum,
         }
@@ -231,7 +241,10 @@ impl Histogram {
             if x < 0.0 {
                 return 0.0;
             }
-            self.buckets.iter().find(|b| b.0 == x).map_or(f64::NAN, |b| b.1)
+            self.buckets
+                .iter()
+                .find(|b| b.0 == x)
+                .map_or(f64::NAN, |b| b.1)
         };
         (le(hi) - le(lo)) / self.count
     }
@@ -244,8 +257,8 @@ fn series(text: &str, series: &str) -> Option<f64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quality_metrics_show_loss_and_delay_on_the_impaired_connections_only(
-) -> anyhow::Result<()> {
+async fn quality_metrics_show_loss_and_delay_on_the_impaired_connections_only() -> anyhow::Result<()>
+{
     let cell = Cell::start().await?;
     cell.net.update_link(NODE, LOSSY, |i| i.delay = DELAY);
     let room = room_name("quality");
@@ -272,25 +285,31 @@ async fn quality_metrics_show_loss_and_delay_on_the_impaired_connections_only(
 
     // 15 s of media each way.
     let window = 1_500.0;
-    wait_until(Duration::from_secs(60), "15 s of quality samples", || async {
-        let q = quality(&cell.node, &room).await;
-        let grown = |user: &str| {
-            up(&q, user, "audio")
-                .zip(up(&before, user, "audio"))
-                .map_or(0.0, |(a, b)| num(a, "packets") - num(b, "packets"))
-        };
-        let downs = |user: &str| {
-            down(&q, user, "audio")
-                .zip(down(&before, user, "audio"))
-                .map_or(0.0, |(a, b)| num(a, "packets") - num(b, "packets"))
-        };
-        let got = [grown("alice"), grown("bob"), downs("alice"), downs("bob")];
-        if got.iter().all(|n| *n >= window) {
-            Ok(())
-        } else {
-            Err(format!("audio packets counted so far (up alice, bob; down alice, bob): {got:?}"))
-        }
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "15 s of quality samples",
+        || async {
+            let q = quality(&cell.node, &room).await;
+            let grown = |user: &str| {
+                up(&q, user, "audio")
+                    .zip(up(&before, user, "audio"))
+                    .map_or(0.0, |(a, b)| num(a, "packets") - num(b, "packets"))
+            };
+            let downs = |user: &str| {
+                down(&q, user, "audio")
+                    .zip(down(&before, user, "audio"))
+                    .map_or(0.0, |(a, b)| num(a, "packets") - num(b, "packets"))
+            };
+            let got = [grown("alice"), grown("bob"), downs("alice"), downs("bob")];
+            if got.iter().all(|n| *n >= window) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "audio packets counted so far (up alice, bob; down alice, bob): {got:?}"
+                ))
+            }
+        },
+    )
     .await?;
     let after = quality(&cell.node, &room).await;
     let text = node::metrics::render();
@@ -310,9 +329,15 @@ async fn quality_metrics_show_loss_and_delay_on_the_impaired_connections_only(
     let mut losses = HashMap::new();
     for user in ["alice", "bob"] {
         for kind in ["audio", "video"] {
-            let (b, a) = (view(&before, user, kind, "up"), view(&after, user, kind, "up"));
+            let (b, a) = (
+                view(&before, user, kind, "up"),
+                view(&after, user, kind, "up"),
+            );
             losses.insert((user, kind, "up"), up_loss(&b, &a));
-            let (b, a) = (view(&before, user, kind, "down"), view(&after, user, kind, "down"));
+            let (b, a) = (
+                view(&before, user, kind, "down"),
+                view(&after, user, kind, "down"),
+            );
             losses.insert((user, kind, "down"), down_loss(&b, &a));
         }
     }
@@ -324,10 +349,16 @@ async fn quality_metrics_show_loss_and_delay_on_the_impaired_connections_only(
             "alice's {way} audio loss {alice:.4}, the link drops {LOSS}"
         );
         let bob = losses[&("bob", "audio", way)];
-        assert!(bob <= 0.01, "bob's {way} audio loss {bob:.4} on a clean path");
+        assert!(
+            bob <= 0.01,
+            "bob's {way} audio loss {bob:.4} on a clean path"
+        );
         for user in ["alice", "bob"] {
             let video = losses[&(user, "video", way)];
-            assert!(video <= LOSS * 0.5, "{user}'s {way} video repaired: {video:.4}");
+            assert!(
+                video <= LOSS * 0.5,
+                "{user}'s {way} video repaired: {video:.4}"
+            );
         }
     }
     // Bitrate: what the publishers send, and what the node sends bob (alice's media less
@@ -336,7 +367,10 @@ async fn quality_metrics_show_loss_and_delay_on_the_impaired_connections_only(
     let near = |got: f64, want: f64| (want * 0.75..=want * 1.25).contains(&got);
     for (kind, want) in [("audio", audio_bps), ("video", video_bps)] {
         let bob_up = num(&view(&after, "bob", kind, "up"), "bitrate_bps");
-        assert!(near(bob_up, want), "bob's {kind} up {bob_up:.0} bps, sent {want:.0}");
+        assert!(
+            near(bob_up, want),
+            "bob's {kind} up {bob_up:.0} bps, sent {want:.0}"
+        );
         let alice_down = num(&view(&after, "alice", kind, "down"), "bitrate_bps");
         assert!(
             near(alice_down, want),
@@ -366,28 +400,47 @@ async fn quality_metrics_show_loss_and_delay_on_the_impaired_connections_only(
     // half from bob's (near 0), and round trips in two groups.
     for way in ["up", "down"] {
         let labels = format!("direction=\"{way}\",kind=\"audio\"");
-        let h = Histogram::read(&text, "sfu_quality_packet_loss_ratio", &labels)
-            .since(&Histogram::read(&metrics_before, "sfu_quality_packet_loss_ratio", &labels));
+        let h = Histogram::read(&text, "sfu_quality_packet_loss_ratio", &labels).since(
+            &Histogram::read(&metrics_before, "sfu_quality_packet_loss_ratio", &labels),
+        );
         let (clean, lossy) = (h.share(-1.0, 0.02), h.share(0.02, 0.2));
         eprintln!("{way} audio loss histogram: {h:?}; clean {clean:.2}, lossy {lossy:.2}");
-        assert!(h.count >= 20.0, "{way}: a sample a second per stream: {h:?}");
-        assert!((0.3..=0.7).contains(&clean), "{way}: bob's samples near 0: {h:?}");
-        assert!((0.3..=0.7).contains(&lossy), "{way}: alice's near {LOSS}: {h:?}");
+        assert!(
+            h.count >= 20.0,
+            "{way}: a sample a second per stream: {h:?}"
+        );
+        assert!(
+            (0.3..=0.7).contains(&clean),
+            "{way}: bob's samples near 0: {h:?}"
+        );
+        assert!(
+            (0.3..=0.7).contains(&lossy),
+            "{way}: alice's near {LOSS}: {h:?}"
+        );
         let mean = h.sum / h.count;
         assert!((0.02..=0.1).contains(&mean), "{way}: mean loss {mean:.4}");
         let labels = format!("direction=\"{way}\",kind=\"audio\"");
-        let b = Histogram::read(&text, "sfu_quality_bitrate_bps", &labels)
-            .since(&Histogram::read(&metrics_before, "sfu_quality_bitrate_bps", &labels));
+        let b = Histogram::read(&text, "sfu_quality_bitrate_bps", &labels).since(&Histogram::read(
+            &metrics_before,
+            "sfu_quality_bitrate_bps",
+            &labels,
+        ));
         assert!(
             b.share(64e3, 256e3) >= 0.9,
             "{way}: audio near {audio_bps} bps: {b:?}"
         );
-        let j = Histogram::read(&text, "sfu_quality_jitter_seconds", &labels)
-            .since(&Histogram::read(&metrics_before, "sfu_quality_jitter_seconds", &labels));
+        let j = Histogram::read(&text, "sfu_quality_jitter_seconds", &labels).since(
+            &Histogram::read(&metrics_before, "sfu_quality_jitter_seconds", &labels),
+        );
         assert!(j.count >= 20.0, "{way}: jitter samples: {j:?}");
     }
-    let rtt = Histogram::read(&text, "sfu_quality_rtt_seconds", "direction=\"down\"")
-        .since(&Histogram::read(&metrics_before, "sfu_quality_rtt_seconds", "direction=\"down\""));
+    let rtt = Histogram::read(&text, "sfu_quality_rtt_seconds", "direction=\"down\"").since(
+        &Histogram::read(
+            &metrics_before,
+            "sfu_quality_rtt_seconds",
+            "direction=\"down\"",
+        ),
+    );
     eprintln!("rtt histogram: {rtt:?}");
     assert!(rtt.share(-1.0, 0.025) >= 0.3, "bob's round trips: {rtt:?}");
     assert!(rtt.share(0.05, 0.2) >= 0.3, "alice's round trips: {rtt:?}");
@@ -411,15 +464,19 @@ async fn quality_metrics_show_loss_and_delay_on_the_impaired_connections_only(
     bob.leave().await?;
     // ... counts what the node forwarded (the only room of the process; both add up the
     // same batches of 64 packets per track, the room's a second later) ...
-    wait_until(WAIT, "the room's forwarded count to match the node's", || async {
-        let text = node::metrics::render();
-        let room_total = series(&text, &format!("sfu_room_packets_forwarded_total{label}"));
-        let node_total = cell.node.counters().packets_forwarded as f64;
-        match room_total {
-            Some(r) if (node_total - r).abs() <= 4.0 * 64.0 && r > 0.0 => Ok(()),
-            other => Err(format!("room {other:?}, node {node_total}")),
-        }
-    })
+    wait_until(
+        WAIT,
+        "the room's forwarded count to match the node's",
+        || async {
+            let text = node::metrics::render();
+            let room_total = series(&text, &format!("sfu_room_packets_forwarded_total{label}"));
+            let node_total = cell.node.counters().packets_forwarded as f64;
+            match room_total {
+                Some(r) if (node_total - r).abs() <= 4.0 * 64.0 && r > 0.0 => Ok(()),
+                other => Err(format!("room {other:?}, node {node_total}")),
+            }
+        },
+    )
     .await?;
     // ... and leaves `/metrics` once the room has closed, while the node's own stay.
     wait_until(WAIT, "the closed room's series to go", || async {

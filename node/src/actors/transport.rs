@@ -295,8 +295,12 @@ impl Handler<AddTrack> for Transport {
             );
             let sender = c.pc.add_track(track).map_err(webrtc_err)?;
             c.outbound.insert(source.id.to_string(), source.clone());
-            c.quality
-                .track_added(ssrc, source.id.clone(), source.kind, source.codec.clock_rate);
+            c.quality.track_added(
+                ssrc,
+                source.id.clone(),
+                source.kind,
+                source.codec.clock_rate,
+            );
             Ok(SubSlot {
                 source,
                 sender,

@@ -373,7 +373,7 @@ impl Inbound {
     /// The track ended: its last counts go to the node's totals and nobody receives it.
     pub fn finish(mut self) {
         self.counts
-                .flush(&self.source.counters, &self.source.forwarded);
+            .flush(&self.source.counters, &self.source.forwarded);
         self.source.clear_fanout();
         tracing::debug!(track = %self.source.id, "publisher track ended");
     }

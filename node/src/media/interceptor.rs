@@ -37,12 +37,10 @@ pub fn chain(kind: PcKind) -> rtc::shared::error::Result<(MediaEngine, Registry)
     let registry = match kind {
         // The node answers NACKs and sends sender reports itself (`media::history`): its
         // forwarded media does not pass through the chain.
-        PcKind::Subscriber => {
-            Registry::new().with(
-                Slot::from(14_000),
-                KeyframeRequestForwarder::with_nacks().with_reports(),
-            )
-        }
+        PcKind::Subscriber => Registry::new().with(
+            Slot::from(14_000),
+            KeyframeRequestForwarder::with_nacks().with_reports(),
+        ),
         PcKind::Publisher => {
             configure_simulcast_extension_headers(&mut engine)?;
             let registry = Registry::new()

@@ -112,7 +112,10 @@ impl DownStream {
         if lsr == 0 {
             return None;
         }
-        let (_, sent) = self.sent_reports.iter().find(|(l, s)| *l == lsr && s.is_some())?;
+        let (_, sent) = self
+            .sent_reports
+            .iter()
+            .find(|(l, s)| *l == lsr && s.is_some())?;
         let held = Duration::from_micros(u64::from(dlsr) * 1_000_000 / 65_536);
         at.checked_duration_since((*sent)?)?.checked_sub(held)
     }
@@ -232,10 +235,19 @@ mod tests {
         // Answered 80 ms after the first report, held 30 ms (1966 / 65536 s) of those.
         let at = t0 + Duration::from_millis(80);
         let rtt = d.round_trip(lsr(ntp), 1966, at).unwrap();
-        assert!(rtt.abs_diff(Duration::from_millis(50)) < Duration::from_millis(1), "{rtt:?}");
-        assert!(d.round_trip(0, 0, at).is_none(), "no sender report received yet");
+        assert!(
+            rtt.abs_diff(Duration::from_millis(50)) < Duration::from_millis(1),
+            "{rtt:?}"
+        );
+        assert!(
+            d.round_trip(0, 0, at).is_none(),
+            "no sender report received yet"
+        );
         assert!(d.round_trip(12345, 0, at).is_none(), "an unknown report");
-        assert!(d.round_trip(lsr(ntp), 65_536 * 10, at).is_none(), "held longer than it took");
+        assert!(
+            d.round_trip(lsr(ntp), 65_536 * 10, at).is_none(),
+            "held longer than it took"
+        );
         d.on_report(
             &ReceptionReport {
                 last_sender_report: lsr(ntp + (1 << 32)),

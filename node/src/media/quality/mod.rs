@@ -37,9 +37,7 @@ pub const BITRATE: &str = "sfu_quality_bitrate_bps";
 pub const LOSS_BUCKETS: &[f64] = &[0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0];
 pub const JITTER_BUCKETS: &[f64] = &[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5];
 pub const RTT_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6];
-pub const BITRATE_BUCKETS: &[f64] = &[
-    16e3, 32e3, 64e3, 128e3, 256e3, 512e3, 1e6, 2e6, 4e6, 8e6,
-];
+pub const BITRATE_BUCKETS: &[f64] = &[16e3, 32e3, 64e3, 128e3, 256e3, 512e3, 1e6, 2e6, 4e6, 8e6];
 
 fn kind_label(kind: TrackKind) -> &'static str {
     match kind {
@@ -218,6 +216,15 @@ pub fn sample(
     }
     up.sort_by(|a, b| a.track.cmp(&b.track));
     let down = (!quality.down.is_empty()).then(|| sample_down(quality, sent, now, observe));
+    tracing::trace!(
+        room = owner.room,
+        user = %owner.user,
+        pc = ?owner.pc,
+        up = ?up.iter().map(|t| (t.kind, t.loss, t.bitrate_bps)).collect::<Vec<_>>(),
+        down_loss = ?down.as_ref().and_then(|d| d.loss),
+        rtt_ms = ?down.as_ref().and_then(|d| d.rtt_ms),
+        "quality sample"
+    );
     ConnView {
         room: owner.room.to_owned(),
         user: owner.user.clone(),
@@ -306,7 +313,9 @@ pub struct Board {
 impl Board {
     pub fn new(workers: usize) -> Self {
         Board {
-            slots: (0..workers).map(|_| ArcSwap::from_pointee(Vec::new())).collect(),
+            slots: (0..workers)
+                .map(|_| ArcSwap::from_pointee(Vec::new()))
+                .collect(),
         }
     }
 
