@@ -560,15 +560,10 @@ impl Worker {
 
     /// Samples every connection's quality (`media::quality`) for the metrics and snapshots.
     fn sample_quality(&mut self, now: Instant) {
-        let views = self.conns.values_mut().map(|c| {
-            let owner = quality::Owner {
-                room: &c.spec.room,
-                user: &c.spec.owner,
-                pc: c.spec.kind,
-                relay: c.spec.relay,
-            };
-            quality::sample(owner, &mut c.inbound, &mut c.quality, &c.sent, now)
-        });
+        let views = self
+            .conns
+            .values_mut()
+            .map(|c| quality::sample(&c.spec, &mut c.inbound, &mut c.quality, &c.sent, now));
         self.shared.quality.publish(self.index, views.collect());
     }
 

@@ -17,6 +17,7 @@
 pub mod down;
 pub mod up;
 
+use crate::media::engine::ConnSpec;
 use crate::media::forward::Inbound;
 use crate::media::history::SendLog;
 use arc_swap::ArcSwap;
@@ -169,18 +170,10 @@ pub struct DownStreamView {
     pub lost: u64,
 }
 
-/// Who a connection belongs to.
-pub struct Owner<'a> {
-    pub room: &'a str,
-    pub user: &'a UserId,
-    pub pc: PcKind,
-    pub relay: bool,
-}
-
 /// Samples one connection: observes the histograms (client connections only) and returns
 /// its view. Called about once a second.
 pub fn sample(
-    owner: Owner<'_>,
+    owner: &ConnSpec,
     inbound: &mut HashMap<String, Inbound>,
     quality: &mut ConnQuality,
     sent: &rustc_hash::FxHashMap<u32, SendLog>,
@@ -218,17 +211,17 @@ pub fn sample(
     let down = (!quality.down.is_empty()).then(|| sample_down(quality, sent, now, observe));
     tracing::trace!(
         room = owner.room,
-        user = %owner.user,
-        pc = ?owner.pc,
+        user = %owner.owner,
+        pc = ?owner.kind,
         up = ?up.iter().map(|t| (t.kind, t.loss, t.bitrate_bps)).collect::<Vec<_>>(),
         down_loss = ?down.as_ref().and_then(|d| d.loss),
         rtt_ms = ?down.as_ref().and_then(|d| d.rtt_ms),
         "quality sample"
     );
     ConnView {
-        room: owner.room.to_owned(),
-        user: owner.user.clone(),
-        pc: owner.pc,
+        room: owner.room.clone(),
+        user: owner.owner.clone(),
+        pc: owner.kind,
         relay: owner.relay,
         up,
         down,
