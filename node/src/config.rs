@@ -79,6 +79,9 @@ pub struct Config {
     pub max_egress_bps: u64,
     /// How long an empty room stays before it closes and leaves the directory.
     pub room_empty_grace: Duration,
+    /// How long a closed room's `sfu_room_*` series stay in `/metrics` (the first node of a
+    /// process sets it: the recorder is process-wide).
+    pub room_series_ttl: Duration,
     /// How long a resume token is good for (each `joined` issues a fresh one).
     pub resume_token_ttl: Duration,
     /// A drain ends by this deadline even if participants remain (they are told to
@@ -135,6 +138,7 @@ impl Config {
             max_peers: 1000,
             max_egress_bps: 1_000_000_000,
             room_empty_grace: Duration::from_secs(5),
+            room_series_ttl: Duration::from_secs(60),
             resume_token_ttl: Duration::from_secs(24 * 3600),
             drain_deadline: Duration::from_secs(60),
             drain_batch: 10,
@@ -281,6 +285,9 @@ impl Config {
         layer!(max_egress_bps);
         if let Some(s) = flags.room_empty_grace_secs.or(file.room_empty_grace_secs) {
             c.room_empty_grace = Duration::from_secs(s);
+        }
+        if let Some(s) = flags.room_series_ttl_secs.or(file.room_series_ttl_secs) {
+            c.room_series_ttl = Duration::from_secs(s.max(1));
         }
         if let Some(s) = flags.resume_token_ttl_secs.or(file.resume_token_ttl_secs) {
             c.resume_token_ttl = Duration::from_secs(s.max(1));
@@ -468,6 +475,9 @@ pub struct NodeArgs {
     /// Seconds an empty room lingers before it closes.
     #[arg(long, env = "NODE_ROOM_EMPTY_GRACE_SECS")]
     pub room_empty_grace_secs: Option<u64>,
+    /// Seconds a closed room's sfu_room_* series stay in /metrics [default: 60].
+    #[arg(long, env = "NODE_ROOM_SERIES_TTL_SECS")]
+    pub room_series_ttl_secs: Option<u64>,
     /// Seconds a resume token is good for [default: 86400].
     #[arg(long, env = "NODE_RESUME_TOKEN_TTL_SECS")]
     pub resume_token_ttl_secs: Option<u64>,
@@ -540,6 +550,7 @@ struct FileConfig {
     max_peers: Option<u32>,
     max_egress_bps: Option<u64>,
     room_empty_grace_secs: Option<u64>,
+    room_series_ttl_secs: Option<u64>,
     resume_token_ttl_secs: Option<u64>,
     drain_deadline_secs: Option<u64>,
     drain_batch: Option<usize>,

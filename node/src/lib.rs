@@ -57,8 +57,9 @@ pub fn planted_panic(site: &str, hit: impl FnOnce() -> bool) {
 
 /// Everything an operator or a test can see of a node, from the actors' own snapshots.
 pub async fn snapshot(node: &NodeEntry) -> serde_json::Value {
-    let (rooms, router) = http::observe_all(node).await;
+    let (mut rooms, router) = http::observe_all(node).await;
     let shared = &node.shared;
+    shared.media.engine.quality().annotate(&mut rooms["rooms"]);
     serde_json::json!({
         "node": shared.config.node_id,
         "region": shared.config.region,
@@ -83,7 +84,7 @@ pub async fn start_in_system(
     config: Config,
     media_rt: tokio::runtime::Handle,
 ) -> anyhow::Result<(actix_web::dev::Server, SocketAddr, NodeEntry)> {
-    metrics::install();
+    metrics::install(config.room_series_ttl);
     let counters = Arc::new(Counters::default());
     let announce_ip = match &config.public_ip {
         Some(ip) => Some(

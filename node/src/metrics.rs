@@ -1,21 +1,51 @@
 //! Prometheus exposition. The recorder is process-wide (the `metrics` facade has one global
 //! recorder), so nodes started in one test process share it; per-node truth for tests comes
 //! from [`crate::counters`] snapshots instead.
+//!
+//! Per-room series (`sfu_room_*{room}`) live in a second recorder of their own, rendered
+//! after the global one, whose series are dropped once idle for the room-series TTL: a
+//! room updates its series every second while it lives ([`room_series`]), so only a
+//! closed room's go. The global recorder has no idle timeout, so a counter that is merely
+//! quiet on a live node never disappears and resets (which `rate()` would misread).
 
 use crate::counters::Counters;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use crate::media::quality;
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use metrics_util::MetricKindMask;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+static ROOMS: OnceLock<PrometheusRecorder> = OnceLock::new();
 
-/// Installs the recorder once per process.
-pub fn install() {
+/// Installs the recorders once per process; `room_series_ttl`: how long a closed room's
+/// series stay.
+pub fn install(room_series_ttl: Duration) {
+    ROOMS.get_or_init(|| {
+        PrometheusBuilder::new()
+            .idle_timeout(MetricKindMask::ALL, Some(room_series_ttl))
+            .build_recorder()
+    });
     HANDLE.get_or_init(|| {
-        let handle = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                metrics_exporter_prometheus::Matcher::Suffix("latency_seconds".into()),
-                &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
-            )
+        let buckets = [
+            (quality::LOSS, quality::LOSS_BUCKETS),
+            (quality::JITTER, quality::JITTER_BUCKETS),
+            (quality::RTT, quality::RTT_BUCKETS),
+            (quality::BITRATE, quality::BITRATE_BUCKETS),
+        ];
+        let handle = buckets
+            .into_iter()
+            .try_fold(PrometheusBuilder::new(), |b, (name, buckets)| {
+                b.set_buckets_for_metric(Matcher::Full(name.into()), buckets)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Suffix("latency_seconds".into()),
+                    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+                )
+            })
             .and_then(|b| b.install_recorder());
         match handle {
             Ok(h) => Some(h),
@@ -28,12 +58,27 @@ pub fn install() {
 }
 
 pub fn render() -> String {
-    match HANDLE.get() {
+    let mut out = match HANDLE.get() {
         Some(Some(h)) => {
             h.run_upkeep();
             h.render()
         }
         _ => String::new(),
+    };
+    if let Some(rooms) = ROOMS.get() {
+        let h = rooms.handle();
+        h.run_upkeep();
+        out.push('\n');
+        out.push_str(&h.render());
+    }
+    out
+}
+
+/// Runs `f` with the per-room recorder: the `metrics` macros called in it record series that
+/// disappear once not updated for the room-series TTL.
+pub fn room_series(f: impl FnOnce()) {
+    if let Some(rooms) = ROOMS.get() {
+        metrics::with_local_recorder(rooms, f);
     }
 }
 

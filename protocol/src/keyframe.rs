@@ -7,6 +7,8 @@
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
@@ -18,12 +20,14 @@ pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
 }
 
-/// Delivers inbound PLI/FIR (and NACKs, if asked) to the application; other RTCP ends here.
+/// Delivers inbound PLI/FIR (and NACKs and reception reports, if asked) to the
+/// application; other RTCP ends here.
 #[derive(Default)]
 pub struct KeyframeRequestForwarder {
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
     nacks: bool,
+    reports: bool,
 }
 
 impl KeyframeRequestForwarder {
@@ -34,6 +38,13 @@ impl KeyframeRequestForwarder {
             nacks: true,
             ..Default::default()
         }
+    }
+
+    /// Delivers receiver reports (and sender reports, for their reception report blocks)
+    /// too: for an application that measures its sending quality itself (the node).
+    pub fn with_reports(mut self) -> Self {
+        self.reports = true;
+        self
     }
 }
 
@@ -49,8 +60,11 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
             let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
                 .iter()
                 .filter(|p| {
+                    let any = p.as_any();
                     is_keyframe_request(p.as_ref())
-                        || (self.nacks && p.as_any().is::<TransportLayerNack>())
+                        || (self.nacks && any.is::<TransportLayerNack>())
+                        || (self.reports
+                            && (any.is::<ReceiverReport>() || any.is::<SenderReport>()))
                 })
                 .cloned()
                 .collect();

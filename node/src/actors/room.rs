@@ -10,6 +10,7 @@
 //! does not name the registry.
 
 mod links;
+mod tally;
 
 pub use links::{ListLinks, LocalState, RelaySignal, RoomNodeGone, RELAY_USER_PREFIX};
 
@@ -27,6 +28,9 @@ use protocol::token::Claims;
 use protocol::{ErrorCode, NodeId, RoomId, TrackId, UserId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+
+/// How often a room updates its metric series.
+const ROOM_SERIES_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Member {
     info: ParticipantInfo,
@@ -51,6 +55,8 @@ pub struct Room {
     next_seq: u64,
     /// The other nodes of the room: their participants, and the relay links with them.
     links: Links,
+    /// The room's own metric series.
+    tally: tally::RoomTally,
     _live: Live,
 }
 
@@ -72,6 +78,7 @@ impl Room {
             tracks: BTreeMap::new(),
             next_seq: 0,
             links,
+            tally: tally::RoomTally::default(),
             _live: live,
         }
     }
@@ -187,6 +194,14 @@ impl Room {
         }
     }
 
+    /// The room's series (`tally`): members here, tracks forwarded, packets forwarded.
+    fn publish_series(&mut self) {
+        self.tally
+            .update(self.tracks.values().map(|t| &t.forwarded));
+        self.tally
+            .publish(self.id.as_str(), self.members.len(), self.tracks.len());
+    }
+
     fn remove_member(&mut self, user: &UserId) {
         let Some(member) = self.members.remove(user) else {
             return;
@@ -221,10 +236,12 @@ impl Actor for Room {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.join_cluster(ctx);
+        ctx.run_interval(ROOM_SERIES_INTERVAL, |room, _| room.publish_series());
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.links.stop_events();
+        self.publish_series();
     }
 }
 

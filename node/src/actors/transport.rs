@@ -91,6 +91,7 @@ impl Transport {
         let spec = ConnSpec {
             kind,
             owner,
+            room: shard.to_owned(),
             relay,
             relayed_from,
             events: peer,
@@ -294,6 +295,12 @@ impl Handler<AddTrack> for Transport {
             );
             let sender = c.pc.add_track(track).map_err(webrtc_err)?;
             c.outbound.insert(source.id.to_string(), source.clone());
+            c.quality.track_added(
+                ssrc,
+                source.id.clone(),
+                source.kind,
+                source.codec.clock_rate,
+            );
             Ok(SubSlot {
                 source,
                 sender,
@@ -314,6 +321,7 @@ impl Handler<RemoveTrack> for Transport {
     fn handle(&mut self, msg: RemoveTrack, _: &mut Context<Self>) -> Self::Result {
         self.run("remove_track", move |c| {
             c.outbound.remove(msg.0.source.id.as_str());
+            c.quality.track_removed(msg.0.ssrc);
             c.pc.remove_track(msg.0.sender).map_err(webrtc_err)
         })
     }

@@ -7,6 +7,7 @@
 
 use crate::counters::{Counters, Kind, Live};
 use crate::media::engine::ConnRef;
+use crate::media::quality::up::UpStream;
 use arc_swap::ArcSwap;
 use protocol::signal::TrackKind;
 use protocol::{NodeId, TrackId, UserId};
@@ -29,6 +30,8 @@ pub struct TrackSource {
     pub codec: RTCRtpCodec,
     /// The forwarding table, replaced whole by the `Room` on every change.
     pub fanout: ArcSwap<Vec<Arc<DownTrack>>>,
+    /// Packets written to subscribers so far (added in batches), for the room's counter.
+    pub forwarded: Arc<AtomicU64>,
     /// The publisher's connection, where keyframe requests go.
     origin: ConnRef,
     pub media_ssrc: u32,
@@ -57,6 +60,7 @@ impl TrackSource {
             kind,
             codec,
             fanout: ArcSwap::from_pointee(Vec::new()),
+            forwarded: Arc::new(AtomicU64::new(0)),
             origin,
             media_ssrc,
             created: Instant::now(),
@@ -269,7 +273,8 @@ struct LocalCounts {
 }
 
 impl LocalCounts {
-    fn flush(&mut self, c: &Counters) {
+    fn flush(&mut self, c: &Counters, source_forwarded: &AtomicU64) {
+        source_forwarded.fetch_add(self.forwarded, Ordering::Relaxed);
         c.packets_in.fetch_add(self.packets_in, Ordering::Relaxed);
         c.published_bytes_in
             .fetch_add(self.published_bytes, Ordering::Relaxed);
@@ -290,6 +295,8 @@ impl LocalCounts {
 /// and its counts.
 pub struct Inbound {
     pub source: Arc<TrackSource>,
+    /// Receive statistics (loss, jitter, bitrate) for `media::quality`.
+    pub quality: UpStream,
     filter: SeqFilter,
     counts: LocalCounts,
     local: bool,
@@ -301,6 +308,7 @@ impl Inbound {
         let live = Live::new(&source.counters, Kind::ForwardingTask);
         Inbound {
             local: source.relayed_from.is_none(),
+            quality: UpStream::new(source.codec.clock_rate),
             source,
             filter: SeqFilter::default(),
             counts: LocalCounts::default(),
@@ -308,24 +316,32 @@ impl Inbound {
         }
     }
 
-    /// The packet to forward, rewritten, or `None` (duplicate, padding).
-    pub fn accept(&mut self, mut packet: rtp::packet::Packet) -> Option<rtp::packet::Packet> {
+    /// The packet to forward, rewritten, or `None` (duplicate, padding). `at`: when it
+    /// arrived at the node's socket.
+    pub fn accept(
+        &mut self,
+        mut packet: rtp::packet::Packet,
+        at: Instant,
+    ) -> Option<rtp::packet::Packet> {
         self.counts.packets_in += 1;
+        let len = packet.payload.len();
         if self.local {
-            self.counts.published_bytes += packet.payload.len() as u64;
+            self.counts.published_bytes += len as u64;
         }
-        let padding_only = packet.payload.is_empty();
-        let seq = match self
-            .filter
-            .accept(packet.header.sequence_number, padding_only)
-        {
+        let padding_only = len == 0;
+        let (seq_in, ts) = (packet.header.sequence_number, packet.header.timestamp);
+        let seq = match self.filter.accept(seq_in, padding_only) {
             SeqVerdict::Forward(seq) => seq,
             SeqVerdict::Duplicate => {
                 self.counts.duplicate += 1;
                 return None;
             }
-            SeqVerdict::Skip => return None,
+            SeqVerdict::Skip => {
+                self.quality.on_packet(seq_in, ts, len, at);
+                return None;
+            }
         };
+        self.quality.on_packet(seq_in, ts, len, at);
         // Header extension ids are negotiated per connection; the publisher's ids mean
         // nothing to a subscriber.
         packet.header.sequence_number = seq;
@@ -349,13 +365,15 @@ impl Inbound {
             }
         }
         if self.counts.packets_in >= 64 {
-            self.counts.flush(&self.source.counters);
+            self.counts
+                .flush(&self.source.counters, &self.source.forwarded);
         }
     }
 
     /// The track ended: its last counts go to the node's totals and nobody receives it.
     pub fn finish(mut self) {
-        self.counts.flush(&self.source.counters);
+        self.counts
+            .flush(&self.source.counters, &self.source.forwarded);
         self.source.clear_fanout();
         tracing::debug!(track = %self.source.id, "publisher track ended");
     }

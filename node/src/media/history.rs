@@ -40,6 +40,11 @@ impl SendLog {
         self.ring[i] = Some(packet);
     }
 
+    /// Packets and payload octets sent so far (both wrap, as a sender report's do).
+    pub fn counts(&self) -> (u32, u32) {
+        (self.packets, self.octets)
+    }
+
     /// The packet sent with sequence number `seq`, if it is still kept.
     pub fn get(&self, seq: u16) -> Option<&Packet> {
         self.ring

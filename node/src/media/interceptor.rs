@@ -3,7 +3,8 @@
 //! Every interceptor handles every packet of its connection, so each kind of connection gets
 //! only what it uses. A subscriber connection only sends media, and its media skips the chain
 //! (`RTCPeerConnection::protect_rtp`): the node answers its NACKs and sends its sender reports
-//! (`media::history`); the chain only passes keyframe requests and NACKs up. A publisher connection only receives: it sends
+//! (`media::history`); the chain only passes keyframe requests, NACKs and receiver reports
+//! (for `media::quality`) up. A publisher connection only receives: it sends
 //! NACKs, receiver reports and transport-wide congestion feedback (the browser's send-side
 //! bandwidth estimate runs on it).
 //!
@@ -36,9 +37,10 @@ pub fn chain(kind: PcKind) -> rtc::shared::error::Result<(MediaEngine, Registry)
     let registry = match kind {
         // The node answers NACKs and sends sender reports itself (`media::history`): its
         // forwarded media does not pass through the chain.
-        PcKind::Subscriber => {
-            Registry::new().with(Slot::from(14_000), KeyframeRequestForwarder::with_nacks())
-        }
+        PcKind::Subscriber => Registry::new().with(
+            Slot::from(14_000),
+            KeyframeRequestForwarder::with_nacks().with_reports(),
+        ),
         PcKind::Publisher => {
             configure_simulcast_extension_headers(&mut engine)?;
             let registry = Registry::new()

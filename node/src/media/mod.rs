@@ -7,6 +7,7 @@ pub mod forward;
 pub mod history;
 pub mod interceptor;
 pub mod ports;
+pub mod quality;
 pub mod sdp;
 
 use crate::counters::Counters;

@@ -72,6 +72,8 @@ pub struct EngineShared {
     announce_ip: IpAddr,
     pub(crate) relay_ports: crate::media::ports::PortPool,
     pub(crate) rt: tokio::runtime::Handle,
+    /// Every connection's latest quality sample, by worker.
+    pub quality: crate::media::quality::Board,
 }
 
 /// A worker tells the receiver which addresses are whose.
@@ -84,6 +86,7 @@ pub enum Learn {
 
 pub struct Engine {
     workers: Arc<[WorkerHandle]>,
+    shared: Arc<EngineShared>,
     bound_udp: SocketAddr,
     bound_tcp: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
@@ -153,6 +156,7 @@ impl Engine {
             announce_ip,
             relay_ports: crate::media::ports::PortPool::new(config.relay_ports),
             rt: rt.clone(),
+            quality: crate::media::quality::Board::new(workers_n),
         });
 
         let mut handles = Vec::with_capacity(workers_n);
@@ -198,6 +202,7 @@ impl Engine {
         tracing::info!(udp = %bound_udp, tcp = ?bound_tcp, announce = %announce_ip, workers = workers_n, "media engine started");
         Ok(Engine {
             workers,
+            shared,
             bound_udp,
             bound_tcp,
             stop,
@@ -218,6 +223,11 @@ impl Engine {
 
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.bound_tcp
+    }
+
+    /// Every connection's latest quality sample.
+    pub fn quality(&self) -> &crate::media::quality::Board {
+        &self.shared.quality
     }
 }
 

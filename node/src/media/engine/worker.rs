@@ -14,6 +14,7 @@ use crate::counters::Counters;
 use crate::media::forward::{DownTrack, Inbound, TrackSource};
 use crate::media::history::SendLog;
 use crate::media::interceptor;
+use crate::media::quality::{self, ConnQuality};
 use actix::Recipient;
 use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
@@ -107,6 +108,8 @@ impl WorkerHandle {
 pub struct ConnSpec {
     pub kind: PcKind,
     pub owner: UserId,
+    /// The room the connection serves (its quality is shown under it).
+    pub room: String,
     /// Both ends are nodes: faster ICE pacing and failure detection.
     pub relay: bool,
     /// The receiving end of a relay link: tracks keep the ids their msid names.
@@ -125,6 +128,8 @@ pub struct Conn {
     /// What it sent on each of its outgoing streams, by SSRC: NACKs are answered and sender
     /// reports written from it (the node's media skips `rtc`'s interceptors).
     sent: rustc_hash::FxHashMap<u32, SendLog>,
+    /// What the remote's receiver reports say about the streams it is sent.
+    pub quality: ConnQuality,
     deadline: Option<Instant>,
     /// Something happened that may raise events, reads, writes or a new timer.
     dirty: bool,
@@ -249,6 +254,7 @@ impl Worker {
                 self.next_reports = now + REPORT_INTERVAL;
                 self.send_reports(now);
                 self.fail_stuck_setups(now);
+                self.sample_quality(now);
             }
             self.drive_dirty();
             self.outbox.flush(&self.counters);
@@ -416,6 +422,7 @@ impl Worker {
                 inbound: HashMap::new(),
                 outbound: HashMap::new(),
                 sent: Default::default(),
+                quality: ConnQuality::default(),
                 deadline: None,
                 dirty: false,
                 remotes: Vec::new(),
@@ -546,6 +553,7 @@ impl Worker {
                 .sent
                 .iter()
                 .filter_map(|(ssrc, log)| log.report(*ssrc, now, wall))
+                .inspect(|sr| c.quality.report_sent(sr.ssrc, sr.ntp_time, now))
                 .map(|sr| Box::new(sr) as Box<dyn rtc::rtcp::Packet>)
                 .collect();
             if reports.is_empty() {
@@ -586,6 +594,15 @@ impl Worker {
         }
     }
 
+    /// Samples every connection's quality (`media::quality`) for the metrics and snapshots.
+    fn sample_quality(&mut self, now: Instant) {
+        let views = self
+            .conns
+            .values_mut()
+            .map(|c| quality::sample(&c.spec, &mut c.inbound, &mut c.quality, &c.sent, now));
+        self.shared.quality.publish(self.index, views.collect());
+    }
+
     /// Drives every connection something happened to: events, reads (forwarding), writes,
     /// and its next timer.
     fn drive_dirty(&mut self) {
@@ -624,7 +641,7 @@ impl Worker {
             reads.push(m);
         }
         for m in reads.drain(..) {
-            self.on_read(id, m.message, now);
+            self.on_read(id, m.message, m.now, now);
         }
         self.reads = reads;
         self.events(id);
@@ -763,7 +780,8 @@ impl Worker {
         c.spec.events.do_send(TransportEvent::TrackArrived(source));
     }
 
-    fn on_read(&mut self, id: u64, message: RTCMessage, now: Instant) {
+    /// `at`: when the datagram arrived.
+    fn on_read(&mut self, id: u64, message: RTCMessage, at: Instant, now: Instant) {
         match message {
             RTCMessage::RtpPacket(track_id, packet) => {
                 let Some(c) = self.conns.get_mut(&id) else {
@@ -772,7 +790,7 @@ impl Worker {
                 let Some(inbound) = c.inbound.get_mut(&track_id) else {
                     return;
                 };
-                let Some(packet) = inbound.accept(packet) else {
+                let Some(packet) = inbound.accept(packet, at) else {
                     return;
                 };
                 let fanout = inbound.source.fanout.load_full();
@@ -798,6 +816,7 @@ impl Worker {
                 let Some(c) = self.conns.get_mut(&id) else {
                     return;
                 };
+                c.quality.on_rtcp(&packets, at, &c.sent);
                 let Some(source) = c.outbound.get(&track_id) else {
                     return;
                 };
