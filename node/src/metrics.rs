@@ -30,6 +30,7 @@ pub fn install() {
 pub fn render() -> String {
     match HANDLE.get() {
         Some(Some(h)) => {
+            crate::process_metrics::collect();
             h.run_upkeep();
             h.render()
         }
