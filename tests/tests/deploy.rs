@@ -107,9 +107,15 @@ fn the_compose_file_parses_and_runs_the_whole_cluster() -> Result<()> {
     }
     for id in ["eu-1", "eu-2", "us-1"] {
         assert!(config.contains(&format!("/var/lib/media/secrets/{id}.password")));
-        assert!(config.contains(&format!("--node={id}")), "nats-auth writes {id}'s user");
+        assert!(
+            config.contains(&format!("--node={id}")),
+            "nats-auth writes {id}'s user"
+        );
     }
-    assert!(config.matches("stop_grace_period: 75s").count() == 3, "{config}");
+    assert!(
+        config.matches("stop_grace_period: 75s").count() == 3,
+        "{config}"
+    );
     assert!(config.contains("http://127.0.0.1:7880/healthz"));
     Ok(())
 }
@@ -153,7 +159,10 @@ fn check_nats(config: &str, auth_path: &str, nodes: &[&str], env: (&str, &str)) 
 /// The `nats.conf` of the ConfigMap in deploy/k8s/nats.yaml (a literal block).
 fn k8s_nats_conf() -> Result<String> {
     let yaml = read(&deploy("k8s/nats.yaml"))?;
-    let mut lines = yaml.lines().skip_while(|l| l.trim() != "nats.conf: |").skip(1);
+    let mut lines = yaml
+        .lines()
+        .skip_while(|l| l.trim() != "nats.conf: |")
+        .skip(1);
     let first = lines.next().context("nats.conf block")?;
     let indent = first.len() - first.trim_start().len();
     let mut conf = format!("{}\n", &first[indent..]);
@@ -224,7 +233,10 @@ fn the_kubernetes_manifests_match_the_schemas() -> Result<()> {
         "secret/media-secrets",
         "secret/nats-auth",
     ] {
-        assert!(out.contains(&format!("passed for resource {kind} ")), "{out}");
+        assert!(
+            out.contains(&format!("passed for resource {kind} ")),
+            "{out}"
+        );
     }
     // Drain on termination, probes, media ports: what the nodes need, in every region.
     let nodes = read(&deploy("k8s/nodes.yaml"))?;
@@ -236,14 +248,19 @@ fn the_kubernetes_manifests_match_the_schemas() -> Result<()> {
         "containerPort: 50000, protocol: TCP",
         "topology.kubernetes.io/region",
     ] {
-        assert!(nodes.matches(needed).count() >= 2, "{needed} in both regions");
+        assert!(
+            nodes.matches(needed).count() >= 2,
+            "{needed} in both regions"
+        );
     }
     // The validation can fail: a misspelt field is refused.
     let dir = std::env::temp_dir().join(format!("deploy-k8s-{:016x}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir)?;
     let bad = dir.join("nodes.yaml");
     std::fs::write(&bad, nodes.replace("hostNetwork:", "hostNetwrk:"))?;
-    let refused = run(Command::new("kubernetes-validate").args(["--strict", "--quiet"]).arg(&bad))?;
+    let refused = run(Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .arg(&bad))?;
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!refused.status.success(), "a misspelt field passed");
     Ok(())
@@ -266,7 +283,8 @@ fn the_prometheus_config_and_rules_are_valid() -> Result<()> {
     // Debian's promtool is built without Kubernetes discovery: check the rest of the
     // Kubernetes config (relabelling, rule files) with static targets in its place.
     let k8s = read(&deploy("prometheus/prometheus-kubernetes.yml"))?;
-    let sd = "    kubernetes_sd_configs:\n      - role: pod\n        namespaces: { names: [media] }";
+    let sd =
+        "    kubernetes_sd_configs:\n      - role: pod\n        namespaces: { names: [media] }";
     ensure!(k8s.matches(sd).count() == 3, "three jobs discover pods");
     let path = deploy(&format!(
         "prometheus/.k8s-check-{:08x}.yml",
@@ -274,7 +292,10 @@ fn the_prometheus_config_and_rules_are_valid() -> Result<()> {
     ));
     std::fs::write(
         &path,
-        k8s.replace(sd, "    static_configs:\n      - targets: [\"127.0.0.1:1\"]"),
+        k8s.replace(
+            sd,
+            "    static_configs:\n      - targets: [\"127.0.0.1:1\"]",
+        ),
     )?;
     let checked = promtool(&["check", "config", &path.to_string_lossy()]);
     let _ = std::fs::remove_file(&path);
@@ -301,7 +322,10 @@ fn every_alert_fires_and_stays_quiet_in_the_rule_tests() -> Result<()> {
             .collect();
         let quiet = mine.iter().filter(|b| b.contains("exp_alerts: []")).count();
         let fires = mine.iter().filter(|b| b.contains("exp_labels:")).count();
-        assert!(quiet > 0 && fires > 0, "{alert}: {quiet} quiet, {fires} firing");
+        assert!(
+            quiet > 0 && fires > 0,
+            "{alert}: {quiet} quiet, {fires} firing"
+        );
     }
     // The tests can fail: a threshold moved past the synthetic loss fails them.
     let dir = std::env::temp_dir().join(format!("deploy-rules-{:016x}", rand::random::<u64>()));
@@ -310,11 +334,15 @@ fn every_alert_fires_and_stays_quiet_in_the_rule_tests() -> Result<()> {
     ensure!(rules.contains(") > 0.05"), "the loss threshold");
     std::fs::write(dir.join("alerts.yml"), rules.replace(") > 0.05", ") > 0.5"))?;
     std::fs::write(dir.join("alerts_test.yml"), tests)?;
-    let out = run(Command::new("promtool")
-        .current_dir(&dir)
-        .args(["test", "rules", "alerts_test.yml"]))?;
+    let out =
+        run(Command::new("promtool")
+            .current_dir(&dir)
+            .args(["test", "rules", "alerts_test.yml"]))?;
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(!out.status.success(), "rule tests passed with a broken rule");
+    assert!(
+        !out.status.success(),
+        "rule tests passed with a broken rule"
+    );
     Ok(())
 }
 
@@ -349,18 +377,31 @@ fn every_setting_the_deployments_give_is_one_the_programs_read() -> Result<()> {
     for file in files {
         let text = read(&deploy(file))?;
         for name in settings(&text, "NODE_") {
-            assert!(node_env.contains(&name), "{file}: {name} is not a node setting");
+            assert!(
+                node_env.contains(&name),
+                "{file}: {name} is not a node setting"
+            );
         }
         for name in settings(&text, "COORD_") {
-            assert!(coord_env.contains(&name), "{file}: {name} is not a coordinator setting");
+            assert!(
+                coord_env.contains(&name),
+                "{file}: {name} is not a coordinator setting"
+            );
         }
     }
     // The Dockerfile builds and copies binaries that exist.
     let docker = read(&deploy("Dockerfile"))?;
-    let bins = read(&root().join("node/Cargo.toml"))? + &read(&root().join("coordinator/Cargo.toml"))?;
+    let bins =
+        read(&root().join("node/Cargo.toml"))? + &read(&root().join("coordinator/Cargo.toml"))?;
     for bin in ["node", "coordinator", "nats-auth"] {
-        assert!(bins.contains(&format!("name = \"{bin}\"")), "{bin} is a binary");
-        assert!(docker.contains(&format!("target/release/{bin}")), "the image has {bin}");
+        assert!(
+            bins.contains(&format!("name = \"{bin}\"")),
+            "{bin} is a binary"
+        );
+        assert!(
+            docker.contains(&format!("target/release/{bin}")),
+            "the image has {bin}"
+        );
     }
     for target in ["AS node", "AS coordinator"] {
         assert!(docker.contains(target), "{target}");
