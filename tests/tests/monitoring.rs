@@ -152,8 +152,11 @@ struct PanelQuery {
     expr: String,
 }
 
-/// Every query of every panel of the dashboards, and the template variables' queries.
-fn dashboard_queries() -> Result<(Vec<PanelQuery>, Vec<(String, String)>)> {
+/// A template variable of a dashboard: its name and its `label_values(...)` query.
+type Variable = (String, String);
+
+/// Every query of every panel of the dashboards, and the template variables.
+fn dashboard_queries() -> Result<(Vec<PanelQuery>, Vec<Variable>)> {
     let dir = deploy("grafana/dashboards");
     let mut queries = Vec::new();
     let mut variables = Vec::new();
@@ -354,6 +357,25 @@ async fn prometheus_scrapes_the_cluster_and_every_dashboard_panel_has_data() -> 
     if let Err(e) = up {
         let log = std::fs::read_to_string(&prom.log).unwrap_or_default();
         anyhow::bail!("{e:#}\nprometheus log:\n{log}");
+    }
+
+    // Every process says its NATS connection is up, and reports its CPU and memory.
+    for p in cluster.nodes().chain(cluster.coordinators()) {
+        wait_until(WAIT, "nats_connected 1 and process metrics", || async {
+            let text = p.http_get("/metrics").await.map_err(|e| format!("{e:#}"))?;
+            let has = |line: &str| text.lines().any(|l| l.starts_with(line));
+            if has("nats_connected 1")
+                && has("process_cpu_seconds_total ")
+                && has("process_resident_memory_bytes ")
+                && has("process_cpus_available ")
+            {
+                Ok(())
+            } else {
+                pace().await;
+                Err(format!("{}: {text}", p.id()))
+            }
+        })
+        .await?;
     }
 
     // The load: one room across both nodes, a publisher on n1 and a subscriber on n2.
