@@ -2,8 +2,8 @@
 //! here on a free port with a 1 s scrape interval and its own store) scrapes a sandbox cluster
 //! (nats-server, coordinators c1 and c2, nodes n1 in eu and n2 in us) with the job names and
 //! labels of `deploy/prometheus/prometheus.yml` and the rules of `alerts.yml`, and finds every
-//! target up; then, while a publisher on n1 sends to a subscriber on n2 (one room across both
-//! nodes), every query of the Grafana dashboard (`deploy/grafana/dashboards`), its template
+//! target up; then, while a publisher on n1 sends to subscribers on n1 and n2 (one room across
+//! both nodes), every query of the Grafana dashboard (`deploy/grafana/dashboards`), its template
 //! variables filled with the cluster's own node and room, returns data. Every metric the
 //! dashboard and the alerts name is one a node or a coordinator exports.
 
@@ -378,7 +378,7 @@ async fn prometheus_scrapes_the_cluster_and_every_dashboard_panel_has_data() -> 
         .await?;
     }
 
-    // The load: one room across both nodes, a publisher on n1 and a subscriber on n2.
+    // The load: one room across both nodes, a publisher on n1, subscribers on n1 and n2.
     let room = room_name("monitoring");
     let token = |user: &str| {
         protocol::token::mint(
@@ -401,24 +401,14 @@ async fn prometheus_scrapes_the_cluster_and_every_dashboard_panel_has_data() -> 
     subscriber
         .join_in_region(&room, &token("bob"), "us")
         .await?;
+    // A subscriber on n1 too: the panels of n1 show both directions (RTT is measured
+    // towards subscribers only).
+    let local = Client::connect(&cluster.node("n1")?.ws_url()).await?;
+    local.join_in_region(&room, &token("carol"), "eu").await?;
     wait_media(&subscriber, &["alice"], 50).await?;
+    wait_media(&local, &["alice"], 50).await?;
 
-    // What the dashboard and the alerts name is exported by a node or a coordinator.
-    let mut metrics = exported(&cluster.node("n1")?.http_get("/metrics").await?);
-    let c1 = cluster.coordinators().next().context("a coordinator")?;
-    metrics.extend(exported(&c1.http_get("/metrics").await?));
     let (queries, variables) = dashboard_queries()?;
-    let mut used = BTreeSet::new();
-    for e in queries.iter().map(|q| q.expr.clone()).chain(alert_exprs()?) {
-        used.extend(metric_names(&e));
-    }
-    used.remove("up");
-    let unexported: Vec<&String> = used.iter().filter(|m| !metrics.contains(*m)).collect();
-    if !unexported.is_empty() {
-        eprintln!(
-            "metrics the dashboard or the alerts use that no process exports: {unexported:?}"
-        );
-    }
 
     // Every panel's query returns data, the variables filled with n1 and the room.
     let fill = |expr: &str| expr.replace("$node", "n1").replace("$room", &room);
@@ -448,11 +438,30 @@ async fn prometheus_scrapes_the_cluster_and_every_dashboard_panel_has_data() -> 
         }
     })
     .await;
-    let health = cluster.health();
+    // What the dashboard and the alerts name is exported by a node or a coordinator (asked
+    // after the load has run, once the quality reports have come in).
+    let mut metrics = exported(&cluster.node("n1")?.http_get("/metrics").await?);
+    let c1 = cluster.coordinators().next().context("a coordinator")?;
+    metrics.extend(exported(&c1.http_get("/metrics").await?));
+    let mut used = BTreeSet::new();
+    for e in queries.iter().map(|q| q.expr.clone()).chain(alert_exprs()?) {
+        used.extend(metric_names(&e));
+    }
+    used.remove("up");
+    let unexported: Vec<&String> = used.iter().filter(|m| !metrics.contains(*m)).collect();
+    if !unexported.is_empty() {
+        eprintln!(
+            "metrics the dashboard or the alerts use that no process exports: {unexported:?}"
+        );
+    }
+    let exited = cluster.first_exited();
     cluster.stop();
     checked?;
     ensure!(unexported.is_empty(), "not exported: {unexported:?}");
-    ensure!(health.is_empty(), "cluster health: {health:?}");
+    ensure!(exited.is_none(), "a process died: {exited:?}");
+    let violations = cluster.nats_violations();
+    ensure!(violations.is_empty(), "{violations:#?}");
+    drop(local);
     drop(subscriber);
     drop(publisher);
     Ok(())
