@@ -119,10 +119,12 @@ async fn connect(shared: &Arc<Shared>) -> Result<Client, async_nats::ConnectErro
                 match event {
                     Event::Connected => {
                         tracing::info!(coordinator = %shared.config.id, "connected to nats");
+                        shared.metrics.nats_connected(true);
                         shared.nodes().listening(Instant::now());
                     }
                     Event::Disconnected => {
                         tracing::warn!(coordinator = %shared.config.id, "disconnected from nats");
+                        shared.metrics.nats_connected(false);
                         shared.nodes().deaf();
                     }
                     other => tracing::debug!(event = %other, "nats event"),
@@ -237,6 +239,7 @@ async fn announce(shared: Arc<Shared>, client: Client) {
         tick.tick().await;
         let now = Instant::now();
         let connected = client.connection_state() == State::Connected;
+        shared.metrics.nats_connected(connected);
         shared.coords().prune(now);
         {
             let mut nodes = shared.nodes();

@@ -26,7 +26,14 @@ pub fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        // SIGTERM (Kubernetes, `docker stop`) stops it as Ctrl-C does: its NATS connection
+        // is drained and the other coordinators take its share of the rooms.
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
+        }
         tracing::info!("shutting down");
         handle.stop().await;
     });

@@ -254,6 +254,8 @@ impl FailoverOutcome {
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// The process's CPU, memory, threads and descriptors (`process_*`), read at each render.
+    process: metrics_process::Collector,
 }
 
 const LATENCY: &str = "coord_allocation_latency_seconds";
@@ -279,8 +281,19 @@ impl Metrics {
             Err(_) => PrometheusBuilder::new().build_recorder(),
         };
         let handle = recorder.handle();
-        let m = Self { recorder, handle };
+        let process = metrics_process::Collector::default();
+        let m = Self {
+            recorder,
+            handle,
+            process,
+        };
         m.with(|| {
+            m.process.describe();
+            metrics::describe_gauge!(
+                "nats_connected",
+                "1 while the coordinator's NATS client is connected"
+            );
+            metrics::gauge!("nats_connected").set(0.0);
             metrics::describe_counter!(
                 "coord_allocations_total",
                 "allocation requests answered, by result"
@@ -440,8 +453,18 @@ impl Metrics {
         });
     }
 
+    /// `nats_connected`: 1 while the NATS client is connected, 0 otherwise.
+    pub fn nats_connected(&self, up: bool) {
+        self.with(|| metrics::gauge!("nats_connected").set(f64::from(u8::from(up))));
+    }
+
     /// The exposition text: recorded metrics, then gauges of the cluster as seen now.
     pub fn render(&self, nodes: &[NodeStatus], live_coordinators: usize, ready: bool) -> String {
+        self.with(|| {
+            self.process.collect();
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            metrics::gauge!("process_cpus_available").set(cpus as f64);
+        });
         self.handle.run_upkeep();
         let mut out = self.handle.render();
         let live = nodes.iter().filter(|n| n.healthy).count();

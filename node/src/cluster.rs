@@ -62,6 +62,7 @@ impl Cluster {
         let credentials = credentials.or_else(|| url_credentials(&servers));
         let inbox = protocol::nats_auth::node_inbox_prefix(&node);
         let node_for_log = node.clone();
+        crate::process_metrics::nats_connected(false);
         let client = rt
             .spawn(async move {
                 let options = match credentials {
@@ -88,6 +89,15 @@ impl Cluster {
                     .event_callback(move |event| {
                         let node = node_for_log.clone();
                         async move {
+                            match event {
+                                async_nats::Event::Connected => {
+                                    crate::process_metrics::nats_connected(true)
+                                }
+                                async_nats::Event::Disconnected => {
+                                    crate::process_metrics::nats_connected(false)
+                                }
+                                _ => {}
+                            }
                             tracing::info!(%node, %event, "nats");
                         }
                     })

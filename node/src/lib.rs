@@ -16,6 +16,7 @@ pub mod media;
 pub mod membership;
 pub mod metrics;
 pub mod peers;
+pub mod process_metrics;
 pub mod ws_limit;
 
 pub use config::Config;

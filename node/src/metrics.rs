@@ -60,6 +60,7 @@ pub fn install(room_series_ttl: Duration) {
 pub fn render() -> String {
     let mut out = match HANDLE.get() {
         Some(Some(h)) => {
+            crate::process_metrics::collect();
             h.run_upkeep();
             h.render()
         }
