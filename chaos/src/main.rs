@@ -44,7 +44,9 @@ enum Command {
     /// Start a local cluster, inject a scenario's faults on a schedule drawn from the seed,
     /// check the invariants and exit non-zero on any violation.
     Run(RunArgs),
-    // Later: `Load` (many clients, ramp, report) and `Scenario` (scripted faults).
+    /// Put rooms of publishers and subscribers on a cluster for a while, with a progress
+    /// line each second and a summary at the end (joins, join time, bitrate, loss, latency).
+    Load(chaos::load::LoadArgs),
 }
 
 #[derive(Args)]
@@ -668,6 +670,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             rt.block_on(run_geo(args))
         }
         Command::Run(args) => run_scenario(args),
+        Command::Load(args) => chaos::load::run_command(args),
     }
 }
 
