@@ -2,9 +2,10 @@
 //!
 //! Subcommands: `client` (one participant that joins, optionally publishes, and prints what it
 //! received), `token` (mints a join token), `proxy` (an impaired loopback relay that puts
-//! delay, jitter, loss and a rate cap between two ports) and `geo` (regions on loopback with
-//! delayed links between them, see [`chaos::geo`]). Load generation and fault scenarios will
-//! be further subcommands of [`Command`].
+//! delay, jitter, loss and a rate cap between two ports), `geo` (regions on loopback with
+//! delayed links between them, see [`chaos::geo`]), `run` (fault scenarios) and `load`
+//! (rooms of publishers and subscribers with a progress line and a summary, see
+//! [`chaos::load`]).
 
 use anyhow::{bail, Context};
 use chaos::geo::GeoNet;
