@@ -82,13 +82,18 @@ async fn scrape(procs: &Procs, node: &str) -> anyhow::Result<(NodeCounts, String
 async fn wait_idle(procs: &Procs, node: &str) -> anyhow::Result<()> {
     wait_until(IDLE_BOUND, &format!("{node} to serve nothing"), || async {
         let (_, text) = scrape(procs, node).await.map_err(|e| format!("{e:#}"))?;
-        let busy: Vec<String> = ["sfu_peers", "sfu_transports", "sfu_tracks", "sfu_forwarding_tasks"]
-            .into_iter()
-            .filter_map(|g| {
-                let v = metric(&text, g, None).unwrap_or(-1.0);
-                (v != 0.0).then(|| format!("{g} {v}"))
-            })
-            .collect();
+        let busy: Vec<String> = [
+            "sfu_peers",
+            "sfu_transports",
+            "sfu_tracks",
+            "sfu_forwarding_tasks",
+        ]
+        .into_iter()
+        .filter_map(|g| {
+            let v = metric(&text, g, None).unwrap_or(-1.0);
+            (v != 0.0).then(|| format!("{g} {v}"))
+        })
+        .collect();
         if busy.is_empty() {
             Ok(())
         } else {
@@ -100,7 +105,10 @@ async fn wait_idle(procs: &Procs, node: &str) -> anyhow::Result<()> {
 
 fn within(what: &str, tool: f64, node: f64, tolerance: f64) {
     let off = (tool - node).abs() / node.max(1.0);
-    eprintln!("   {what}: tool {tool}, nodes {node} ({:.3} % apart)", off * 100.0);
+    eprintln!(
+        "   {what}: tool {tool}, nodes {node} ({:.3} % apart)",
+        off * 100.0
+    );
     assert!(
         off <= tolerance,
         "{what}: the tool says {tool}, the nodes {node}: {:.2} % apart",
@@ -130,7 +138,10 @@ async fn load_reports_what_the_nodes_count() -> anyhow::Result<()> {
         .args(["--api-secret", procs.secret()])
         .arg("--json")
         .arg(&json)
-        .env("RUST_LOG", "warn,rtc=error,rtc_ice=error,rtc_dtls=error,webrtc=error")
+        .env(
+            "RUST_LOG",
+            "warn,rtc=error,rtc_ice=error,rtc_dtls=error,webrtc=error",
+        )
         .stdin(Stdio::null())
         .kill_on_drop(true);
     let status = tokio::time::timeout(RUN_BOUND, cmd.status())
@@ -149,9 +160,18 @@ async fn load_reports_what_the_nodes_count() -> anyhow::Result<()> {
     assert_eq!(summary["nodes"]["n2"], 5, "{summary:#}");
     assert_eq!(summary["tracks"]["published"], 8, "{summary:#}");
     assert_eq!(summary["tracks"]["subscribed"], 24, "{summary:#}");
-    assert!(summary["join_time_ms"]["p99"].as_f64().is_some(), "{summary:#}");
-    assert!(summary["latency_ms"]["p50"].as_f64().is_some(), "{summary:#}");
-    assert!(summary["loss"]["percent"].as_f64().unwrap_or(100.0) < 2.0, "{summary:#}");
+    assert!(
+        summary["join_time_ms"]["p99"].as_f64().is_some(),
+        "{summary:#}"
+    );
+    assert!(
+        summary["latency_ms"]["p50"].as_f64().is_some(),
+        "{summary:#}"
+    );
+    assert!(
+        summary["loss"]["percent"].as_f64().unwrap_or(100.0) < 2.0,
+        "{summary:#}"
+    );
     let sent = summary["sent"]["packets"].as_f64().unwrap_or(0.0);
     let received = summary["received"]["packets"].as_f64().unwrap_or(0.0)
         - summary["loss"]["duplicates"].as_f64().unwrap_or(0.0);

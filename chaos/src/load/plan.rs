@@ -95,8 +95,19 @@ mod tests {
     #[test]
     fn publishers_join_first_and_every_room_spans_every_url() {
         let c = config(&[
-            "--url", "ws://a/ws", "--url", "ws://b/ws", "--rooms", "2", "--publishers", "2",
-            "--subscribers", "3", "--audio", "--join-rate", "2",
+            "--url",
+            "ws://a/ws",
+            "--url",
+            "ws://b/ws",
+            "--rooms",
+            "2",
+            "--publishers",
+            "2",
+            "--subscribers",
+            "3",
+            "--audio",
+            "--join-rate",
+            "2",
         ]);
         let seats = seats(&c);
         assert_eq!(seats.len(), 10);

@@ -5,8 +5,8 @@ use super::config::{LoadConfig, AUDIO_PAYLOAD, AUDIO_PPS, VIDEO_PAYLOAD};
 use super::plan::{seats, Role, Seat};
 use super::summary::{Measured, Outcome, Progress, Summary};
 use super::tally::{Counts, PayloadSizes, Rates};
-use crate::client::{mint_tokens, ClientConfig, Participant, ParticipantConfig, RecoveryPolicy};
 use crate::client::Status;
+use crate::client::{mint_tokens, ClientConfig, Participant, ParticipantConfig, RecoveryPolicy};
 use crate::publisher::PublishOpts;
 use crate::stats::LatencyHistogram;
 use futures::future::join_all;
@@ -163,9 +163,10 @@ pub async fn run(c: LoadConfig) -> anyhow::Result<Summary> {
     let attempted = started.load(Ordering::Relaxed);
     let reported = board.members.len() as u32 + board.failed();
     if attempted > reported {
-        board
-            .errors
-            .insert("cancelled: the run ended during the join".into(), attempted - reported);
+        board.errors.insert(
+            "cancelled: the run ended during the join".into(),
+            attempted - reported,
+        );
     }
 
     board.stop_publishers().await;
@@ -294,14 +295,16 @@ impl Board {
     async fn read_counts(&mut self) -> Counts {
         let readings = join_all(self.members.iter().map(|m| async move {
             let sent = match m.role {
-                Role::Publisher => {
-                    tokio::time::timeout(READ_BOUND, m.participant.sent_stats())
-                        .await
-                        .ok()?
-                }
+                Role::Publisher => tokio::time::timeout(READ_BOUND, m.participant.sent_stats())
+                    .await
+                    .ok()?,
                 Role::Subscriber => Vec::new(),
             };
-            Some(Counts::from_stats(&sent, &m.participant.track_stats(), SIZES))
+            Some(Counts::from_stats(
+                &sent,
+                &m.participant.track_stats(),
+                SIZES,
+            ))
         }))
         .await;
         let mut total = Counts::default();

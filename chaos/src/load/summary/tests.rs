@@ -71,10 +71,18 @@ fn measured() -> Measured {
 fn figures_add_up_per_participant_and_in_total() {
     let s = Summary::build(&config(), measured());
     assert_eq!(
-        (s.joins.planned, s.joins.attempted, s.joins.ok, s.joins.failed),
+        (
+            s.joins.planned,
+            s.joins.attempted,
+            s.joins.ok,
+            s.joins.failed
+        ),
         (10, 5, 4, 1)
     );
-    assert_eq!(s.nodes, BTreeMap::from([("n1".into(), 2), ("n2".into(), 2)]));
+    assert_eq!(
+        s.nodes,
+        BTreeMap::from([("n1".into(), 2), ("n2".into(), 2)])
+    );
     // 1 MB in 8 s and in 4 s: 1 and 2 Mbit/s.
     assert_eq!(s.sent.participants, 2);
     assert_eq!(s.sent.packets, 2000);
@@ -85,7 +93,11 @@ fn figures_add_up_per_participant_and_in_total() {
     assert_eq!(s.loss.lost, 20);
     assert!((s.loss.percent - 0.5).abs() < 1e-9, "{}", s.loss.percent);
     assert_eq!(
-        (s.tracks.published, s.tracks.subscribed, s.tracks.expected_subscribed),
+        (
+            s.tracks.published,
+            s.tracks.subscribed,
+            s.tracks.expected_subscribed
+        ),
         (4, 8, 24)
     );
     let join = s.join_time_ms.unwrap();
