@@ -80,6 +80,8 @@ pub struct LoadConfig {
     /// Video packets per second that make `video_kbps` with [`VIDEO_PAYLOAD`]-byte packets.
     pub video_pps: u32,
     pub duration: Duration,
+    /// Joins started per second.
+    pub join_rate: f64,
     /// Between two join starts.
     pub join_interval: Duration,
     pub secret: String,
@@ -185,6 +187,7 @@ impl LoadArgs {
             video_kbps: self.video_kbps,
             video_pps: video_pps.max(1),
             duration: self.duration,
+            join_rate: self.join_rate,
             join_interval: Duration::from_secs_f64(1.0 / self.join_rate),
             secret: self.api_secret.clone(),
             room_base,

@@ -209,7 +209,7 @@ impl Summary {
                 video_kbps: c.video_kbps,
                 video_packets_per_s: c.video_pps,
                 duration_s: c.duration.as_secs_f64(),
-                join_rate: 1.0 / c.join_interval.as_secs_f64(),
+                join_rate: c.join_rate,
                 urls: c.urls.clone(),
             },
             elapsed_s: m.elapsed.as_secs_f64(),

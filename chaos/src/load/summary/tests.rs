@@ -11,6 +11,7 @@ fn config() -> LoadConfig {
         video_kbps: 1000,
         video_pps: 104,
         duration: Duration::from_secs(10),
+        join_rate: 5.0,
         join_interval: Duration::from_millis(200),
         secret: "s".into(),
         room_base: "load-x".into(),
