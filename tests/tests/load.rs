@@ -21,6 +21,7 @@
 use anyhow::Context;
 use chaos::bench::metric;
 use chaos::wait_until;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tests::procs::{ProcSpec, Procs};
@@ -116,6 +117,36 @@ fn within(what: &str, tool: f64, node: f64, tolerance: f64) {
     );
 }
 
+/// `chaos-load` against both nodes, writing its JSON summary to a fresh file.
+fn load_command(
+    procs: &Procs,
+    nodes: &[&str],
+    args: &[&str],
+) -> (tokio::process::Command, PathBuf) {
+    let json = std::env::temp_dir().join(format!("load-{:016x}.json", rand::random::<u64>()));
+    let mut cmd = tokio::process::Command::new(LOAD);
+    for n in nodes {
+        cmd.args(["--url", &procs.ws_url(n)]);
+    }
+    cmd.args(args)
+        .args(["--api-secret", procs.secret()])
+        .arg("--json")
+        .arg(&json)
+        .env(
+            "RUST_LOG",
+            "warn,rtc=error,rtc_ice=error,rtc_dtls=error,webrtc=error",
+        )
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    (cmd, json)
+}
+
+fn read_summary(json: &Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(json).context("the JSON summary")?;
+    let _ = std::fs::remove_file(json);
+    Ok(serde_json::from_str(&text)?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_reports_what_the_nodes_count() -> anyhow::Result<()> {
     let spec = ProcSpec::new(NODE, COORDINATOR, &[("n1", "eu"), ("n2", "us")])
@@ -127,30 +158,31 @@ async fn load_reports_what_the_nodes_count() -> anyhow::Result<()> {
         before.push(scrape(&procs, n).await?.0);
     }
 
-    let json = std::env::temp_dir().join(format!("load-{:016x}.json", rand::random::<u64>()));
-    let mut cmd = tokio::process::Command::new(LOAD);
-    for n in nodes {
-        cmd.args(["--url", &procs.ws_url(n)]);
-    }
-    cmd.args(["--rooms", "2", "--publishers", "2", "--subscribers", "3"])
-        .args(["--audio", "--video", "--video-kbps", "500"])
-        .args(["--duration", "10s", "--join-rate", "5"])
-        .args(["--api-secret", procs.secret()])
-        .arg("--json")
-        .arg(&json)
-        .env(
-            "RUST_LOG",
-            "warn,rtc=error,rtc_ice=error,rtc_dtls=error,webrtc=error",
-        )
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+    let (mut cmd, json) = load_command(
+        &procs,
+        &nodes,
+        &[
+            "--rooms",
+            "2",
+            "--publishers",
+            "2",
+            "--subscribers",
+            "3",
+            "--audio",
+            "--video",
+            "--video-kbps",
+            "500",
+            "--duration",
+            "10s",
+            "--join-rate",
+            "5",
+        ],
+    );
     let status = tokio::time::timeout(RUN_BOUND, cmd.status())
         .await
         .context("chaos load ran past its bound")??;
     assert!(status.success(), "chaos load failed: {status}");
-    let text = std::fs::read_to_string(&json).context("the JSON summary")?;
-    let _ = std::fs::remove_file(&json);
-    let summary: serde_json::Value = serde_json::from_str(&text)?;
+    let summary = read_summary(&json)?;
 
     // Everyone joined and stayed, on both nodes, and every track reached every subscriber.
     assert_eq!(summary["joins"]["ok"], 10, "{summary:#}");
@@ -160,6 +192,7 @@ async fn load_reports_what_the_nodes_count() -> anyhow::Result<()> {
     assert_eq!(summary["nodes"]["n2"], 5, "{summary:#}");
     assert_eq!(summary["tracks"]["published"], 8, "{summary:#}");
     assert_eq!(summary["tracks"]["subscribed"], 24, "{summary:#}");
+    assert_eq!(summary["interrupted"], false, "{summary:#}");
     assert!(
         summary["join_time_ms"]["p99"].as_f64().is_some(),
         "{summary:#}"
@@ -201,5 +234,52 @@ async fn load_reports_what_the_nodes_count() -> anyhow::Result<()> {
         delta.forwarded - delta.relay_sent,
         0.02,
     );
+
+    // Ctrl-C ends a long run early, with its summary, and everyone leaves.
+    let (mut cmd, json) = load_command(
+        &procs,
+        &nodes,
+        &[
+            "--publishers",
+            "1",
+            "--subscribers",
+            "1",
+            "--audio",
+            "--duration",
+            "10m",
+        ],
+    );
+    let mut child = cmd.spawn()?;
+    // The publisher on n1, the subscriber on n2: the track is on both once both are in.
+    wait_until(IDLE_BOUND, "the track on both nodes", || async {
+        let mut tracks = 0.0;
+        for n in nodes {
+            let (_, text) = scrape(&procs, n).await.map_err(|e| format!("{e:#}"))?;
+            tracks += metric(&text, "sfu_tracks", None).unwrap_or(0.0);
+        }
+        (tracks >= 2.0)
+            .then_some(())
+            .ok_or(format!("{tracks} tracks"))
+    })
+    .await?;
+    let pid = child.id().context("the child's pid")?;
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    assert!(killed.success());
+    let status = tokio::time::timeout(RUN_BOUND, child.wait())
+        .await
+        .context("chaos load did not end after ctrl-c")??;
+    assert!(status.success(), "chaos load failed after ctrl-c: {status}");
+    let summary = read_summary(&json)?;
+    assert_eq!(summary["interrupted"], true, "{summary:#}");
+    assert_eq!(summary["joins"]["ok"], 2, "{summary:#}");
+    assert!(
+        summary["elapsed_s"].as_f64().unwrap_or(600.0) < 300.0,
+        "{summary:#}"
+    );
+    for n in nodes {
+        wait_idle(&procs, n).await?;
+    }
     Ok(())
 }
