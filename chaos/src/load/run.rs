@@ -353,7 +353,9 @@ impl Board {
         let mut out = Vec::with_capacity(self.members.len());
         for m in &self.members {
             let tracks_published = match m.role {
-                Role::Publisher => m.participant.sent_stats().await.len() as u32,
+                Role::Publisher => tokio::time::timeout(READ_BOUND, m.participant.sent_stats())
+                    .await
+                    .map_or(0, |s| s.len() as u32),
                 Role::Subscriber => 0,
             };
             out.push(Outcome {
