@@ -1,6 +1,8 @@
 //! `chaos load` against a real cluster (nats-server, two coordinators, two nodes in two
-//! regions, so every room spans both nodes): the command runs as a child process, and what
-//! its JSON summary says was sent and received agrees with the nodes' own counters.
+//! regions, so every room spans both nodes): the command runs as a child process (as
+//! `chaos-load`, the same command built with the tests, see `tests/src/bin/chaos-load.rs`),
+//! what its JSON summary says was sent and received agrees with the nodes' own counters,
+//! and Ctrl-C (SIGINT) ends a run early with its summary.
 //!
 //! Like with like: a node counts as received (`sfu_packets_received_total`) both what its
 //! publishers send and what arrives over a relay link from the other node, and as forwarded
