@@ -34,6 +34,7 @@ mod events;
 pub mod geo;
 pub mod impair;
 pub mod invariants;
+pub mod load;
 pub mod payload;
 mod peer;
 mod publisher;

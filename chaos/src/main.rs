@@ -2,9 +2,10 @@
 //!
 //! Subcommands: `client` (one participant that joins, optionally publishes, and prints what it
 //! received), `token` (mints a join token), `proxy` (an impaired loopback relay that puts
-//! delay, jitter, loss and a rate cap between two ports) and `geo` (regions on loopback with
-//! delayed links between them, see [`chaos::geo`]). Load generation and fault scenarios will
-//! be further subcommands of [`Command`].
+//! delay, jitter, loss and a rate cap between two ports), `geo` (regions on loopback with
+//! delayed links between them, see [`chaos::geo`]), `run` (fault scenarios) and `load`
+//! (rooms of publishers and subscribers with a progress line and a summary, see
+//! [`chaos::load`]).
 
 use anyhow::{bail, Context};
 use chaos::geo::GeoNet;
@@ -44,7 +45,9 @@ enum Command {
     /// Start a local cluster, inject a scenario's faults on a schedule drawn from the seed,
     /// check the invariants and exit non-zero on any violation.
     Run(RunArgs),
-    // Later: `Load` (many clients, ramp, report) and `Scenario` (scripted faults).
+    /// Put rooms of publishers and subscribers on a cluster for a while, with a progress
+    /// line each second and a summary at the end (joins, join time, bitrate, loss, latency).
+    Load(chaos::load::LoadArgs),
 }
 
 #[derive(Args)]
@@ -668,6 +671,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             rt.block_on(run_geo(args))
         }
         Command::Run(args) => run_scenario(args),
+        Command::Load(args) => chaos::load::run_command(args),
     }
 }
 
