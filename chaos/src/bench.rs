@@ -8,10 +8,10 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What a benchmark reports about the machine it ran on.
 #[derive(Debug, Clone)]
@@ -184,10 +184,13 @@ command is in the section so anyone can rerun it.\n\n",
     std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))
 }
 
-/// A loopback port that was free a moment ago.
+/// A port for a child process to listen on, free a moment ago. The child has to be told a
+/// number (a listener cannot be handed over), so the port is probed and released, and could
+/// still be taken before the child binds it. portpicker picks it at random in 15000..25000,
+/// below Linux's ephemeral range (32768..60999), so no outgoing connection of this machine is
+/// ever given it meanwhile, as one could be a port the kernel chose for `bind(0)`.
 pub fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
+    portpicker::pick_unused_port().ok_or_else(|| anyhow!("no free port found"))
 }
 
 /// The value of `name` (with a label set containing `label`, if given) in Prometheus text.
@@ -221,53 +224,53 @@ pub async fn http_get(port: u16, path: &str) -> Result<String> {
 
 /// Like [`http_get`], with `bearer` as the `Authorization: Bearer` token if given.
 pub async fn http_get_as(port: u16, path: &str, bearer: Option<&str>) -> Result<String> {
-    let auth = bearer
-        .map(|b| format!("Authorization: Bearer {b}\r\n"))
-        .unwrap_or_default();
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Connection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        anyhow::Ok(buf)
-    };
-    let buf = tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .map_err(|_| anyhow!("GET {path}: no answer within 5 s"))??;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("GET {path}: malformed answer"))?;
-    let status = head.lines().next().unwrap_or("");
-    if !status.contains(" 200") {
+    let auth = bearer.map(|b| format!("Bearer {b}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (status, body) = http_request(addr, "GET", path, &headers).await?;
+    if status != 200 {
         bail!("GET {path}: {status}");
     }
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return dechunk(body);
-    }
-    Ok(body.to_owned())
+    Ok(body)
 }
 
-/// The body of a chunked HTTP/1.1 answer.
-pub fn dechunk(mut body: &str) -> Result<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body
-            .split_once("\r\n")
-            .ok_or_else(|| anyhow!("bad chunk"))?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)?;
-        if size == 0 {
-            return Ok(out);
-        }
-        out.push_str(rest.get(..size).ok_or_else(|| anyhow!("short chunk"))?);
-        body = rest.get(size + 2..).ok_or_else(|| anyhow!("short chunk"))?;
+/// A request without a body, bounded by 5 s: (status, body), whatever the status.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String)> {
+    let mut req = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
     }
+    let req = req.body(()).with_context(|| format!("{method} {path}"))?;
+    let what = format!("{method} {path}");
+    // ureq is blocking: the exchange runs on tokio's blocking pool, bounded by its timeout.
+    tokio::task::spawn_blocking(move || {
+        let mut answer = http_agent(Duration::from_secs(5))
+            .run(req)
+            .with_context(|| what.clone())?;
+        let body = answer
+            .body_mut()
+            .read_to_string()
+            .with_context(|| format!("{what}: reading the body"))?;
+        Ok((answer.status().as_u16(), body))
+    })
+    .await?
+}
+
+/// An HTTP client whose every exchange ends within `timeout`, and which answers any status
+/// (the caller decides what a non-200 means).
+pub fn http_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into()
 }
 
 /// utime + stime (clock ticks) of a process, all its threads: `/proc/<pid>/stat`. `pid`
@@ -683,11 +686,7 @@ sfu_packets_dropped_total{reason=\"write_error\"} 0\n";
     }
 
     #[test]
-    fn chunked_bodies_and_percentiles() {
-        assert_eq!(
-            dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
-            "abcde"
-        );
+    fn percentiles_of_sorted_values() {
         let v: Vec<u32> = (1..=100).collect();
         assert_eq!(percentile_sorted(&v, 50.0), Some(50));
         assert_eq!(percentile_sorted(&v, 99.0), Some(99));

@@ -2,6 +2,7 @@
 //! numbers, latency from the embedded send time. Pure: arrival times are passed in.
 
 use crate::payload::PayloadHeader;
+use hdrhistogram::Histogram;
 use protocol::signal::TrackKind;
 use serde::Serialize;
 
@@ -138,108 +139,71 @@ impl SeqTracker {
     }
 }
 
-/// Log-linear histogram of latencies in µs: exact below 64, then 64 buckets per power of
-/// two (≤ 1.6 % relative error). Memory grows only with the largest value seen.
-#[derive(Debug, Clone, Default)]
+/// Histogram of latencies in µs: an HDR histogram with two significant digits (exact below
+/// 256 µs, within 1 % above), growing with the largest value seen, plus the exact maximum.
+#[derive(Debug, Clone)]
 pub struct LatencyHistogram {
-    counts: Vec<u32>,
-    total: u64,
+    hist: Histogram<u64>,
     max: u64,
 }
 
-const SUB_BITS: u32 = 6;
-const SUB: u64 = 1 << SUB_BITS;
-
-fn bucket_of(v: u64) -> usize {
-    if v < SUB {
-        return v as usize;
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram {
+            hist: Histogram::new(2).expect("2 significant digits are within HDR's 0..=5"),
+            max: 0,
+        }
     }
-    let exp = 63 - v.leading_zeros();
-    let shift = exp - SUB_BITS;
-    let sub = (v >> shift) - SUB;
-    (SUB + u64::from(shift) * SUB + sub) as usize
-}
-
-/// The smallest value of a bucket and the bucket's width.
-fn bucket_range(i: usize) -> (u64, u64) {
-    let i = i as u64;
-    if i < SUB {
-        return (i, 1);
-    }
-    let j = i - SUB;
-    let shift = j / SUB;
-    ((SUB + j % SUB) << shift, 1 << shift)
 }
 
 impl LatencyHistogram {
     pub fn record(&mut self, us: u64) {
-        let b = bucket_of(us);
-        if b >= self.counts.len() {
-            self.counts.resize(b + 1, 0);
+        // The histogram grows to fit; a value beyond any size it can take counts as its top.
+        if self.hist.record(us).is_err() {
+            self.hist.saturating_record(us);
         }
-        self.counts[b] = self.counts[b].saturating_add(1);
-        self.total += 1;
         self.max = self.max.max(us);
     }
 
     pub fn count(&self) -> u64 {
-        self.total
+        self.hist.len()
     }
 
     /// Adds the samples of `other` (e.g. to pool many tracks' latencies).
     pub fn merge(&mut self, other: &LatencyHistogram) {
-        if other.counts.len() > self.counts.len() {
-            self.counts.resize(other.counts.len(), 0);
-        }
-        for (a, &b) in self.counts.iter_mut().zip(&other.counts) {
-            *a = a.saturating_add(b);
-        }
-        self.total += other.total;
+        // The histogram resizes itself: only a count overflowing u64 could fail.
+        let _ = self.hist.add(&other.hist);
         self.max = self.max.max(other.max);
     }
 
-    /// The samples recorded since `earlier`, an older copy of this same histogram: counts
-    /// subtract bucket by bucket. The window's exact maximum is unknown; it is taken as the
-    /// top of its highest non-empty bucket (never above this histogram's maximum).
+    /// The samples recorded since `earlier`, an older copy of this same histogram. The
+    /// window's exact maximum is unknown; it is taken as the top of its highest non-empty
+    /// bucket (never above this histogram's maximum).
     pub fn since(&self, earlier: &LatencyHistogram) -> LatencyHistogram {
-        let counts: Vec<u32> = self
-            .counts
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| c.saturating_sub(earlier.counts.get(i).copied().unwrap_or(0)))
-            .collect();
-        let total = counts.iter().map(|&c| u64::from(c)).sum();
-        let max = match counts.iter().rposition(|&c| c > 0) {
-            Some(i) => {
-                let (low, width) = bucket_range(i);
-                (low + width - 1).min(self.max)
-            }
-            None => 0,
+        let mut hist = self.hist.clone();
+        if hist.subtract(&earlier.hist).is_err() {
+            // `earlier` is no older copy of this histogram: nothing is known of the window.
+            return LatencyHistogram::default();
+        }
+        let max = if hist.is_empty() {
+            0
+        } else {
+            hist.max().min(self.max)
         };
-        LatencyHistogram { counts, total, max }
+        LatencyHistogram { hist, max }
     }
 
     pub fn max(&self) -> u64 {
         self.max
     }
 
-    /// Nearest-rank percentile (`p` in 0..=100), reported as its bucket's midpoint and never
-    /// above the maximum. 0 when empty.
+    /// Nearest-rank percentile (`p` in 0..=100), never above the maximum. 0 when empty.
     pub fn percentile(&self, p: f64) -> u64 {
-        if self.total == 0 {
+        if self.hist.is_empty() {
             return 0;
         }
-        let rank = ((p.clamp(0.0, 100.0) / 100.0) * self.total as f64).ceil() as u64;
-        let rank = rank.clamp(1, self.total);
-        let mut seen = 0u64;
-        for (i, &c) in self.counts.iter().enumerate() {
-            seen += u64::from(c);
-            if seen >= rank {
-                let (low, width) = bucket_range(i);
-                return (low + (width - 1) / 2).min(self.max);
-            }
-        }
-        self.max
+        let q = p.clamp(0.0, 100.0) / 100.0;
+        self.hist.value_at_quantile(q).min(self.max)
     }
 }
 
@@ -533,19 +497,6 @@ mod tests {
     }
 
     #[test]
-    fn histogram_buckets_are_contiguous() {
-        let mut prev_end = 0;
-        for i in 0..2000 {
-            let (low, width) = bucket_range(i);
-            assert_eq!(low, prev_end, "bucket {i}");
-            assert_eq!(bucket_of(low), i);
-            assert_eq!(bucket_of(low + width - 1), i);
-            prev_end = low + width;
-        }
-        assert!(bucket_of(u64::MAX) < 4000);
-    }
-
-    #[test]
     fn percentiles_are_exact_for_small_values() {
         let mut h = LatencyHistogram::default();
         assert_eq!((h.percentile(50.0), h.max()), (0, 0));
@@ -560,7 +511,7 @@ mod tests {
     }
 
     #[test]
-    fn percentiles_are_within_two_percent_for_large_values() {
+    fn percentiles_are_within_one_percent_for_large_values() {
         let mut h = LatencyHistogram::default();
         // 1000 samples: 990 around 2 ms, 10 around 80 ms.
         for i in 0..990 {
@@ -571,11 +522,11 @@ mod tests {
         }
         let p50 = h.percentile(50.0) as f64;
         let exact_p50 = 2_000.0 + 499.0;
-        assert!((p50 - exact_p50).abs() / exact_p50 < 0.02, "p50 {p50}");
+        assert!((p50 - exact_p50).abs() / exact_p50 < 0.01, "p50 {p50}");
         let p99 = h.percentile(99.0) as f64;
-        assert!((p99 - 2_989.0).abs() / 2_989.0 < 0.02, "p99 {p99}");
+        assert!((p99 - 2_989.0).abs() / 2_989.0 < 0.01, "p99 {p99}");
         let p999 = h.percentile(99.9) as f64;
-        assert!((p999 - 80_800.0).abs() / 80_800.0 < 0.02, "p99.9 {p999}");
+        assert!((p999 - 80_800.0).abs() / 80_800.0 < 0.01, "p99.9 {p999}");
         assert_eq!(h.max(), 80_900);
         assert!(h.percentile(100.0) <= 80_900);
     }
@@ -592,19 +543,15 @@ mod tests {
         }
         let w = h.since(&before);
         assert_eq!(w.count(), 100);
-        assert_eq!(w.percentile(50.0), 148, "149 lies in the bucket 148..=149");
-        assert!(w.max() >= 199 && w.max() < 210, "max {}", w.max());
+        assert_eq!(w.percentile(50.0), 149);
+        assert_eq!(w.max(), 199);
         assert_eq!(h.since(&h).count(), 0);
         let mut pooled = LatencyHistogram::default();
         pooled.merge(&w);
         pooled.merge(&before);
         assert_eq!(pooled.count(), 200);
         assert_eq!(pooled.max(), 10_099);
-        assert_eq!(
-            pooled.percentile(50.0),
-            198,
-            "199 lies in the bucket 198..=199"
-        );
+        assert_eq!(pooled.percentile(50.0), 199);
     }
 
     #[test]

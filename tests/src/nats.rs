@@ -16,7 +16,7 @@ use protocol::nats_auth::{self, User};
 use protocol::NodeId;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,9 +105,9 @@ impl NatsServer {
             .map_err(|e| anyhow::anyhow!("nats-server did not start on {port}: {e}"))
     }
 
-    /// A loopback port that was free a moment ago.
+    /// A port for a nats-server to listen on, free a moment ago ([`chaos::bench::free_port`]).
     pub fn free_port() -> std::io::Result<u16> {
-        Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+        chaos::bench::free_port().map_err(std::io::Error::other)
     }
 
     fn unstarted(port: u16) -> std::io::Result<NatsServer> {

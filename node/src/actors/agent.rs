@@ -346,8 +346,7 @@ async fn a_peer_hears_nothing_from(ws_urls: &[String], me: &protocol::NodeId) ->
             continue;
         };
         let path = format!("/cluster/hears/{}", wire::token(me.as_str()));
-        let ask = http_get(hostport.to_owned(), path);
-        if let Ok(Ok(body)) = tokio::time::timeout(Duration::from_millis(500), ask).await {
+        if let Some(body) = http_get(hostport.to_owned(), path, Duration::from_millis(500)).await {
             if body.contains("\"silent\":true") {
                 return true;
             }
@@ -356,15 +355,25 @@ async fn a_peer_hears_nothing_from(ws_urls: &[String], me: &protocol::NodeId) ->
     false
 }
 
-/// The body of a plain HTTP/1.1 GET with `Connection: close`.
-async fn http_get(hostport: String, path: String) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(&hostport).await?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await?;
-    let mut buf = Vec::new();
-    s.take(64 * 1024).read_to_end(&mut buf).await?;
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+/// The body (at most 64 KiB) of `GET http://<hostport><path>` answered within `timeout`,
+/// whatever its status; `None` when there is no answer in time.
+async fn http_get(hostport: String, path: String, timeout: Duration) -> Option<String> {
+    // ureq is blocking: the exchange runs on tokio's blocking pool, bounded by its timeout.
+    let ask = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent
+            .get(format!("http://{hostport}{path}"))
+            .call()?
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_string()
+    });
+    ask.await.ok()?.ok()
 }
 
 /// Pause before the directory watch is opened again.
