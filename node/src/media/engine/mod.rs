@@ -15,6 +15,8 @@
 //!   join the same worker queues.
 
 pub mod demux;
+pub mod handle;
+pub mod setup;
 pub mod tcp;
 pub mod worker;
 

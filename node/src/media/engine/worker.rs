@@ -8,6 +8,7 @@
 //! another worker (not the case today) gets it through that worker's queue.
 
 use super::demux::{Route, Ufrag, MAX_CONN_ID};
+use super::setup::{SetupClock, CLIENT_SETUP_TIMEOUT, RELAY_SETUP_TIMEOUT};
 use super::{EngineShared, Outbox};
 use crate::actors::transport::TransportEvent;
 use crate::counters::Counters;
@@ -16,8 +17,7 @@ use crate::media::history::SendLog;
 use crate::media::interceptor;
 use crate::media::quality::{self, ConnQuality};
 use actix::Recipient;
-use bytes::BytesMut;
-use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Select};
 use protocol::signal::{PcKind, TrackKind};
 use protocol::{NodeId, TrackId, UserId};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -39,70 +39,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A control call: runs on the worker with its state.
-pub type Call = Box<dyn FnOnce(&mut Worker) + Send>;
-
-/// What arrives on a worker's data queue.
-pub enum Data {
-    Datagram {
-        conn: u64,
-        from: SocketAddr,
-        /// The connection's own socket it came in on (a relay link's receiving end);
-        /// `None`: the node's media port.
-        local: Option<SocketAddr>,
-        proto: TransportProtocol,
-        bytes: BytesMut,
-        at: Instant,
-    },
-    /// A packet for a down track whose connection lives here, from another worker.
-    Forward {
-        conn: u64,
-        packet: rtp::packet::Packet,
-    },
-}
-
-/// The sending side of a worker's queues. Cheap to clone.
-#[derive(Clone)]
-pub struct WorkerHandle {
-    pub index: u8,
-    pub ctl: Sender<Call>,
-    pub data: Sender<Data>,
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum EngineError {
-    #[error("media worker busy")]
-    Busy,
-    #[error("media worker stopped")]
-    Stopped,
-}
-
-impl WorkerHandle {
-    /// Runs `f` on the worker and returns its result.
-    pub async fn call<T, F>(&self, f: F) -> Result<T, EngineError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Worker) -> T + Send + 'static,
-    {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.post(move |w| {
-            let _ = tx.send(f(w));
-        })?;
-        rx.await.map_err(|_| EngineError::Stopped)
-    }
-
-    /// Runs `f` on the worker, without waiting.
-    pub fn post<F>(&self, f: F) -> Result<(), EngineError>
-    where
-        F: FnOnce(&mut Worker) + Send + 'static,
-    {
-        match self.ctl.try_send(Box::new(f)) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(EngineError::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(EngineError::Stopped),
-        }
-    }
-}
+pub use super::handle::{Call, Data, EngineError, WorkerHandle};
 
 /// What a new connection is for.
 pub struct ConnSpec {
@@ -137,9 +74,8 @@ pub struct Conn {
     remotes: Vec<SocketAddr>,
     /// A relay link's receiving end has a socket of its own (see `media::ports`).
     own_socket: Option<super::OwnSocket>,
-    /// Since when the connection has been connecting (ICE checking or DTLS handshaking);
-    /// `None` once connected, or before it starts.
-    connecting_since: Option<Instant>,
+    /// Its setup's deadline (`setup`).
+    setup: SetupClock,
 }
 
 /// Addresses one connection may own at once (a client's candidates that it checks).
@@ -158,13 +94,6 @@ const RELAY_ICE_KEEPALIVE: Duration = Duration::from_millis(500);
 const BATCH: usize = 256;
 /// How often every sending stream gets a sender report (what `rtc`'s interceptor does).
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
-/// How long a relay link may stay connecting before it counts as failed. `rtc`'s DTLS gives
-/// up after 7 retransmissions a second apart without telling the connection state, which
-/// then stays "connecting" for ever: seen on a link losing 3 % of its datagrams, about one
-/// relay link in eight (`cascade.rs`, `loss_on_a_relay_path_is_repaired_hop_by_hop`).
-const RELAY_SETUP_TIMEOUT: Duration = Duration::from_secs(12);
-/// The same for a client's connection: about a browser's ICE failure timeout.
-const CLIENT_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Worker {
     pub index: u8,
@@ -427,7 +356,7 @@ impl Worker {
                 dirty: false,
                 remotes: Vec::new(),
                 own_socket,
-                connecting_since: None,
+                setup: SetupClock::default(),
             },
         );
         self.touch(id);
@@ -570,27 +499,22 @@ impl Worker {
         }
     }
 
-    /// A connection that has been connecting for longer than its kind's setup timeout is
-    /// reported failed, once, as if its state had said so: its owner closes it (a relay
-    /// link is opened again, a client's participant is removed and the client rejoins).
+    /// A connection still connecting past its setup deadline is reported failed, once, as
+    /// if its state had said so: its owner closes it (a relay link is opened again, a
+    /// client's participant is removed and the client rejoins).
     fn fail_stuck_setups(&mut self, now: Instant) {
         for (id, c) in self.conns.iter_mut() {
-            let Some(since) = c.connecting_since else {
-                continue;
-            };
             let limit = if c.spec.relay {
                 RELAY_SETUP_TIMEOUT
             } else {
                 CLIENT_SETUP_TIMEOUT
             };
-            if now.saturating_duration_since(since) < limit {
-                continue;
+            if c.setup.expired(now, limit) {
+                tracing::warn!(conn = id, user = %c.spec.owner, pc = ?c.spec.kind, waited = ?limit,
+                    "connection did not connect in time; failing it");
+                self.counters.setup_timeouts.fetch_add(1, Ordering::Relaxed);
+                c.spec.events.do_send(TransportEvent::Failed(c.spec.kind));
             }
-            c.connecting_since = None;
-            tracing::warn!(conn = id, user = %c.spec.owner, pc = ?c.spec.kind, relay = c.spec.relay,
-                waited = ?limit, "connection did not connect in time; failing it");
-            self.counters.setup_timeouts.fetch_add(1, Ordering::Relaxed);
-            c.spec.events.do_send(TransportEvent::Failed(c.spec.kind));
         }
     }
 
@@ -693,18 +617,13 @@ impl Worker {
             match ev {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
                     tracing::debug!(conn = id, user = %c.spec.owner, pc = ?c.spec.kind, %state, "connection state");
+                    c.setup.on_state(state, Instant::now());
                     match state {
-                        RTCPeerConnectionState::Connecting => {
-                            c.connecting_since.get_or_insert_with(Instant::now);
-                        }
-                        RTCPeerConnectionState::Connected => {
-                            c.connecting_since = None;
-                            c.spec
-                                .events
-                                .do_send(TransportEvent::Connected(c.spec.kind))
-                        }
+                        RTCPeerConnectionState::Connected => c
+                            .spec
+                            .events
+                            .do_send(TransportEvent::Connected(c.spec.kind)),
                         RTCPeerConnectionState::Failed => {
-                            c.connecting_since = None;
                             c.spec.events.do_send(TransportEvent::Failed(c.spec.kind))
                         }
                         _ => {}
