@@ -193,28 +193,42 @@ pub fn free_port() -> Result<u16> {
     portpicker::pick_unused_port().ok_or_else(|| anyhow!("no free port found"))
 }
 
-/// The value of `name` (with a label set containing `label`, if given) in Prometheus text.
+/// The value of `name` (with the label `label`, written `key="value"`, if given) in
+/// Prometheus text; the first such series.
 pub fn metric(text: &str, name: &str, label: Option<&str>) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let (labels, value) = if let Some(r) = rest.strip_prefix('{') {
-                let (labels, value) = r.split_once('}')?;
-                (labels, value)
-            } else if rest.starts_with(' ') {
-                ("", rest)
-            } else {
-                return None;
-            };
-            if let Some(want) = label {
-                if !labels.contains(want) {
-                    return None;
-                }
-            }
-            value.split_whitespace().next()?.parse::<f64>().ok()
-        })
+    let want = label.map(|l| {
+        let (k, v) = l.split_once('=').unwrap_or((l, ""));
+        (k.trim(), v.trim().trim_matches('"'))
+    });
+    samples(text, name)
+        .filter(|(labels, _)| want.is_none_or(|(k, v)| labels.get(k) == Some(v)))
+        .map(|(_, value)| value)
         .next()
+}
+
+/// The sum of `name` over all its label sets in Prometheus text (0 when absent).
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    samples(text, name).map(|(_, value)| value).sum()
+}
+
+/// The counter, gauge and untyped samples of `name`: (labels, value). Nothing when the text
+/// does not parse.
+fn samples<'a>(
+    text: &str,
+    name: &'a str,
+) -> impl Iterator<Item = (prometheus_parse::Labels, f64)> + 'a {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).ok();
+    scrape
+        .into_iter()
+        .flat_map(|s| s.samples)
+        .filter(move |s| s.metric == name)
+        .filter_map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some((s.labels, v)),
+            _ => None,
+        })
 }
 
 /// A bounded (5 s) HTTP/1.1 GET to 127.0.0.1: the body of a 200 answer.
@@ -673,6 +687,8 @@ sfu_packets_dropped_total{reason=\"write_error\"} 0\n";
             Some(0.0)
         );
         assert_eq!(metric(text, "sfu_rooms", None), None);
+        assert_eq!(metric_sum(text, "sfu_packets_dropped_total"), 12.0);
+        assert_eq!(metric_sum(text, "sfu_rooms"), 0.0);
     }
 
     #[test]

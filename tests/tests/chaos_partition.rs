@@ -133,27 +133,11 @@ async fn join(
     Ok(p)
 }
 
-/// The sum of `name` over all its label sets in Prometheus text (0 when absent).
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let value = match rest.strip_prefix('{') {
-                Some(r) => r.split_once('}')?.1,
-                None if rest.starts_with(' ') => rest,
-                None => return None,
-            };
-            value.split_whitespace().next()?.parse::<f64>().ok()
-        })
-        .sum()
-}
-
 /// `name` summed on process `id`'s `/metrics`; `None` when it does not answer.
 async fn metric(cluster: &Cluster, id: &str, name: &str) -> Option<f64> {
     let p = cluster.procs().iter().find(|p| p.id() == id)?;
     let text = p.http_get("/metrics").await.ok()?;
-    Some(metric_sum(&text, name))
+    Some(chaos::bench::metric_sum(&text, name))
 }
 
 /// A participant's recoveries, times since the cut.
