@@ -4,15 +4,14 @@
 //! whichever installs first would win, and several coordinators in one test process would
 //! mix their counts. So each coordinator builds a private recorder (never installed), records
 //! through [`metrics::with_local_recorder`], and renders its own handle. Per-node gauges are
-//! rendered at scrape time straight from the registry, so a node that is gone leaves no stale
-//! series behind.
+//! recorded at scrape time, from the registry, into a recorder of that scrape alone, so a node
+//! that is gone leaves no stale series behind.
 
 use crate::registry::NodeStatus;
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 use protocol::cluster::DeathCause;
-use std::fmt::Write as _;
 use std::time::Duration;
 
 /// How an allocation request ended, for `coord_allocations_total{result}`.
@@ -467,65 +466,69 @@ impl Metrics {
         });
         self.handle.run_upkeep();
         let mut out = self.handle.render();
-        let live = nodes.iter().filter(|n| n.healthy).count();
-        let gauge = |out: &mut String, name: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        };
-        gauge(
-            &mut out,
-            "coord_ready",
-            "1 when connected to NATS with the directory open",
-        );
-        let _ = writeln!(out, "coord_ready {}", u8::from(ready));
-        gauge(
-            &mut out,
-            "coord_live_nodes",
-            "nodes heard from within the timeout",
-        );
-        let _ = writeln!(out, "coord_live_nodes {live}");
-        gauge(
-            &mut out,
-            "coord_live_coordinators",
-            "coordinators alive, this one included",
-        );
-        let _ = writeln!(out, "coord_live_coordinators {live_coordinators}");
-        type Field = fn(&NodeStatus) -> f64;
-        let per_node: [(&str, &str, Field); 5] = [
-            ("coord_node_up", "1 while the node heartbeats", |n| {
-                f64::from(u8::from(n.healthy))
-            }),
-            ("coord_node_draining", "1 while the node drains", |n| {
-                f64::from(u8::from(n.draining))
-            }),
-            ("coord_node_rooms", "rooms the node reports hosting", |n| {
-                f64::from(n.load.rooms)
-            }),
-            (
-                "coord_node_pending_rooms",
-                "rooms assigned here that the node has not reported yet",
-                |n| f64::from(n.pending_rooms),
-            ),
-            (
-                "coord_node_load",
-                "placement load score (1.0 = full)",
-                |n| n.load_score,
-            ),
-        ];
-        for (name, help, field) in per_node {
-            gauge(&mut out, name, help);
-            for n in nodes {
-                // Node ids are [A-Za-z0-9._~@:-]: nothing to escape in a label value.
-                let _ = writeln!(
-                    out,
-                    "{name}{{node=\"{}\",region=\"{}\"}} {}",
-                    n.id,
-                    n.region.escape_default(),
-                    field(n)
-                );
-            }
-        }
+        out.push_str(&render_cluster_gauges(nodes, live_coordinators, ready));
         out
     }
+}
+
+/// The gauges of the cluster as seen now, through a recorder made for this scrape alone: a
+/// node that is gone leaves no stale series behind, and the exporter escapes label values.
+fn render_cluster_gauges(nodes: &[NodeStatus], live_coordinators: usize, ready: bool) -> String {
+    type Field = fn(&NodeStatus) -> f64;
+    let per_node: [(&'static str, &'static str, Field); 5] = [
+        ("coord_node_up", "1 while the node heartbeats", |n| {
+            f64::from(u8::from(n.healthy))
+        }),
+        ("coord_node_draining", "1 while the node drains", |n| {
+            f64::from(u8::from(n.draining))
+        }),
+        ("coord_node_rooms", "rooms the node reports hosting", |n| {
+            f64::from(n.load.rooms)
+        }),
+        (
+            "coord_node_pending_rooms",
+            "rooms assigned here that the node has not reported yet",
+            |n| f64::from(n.pending_rooms),
+        ),
+        (
+            "coord_node_load",
+            "placement load score (1.0 = full)",
+            |n| n.load_score,
+        ),
+    ];
+    let recorder = PrometheusBuilder::new().build_recorder();
+    metrics::with_local_recorder(&recorder, || {
+        let live = nodes.iter().filter(|n| n.healthy).count();
+        let cluster: [(&'static str, &'static str, f64); 3] = [
+            (
+                "coord_ready",
+                "1 when connected to NATS with the directory open",
+                f64::from(u8::from(ready)),
+            ),
+            (
+                "coord_live_nodes",
+                "nodes heard from within the timeout",
+                live as f64,
+            ),
+            (
+                "coord_live_coordinators",
+                "coordinators alive, this one included",
+                live_coordinators as f64,
+            ),
+        ];
+        for (name, help, value) in cluster {
+            metrics::describe_gauge!(name, help);
+            metrics::gauge!(name).set(value);
+        }
+        for (name, help, field) in per_node {
+            metrics::describe_gauge!(name, help);
+            for n in nodes {
+                let labels = [("node", n.id.to_string()), ("region", n.region.clone())];
+                metrics::gauge!(name, &labels).set(field(n));
+            }
+        }
+    });
+    recorder.handle().render()
 }
 
 #[cfg(test)]
@@ -557,5 +560,31 @@ mod tests {
             other.contains("coord_forwards_total{outcome=\"failed\"} 0"),
             "{other}"
         );
+    }
+
+    #[test]
+    fn cluster_gauges_escape_label_values_as_prometheus_does() {
+        let node = NodeStatus {
+            id: protocol::NodeId::new("n1").unwrap(),
+            region: "eu \"west\" \\ é".into(),
+            ws_url: String::new(),
+            load: Default::default(),
+            load_score: 0.5,
+            liveness: crate::registry::Liveness::Alive,
+            healthy: true,
+            draining: false,
+            draining_reported: false,
+            draining_requested: false,
+            pending_rooms: 0,
+            last_heartbeat_age_ms: 0,
+        };
+        let text = render_cluster_gauges(&[node], 2, true);
+        assert!(
+            text.contains("coord_node_load{node=\"n1\",region=\"eu \\\"west\\\" \\\\ é\"} 0.5"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE coord_live_nodes gauge"), "{text}");
+        assert!(text.contains("coord_live_coordinators 2"), "{text}");
+        assert!(text.contains("coord_ready 1"), "{text}");
     }
 }
