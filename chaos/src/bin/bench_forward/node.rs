@@ -17,6 +17,10 @@ impl NodeProc {
         let child = Command::new(bin)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--dev-tokens", "--udp-ports", "0", "--room-node-share", "0"])
+            // Every subscriber comes from 127.0.0.1, all into one room: the per-address
+            // connection limit (200) refused the 200th subscriber, and the room join rate
+            // (50/s) would pace the joins.
+            .args(["--max-connections-per-ip", "100000", "--room-join-rate", "100000"])
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
