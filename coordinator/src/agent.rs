@@ -28,10 +28,7 @@ const OPEN_RETRY: Duration = Duration::from_millis(500);
 const FORGET_NODES_AFTER: Duration = Duration::from_secs(60);
 
 pub(crate) fn reconnect_delay(attempts: usize) -> Duration {
-    let exp = u32::try_from(attempts.saturating_sub(1))
-        .unwrap_or(u32::MAX)
-        .min(10);
-    Duration::from_millis(50u64.saturating_mul(1 << exp)).min(MAX_RECONNECT_DELAY)
+    protocol::backoff::delay(attempts, Duration::from_millis(50), MAX_RECONNECT_DELAY)
 }
 
 /// Runs until `stop` turns true, then stops gracefully and reports on `done`.
@@ -393,9 +390,9 @@ mod tests {
 
     #[test]
     fn reconnect_delay_grows_then_caps() {
-        assert_eq!(reconnect_delay(0), Duration::from_millis(50));
-        assert_eq!(reconnect_delay(1), Duration::from_millis(50));
-        assert_eq!(reconnect_delay(3), Duration::from_millis(200));
+        assert_eq!(reconnect_delay(0).as_millis(), 50);
+        assert_eq!(reconnect_delay(1).as_millis(), 50);
+        assert_eq!(reconnect_delay(3).as_millis(), 200);
         assert_eq!(reconnect_delay(50), MAX_RECONNECT_DELAY);
         assert_eq!(reconnect_delay(usize::MAX), MAX_RECONNECT_DELAY);
     }

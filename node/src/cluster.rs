@@ -84,7 +84,11 @@ impl Cluster {
                     // The default backoff grows to 4 s; a node must be back within a second
                     // or so of NATS.
                     .reconnect_delay_callback(|attempts| {
-                        Duration::from_millis((attempts as u64 * 100).min(1000))
+                        protocol::backoff::delay(
+                            attempts,
+                            Duration::from_millis(100),
+                            Duration::from_secs(1),
+                        )
                     })
                     .event_callback(move |event| {
                         let node = node_for_log.clone();

@@ -4,6 +4,7 @@
 //! The client signaling contract is `PROTOCOL.md` v1; [`signal`] is its exact serde form.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod cascade;
 pub mod cluster;
 pub mod error;

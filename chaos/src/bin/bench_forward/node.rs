@@ -20,7 +20,12 @@ impl NodeProc {
             // Every subscriber comes from 127.0.0.1, all into one room: the per-address
             // connection limit (200) refused the 200th subscriber, and the room join rate
             // (50/s) would pace the joins.
-            .args(["--max-connections-per-ip", "100000", "--room-join-rate", "100000"])
+            .args([
+                "--max-connections-per-ip",
+                "100000",
+                "--room-join-rate",
+                "100000",
+            ])
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

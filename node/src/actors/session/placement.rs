@@ -243,16 +243,20 @@ async fn allocate(
     ask: &AllocateRequest,
 ) -> Result<(wire::RoomAssignment, NodeId), ErrorCode> {
     let started = Instant::now();
-    let mut pause = Duration::from_millis(100);
+    let mut pauses = protocol::backoff::delays(Duration::from_millis(100), Duration::from_secs(1));
     loop {
-        match allocate_once(cluster, ask).await {
-            Err((_, true)) if started.elapsed() + pause < TRANSIENT_PATIENCE => {
-                tracing::debug!(room = %ask.room, ?pause, "transient refusal; asking again");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(1));
-            }
-            other => return other.map_err(|(code, _)| code),
-        }
+        let outcome = allocate_once(cluster, ask).await;
+        let pause = match outcome {
+            Err((_, true)) => pauses
+                .next()
+                .filter(|pause| started.elapsed() + *pause < TRANSIENT_PATIENCE),
+            _ => None,
+        };
+        let Some(pause) = pause else {
+            return outcome.map_err(|(code, _)| code);
+        };
+        tracing::debug!(room = %ask.room, ?pause, "transient refusal; asking again");
+        tokio::time::sleep(pause).await;
     }
 }
 
