@@ -3,6 +3,7 @@
 
 pub mod abuse;
 pub mod fake_node;
+pub mod lossy_cell;
 pub mod nats;
 pub mod procs;
 

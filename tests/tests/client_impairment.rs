@@ -6,117 +6,15 @@
 //! (eu, eu-lossy) link; plain `eu` clients reach the gateway from the node's own region and
 //! cross no impairment.
 
-use chaos::geo::GeoNet;
 use chaos::impair::{Link, LinkStats};
 use chaos::stats::LatencyHistogram;
-use chaos::{Client, ClientConfig, PublishOpts, TrackStats};
-use coordinator::CoordinatorHandle;
+use chaos::{Client, PublishOpts, TrackStats};
 use protocol::signal::TrackKind;
-use protocol::NodeId;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
-use tests::nats::NatsServer;
-use tests::{claims, mint, room_name, wait_media, wait_until, Config, NodeHandle};
+use tests::lossy_cell::{LossyCell, LOSSY, NODE};
+use tests::{room_name, wait_media, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
-const NODE: &str = "eu";
-const LOSSY: &str = "eu-lossy";
-/// Ports of the node's media range (and of its gateway).
-const PORTS: u16 = 40;
-
-/// The cluster, the geography and the clients' address counter.
-struct Cell {
-    _nats: NatsServer,
-    _coordinator: CoordinatorHandle,
-    node: NodeHandle,
-    net: GeoNet,
-    clients: AtomicU8,
-}
-
-impl Cell {
-    /// NATS, a coordinator and node `eu-1` behind its gateway; the (eu, eu-lossy) link is
-    /// perfect until the test sets it. Returns once the coordinator sees the node.
-    async fn start() -> anyhow::Result<Cell> {
-        tests::init_logs();
-        let nats = NatsServer::start()?;
-        let coordinator = coordinator::spawn(coordinator::Config::local(nats.coordinator_url()))?;
-        let mut net = GeoNet::new(
-            &[NODE, LOSSY],
-            Duration::ZERO,
-            Duration::ZERO,
-            rand::random(),
-        )?;
-        // Below the ephemeral range, so no client socket takes a gateway's port; another test
-        // process may hold a range on the same addresses, so a taken one is skipped.
-        let mut ports = None;
-        for _ in 0..8 {
-            let first = 20_000 + PORTS * rand::Rng::gen_range(&mut rand::thread_rng(), 0..250u16);
-            let range = (first, first + PORTS - 1);
-            match net.add_node(NODE, 0, range).await {
-                Ok(()) => {
-                    ports = Some(range);
-                    break;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let ports = ports.ok_or_else(|| anyhow::anyhow!("no free gateway port range"))?;
-        let (bind, announce) = net.node_ips(NODE, 0).expect("the node's region");
-        let mut c = Config::local_dev();
-        c.node_id = NodeId::new("eu-1").unwrap();
-        c.region = NODE.into();
-        c.nats_url = Some(nats.node_url("eu-1")?);
-        c.resume_grace = Duration::ZERO;
-        c.room_empty_grace = Duration::from_millis(300);
-        c.udp_ip = bind;
-        c.public_ip = Some(announce.to_string());
-        c.udp_port = ports.0;
-        c.ice_tcp_port = None;
-        let node = node::spawn(c)?;
-        wait_until(WAIT, "the coordinator to see the node", || async {
-            let snap = coordinator.snapshot();
-            if snap.ready && snap.nodes.iter().any(|n| n.healthy) {
-                Ok(())
-            } else {
-                Err(format!("{snap:?}"))
-            }
-        })
-        .await?;
-        Ok(Cell {
-            _nats: nats,
-            _coordinator: coordinator,
-            node,
-            net,
-            clients: AtomicU8::new(0),
-        })
-    }
-
-    fn link(&self) -> &Link {
-        self.net.link(NODE, LOSSY).expect("the pair exists")
-    }
-
-    /// Connects a client in `region` and joins `room` as `user` on the eu node. A client of
-    /// the lossy region is placed behind the link; one of the node's region only binds there
-    /// (it may reach the node's socket directly: it has no link to cross anyway).
-    async fn join(&self, region: &str, room: &str, user: &str) -> anyhow::Result<Client> {
-        let n = self.clients.fetch_add(1, Ordering::Relaxed);
-        let mut config = ClientConfig {
-            ice_check_interval: Some(Duration::from_millis(50)),
-            ..ClientConfig::default()
-        };
-        if region == LOSSY {
-            assert!(self.net.place_client(&mut config, region, n));
-        } else {
-            config.bind_ip = self.net.client_ip(region, n).expect("a region of the net");
-        }
-        let client = Client::connect_with(&self.node.ws_url(), config).await?;
-        client
-            .join(room, &mint(&self.node, &claims(room, user, 600)))
-            .await?;
-        Ok(client)
-    }
-}
 
 /// Audio at 100 packets/s, so a window holds enough samples to estimate its loss.
 fn media() -> PublishOpts {
@@ -205,7 +103,7 @@ async fn wait_forward_handled(link: &Link, packets: u64) -> anyhow::Result<LinkS
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_to_and_from_an_impaired_client_crosses_its_link_and_video_is_repaired(
 ) -> anyhow::Result<()> {
-    let cell = Cell::start().await?;
+    let cell = LossyCell::start(|_| {}).await?;
     let link = cell.link();
     // 40 ms each way from the start; 5 % loss each way once the connections are up.
     cell.net
@@ -327,7 +225,7 @@ async fn media_to_and_from_an_impaired_client_crosses_its_link_and_video_is_repa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_impaired_subscriber_sees_the_links_jitter_and_lives_through_a_burst(
 ) -> anyhow::Result<()> {
-    let cell = Cell::start().await?;
+    let cell = LossyCell::start(|_| {}).await?;
     let link = cell.link();
     // 40 ms ± 15 ms each way: datagrams reorder, nothing is lost yet.
     cell.net.update_link(NODE, LOSSY, |i| {

@@ -367,15 +367,8 @@ async fn coordinators_and_nodes_reach_a_tls_nats_with_the_ca_file() -> anyhow::R
     (c.nats_user, c.nats_password) = (Some(user), Some(password));
     c.nats_ca_file = Some(ca);
     let node = node::spawn(c)?;
-    wait_until(WAIT, "the coordinator to see the node over TLS", || async {
-        let snap = coordinator.snapshot();
-        if snap.ready && snap.nodes.iter().any(|n| n.healthy) {
-            Ok(())
-        } else {
-            Err(format!("{snap:?}"))
-        }
-    })
-    .await?;
+    // Over TLS.
+    tests::lossy_cell::coordinator_sees_a_node(&coordinator, WAIT).await?;
     let a = join(&node, &room_name("tls"), "alice").await?;
     a.leave().await?;
     let _ = std::fs::remove_dir_all(&dir);

@@ -9,111 +9,20 @@
 //! One test only: the histograms are process-wide, and a second test's media in the same
 //! process would land in them.
 
-use chaos::geo::GeoNet;
-use chaos::{Client, ClientConfig, PublishOpts};
-use coordinator::CoordinatorHandle;
-use protocol::NodeId;
+use chaos::PublishOpts;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
-use tests::nats::NatsServer;
-use tests::{claims, mint, room_name, wait_media, wait_until, Config, NodeHandle};
+use tests::lossy_cell::{LossyCell, LOSSY, NODE};
+use tests::{room_name, wait_media, wait_until, NodeHandle};
 
 const WAIT: Duration = Duration::from_secs(30);
-const NODE: &str = "eu";
-const LOSSY: &str = "eu-lossy";
-const PORTS: u16 = 40;
 /// The link's loss, each way.
 const LOSS: f64 = 0.10;
 /// The link's delay, each way.
 const DELAY: Duration = Duration::from_millis(40);
 /// How long a closed room's series stay (the node's `room_series_ttl`).
 const ROOM_SERIES_TTL: Duration = Duration::from_secs(3);
-
-struct Cell {
-    _nats: NatsServer,
-    _coordinator: CoordinatorHandle,
-    node: NodeHandle,
-    net: GeoNet,
-    clients: AtomicU8,
-}
-
-impl Cell {
-    /// As `client_impairment.rs`: NATS, a coordinator and node `eu-1` behind its gateway.
-    async fn start() -> anyhow::Result<Cell> {
-        tests::init_logs();
-        let nats = NatsServer::start()?;
-        let coordinator = coordinator::spawn(coordinator::Config::local(nats.coordinator_url()))?;
-        let mut net = GeoNet::new(
-            &[NODE, LOSSY],
-            Duration::ZERO,
-            Duration::ZERO,
-            rand::random(),
-        )?;
-        let mut ports = None;
-        for _ in 0..8 {
-            let first = 20_000 + PORTS * rand::Rng::gen_range(&mut rand::thread_rng(), 0..250u16);
-            let range = (first, first + PORTS - 1);
-            match net.add_node(NODE, 0, range).await {
-                Ok(()) => {
-                    ports = Some(range);
-                    break;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let ports = ports.ok_or_else(|| anyhow::anyhow!("no free gateway port range"))?;
-        let (bind, announce) = net.node_ips(NODE, 0).expect("the node's region");
-        let mut c = Config::local_dev();
-        c.node_id = NodeId::new("eu-1").unwrap();
-        c.region = NODE.into();
-        c.nats_url = Some(nats.node_url("eu-1")?);
-        c.resume_grace = Duration::ZERO;
-        c.room_empty_grace = Duration::from_millis(300);
-        c.room_series_ttl = ROOM_SERIES_TTL;
-        c.udp_ip = bind;
-        c.public_ip = Some(announce.to_string());
-        c.udp_port = ports.0;
-        c.ice_tcp_port = None;
-        let node = node::spawn(c)?;
-        wait_until(WAIT, "the coordinator to see the node", || async {
-            let snap = coordinator.snapshot();
-            if snap.ready && snap.nodes.iter().any(|n| n.healthy) {
-                Ok(())
-            } else {
-                Err(format!("{snap:?}"))
-            }
-        })
-        .await?;
-        Ok(Cell {
-            _nats: nats,
-            _coordinator: coordinator,
-            node,
-            net,
-            clients: AtomicU8::new(0),
-        })
-    }
-
-    async fn join(&self, region: &str, room: &str, user: &str) -> anyhow::Result<Client> {
-        let n = self.clients.fetch_add(1, Ordering::Relaxed);
-        let mut config = ClientConfig {
-            ice_check_interval: Some(Duration::from_millis(50)),
-            ..ClientConfig::default()
-        };
-        if region == LOSSY {
-            assert!(self.net.place_client(&mut config, region, n));
-        } else {
-            config.bind_ip = self.net.client_ip(region, n).expect("a region of the net");
-        }
-        let client = Client::connect_with(&self.node.ws_url(), config).await?;
-        client
-            .join(room, &mint(&self.node, &claims(room, user, 600)))
-            .await?;
-        Ok(client)
-    }
-}
 
 /// Audio at 100 packets/s (1.6 % resolution per second of loss), video at 100.
 fn media() -> PublishOpts {
@@ -259,7 +168,7 @@ fn series(text: &str, series: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quality_metrics_show_loss_and_delay_on_the_impaired_connections_only() -> anyhow::Result<()>
 {
-    let cell = Cell::start().await?;
+    let cell = LossyCell::start(|c| c.room_series_ttl = ROOM_SERIES_TTL).await?;
     cell.net.update_link(NODE, LOSSY, |i| i.delay = DELAY);
     let room = room_name("quality");
     let alice = cell.join(LOSSY, &room, "alice").await?;
