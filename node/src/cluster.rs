@@ -32,7 +32,14 @@ pub struct Cluster {
     pub client: async_nats::Client,
     pub rt: tokio::runtime::Handle,
     pub node: NodeId,
-    outbox: tokio::sync::mpsc::Sender<(String, bytes::Bytes)>,
+    outbox: tokio::sync::mpsc::Sender<Out>,
+}
+
+/// What the publishing task is handed, in order.
+enum Out {
+    Publish(String, bytes::Bytes),
+    /// Everything handed over before this is written to the server: answered when done.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 impl Cluster {
@@ -113,12 +120,22 @@ impl Cluster {
             .map_err(|e| ClusterError::Nats(e.to_string()))?;
         // One task publishes everything in the order it was handed over, so a user's
         // messages and a participant's commands keep their order across the cluster.
-        let (outbox, mut rx) = tokio::sync::mpsc::channel::<(String, bytes::Bytes)>(OUTBOX);
+        let (outbox, mut rx) = tokio::sync::mpsc::channel::<Out>(OUTBOX);
         let publisher = client.clone();
         rt.spawn(async move {
-            while let Some((subject, payload)) = rx.recv().await {
-                if let Err(e) = publisher.publish(subject, payload).await {
-                    tracing::debug!(error = %e, "nats publish failed");
+            while let Some(out) = rx.recv().await {
+                match out {
+                    Out::Publish(subject, payload) => {
+                        if let Err(e) = publisher.publish(subject, payload).await {
+                            tracing::debug!(error = %e, "nats publish failed");
+                        }
+                    }
+                    Out::Flush(done) => {
+                        if let Err(e) = publisher.flush().await {
+                            tracing::debug!(error = %e, "nats flush failed");
+                        }
+                        let _ = done.send(());
+                    }
                 }
             }
         });
@@ -128,6 +145,21 @@ impl Cluster {
             node,
             outbox,
         })
+    }
+
+    /// Waits (at most `timeout`) until everything published so far is written to the
+    /// server: a node about to exit flushes, or its last messages (the rooms it closed)
+    /// die with the process.
+    pub async fn flush(&self, timeout: Duration) {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        let queued = tokio::time::timeout(timeout, async {
+            if self.outbox.send(Out::Flush(done)).await.is_ok() {
+                let _ = flushed.await;
+            }
+        });
+        if queued.await.is_err() {
+            tracing::warn!(?timeout, "nats flush did not finish in time");
+        }
     }
 
     pub fn connected(&self) -> bool {
@@ -182,7 +214,11 @@ impl Cluster {
         let Ok(payload) = serde_json::to_vec(body) else {
             return;
         };
-        if self.outbox.try_send((subject, payload.into())).is_err() {
+        if self
+            .outbox
+            .try_send(Out::Publish(subject, payload.into()))
+            .is_err()
+        {
             metrics::counter!("cluster_publish_dropped_total").increment(1);
         }
     }

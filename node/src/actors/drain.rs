@@ -116,7 +116,16 @@ async fn run(node: &NodeCtx, rooms: &Addr<RoomRegistry>) {
     while Instant::now() < sockets_deadline && node.counters.snapshot().sessions > 0 {
         tokio::time::sleep(TICK).await;
     }
+    // The rooms' `room_closed` messages are on their way to NATS; the process exits next.
+    // Without a flush they could die with it, and the directory would keep naming this node
+    // until the coordinators found it dead.
+    if let Some(cluster) = &node.cluster {
+        cluster.flush(FLUSH_TIMEOUT).await;
+    }
 }
+
+/// How long the last messages get to reach NATS before the node exits.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Sends `user` of `room`, wherever its socket is, `reconnect` (`drain`) to `url`.
 fn tell_to_move(node: &NodeCtx, room: &RoomId, user: &UserId, url: Option<String>) {
