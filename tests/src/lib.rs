@@ -189,3 +189,17 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// A test's run directory (process logs, state), removed when dropped unless
+/// `KEEP_TEST_LOGS` is set, in which case its path is printed.
+pub struct RunDir(pub std::path::PathBuf);
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if std::env::var_os("KEEP_TEST_LOGS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            eprintln!("   logs kept in {}", self.0.display());
+        }
+    }
+}

@@ -77,7 +77,7 @@ impl ProcSpec {
 /// A running process cluster. Dropping it kills every child.
 pub struct Procs {
     pub cluster: Cluster,
-    _dir: TempDir,
+    _dir: crate::RunDir,
 }
 
 /// A test that ends without a panic fails if a nats-server logged a permissions violation:
@@ -90,16 +90,6 @@ impl Drop for Procs {
                 violations.is_empty(),
                 "nats permissions violations: {violations:#?}"
             );
-        }
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::env::var_os("KEEP_TEST_LOGS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 }
@@ -136,7 +126,7 @@ impl Procs {
             .context("start the process cluster")?;
         Ok(Procs {
             cluster,
-            _dir: TempDir(dir),
+            _dir: crate::RunDir(dir),
         })
     }
 

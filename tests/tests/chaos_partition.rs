@@ -25,7 +25,6 @@ use chaos::sandbox::{Cluster, ClusterSpec};
 use chaos::{mint_tokens, wait_until, Participant, ParticipantConfig, PublishOpts};
 use protocol::token::Claims;
 use protocol::{RoomId, UserId};
-use std::path::PathBuf;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -39,26 +38,13 @@ const IN_FLIGHT: u64 = 10;
 /// How often the cluster is looked at during the partition.
 const SAMPLE: Duration = Duration::from_millis(100);
 
-/// The run directory, removed on drop unless `KEEP_TEST_LOGS` is set.
-struct RunDir(PathBuf);
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        if std::env::var_os("KEEP_TEST_LOGS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        } else {
-            eprintln!("logs kept in {}", self.0.display());
-        }
-    }
-}
-
 /// Eu and us, one node each, two coordinators; returns once every coordinator sees both
 /// nodes. The cluster is killed on drop, the regions' proxies stop with `Regions`.
-async fn start() -> anyhow::Result<(Cluster, Regions, RunDir)> {
+async fn start() -> anyhow::Result<(Cluster, Regions, tests::RunDir)> {
     tests::init_logs();
     let dir = std::env::temp_dir().join(format!("partition-{:016x}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir)?;
-    let run = RunDir(dir.clone());
+    let run = tests::RunDir(dir.clone());
     let mut spec = ClusterSpec::new(&dir).coordinator("c1").coordinator("c2");
     spec.node_bin = env!("CARGO_BIN_EXE_cluster-node").into();
     spec.coordinator_bin = env!("CARGO_BIN_EXE_cluster-coordinator").into();

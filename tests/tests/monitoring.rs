@@ -30,19 +30,6 @@ fn deploy(path: &str) -> PathBuf {
         .join(path)
 }
 
-/// The run directory, removed with the test unless `KEEP_TEST_LOGS` is set.
-struct RunDir(PathBuf);
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        if std::env::var_os("KEEP_TEST_LOGS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        } else {
-            eprintln!("   logs kept in {}", self.0.display());
-        }
-    }
-}
-
 /// A `prometheus` process, killed with the test.
 struct Prometheus {
     child: Child,
@@ -326,7 +313,7 @@ async fn start_cluster(dir: &Path) -> Result<Cluster> {
 async fn prometheus_scrapes_the_cluster_and_every_dashboard_panel_has_data() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("monitoring-{:016x}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir)?;
-    let _run = RunDir(dir.clone());
+    let _run = tests::RunDir(dir.clone());
     let mut cluster = start_cluster(&dir.join("cluster")).await?;
     let prom_dir = dir.join("prometheus");
     std::fs::create_dir_all(&prom_dir)?;

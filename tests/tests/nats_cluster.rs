@@ -18,7 +18,6 @@ use futures::StreamExt;
 use protocol::cluster::{self as wire, RoomAssignment};
 use protocol::signal::ServerMessage;
 use protocol::RoomId;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tests::{room_name, wait_media, wait_until};
 
@@ -35,19 +34,6 @@ const ROOMS_STREAM: &str = "KV_rooms";
 /// Video and audio packets per second of each publisher.
 const VIDEO_PPS: u32 = 50;
 const AUDIO_PPS: u32 = 25;
-
-/// The run directory, removed with the test unless `KEEP_TEST_LOGS` is set.
-struct RunDir(PathBuf);
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        if std::env::var_os("KEEP_TEST_LOGS").is_none() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        } else {
-            eprintln!("   logs kept in {}", self.0.display());
-        }
-    }
-}
 
 /// Two UDP ranges of 100 ports for the two nodes, in 14000–19999: below the blocks of
 /// `tests::procs` (20000–31999) and of the chaos tools, and below the ephemeral range. The
@@ -572,7 +558,7 @@ async fn kill_and_ride_out(
 async fn the_cluster_rides_out_the_kill_of_a_nats_server_and_its_return() -> Result<()> {
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("nats-cluster-{:016x}", rand::random::<u64>()));
-    let _dir = RunDir(dir.clone());
+    let _dir = tests::RunDir(dir.clone());
     let mut cluster = start(&dir).await?;
     let servers: Vec<String> = cluster.nats_servers().map(|s| s.id().to_owned()).collect();
     assert_eq!(servers, ["nats", "nats2", "nats3"]);
