@@ -251,10 +251,7 @@ pub(crate) async fn add_track(
     stream_id: &str,
 ) -> Result<LocalTrack> {
     let ssrc = rand::random::<u32>();
-    let name = match kind {
-        TrackKind::Audio => "audio",
-        TrackKind::Video => "video",
-    };
+    let name = kind.as_str();
     let local_id = format!("{name}-{:08x}", rand::random::<u32>());
     let rtp_kind = match kind {
         TrackKind::Audio => RtpCodecKind::Audio,

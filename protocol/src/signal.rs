@@ -102,6 +102,16 @@ pub enum TrackKind {
     Video,
 }
 
+impl TrackKind {
+    /// Its wire name (as serialized): `audio` or `video`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackKind::Audio => "audio",
+            TrackKind::Video => "video",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackInfo {
     pub id: TrackId,
@@ -233,6 +243,13 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, ParseError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_track_kind_names_itself_as_it_serializes() {
+        for kind in [TrackKind::Audio, TrackKind::Video] {
+            assert_eq!(json!(kind), json!(kind.as_str()));
+        }
+    }
 
     fn uid(s: &str) -> UserId {
         UserId::new(s).unwrap()

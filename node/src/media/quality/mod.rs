@@ -40,13 +40,6 @@ pub const JITTER_BUCKETS: &[f64] = &[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
 pub const RTT_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6];
 pub const BITRATE_BUCKETS: &[f64] = &[16e3, 32e3, 64e3, 128e3, 256e3, 512e3, 1e6, 2e6, 4e6, 8e6];
 
-fn kind_label(kind: TrackKind) -> &'static str {
-    match kind {
-        TrackKind::Audio => "audio",
-        TrackKind::Video => "video",
-    }
-}
-
 /// The outgoing streams of one connection, by SSRC.
 #[derive(Default)]
 pub struct ConnQuality {
@@ -186,7 +179,7 @@ pub fn sample(
         let stats = &mut track.quality;
         let s = stats.sample(now);
         if let (Some(s), true) = (&s, observe) {
-            let k = kind_label(kind);
+            let k = kind.as_str();
             metrics::histogram!(LOSS, "direction" => "up", "kind" => k).record(s.loss);
             metrics::histogram!(JITTER, "direction" => "up", "kind" => k).record(s.jitter);
             metrics::histogram!(BITRATE, "direction" => "up", "kind" => k).record(s.bitrate_bps);
@@ -244,7 +237,7 @@ fn sample_down(
         let (ds, dl) = (s.sent, s.lost);
         o.sent += ds;
         o.lost += dl;
-        let k = kind_label(o.kind);
+        let k = o.kind.as_str();
         if let Some(loss) = s.loss {
             covered = true;
             interval_sent += ds;
