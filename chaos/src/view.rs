@@ -98,6 +98,7 @@ impl RoomView {
                     .map(|(id, kind)| TrackInfo {
                         id: id.clone(),
                         kind: *kind,
+                        muted: false,
                     })
                     .collect(),
             })
@@ -150,6 +151,7 @@ mod tests {
                     tracks: vec![TrackInfo {
                         id: tid("TR_a"),
                         kind: TrackKind::Audio,
+                        muted: false,
                     }],
                 },
             ],
@@ -164,6 +166,7 @@ mod tests {
             track: TrackInfo {
                 id: tid("TR_b"),
                 kind: TrackKind::Video,
+                muted: false,
             },
         });
         v.apply(&ServerMessage::TrackPublished {
@@ -171,6 +174,7 @@ mod tests {
             track: TrackInfo {
                 id: tid("TR_me"),
                 kind: TrackKind::Video,
+                muted: false,
             },
         });
         v.apply(&ServerMessage::TrackUnpublished {

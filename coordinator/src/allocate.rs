@@ -149,6 +149,7 @@ pub(crate) async fn decide_and_write(
                     AllocateReply::Assigned {
                         serve: assignment.node.clone(),
                         assignment,
+                        settings: None,
                     },
                     AllocResult::Existing,
                 ),
@@ -179,7 +180,11 @@ pub(crate) async fn decide_and_write(
         let (written, assignment, serve, result) = match decision {
             Decision::Keep { assignment, serve } => {
                 return (
-                    AllocateReply::Assigned { assignment, serve },
+                    AllocateReply::Assigned {
+                        assignment,
+                        serve,
+                        settings: None,
+                    },
                     AllocResult::Existing,
                 )
             }
@@ -218,7 +223,14 @@ pub(crate) async fn decide_and_write(
                     result = result.as_str(),
                     "room assigned"
                 );
-                return (AllocateReply::Assigned { assignment, serve }, result);
+                return (
+                    AllocateReply::Assigned {
+                        assignment,
+                        serve,
+                        settings: None,
+                    },
+                    result,
+                );
             }
             Ok(Write::Conflict) => {
                 if let Some(added) = &added {

@@ -229,6 +229,7 @@ impl RemoteMembers {
                     }
                 }
             }
+            RoomChange::TrackMuted { .. } => {}
             RoomChange::TrackUnpublished {
                 participant,
                 track_id,
@@ -352,6 +353,7 @@ mod tests {
         TrackInfo {
             id: TrackId::new(s).unwrap(),
             kind: TrackKind::Video,
+            muted: false,
         }
     }
     fn ev(n: &str, seq: u64, change: RoomChange) -> RoomEvent {

@@ -16,6 +16,8 @@
 //! | `node.<node>.drain` | publish | [`Drain`] |
 //! | `node.<node>.rooms` | request | `{}` → [`NodeRooms`] |
 //! | `node.<node>.ping` | request | `{}` → [`NodePong`] |
+//! | `node.<node>.admin` | request | [`RoomAdmin`](crate::room_api::RoomAdmin) → [`AdminReply`](crate::room_api::AdminReply) |
+//! | `webhook.<room>` | publish (JetStream stream `WEBHOOKS`) | [`WebhookEvent`](crate::webhook::WebhookEvent) |
 //! | `user.<user>` | publish (request for `message`) | [`UserDelivery`] → [`DeliveryAck`] |
 //! | `user.<user>` | publish, when a session of the user registers | [`SessionClaim`] |
 //! | `room.<room>.events` | publish, per-node sequence | [`RoomEvent`] |
@@ -234,6 +236,10 @@ pub struct AllocateRequest {
     /// decides, and one found dead leaves the room's entry in this very decision.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suspects: Vec<NodeId>,
+    /// Settings from the joining token (`room_settings`), stored if this join opens a room
+    /// that has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<crate::room_api::RoomSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,6 +248,10 @@ pub enum AllocateReply {
     Assigned {
         assignment: RoomAssignment,
         serve: NodeId,
+        /// The room's settings (room API), which its nodes enforce; absent for a room
+        /// without any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        settings: Option<crate::room_api::RoomSettings>,
     },
     Error {
         code: ErrorCode,
@@ -334,6 +344,12 @@ pub enum RoomChange {
         participant: UserId,
         track_id: crate::TrackId,
     },
+    /// The application muted or unmuted one of the node's participants' tracks.
+    TrackMuted {
+        participant: UserId,
+        track_id: crate::TrackId,
+        muted: bool,
+    },
     /// The node left the room: forget its participants and close links to it.
     NodeLeft,
 }
@@ -408,6 +424,9 @@ pub struct RemoteJoin {
     /// The room's nodes as the directory lists them.
     #[serde(default)]
     pub nodes: Vec<NodeId>,
+    /// The room's settings as the coordinator answered them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<crate::room_api::RoomSettings>,
 }
 
 /// The token a client showed its session's node, passed on to the room's node.

@@ -14,6 +14,8 @@ pub enum ErrorCode {
     RateLimited,
     Unavailable,
     Internal,
+    /// Room API only: the room exists already.
+    AlreadyExists,
 }
 
 impl ErrorCode {
@@ -27,6 +29,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::AlreadyExists => "already_exists",
         }
     }
 }

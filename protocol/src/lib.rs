@@ -13,11 +13,13 @@ pub mod ids;
 pub mod keyframe;
 pub mod nats_auth;
 pub mod placement;
+pub mod room_api;
 pub mod signal;
 #[cfg(feature = "tls")]
 pub mod tls;
 pub mod token;
 pub mod turn;
+pub mod webhook;
 
 pub use error::ErrorCode;
 pub use ids::{NodeId, RoomId, TrackId, UserId};

@@ -127,6 +127,7 @@ pub fn node_permissions(node: &NodeId) -> Permissions {
         "node.*.room_state",
         "room.*.events",
         "user.*",
+        crate::webhook::SUBJECTS,
     ]);
     publish.extend(rooms_read_api());
     Permissions {
@@ -160,8 +161,13 @@ pub fn coordinator_permissions() -> Permissions {
                 "node.*.ping",
                 "node.*.rooms",
                 "node.*.drain",
+                "node.*.admin",
+                "user.*",
+                crate::webhook::SUBJECTS,
                 "$JS.API.>",
+                "$JS.ACK.>",
                 "$KV.rooms.>",
+                "$KV.room_settings.>",
             ]),
             deny: Vec::new(),
         },

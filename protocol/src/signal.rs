@@ -116,6 +116,10 @@ impl TrackKind {
 pub struct TrackInfo {
     pub id: TrackId,
     pub kind: TrackKind,
+    /// The application muted it (room API): the node forwards none of its media. Absent
+    /// when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub muted: bool,
 }
 
 /// A participant with what it publishes, in `joined`.
@@ -169,6 +173,33 @@ pub enum ServerMessage {
     Message {
         from: UserId,
         data: serde_json::Value,
+    },
+    /// The application muted or unmuted a track (room API); sent to everyone in the room,
+    /// its publisher included. A muted track stays published but carries no media.
+    TrackMuted {
+        participant: UserId,
+        track_id: TrackId,
+        muted: bool,
+    },
+    /// The application changed this participant's grants (room API). Losing
+    /// `can_publish` ends its published tracks; gaining it lets its next `publish` through.
+    /// `resume_token` replaces the one from `joined` (the old one no longer resumes).
+    PermissionsChanged {
+        can_publish: bool,
+        can_subscribe: bool,
+        resume_token: String,
+    },
+    /// Application data sent through the room API (not from a participant).
+    Data {
+        data: serde_json::Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
+    },
+    /// The participant is out of the room for good: `reason` is `removed` (by the
+    /// application) or `room_closed`. The node closes the socket (code 1000); the client
+    /// must not reconnect or resume.
+    Removed {
+        reason: String,
     },
     Reconnect {
         reason: String,
@@ -345,6 +376,7 @@ mod tests {
                     tracks: vec![TrackInfo {
                         id: TrackId::new("TR_2").unwrap(),
                         kind: TrackKind::Video,
+                        muted: false,
                     }],
                 }],
                 fallback_urls: vec!["ws://127.0.0.1:7881/ws".into()],
@@ -367,6 +399,7 @@ mod tests {
                 track: TrackInfo {
                     id: TrackId::new("TR_3").unwrap(),
                     kind: TrackKind::Audio,
+                    muted: false,
                 },
             },
             ServerMessage::Message {

@@ -38,6 +38,15 @@ pub struct Claims {
     /// Not before, seconds since the Unix epoch (optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// Free text about the participant for the application (room API, webhooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
+    /// May join the room even when it is private and does not name the user.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admit_private: bool,
+    /// Settings the room takes when this join opens it (ignored when it has settings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_settings: Option<crate::room_api::RoomSettings>,
 }
 
 impl Claims {
@@ -51,6 +60,9 @@ impl Claims {
             can_subscribe: true,
             exp: now_unix.saturating_add(ttl_secs),
             nbf: None,
+            metadata: None,
+            admit_private: false,
+            room_settings: None,
         }
     }
 
@@ -103,6 +115,10 @@ pub struct ResumeClaims {
     pub name: Option<String>,
     pub can_publish: bool,
     pub can_subscribe: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admit_private: bool,
     /// The node hosting the participant when the token was issued; it restores the
     /// participant while it lives, any node restores it when it is gone.
     pub node: NodeId,
@@ -122,6 +138,8 @@ impl ResumeClaims {
             name: claims.name.clone(),
             can_publish: claims.can_publish,
             can_subscribe: claims.can_subscribe,
+            metadata: claims.metadata.clone(),
+            admit_private: claims.admit_private,
             node,
             nonce,
             exp: now_unix.saturating_add(ttl_secs),
@@ -138,6 +156,9 @@ impl ResumeClaims {
             can_subscribe: self.can_subscribe,
             exp: self.exp,
             nbf: None,
+            metadata: self.metadata.clone(),
+            admit_private: self.admit_private,
+            room_settings: None,
         }
     }
 }

@@ -70,7 +70,9 @@ pub async fn allocate(
         .await
         .map_err(|e| format!("request: {e}"))?;
     match serde_json::from_slice::<AllocateReply>(&msg.payload) {
-        Ok(AllocateReply::Assigned { assignment, serve }) => Ok((assignment, serve)),
+        Ok(AllocateReply::Assigned {
+            assignment, serve, ..
+        }) => Ok((assignment, serve)),
         Ok(AllocateReply::Error { code, message, .. }) => Err(format!("{code:?}: {message}")),
         Err(e) => Err(format!("bad reply: {e}")),
     }
@@ -269,6 +271,7 @@ impl FakeNode {
             lookup: false,
             full: Vec::new(),
             suspects: Vec::new(),
+            settings: None,
         })
     }
 

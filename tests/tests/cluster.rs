@@ -499,6 +499,7 @@ async fn a_forged_remote_join_is_refused_by_the_rooms_node() -> anyhow::Result<(
         session_node: protocol::NodeId::new("n-forger").unwrap(),
         epoch: 0,
         nodes: Vec::new(),
+        settings: None,
     };
     let now = tests::now_unix();
     let resume_for_other_room = ResumeClaims::new(
@@ -603,6 +604,7 @@ async fn a_node_serves_a_bounded_number_of_cluster_requests_at_once() -> anyhow:
             session_node: protocol::NodeId::new("n-elsewhere").unwrap(),
             epoch: 0,
             nodes: Vec::new(),
+            settings: None,
         };
         let (nats, subject) = (nats.clone(), wire::node_join(&host.config().node_id));
         async move {

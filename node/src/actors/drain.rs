@@ -156,6 +156,7 @@ async fn target_url(node: &NodeCtx, room: &RoomId) -> Option<String> {
         lookup: false,
         full: vec![me.clone()],
         suspects: Vec::new(),
+        settings: None,
     };
     let reply = cluster
         .request::<_, AllocateReply>(wire::ALLOCATE.to_owned(), &ask, ALLOCATE_TIMEOUT)

@@ -101,6 +101,7 @@ impl Room {
             .map(|t| TrackInfo {
                 id: t.id.clone(),
                 kind: t.kind,
+                muted: false,
             })
             .collect()
     }
@@ -449,6 +450,7 @@ impl Room {
         let track = TrackInfo {
             id: source.id.clone(),
             kind: source.kind,
+            muted: false,
         };
         let announce = ServerMessage::TrackPublished {
             participant: source.owner.clone(),

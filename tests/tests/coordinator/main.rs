@@ -81,6 +81,7 @@ fn request(room: &str) -> AllocateRequest {
         lookup: false,
         full: Vec::new(),
         suspects: Vec::new(),
+        settings: None,
     }
 }
 

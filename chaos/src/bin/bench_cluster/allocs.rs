@@ -75,6 +75,7 @@ pub(super) async fn allocate_once(
             lookup: false,
             full: Vec::new(),
             suspects: Vec::new(),
+            settings: None,
         },
         Err(e) => return AllocOutcome::Failed(format!("room id: {e}")),
     };

@@ -184,6 +184,7 @@ pub(super) async fn join_anywhere(
         lookup: false,
         full: Vec::new(),
         suspects,
+        settings: None,
     };
     loop {
         let (assignment, serve) = allocate(cluster, &ask).await?;
@@ -198,6 +199,7 @@ pub(super) async fn join_anywhere(
                 session_node: me.clone(),
                 epoch: assignment.epoch,
                 nodes,
+                settings: None,
             };
             let reply = cluster
                 .request::<_, RemoteJoinReply>(
@@ -282,7 +284,9 @@ async fn allocate_once(
             .await;
     }
     match reply {
-        Ok(AllocateReply::Assigned { assignment, serve }) => Ok((assignment, serve)),
+        Ok(AllocateReply::Assigned {
+            assignment, serve, ..
+        }) => Ok((assignment, serve)),
         Ok(AllocateReply::Error {
             code,
             message,
