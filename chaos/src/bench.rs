@@ -255,13 +255,30 @@ pub async fn http_request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, String)> {
+    http_exchange(addr, method, path, headers, None).await
+}
+
+/// A request with an optional body (sent as `application/json` when given), bounded by
+/// 5 s: (status, body), whatever the status.
+pub async fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<String>,
+) -> Result<(u16, String)> {
     let mut req = ureq::http::Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req.body(()).with_context(|| format!("{method} {path}"))?;
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req
+        .body(body.unwrap_or_default())
+        .with_context(|| format!("{method} {path}"))?;
     let what = format!("{method} {path}");
     // ureq is blocking: the exchange runs on tokio's blocking pool, bounded by its timeout.
     tokio::task::spawn_blocking(move || {

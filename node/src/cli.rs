@@ -1,11 +1,10 @@
-//! The `node` command line: run a media node, or mint a join token. A module of the library
+//! The `node` command line: run a media node, or mint a join or room API call token. A module of the library
 //! so that test harnesses can build the same program under another name.
+
+mod token;
 
 use crate::config::{Config, NodeArgs};
 use clap::{Parser, Subcommand};
-use protocol::token::{self, Claims};
-use protocol::{RoomId, UserId};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Parser)]
 #[command(name = "node", about = "Media node of the cluster", version)]
@@ -20,47 +19,19 @@ struct Cli {
 enum Command {
     /// Run the node (the default).
     Run(Box<NodeArgs>),
-    /// Print a join token for a room and user, signed with the API secret.
-    Token {
-        #[arg(long)]
-        room: String,
-        #[arg(long)]
-        user: String,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long, env = "NODE_API_SECRET", hide_env_values = true)]
-        api_secret: String,
-        /// Validity in seconds.
-        #[arg(long, default_value_t = 3600)]
-        ttl: u64,
-        #[arg(long)]
-        no_publish: bool,
-        #[arg(long)]
-        no_subscribe: bool,
-    },
+    /// Print a join token (grants, lifetime, metadata, room settings), signed with the
+    /// API secret.
+    Token(Box<token::TokenArgs>),
+    /// Print a short-lived call token for the coordinators' room API.
+    ApiToken(token::ApiTokenArgs),
 }
 
 /// The `node` program.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Token {
-            room,
-            user,
-            name,
-            api_secret,
-            ttl,
-            no_publish,
-            no_subscribe,
-        }) => {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-            let mut claims = Claims::new(RoomId::new(room)?, UserId::new(user)?, now, ttl);
-            claims.name = name;
-            claims.can_publish = !no_publish;
-            claims.can_subscribe = !no_subscribe;
-            println!("{}", token::mint(api_secret.as_bytes(), &claims));
-            Ok(())
-        }
+        Some(Command::Token(args)) => args.run(),
+        Some(Command::ApiToken(args)) => args.run(),
         Some(Command::Run(args)) => run(*args),
         None => run(cli.run),
     }

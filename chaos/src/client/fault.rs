@@ -65,6 +65,9 @@ pub(crate) enum Watched {
     Replaced,
     /// We closed the socket ourselves.
     ClosedLocally,
+    /// The node said `removed` (the application removed us, or closed the room): out for
+    /// good, no reconnecting (PROTOCOL.md).
+    Removed(String),
 }
 
 /// Waits until `client` needs replacing, or was closed by us. With `silence`, the node is
@@ -115,6 +118,13 @@ pub(crate) async fn next_fault(client: &Client, silence: Option<Duration>) -> Wa
 
 fn fault_now(client: &Client) -> Option<Watched> {
     let from_log = client.events.scan(|messages, closed| {
+        let removed = messages.iter().find_map(|m| match m {
+            ServerMessage::Removed { reason } => Some(reason.clone()),
+            _ => None,
+        });
+        if let Some(reason) = removed {
+            return Some(Watched::Removed(reason));
+        }
         let reconnect = messages.iter().find_map(|m| match m {
             ServerMessage::Reconnect { reason, url } => Some(Cause::Reconnect {
                 reason: reason.clone(),

@@ -127,6 +127,9 @@ pub enum EndReason {
     /// The node closed the socket after `error unauthorized`: the same user joined from
     /// elsewhere, and coming back would only evict that session in turn.
     Replaced,
+    /// The node said `removed`: the application removed the participant (`removed`) or
+    /// closed the room (`room_closed`).
+    Removed(String),
     /// A fault with recovery disabled ([`RecoveryPolicy::enabled`]).
     NotRecovering(Cause),
     /// The recovery deadline passed.

@@ -7,6 +7,7 @@ use super::{
 use crate::client::fault::{is_refused, next_fault, Cause, Watched};
 use crate::client::{Client, Joined};
 use crate::error::{Error, Result};
+use protocol::signal::ServerMessage;
 use protocol::ErrorCode;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ pub(super) async fn supervise(shared: Arc<Shared>) {
         let cause = match watched {
             Watched::ClosedLocally => return,
             Watched::Replaced => return shared.end(EndReason::Replaced),
+            Watched::Removed(reason) => return shared.end(EndReason::Removed(reason)),
             Watched::Fault(cause) => cause,
         };
         if !shared.config.recovery.enabled {
@@ -118,6 +120,15 @@ async fn recover(shared: &Shared, old: &Client, cause: Cause) -> Option<usize> {
     });
     // A publish under way finishes (or fails, its connection being gone) first.
     let _ops = shared.ops.lock().await;
+    // Grants changed by the application came with a new resume token; the old one no
+    // longer resumes (PROTOCOL.md `permissions_changed`).
+    let renewed = old.messages().into_iter().rev().find_map(|m| match m {
+        ServerMessage::PermissionsChanged { resume_token, .. } => Some(resume_token),
+        _ => None,
+    });
+    if let Some(token) = renewed {
+        shared.update(|s| s.joined.resume_token = token);
+    }
     old.shutdown().await;
     let restarted_unix_us = unix_now_us();
     shared.update(|s| s.recoveries[index].restarted_unix_us = restarted_unix_us);
