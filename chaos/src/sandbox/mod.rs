@@ -70,6 +70,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long [`Cluster::stop`] waits after SIGINT before SIGKILL.
+/// The API key the sandbox's coordinators take room API call tokens for (`--api-key`); the
+/// secret is the cluster's API secret ([`Cluster::api_secret`]).
+pub const API_KEY: &str = "sandbox";
+
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The running cluster. See the module documentation for the contract.

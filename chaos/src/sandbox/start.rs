@@ -218,6 +218,10 @@ impl Cluster {
                 &format!("127.0.0.1:{port}"),
                 "--admin-token",
                 &spec.admin_token,
+                "--api-key",
+                super::API_KEY,
+                "--api-secret",
+                &spec.api_secret,
             ]
             .iter()
             .map(|s| s.to_string())
