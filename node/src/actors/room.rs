@@ -393,8 +393,9 @@ impl Handler<AdmitMember> for Room {
             tracing::info!(room = %self.id, %user, code = code.as_str(), "join refused by the room's settings");
             return Err(Refused::settled(code));
         }
-        // The same user joining again replaces the old participant.
-        let replaced = self.members.contains_key(&user);
+        // The same user joining again replaces the old participant (here, or on another
+        // node of the room, which removes its own when it hears of this one).
+        let replaced = self.members.contains_key(&user) || self.links.remote.contains(&user);
         self.remove_member(&user, Departure::Replaced);
         let everyone = self.members.len() + self.links.remote.count();
         let share = self.node.config.room_node_share;

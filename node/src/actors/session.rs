@@ -508,6 +508,7 @@ impl SignalingSession {
                     ErrorCode::RoomFull => "room is full",
                     ErrorCode::Unavailable => "the cluster cannot host the room right now",
                     ErrorCode::Unauthorized => "the same user joined from another connection",
+                    ErrorCode::Forbidden => "the room does not admit this user",
                     _ => "join failed",
                 };
                 return self.error(code, text, ctx);
