@@ -708,6 +708,7 @@ impl Handler<Observe> for Room {
                     "relayed_from": t.relayed_from,
                     "kind": t.kind,
                     "codec": t.codec.mime_type,
+                    "muted": t.is_muted(),
                     "subscribers": fanout.iter().map(|d| d.subscriber.to_string()).collect::<Vec<_>>(),
                 })
             })
@@ -716,9 +717,10 @@ impl Handler<Observe> for Room {
         members.sort_by_key(|m| m.seq);
         MessageResult(serde_json::json!({
             "id": self.id,
-            "members": members.iter().map(|m| serde_json::json!({"id": m.info.id, "name": m.info.name})).collect::<Vec<_>>(),
+            "members": members.iter().map(|m| serde_json::json!({"id": m.info.id, "name": m.info.name, "can_publish": m.claims.can_publish, "can_subscribe": m.claims.can_subscribe})).collect::<Vec<_>>(),
             "tracks": tracks,
             "remote": self.links.remote.participants().collect::<Vec<_>>(),
+            "settings": self.settings,
             "links": self.links.observe(),
         }))
     }
