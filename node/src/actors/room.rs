@@ -386,9 +386,9 @@ impl Handler<AdmitMember> for Room {
             return Err(ErrorCode::Unauthorized.into());
         }
         // The room's own rules (room API settings) refuse before anyone is replaced.
-        let others = self.members.len() - usize::from(self.members.contains_key(&user))
-            + self.links.remote.count()
-            - usize::from(self.links.remote.contains(&user));
+        let others = (self.members.len() + self.links.remote.count())
+            .saturating_sub(usize::from(self.members.contains_key(&user)))
+            .saturating_sub(usize::from(self.links.remote.contains(&user)));
         if let Err(code) = rules::admits(&self.settings, &user, claims.admit_private, others) {
             tracing::info!(room = %self.id, %user, code = code.as_str(), "join refused by the room's settings");
             return Err(Refused::settled(code));
