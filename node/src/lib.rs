@@ -17,6 +17,7 @@ pub mod membership;
 pub mod metrics;
 pub mod peers;
 pub mod process_metrics;
+pub mod webhooks;
 pub mod ws_limit;
 
 pub use config::Config;
@@ -39,6 +40,14 @@ pub fn unix_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch (webhook events, `joined_ms`).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
@@ -133,6 +142,10 @@ pub async fn start_in_system(
         drain_started: Arc::new(AtomicBool::new(false)),
         exit: Arc::new(tokio::sync::Notify::new()),
         connections: Arc::default(),
+        webhooks: cluster
+            .as_ref()
+            .map(webhooks::Webhooks::start)
+            .unwrap_or_else(webhooks::Webhooks::disabled),
     };
     let rooms: Addr<RoomRegistry> = RoomRegistry::new(shared.clone()).start();
     let node = NodeEntry { shared, rooms };

@@ -229,7 +229,20 @@ impl RemoteMembers {
                     }
                 }
             }
-            RoomChange::TrackMuted { .. } => {}
+            RoomChange::TrackMuted {
+                participant,
+                track_id,
+                muted,
+            } => {
+                let track = node
+                    .find(participant)
+                    .and_then(|p| p.tracks.iter_mut().find(|t| &t.id == track_id));
+                if let Some(t) = track.filter(|t| t.muted != *muted) {
+                    t.muted = *muted;
+                    out.notices
+                        .push(muted_notice(participant, track_id, *muted));
+                }
+            }
             RoomChange::TrackUnpublished {
                 participant,
                 track_id,
@@ -271,8 +284,14 @@ impl RemoteMembers {
             match st.participants.iter().find(|q| q.id == p.id) {
                 None => notices.extend(left(p.clone())),
                 Some(q) => {
-                    for t in p.tracks.iter().filter(|t| !q.tracks.contains(t)) {
-                        notices.push(unpublished(&p.id, &t.id));
+                    for t in &p.tracks {
+                        match q.tracks.iter().find(|u| u.id == t.id) {
+                            None => notices.push(unpublished(&p.id, &t.id)),
+                            Some(u) if u.muted != t.muted => {
+                                notices.push(muted_notice(&p.id, &t.id, u.muted))
+                            }
+                            Some(_) => {}
+                        }
                     }
                 }
             }
@@ -286,7 +305,7 @@ impl RemoteMembers {
                 }));
             }
             for t in &q.tracks {
-                if !before.is_some_and(|p| p.tracks.contains(t)) {
+                if !before.is_some_and(|p| p.tracks.iter().any(|b| b.id == t.id)) {
                     notices.push(published(&q.id, t));
                 }
             }
@@ -319,6 +338,14 @@ fn published(participant: &UserId, track: &TrackInfo) -> Notice {
     ServerMessage::TrackPublished {
         participant: participant.clone(),
         track: track.clone(),
+    }
+}
+
+fn muted_notice(participant: &UserId, track_id: &TrackId, muted: bool) -> Notice {
+    ServerMessage::TrackMuted {
+        participant: participant.clone(),
+        track_id: track_id.clone(),
+        muted,
     }
 }
 
@@ -574,5 +601,83 @@ mod tests {
         assert_eq!(m.count(), 2);
         assert_eq!(m.node_of(&user("dave")), Some(&node("eu")));
         assert!(m.forget_dead(&node("eu")).is_empty());
+    }
+
+    fn mute(u: &str, t: &str, muted: bool) -> RoomChange {
+        RoomChange::TrackMuted {
+            participant: user(u),
+            track_id: TrackId::new(t).unwrap(),
+            muted,
+        }
+    }
+
+    fn muted_of(m: &RemoteMembers, u: &str, t: &str) -> Option<bool> {
+        m.participants()
+            .find(|p| p.id == user(u))
+            .and_then(|p| p.tracks.iter().find(|x| x.id.as_str() == t))
+            .map(|x| x.muted)
+    }
+
+    #[test]
+    fn a_muted_track_is_told_once_and_remembered() {
+        let mut m = RemoteMembers::new();
+        m.apply_event(&ev("eu", 1, join("alice")));
+        m.apply_event(&ev("eu", 2, publish("alice", "T1")));
+        let a = m.apply_event(&ev("eu", 3, mute("alice", "T1", true)));
+        assert_eq!(
+            a.notices,
+            vec![ServerMessage::TrackMuted {
+                participant: user("alice"),
+                track_id: TrackId::new("T1").unwrap(),
+                muted: true,
+            }]
+        );
+        assert_eq!(muted_of(&m, "alice", "T1"), Some(true));
+        // Muting a muted track again is no news; an unknown track or user neither.
+        assert!(m
+            .apply_event(&ev("eu", 4, mute("alice", "T1", true)))
+            .notices
+            .is_empty());
+        assert!(m
+            .apply_event(&ev("eu", 5, mute("alice", "T9", true)))
+            .notices
+            .is_empty());
+        assert!(m
+            .apply_event(&ev("eu", 6, mute("bob", "T1", false)))
+            .notices
+            .is_empty());
+        let a = m.apply_event(&ev("eu", 7, mute("alice", "T1", false)));
+        assert_eq!(a.notices.len(), 1);
+        assert_eq!(muted_of(&m, "alice", "T1"), Some(false));
+    }
+
+    #[test]
+    fn a_snapshot_tells_a_mute_change_without_republishing() {
+        let mut m = RemoteMembers::new();
+        m.apply_event(&ev("eu", 1, join("alice")));
+        m.apply_event(&ev("eu", 2, publish("alice", "T1")));
+        let mut t = track("T1");
+        t.muted = true;
+        let st = RoomState {
+            v: VERSION,
+            room: RoomId::new("r").unwrap(),
+            node: node("eu"),
+            present: true,
+            seq: 3,
+            participants: vec![ParticipantState {
+                id: user("alice"),
+                name: "alice".into(),
+                tracks: vec![t],
+            }],
+        };
+        assert_eq!(
+            m.apply_snapshot(&st),
+            vec![ServerMessage::TrackMuted {
+                participant: user("alice"),
+                track_id: TrackId::new("T1").unwrap(),
+                muted: true,
+            }]
+        );
+        assert_eq!(muted_of(&m, "alice", "T1"), Some(true));
     }
 }

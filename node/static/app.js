@@ -98,6 +98,7 @@
     recoveries: [], // finished ones, for tests (see `window.demo.recoveries`)
     firstMessage: null, // 'join' | 'resume' for the socket being opened
     replaced: false, // the node said this user joined again elsewhere
+    removed: null, // the `removed` reason: out for good, never reconnect
     errors: [],
     messages: [],
   };
@@ -622,6 +623,7 @@
     s.wsUrl = url;
     s.firstMessage = first.type;
     s.replaced = false;
+    s.removed = null;
     let ws;
     try {
       ws = new WebSocket(url);
@@ -958,6 +960,26 @@
       case 'message':
         s.messages.push({ from: msg.from, data: msg.data, at: Date.now() });
         log('message from', msg.from, msg.data);
+        break;
+      case 'removed':
+        // Out for good (the application removed us or closed the room): the node closes
+        // the socket (1000) and we must not come back.
+        log('removed from the room:', msg.reason);
+        s.removed = msg.reason || 'removed';
+        showError(`removed from the room (${s.removed})`, 'removed');
+        teardown('closed');
+        break;
+      case 'data':
+        s.messages.push({ from: null, topic: msg.topic || null, data: msg.data, at: Date.now() });
+        log('data', msg.topic ? `(${msg.topic})` : '', msg.data);
+        break;
+      case 'track_muted': {
+        log(msg.muted ? 'muted:' : 'unmuted:', msg.participant, msg.track_id);
+        break;
+      }
+      case 'permissions_changed':
+        if (msg.resume_token) s.resumeToken = msg.resume_token;
+        log('permissions changed: publish', msg.can_publish, 'subscribe', msg.can_subscribe);
         break;
       case 'reconnect':
         // The node closes the socket next (code 1012); `recover` has let go of it already.

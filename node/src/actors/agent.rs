@@ -2,10 +2,10 @@
 //! serves what other processes ask of this node: joins for rooms hosted here, signaling of
 //! participants whose socket is on another node, drain, and the room list.
 
-use super::room::JoinedInfo;
+use super::room::{JoinedInfo, Refused, REFUSED_BY_SETTINGS};
 use super::rooms::{
-    Assigned, Fence, JoinRoom, ListRooms, NodeGone, RemotePeerCommand, RemoteRelayMessage,
-    ResumeRefused, ResumeRoom, RoomRegistry, StateOfRoom,
+    AdminRoom, Assigned, Fence, JoinRoom, ListRooms, NodeGone, RemotePeerCommand,
+    RemoteRelayMessage, ResumeRefused, ResumeRoom, RoomRegistry, StateOfRoom,
 };
 use super::router::{Broadcast, Routed};
 use super::{NodeCtx, NodeEntry, Observe};
@@ -13,6 +13,7 @@ use crate::cluster::Cluster;
 use actix::prelude::*;
 use futures::StreamExt;
 use protocol::cluster::{self as wire, NodeHeartbeat, NodeLoad, RemoteJoin, RemoteJoinReply};
+use protocol::room_api::{AdminReply, RoomAdmin};
 use serde::Serialize;
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -149,6 +150,21 @@ impl NodeAgent {
             let (rooms, secret) = (rooms.clone(), secret.clone());
             async move { remote_resume(&rooms, secret.as_bytes(), &payload).await }
         });
+        let rooms = self.rooms.clone();
+        let admin_busy = AdminReply::Error {
+            code: protocol::ErrorCode::Unavailable,
+            message: "node busy: too many cluster requests at once".into(),
+        };
+        let admit = Admission::new(&permits, Some(admin_busy));
+        serve_requests(
+            c,
+            protocol::room_api::node_admin(id),
+            admit,
+            move |payload| {
+                let rooms = rooms.clone();
+                async move { room_admin(&rooms, &payload).await }
+            },
+        );
         let (rooms, node) = (self.rooms.clone(), id.clone());
         serve_requests(
             c,
@@ -516,8 +532,31 @@ async fn remote_join(rooms: &Addr<RoomRegistry>, secret: &[u8], payload: &[u8]) 
         nodes: req.nodes,
         rejoin: matches!(req.proof, wire::JoinProof::Resume(_)),
         rank: 0,
+        settings: req.settings,
     };
     joined_reply(rooms.send(join).await, "join refused by the room's node")
+}
+
+/// A coordinator's room API operation on this node's participants. A payload that does
+/// not parse is answered `bad_request`.
+async fn room_admin(rooms: &Addr<RoomRegistry>, payload: &[u8]) -> AdminReply {
+    let req = match serde_json::from_slice::<RoomAdmin>(payload) {
+        Ok(req) => req,
+        Err(e) => {
+            tracing::warn!(error = %e, "bad room admin request");
+            return AdminReply::Error {
+                code: protocol::ErrorCode::BadRequest,
+                message: e.to_string(),
+            };
+        }
+    };
+    rooms
+        .send(AdminRoom(req))
+        .await
+        .unwrap_or_else(|_| AdminReply::Error {
+            code: protocol::ErrorCode::Unavailable,
+            message: "node is shutting down".into(),
+        })
 }
 
 /// A participant of a room hosted here resumes through another node. The token is checked
@@ -549,7 +588,9 @@ async fn remote_resume(
     };
     match rooms.send(resume).await {
         Ok(Err(ResumeRefused::Moved)) | Err(_) => RemoteJoinReply::Moved,
-        Ok(Err(ResumeRefused::Failed(code))) => joined_reply(Ok(Err(code)), "participant gone"),
+        Ok(Err(ResumeRefused::Failed(code))) => {
+            joined_reply(Ok(Err(code.into())), "participant gone")
+        }
         Ok(Ok(info)) => joined_reply(Ok(Ok(info)), ""),
     }
 }
@@ -563,7 +604,7 @@ fn bad_request(e: serde_json::Error) -> RemoteJoinReply {
 
 /// What the registry answered to a join or resume, as the reply to the session's node.
 fn joined_reply(
-    res: Result<Result<JoinedInfo, protocol::ErrorCode>, MailboxError>,
+    res: Result<Result<JoinedInfo, Refused>, MailboxError>,
     refused: &str,
 ) -> RemoteJoinReply {
     match res {
@@ -573,9 +614,14 @@ fn joined_reply(
             ice_servers: info.ice_servers,
             participants: info.participants,
         },
-        Ok(Err(code)) => RemoteJoinReply::Error {
+        Ok(Err(Refused { code, settled })) => RemoteJoinReply::Error {
             code,
-            message: refused.into(),
+            message: if settled {
+                REFUSED_BY_SETTINGS
+            } else {
+                refused
+            }
+            .into(),
         },
         Err(_) => RemoteJoinReply::Error {
             code: protocol::ErrorCode::Unavailable,

@@ -76,6 +76,8 @@ pub struct NodeCtx {
     pub exit: Arc<tokio::sync::Notify>,
     /// The signaling sockets held, in all and per source address (`limits`).
     pub connections: Arc<crate::limits::Connections>,
+    /// Where the rooms hand their participants' webhook events (nothing standalone).
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 impl NodeCtx {

@@ -50,16 +50,32 @@ pub enum PeerEvent {
     TrackEnded { owner: UserId, track_id: TrackId },
     /// A subscriber's connection negotiated a down track: start forwarding to it.
     DownTrackReady(Arc<DownTrack>),
-    /// The peer ended (leave, connection failure, resume grace over).
-    Gone { user: UserId, peer: Addr<Peer> },
+    /// The peer ended (leave, connection failure, resume grace over). `leaving`: the client
+    /// sent `leave`.
+    Gone {
+        user: UserId,
+        peer: Addr<Peer>,
+        leaving: bool,
+    },
+}
+
+/// What a participant may do; the room API changes them while it is in the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grants {
+    pub can_publish: bool,
+    pub can_subscribe: bool,
 }
 
 pub struct Peer {
     user: UserId,
     role: PeerRole,
     room_id: RoomId,
-    can_publish: bool,
-    can_subscribe: bool,
+    grants: Grants,
+    /// Tracks its connection still carries while it may not publish: not in the room, and
+    /// published again if it may again.
+    withheld: HashMap<TrackId, Arc<TrackSource>>,
+    /// The client sent `leave`.
+    leaving: bool,
     /// The room this peer belongs to, which handles its [`PeerEvent`]s.
     room: Recipient<PeerEvent>,
     node: NodeCtx,
@@ -100,8 +116,7 @@ impl Peer {
         user: UserId,
         role: PeerRole,
         room_id: RoomId,
-        can_publish: bool,
-        can_subscribe: bool,
+        grants: Grants,
         room: Recipient<PeerEvent>,
         node: NodeCtx,
     ) -> Self {
@@ -110,8 +125,9 @@ impl Peer {
             user,
             role,
             room_id,
-            can_publish,
-            can_subscribe,
+            grants,
+            withheld: HashMap::new(),
+            leaving: false,
             room,
             node,
             publisher: None,
@@ -301,6 +317,7 @@ impl Peer {
         self.pending_ready.clear();
         self.publisher_ufrag = None;
         self.publisher_sending.clear();
+        self.withheld.clear();
         self.unpublish_all();
     }
 
@@ -357,6 +374,7 @@ impl Actor for Peer {
         self.room.do_send(PeerEvent::Gone {
             user: self.user.clone(),
             peer: ctx.address(),
+            leaving: self.leaving,
         });
     }
 }
@@ -387,7 +405,7 @@ pub struct Publish {
 impl Handler<Publish> for Peer {
     type Result = ();
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) {
-        if !self.can_publish {
+        if !self.grants.can_publish {
             return self.error(ErrorCode::Forbidden, "token does not allow publishing");
         }
         // The SDP fuzzer's planted fault: an offer with more than two `a=mid` lines.
@@ -523,7 +541,7 @@ pub struct Subscribe(pub Arc<TrackSource>);
 impl Handler<Subscribe> for Peer {
     type Result = ();
     fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
-        if self.can_subscribe && msg.0.owner != self.user {
+        if self.grants.can_subscribe && msg.0.owner != self.user {
             self.wanted.insert(msg.0.id.clone(), msg.0);
             self.negotiate(ctx);
         }
@@ -563,10 +581,18 @@ impl Handler<TransportEvent> for Peer {
                     let text = format!("at most {max} tracks per publisher");
                     return self.error(ErrorCode::Forbidden, text);
                 }
+                if self.role == PeerRole::Client && !self.grants.can_publish {
+                    // Offered before its grant was taken away: kept back.
+                    self.withheld.insert(source.id.clone(), source);
+                    return;
+                }
                 self.own_tracks.insert(source.id.clone(), source.clone());
                 self.room.do_send(PeerEvent::TrackPublished(source));
             }
-            TransportEvent::TrackEnded(track_id) => self.end_track(track_id),
+            TransportEvent::TrackEnded(track_id) => {
+                self.withheld.remove(&track_id);
+                self.end_track(track_id)
+            }
             TransportEvent::Connected(PcKind::Subscriber) => {
                 self.subscriber_connected = true;
                 for dt in std::mem::take(&mut self.pending_ready) {
@@ -613,6 +639,7 @@ impl Handler<SessionGone> for Peer {
             grace = grace.max(SUPERSEDED_GRACE);
         }
         if msg.leaving || grace.is_zero() {
+            self.leaving = msg.leaving;
             return ctx.stop();
         }
         self.detached = true;
@@ -646,6 +673,41 @@ impl Handler<SessionAttached> for Peer {
     }
 }
 
+/// The room API changed the participant's grants. Losing `can_publish` ends its tracks
+/// (their connection stays, and they come back if it may publish again); its later
+/// `publish` offers are refused. Losing `can_subscribe` takes every track away from it (a
+/// fresh subscribe offer); the room subscribes it to everything when it gains it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetGrants(pub Grants);
+
+impl Handler<SetGrants> for Peer {
+    type Result = ();
+    fn handle(&mut self, msg: SetGrants, ctx: &mut Context<Self>) {
+        let (old, new) = (self.grants, msg.0);
+        self.grants = new;
+        if old.can_publish && !new.can_publish {
+            let ids: Vec<TrackId> = self.own_tracks.keys().cloned().collect();
+            for id in ids {
+                if let Some(source) = self.own_tracks.get(&id).cloned() {
+                    self.withheld.insert(id.clone(), source);
+                }
+                self.end_track(id);
+            }
+        }
+        if !old.can_publish && new.can_publish {
+            for (id, source) in std::mem::take(&mut self.withheld) {
+                self.own_tracks.insert(id, source.clone());
+                self.room.do_send(PeerEvent::TrackPublished(source));
+            }
+        }
+        if old.can_subscribe && !new.can_subscribe && !self.wanted.is_empty() {
+            self.wanted.clear();
+            self.negotiate(ctx);
+        }
+    }
+}
+
 /// The room removed this participant.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -670,6 +732,9 @@ impl Handler<Observe> for Peer {
             "negotiated": self.current.keys().collect::<Vec<_>>(),
             "negotiating": self.negotiating,
             "detached": self.detached,
+            "can_publish": self.grants.can_publish,
+            "can_subscribe": self.grants.can_subscribe,
+            "withheld": self.withheld.keys().collect::<Vec<_>>(),
         }))
     }
 }

@@ -9,8 +9,12 @@
 //! hosts it through [`RoomReport`]s, sent to the recipient the registry gave it: this module
 //! does not name the registry.
 
+mod admin;
 mod links;
+mod rules;
 mod tally;
+
+pub use admin::AdminRequest;
 
 pub use links::{ListLinks, LocalState, RelaySignal, RoomNodeGone, RELAY_USER_PREFIX};
 
@@ -23,8 +27,10 @@ use actix::prelude::*;
 use base64::Engine;
 use links::Links;
 use protocol::cluster::{PeerCmd, RoomChange};
+use protocol::room_api::RoomSettings;
 use protocol::signal::{IceServer, ParticipantInfo, ParticipantState, ServerMessage, TrackInfo};
 use protocol::token::Claims;
+use protocol::webhook::EventKind;
 use protocol::{ErrorCode, NodeId, RoomId, TrackId, UserId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,7 +41,10 @@ const ROOM_SERIES_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 struct Member {
     info: ParticipantInfo,
     peer: Addr<Peer>,
-    can_subscribe: bool,
+    /// The claims it joined with, its grants as they are now (the room API changes them).
+    claims: Claims,
+    /// When it joined here (ms since the Unix epoch).
+    joined_ms: u64,
     resume_token: String,
     /// Join order, so `joined` lists participants as they arrived.
     seq: u64,
@@ -57,7 +66,23 @@ pub struct Room {
     links: Links,
     /// The room's own metric series.
     tally: tally::RoomTally,
+    /// The latest settings a placement handed the room (room API); the defaults until then.
+    settings: RoomSettings,
     _live: Live,
+}
+
+/// Why a member leaves the room here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Departure {
+    /// The same user joined again (here or on another node): still in the room.
+    Replaced,
+    /// Its peer ended: `leaving` when the client sent `leave`, otherwise its connection
+    /// failed or its resume grace ran out.
+    PeerGone { leaving: bool },
+    /// The application removed it, or closed the room (room API).
+    Removed,
+    /// The room closed here.
+    RoomClosed,
 }
 
 impl Room {
@@ -79,6 +104,7 @@ impl Room {
             next_seq: 0,
             links,
             tally: tally::RoomTally::default(),
+            settings: RoomSettings::default(),
             _live: live,
         }
     }
@@ -101,9 +127,20 @@ impl Room {
             .map(|t| TrackInfo {
                 id: t.id.clone(),
                 kind: t.kind,
-                muted: false,
+                muted: t.is_muted(),
             })
             .collect()
+    }
+
+    /// A local member's participant info, or one made of the id for a member already gone.
+    fn info_of(&self, user: &UserId) -> ParticipantInfo {
+        match self.members.get(user) {
+            Some(m) => m.info.clone(),
+            None => ParticipantInfo {
+                id: user.clone(),
+                name: user.to_string(),
+            },
+        }
     }
 
     /// This node's participants with their tracks, in join order.
@@ -172,6 +209,15 @@ impl Room {
         };
         source.clear_fanout();
         if source.relayed_from.is_none() {
+            let track = TrackInfo {
+                id: source.id.clone(),
+                kind: source.kind,
+                muted: source.is_muted(),
+            };
+            let owner = self.info_of(&source.owner);
+            self.node
+                .webhooks
+                .track(EventKind::TrackUnpublished, &self.id, &owner, track);
             let msg = ServerMessage::TrackUnpublished {
                 participant: source.owner.clone(),
                 track_id: track_id.clone(),
@@ -203,10 +249,11 @@ impl Room {
             .publish(self.id.as_str(), self.members.len(), self.tracks.len());
     }
 
-    fn remove_member(&mut self, user: &UserId) {
-        let Some(member) = self.members.remove(user) else {
+    fn remove_member(&mut self, user: &UserId, why: Departure) {
+        if !self.members.contains_key(user) {
             return;
-        };
+        }
+        // Its tracks end while it is still a member, so their events name it.
         let owned: Vec<TrackId> = self
             .tracks
             .values()
@@ -216,6 +263,9 @@ impl Room {
         for id in owned {
             self.unpublish(&id);
         }
+        let Some(member) = self.members.remove(user) else {
+            return;
+        };
         for source in self.tracks.values() {
             source.remove_subscriber(user);
         }
@@ -224,11 +274,20 @@ impl Room {
             self.broadcast(user, &ServerMessage::ParticipantLeft { id: user.clone() });
         }
         self.announce(RoomChange::Left { id: user.clone() });
+        let draining = self
+            .node
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if rules::left_for_good(why, draining, self.links.remote.contains(user)) {
+            self.node
+                .webhooks
+                .participant(EventKind::ParticipantLeft, &self.id, &member.info);
+        }
         member.peer.do_send(peer::Close);
         self.registry.do_send(RoomReport::MemberLeft {
             room: self.id.clone(),
         });
-        tracing::info!(room = %self.id, %user, "participant left");
+        tracing::info!(room = %self.id, %user, ?why, "participant left");
     }
 }
 
@@ -266,13 +325,17 @@ pub struct JoinedInfo {
 
 /// Makes the token's user a member of the room, with a new peer on this node.
 #[derive(Message)]
-#[rtype(result = "Result<JoinedInfo, ErrorCode>")]
+#[rtype(result = "Result<JoinedInfo, Refused>")]
 pub struct AdmitMember {
     pub claims: Claims,
     /// The room's other nodes as the directory lists them now.
     pub nodes: Vec<NodeId>,
     /// See [`JoinRoom::rank`](super::rooms::JoinRoom::rank).
     pub rank: u64,
+    /// See [`JoinRoom::rejoin`](super::rooms::JoinRoom::rejoin).
+    pub rejoin: bool,
+    /// The room's settings from its placement; `None` keeps those the room has.
+    pub settings: Option<RoomSettings>,
 }
 
 /// Hands a member, named by its resume token, to a new socket.
@@ -307,27 +370,40 @@ impl Handler<MemberCommand> for Room {
 pub struct Shutdown;
 
 impl Handler<AdmitMember> for Room {
-    type Result = Result<JoinedInfo, ErrorCode>;
+    type Result = Result<JoinedInfo, Refused>;
 
     fn handle(&mut self, msg: AdmitMember, ctx: &mut Context<Self>) -> Self::Result {
         let claims = msg.claims;
         let user = claims.sub.clone();
         self.learn_nodes(msg.nodes, ctx);
+        if let Some(settings) = msg.settings {
+            self.settings = settings;
+        }
         // A later registered socket of the same user joined first: this older join lost
         // (the router is closing its socket) and must not replace the newer participant.
         if msg.rank != 0 && self.members.get(&user).is_some_and(|m| m.rank > msg.rank) {
             tracing::info!(room = %self.id, %user, "the join of a replaced socket refused");
-            return Err(ErrorCode::Unauthorized);
+            return Err(ErrorCode::Unauthorized.into());
         }
-        // The same user joining again replaces the old participant.
-        self.remove_member(&user);
+        // The room's own rules (room API settings) refuse before anyone is replaced.
+        let others = (self.members.len() + self.links.remote.count())
+            .saturating_sub(usize::from(self.members.contains_key(&user)))
+            .saturating_sub(usize::from(self.links.remote.contains(&user)));
+        if let Err(code) = rules::admits(&self.settings, &user, claims.admit_private, others) {
+            tracing::info!(room = %self.id, %user, code = code.as_str(), "join refused by the room's settings");
+            return Err(Refused::settled(code));
+        }
+        // The same user joining again replaces the old participant (here, or on another
+        // node of the room, which removes its own when it hears of this one).
+        let replaced = self.members.contains_key(&user) || self.links.remote.contains(&user);
+        self.remove_member(&user, Departure::Replaced);
         let everyone = self.members.len() + self.links.remote.count();
         let share = self.node.config.room_node_share;
         // Both refusals say `room_full`; the joining session asks the coordinator for
         // another node of the room once, which a room at its size refuses too.
         if everyone >= self.node.config.max_room_size || (share > 0 && self.members.len() >= share)
         {
-            return Err(ErrorCode::RoomFull);
+            return Err(ErrorCode::RoomFull.into());
         }
         let info = ParticipantInfo {
             id: user.clone(),
@@ -337,8 +413,10 @@ impl Handler<AdmitMember> for Room {
             user.clone(),
             PeerRole::Client,
             self.id.clone(),
-            claims.can_publish,
-            claims.can_subscribe,
+            peer::Grants {
+                can_publish: claims.can_publish,
+                can_subscribe: claims.can_subscribe,
+            },
             ctx.address().recipient(),
             self.node.clone(),
         )
@@ -354,32 +432,29 @@ impl Handler<AdmitMember> for Room {
                 },
             );
         }
-        // Self-contained and signed: any node of the cluster restores the participant from
-        // it, also when this node is gone (PROTOCOL.md `resume`).
-        let mut raw = [0u8; 18];
-        rand::Rng::fill(&mut rand::thread_rng(), &mut raw);
-        let cfg = &self.node.config;
-        let resume = protocol::token::ResumeClaims::new(
-            &claims,
-            cfg.node_id.clone(),
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw),
-            crate::unix_secs(),
-            cfg.resume_token_ttl.as_secs(),
-        );
-        let resume_token = protocol::token::mint_resume(cfg.api_secret.as_bytes(), &resume);
+        // A fresh join only: not a participant moved here (failover, drain, resume
+        // anywhere), nor the same user replacing itself.
+        if !msg.rejoin && !returning && !replaced {
+            self.node
+                .webhooks
+                .participant(EventKind::ParticipantJoined, &self.id, &info);
+        }
+        let resume_token = self.mint_resume_token(&claims);
+        let can_subscribe = claims.can_subscribe;
         self.next_seq += 1;
         self.members.insert(
             user.clone(),
             Member {
                 info: info.clone(),
                 peer: peer.clone(),
-                can_subscribe: claims.can_subscribe,
+                claims,
+                joined_ms: crate::unix_ms(),
                 resume_token: resume_token.clone(),
                 seq: self.next_seq,
                 rank: msg.rank,
             },
         );
-        if claims.can_subscribe {
+        if can_subscribe {
             for source in self.tracks.values() {
                 peer.do_send(peer::Subscribe(source.clone()));
             }
@@ -397,6 +472,56 @@ impl Handler<AdmitMember> for Room {
             ice_servers: self.ice_servers(&user),
             participants,
         })
+    }
+}
+
+impl Room {
+    /// A resume token for `claims` on this node, with a fresh nonce. Self-contained and
+    /// signed: any node of the cluster restores the participant from it, also when this
+    /// node is gone (PROTOCOL.md `resume`).
+    fn mint_resume_token(&self, claims: &Claims) -> String {
+        let mut raw = [0u8; 18];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut raw);
+        let cfg = &self.node.config;
+        let resume = protocol::token::ResumeClaims::new(
+            claims,
+            cfg.node_id.clone(),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw),
+            crate::unix_secs(),
+            cfg.resume_token_ttl.as_secs(),
+        );
+        protocol::token::mint_resume(cfg.api_secret.as_bytes(), &resume)
+    }
+}
+
+/// The message of a join the room's settings refused, passed to the session's node so
+/// that it asks no other node of the room.
+pub const REFUSED_BY_SETTINGS: &str = "refused by the room's settings";
+
+/// Why a join was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub code: ErrorCode,
+    /// The room's settings refused it: no other node of the room would admit the join, so
+    /// the session must not ask for one.
+    pub settled: bool,
+}
+
+impl Refused {
+    fn settled(code: ErrorCode) -> Self {
+        Refused {
+            code,
+            settled: true,
+        }
+    }
+}
+
+impl From<ErrorCode> for Refused {
+    fn from(code: ErrorCode) -> Self {
+        Refused {
+            code,
+            settled: false,
+        }
     }
 }
 
@@ -432,7 +557,11 @@ impl Handler<PeerEvent> for Room {
             PeerEvent::TrackPublished(source) => self.track_published(source),
             PeerEvent::TrackEnded { owner, track_id } => self.track_ended(&owner, &track_id),
             PeerEvent::DownTrackReady(dt) => self.down_track_ready(dt),
-            PeerEvent::Gone { user, peer } => self.peer_gone(&user, &peer, ctx),
+            PeerEvent::Gone {
+                user,
+                peer,
+                leaving,
+            } => self.peer_gone(&user, &peer, leaving, ctx),
         }
     }
 }
@@ -450,15 +579,19 @@ impl Room {
         let track = TrackInfo {
             id: source.id.clone(),
             kind: source.kind,
-            muted: false,
+            muted: source.is_muted(),
         };
+        let owner = self.info_of(&source.owner);
+        self.node
+            .webhooks
+            .track(EventKind::TrackPublished, &self.id, &owner, track.clone());
         let announce = ServerMessage::TrackPublished {
             participant: source.owner.clone(),
             track: track.clone(),
         };
         self.broadcast(&source.owner, &announce);
         for (id, m) in &self.members {
-            if id != &source.owner && m.can_subscribe {
+            if id != &source.owner && m.claims.can_subscribe {
                 m.peer.do_send(peer::Subscribe(source.clone()));
             }
         }
@@ -493,9 +626,15 @@ impl Room {
     }
 
     /// A member's peer ended, or a relay link's peer failed.
-    fn peer_gone(&mut self, user: &UserId, peer: &Addr<Peer>, ctx: &mut Context<Self>) {
+    fn peer_gone(
+        &mut self,
+        user: &UserId,
+        peer: &Addr<Peer>,
+        leaving: bool,
+        ctx: &mut Context<Self>,
+    ) {
         if self.members.get(user).is_some_and(|m| &m.peer == peer) {
-            self.remove_member(user);
+            self.remove_member(user, Departure::PeerGone { leaving });
             self.update_wants(ctx);
         } else if let Some((node, link)) = self.links.relay_gone(peer) {
             for source in self.tracks.values() {
@@ -511,7 +650,7 @@ impl Handler<Shutdown> for Room {
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
         let users: Vec<UserId> = self.members.keys().cloned().collect();
         for u in users {
-            self.remove_member(&u);
+            self.remove_member(&u, Departure::RoomClosed);
         }
         self.leave_cluster();
         ctx.stop();
@@ -569,6 +708,7 @@ impl Handler<Observe> for Room {
                     "relayed_from": t.relayed_from,
                     "kind": t.kind,
                     "codec": t.codec.mime_type,
+                    "muted": t.is_muted(),
                     "subscribers": fanout.iter().map(|d| d.subscriber.to_string()).collect::<Vec<_>>(),
                 })
             })
@@ -577,9 +717,10 @@ impl Handler<Observe> for Room {
         members.sort_by_key(|m| m.seq);
         MessageResult(serde_json::json!({
             "id": self.id,
-            "members": members.iter().map(|m| serde_json::json!({"id": m.info.id, "name": m.info.name})).collect::<Vec<_>>(),
+            "members": members.iter().map(|m| serde_json::json!({"id": m.info.id, "name": m.info.name, "can_publish": m.claims.can_publish, "can_subscribe": m.claims.can_subscribe})).collect::<Vec<_>>(),
             "tracks": tracks,
             "remote": self.links.remote.participants().collect::<Vec<_>>(),
+            "settings": self.settings,
             "links": self.links.observe(),
         }))
     }

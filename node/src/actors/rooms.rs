@@ -4,8 +4,8 @@
 //! never land in a room that is shutting down.
 
 use super::room::{
-    AdmitMember, FenceRoom, JoinedInfo, ListLinks, LocalState, MemberCommand, RelaySignal,
-    ResumeMember, Room, RoomNodeGone, RoomReport, Shutdown,
+    AdminRequest, AdmitMember, FenceRoom, JoinedInfo, ListLinks, LocalState, MemberCommand,
+    Refused, RelaySignal, ResumeMember, Room, RoomNodeGone, RoomReport, Shutdown,
 };
 use super::router::{Broadcast, Routed};
 use super::{NodeCtx, Observe};
@@ -13,6 +13,7 @@ use actix::prelude::*;
 use protocol::cluster::{
     self as wire, PeerCommand, RelayBody, RelayMessage, RoomMembers, RoomState, RoomStateRequest,
 };
+use protocol::room_api::{AdminOp, AdminReply, RoomAdmin, RoomSettings};
 use protocol::token::{Claims, ResumeClaims};
 use protocol::{ErrorCode, NodeId, RoomId, UserId};
 use std::collections::HashMap;
@@ -24,6 +25,9 @@ struct Hosted {
     epoch: u64,
     /// Bumped whenever the member count changes, so a stale close timer does nothing.
     generation: u64,
+    /// The room's `empty_timeout_secs` (room API settings), when it names one: how long the
+    /// room lives on here once empty, instead of the node's `room_empty_grace`.
+    empty_timeout: Option<std::time::Duration>,
 }
 
 pub struct RoomRegistry {
@@ -51,7 +55,7 @@ impl Actor for RoomRegistry {
 
 /// Joins a room hosted here, creating it on its first join.
 #[derive(Message)]
-#[rtype(result = "Result<JoinedInfo, ErrorCode>")]
+#[rtype(result = "Result<JoinedInfo, Refused>")]
 pub struct JoinRoom {
     pub room: RoomId,
     pub claims: Claims,
@@ -67,6 +71,9 @@ pub struct JoinRoom {
     /// one user joining at once end with the later registered one, as the router decided,
     /// not with whichever join the room happened to admit last.
     pub rank: u64,
+    /// The room's settings as the coordinator answered them (room API); `None` keeps those
+    /// the room has.
+    pub settings: Option<RoomSettings>,
 }
 
 /// Signaling from a participant whose socket is on another node.
@@ -99,12 +106,14 @@ pub enum ResumeRefused {
 }
 
 impl Handler<JoinRoom> for RoomRegistry {
-    type Result = AtomicResponse<Self, Result<JoinedInfo, ErrorCode>>;
+    type Result = AtomicResponse<Self, Result<JoinedInfo, Refused>>;
 
     fn handle(&mut self, msg: JoinRoom, ctx: &mut Context<Self>) -> Self::Result {
         if !msg.rejoin && !self.join_rate.admit(&msg.room) {
             crate::limits::hit("room_joins");
-            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(ErrorCode::RateLimited))));
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(
+                ErrorCode::RateLimited.into()
+            ))));
         }
         let node = self.node.clone();
         let registry = ctx.address().recipient();
@@ -116,9 +125,13 @@ impl Handler<JoinRoom> for RoomRegistry {
                 members: 0,
                 epoch: msg.epoch,
                 generation: 0,
+                empty_timeout: None,
             }
         });
         hosted.epoch = hosted.epoch.max(msg.epoch);
+        if let Some(s) = &msg.settings {
+            hosted.empty_timeout = empty_timeout(s);
+        }
         let addr = hosted.addr.clone();
         let room = msg.room.clone();
         // Waiting here (see `AtomicResponse`) keeps the member count exact: no other join or
@@ -129,12 +142,14 @@ impl Handler<JoinRoom> for RoomRegistry {
                     claims: msg.claims,
                     nodes: msg.nodes,
                     rank: msg.rank,
+                    rejoin: msg.rejoin,
+                    settings: msg.settings,
                 })
                 .await
             }
             .into_actor(self)
             .map(move |res, act, ctx| {
-                let res = res.map_err(|_| ErrorCode::Unavailable)?;
+                let res = res.map_err(|_| Refused::from(ErrorCode::Unavailable))?;
                 if res.is_ok() {
                     if let Some(h) = act.rooms.get_mut(&room) {
                         h.members += 1;
@@ -200,7 +215,7 @@ impl RoomRegistry {
         if h.members > 0 {
             return;
         }
-        let grace = self.node.config.room_empty_grace;
+        let grace = h.empty_timeout.unwrap_or(self.node.config.room_empty_grace);
         if grace.is_zero() {
             return self.close(room);
         }
@@ -231,6 +246,49 @@ impl RoomRegistry {
             };
             c.publish(wire::ROOM_CLOSED.to_owned(), &closed);
         }
+    }
+}
+
+/// The room's empty timeout from its settings, if they name one.
+fn empty_timeout(settings: &RoomSettings) -> Option<std::time::Duration> {
+    (settings.empty_timeout_secs > 0)
+        .then(|| std::time::Duration::from_secs(u64::from(settings.empty_timeout_secs)))
+}
+
+/// A room API operation from a coordinator (`node.<node>.admin`).
+#[derive(Message)]
+#[rtype(result = "AdminReply")]
+pub struct AdminRoom(pub RoomAdmin);
+
+impl Handler<AdminRoom> for RoomRegistry {
+    type Result = AtomicResponse<Self, AdminReply>;
+
+    fn handle(&mut self, msg: AdminRoom, _: &mut Context<Self>) -> Self::Result {
+        let RoomAdmin { room, op, .. } = msg.0;
+        let Some(addr) = self.rooms.get(&room).map(|h| h.addr.clone()) else {
+            let reply = match op {
+                AdminOp::Participants => AdminReply::Participants {
+                    participants: Vec::new(),
+                },
+                _ => AdminReply::NotHere,
+            };
+            return AtomicResponse::new(Box::pin(fut::ready(reply)));
+        };
+        let closing = matches!(op, AdminOp::Close);
+        // Atomic like a join: a close is not overtaken by a join into the closing room.
+        AtomicResponse::new(Box::pin(
+            async move { addr.send(AdminRequest(op)).await }
+                .into_actor(self)
+                .map(move |res, act, _| {
+                    let reply = res.unwrap_or(AdminReply::NotHere);
+                    if closing && matches!(reply, AdminReply::Done { .. }) {
+                        // As when it empties, without the grace: the coordinators drop
+                        // this node from the room at once.
+                        act.close(&room);
+                    }
+                    reply
+                }),
+        ))
     }
 }
 

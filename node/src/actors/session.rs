@@ -216,6 +216,24 @@ impl SignalingSession {
         }
     }
 
+    /// Ends the participant for good: `last` (if any) is the client's last message, then
+    /// the socket closes normally (1000), with no resume grace (the peer ends now).
+    fn end(&mut self, last: Option<ServerMessage>, why: &str, ctx: &mut Context<Self>) {
+        if matches!(self.state, State::Closing) {
+            return;
+        }
+        if let Some(msg) = last {
+            let _ = self.out.try_send(Out::Text(msg.to_json()));
+        }
+        self.detach_from_peer(true);
+        self.state = State::Closing;
+        let _ = self.out.try_send(Out::Close(CloseReason {
+            code: CloseCode::Normal,
+            description: Some(why.to_owned()),
+        }));
+        ctx.stop();
+    }
+
     /// Asks the client to reconnect (PROTOCOL.md `reconnect`) and closes the socket: the
     /// participant waits out its grace period, and the client resumes it wherever it lands.
     fn reconnect(&mut self, reason: String, url: Option<String>, ctx: &mut Context<Self>) {
@@ -354,15 +372,7 @@ impl SignalingSession {
                     })
                     .wait(ctx);
             }
-            (State::Joined { .. }, ClientMessage::Leave) => {
-                self.detach_from_peer(true);
-                self.state = State::Closing;
-                let _ = self.out.try_send(Out::Close(CloseReason {
-                    code: CloseCode::Normal,
-                    description: Some("left".into()),
-                }));
-                ctx.stop();
-            }
+            (State::Joined { .. }, ClientMessage::Leave) => self.end(None, "left", ctx),
             (State::Closing, _) => {}
         }
     }
@@ -498,6 +508,7 @@ impl SignalingSession {
                     ErrorCode::RoomFull => "room is full",
                     ErrorCode::Unavailable => "the cluster cannot host the room right now",
                     ErrorCode::Unauthorized => "the same user joined from another connection",
+                    ErrorCode::Forbidden => "the room does not admit this user",
                     _ => "join failed",
                 };
                 return self.error(code, text, ctx);
@@ -597,6 +608,12 @@ impl Handler<Routed> for SignalingSession {
         match msg {
             Routed::ToClient(ServerMessage::Reconnect { reason, url }) => {
                 self.reconnect(reason, url, ctx)
+            }
+            // The application removed the participant or closed the room: out for good,
+            // the client must not reconnect (PROTOCOL.md `removed`).
+            Routed::ToClient(msg @ ServerMessage::Removed { .. }) => {
+                metrics::counter!("signaling_removed_total").increment(1);
+                self.end(Some(msg), "removed", ctx)
             }
             Routed::ToClient(msg) => {
                 if !matches!(self.state, State::Closing) {

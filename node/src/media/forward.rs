@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use protocol::signal::TrackKind;
 use protocol::{NodeId, TrackId, UserId};
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,9 @@ pub struct TrackSource {
     /// The publisher's connection, where keyframe requests go.
     origin: ConnRef,
     pub media_ssrc: u32,
+    /// The application muted the track (room API): its packets are dropped on arrival, so
+    /// neither local subscribers nor relay links receive anything. Read per packet.
+    muted: AtomicBool,
     created: Instant,
     keyframe_gate: RateGate,
     counters: Arc<Counters>,
@@ -63,6 +66,7 @@ impl TrackSource {
             forwarded: Arc::new(AtomicU64::new(0)),
             origin,
             media_ssrc,
+            muted: AtomicBool::new(false),
             created: Instant::now(),
             keyframe_gate: RateGate::new(KEYFRAME_REQUEST_INTERVAL),
             counters: counters.clone(),
@@ -88,6 +92,20 @@ impl TrackSource {
         if let Err(e) = self.origin.worker.post(move |w| w.send_pli(conn, ssrc)) {
             tracing::debug!(track = %self.id, error = %e, "keyframe request not sent");
         }
+    }
+
+    pub fn is_muted(&self) -> bool {
+        self.muted.load(Ordering::Relaxed)
+    }
+
+    /// Mutes or unmutes the track; whether that changed anything. Unmuting asks for a
+    /// keyframe: the subscribers decode nothing until the next one.
+    pub fn set_muted(&self, muted: bool) -> bool {
+        let changed = self.muted.swap(muted, Ordering::Relaxed) != muted;
+        if changed && !muted {
+            self.request_keyframe();
+        }
+        changed
     }
 
     pub fn add_downtrack(&self, dt: Arc<DownTrack>) {
@@ -328,7 +346,9 @@ impl Inbound {
         if self.local {
             self.counts.published_bytes += len as u64;
         }
-        let padding_only = len == 0;
+        // A muted track's packets are skipped like padding: nothing is forwarded, and the
+        // subscribers' sequence numbers stay contiguous when it is unmuted.
+        let padding_only = len == 0 || self.source.is_muted();
         let (seq_in, ts) = (packet.header.sequence_number, packet.header.timestamp);
         let seq = match self.filter.accept(seq_in, padding_only) {
             SeqVerdict::Forward(seq) => seq,

@@ -262,7 +262,7 @@ impl Room {
                     if self.members.contains_key(&participant.id) =>
                 {
                     tracing::info!(room = %self.id, user = %participant.id, "participant replaced by a join on another node");
-                    self.remove_member(&participant.id);
+                    self.remove_member(&participant.id, super::Departure::Replaced);
                 }
                 // Still in the room, here or on another node.
                 ServerMessage::ParticipantLeft { id }
@@ -347,7 +347,7 @@ impl Room {
         if self.members.is_empty() {
             return;
         }
-        let any_subscriber = self.members.values().any(|m| m.can_subscribe);
+        let any_subscriber = self.members.values().any(|m| m.claims.can_subscribe);
         let nodes: Vec<NodeId> = self.links.remote.nodes().cloned().collect();
         for n in nodes {
             let want = if any_subscriber {
@@ -388,8 +388,10 @@ impl Room {
                 user,
                 role,
                 self.id.clone(),
-                can_publish,
-                !can_publish,
+                peer::Grants {
+                    can_publish,
+                    can_subscribe: !can_publish,
+                },
                 ctx.address().recipient(),
                 self.node.clone(),
             )
@@ -404,7 +406,7 @@ impl Room {
             return;
         }
         for m in self.members.values() {
-            if m.can_subscribe {
+            if m.claims.can_subscribe {
                 m.peer.do_send(peer::Subscribe(source.clone()));
             }
         }

@@ -2,6 +2,8 @@
 //! the cluster, with the coordinator's allocation.
 
 use super::*;
+use crate::actors::room::{Refused, REFUSED_BY_SETTINGS};
+use protocol::room_api::RoomSettings;
 
 /// Resumes a participant wherever it is. The node that hosted it restores it while it lives
 /// and still serves the room (`true`: the old participant, its tracks to be published
@@ -153,7 +155,7 @@ pub(super) async fn join_anywhere(
         rank,
     } = joiner;
     let rejoin = matches!(proof, JoinProof::Resume(_));
-    let local = |epoch, nodes| {
+    let local = |epoch, nodes, settings| {
         let rooms = rooms.clone();
         let (room, claims) = (room.clone(), claims.clone());
         async move {
@@ -165,14 +167,17 @@ pub(super) async fn join_anywhere(
                     nodes,
                     rejoin,
                     rank,
+                    settings,
                 })
                 .await
-                .map_err(|_| ErrorCode::Unavailable)??;
-            Ok(JoinOutcome::local(info))
+                .map_err(|_| Refused::from(ErrorCode::Unavailable))??;
+            Ok::<_, Refused>(JoinOutcome::local(info))
         }
     };
     let Some(cluster) = &node.cluster else {
-        return local(0, Vec::new()).await;
+        // Standalone: the token's settings are the room's (nobody stores them).
+        let settings = claims.room_settings.clone();
+        return local(0, Vec::new(), settings).await.map_err(|r| r.code);
     };
     let me = node.config.node_id.clone();
     let mut ask = AllocateRequest {
@@ -184,13 +189,14 @@ pub(super) async fn join_anywhere(
         lookup: false,
         full: Vec::new(),
         suspects,
-        settings: None,
+        // Stored by the coordinator if this join opens a room without settings.
+        settings: claims.room_settings.clone(),
     };
     loop {
-        let (assignment, serve) = allocate(cluster, &ask).await?;
+        let (assignment, serve, settings) = allocate(cluster, &ask).await?;
         let nodes = assignment.members();
         let outcome = if serve == me {
-            local(assignment.epoch, nodes).await
+            local(assignment.epoch, nodes, settings).await
         } else {
             let remote = RemoteJoin {
                 v: wire::VERSION,
@@ -199,7 +205,7 @@ pub(super) async fn join_anywhere(
                 session_node: me.clone(),
                 epoch: assignment.epoch,
                 nodes,
-                settings: None,
+                settings,
             };
             let reply = cluster
                 .request::<_, RemoteJoinReply>(
@@ -209,7 +215,13 @@ pub(super) async fn join_anywhere(
                 )
                 .await;
             match reply {
-                Ok(reply) => remote_outcome(room.clone(), serve.clone(), reply),
+                Ok(RemoteJoinReply::Error { code, message }) => Err(Refused {
+                    code,
+                    settled: message == REFUSED_BY_SETTINGS,
+                }),
+                Ok(reply) => {
+                    remote_outcome(room.clone(), serve.clone(), reply).map_err(Refused::from)
+                }
                 // The room's node is gone and the coordinator does not know it yet: tell
                 // it, and ask again naming the node, which it then probes first.
                 Err(e) if e.unanswered() && !ask.suspects.contains(&serve) => {
@@ -220,18 +232,22 @@ pub(super) async fn join_anywhere(
                 }
                 Err(e) => {
                     tracing::warn!(%room, node = %serve, error = %e, "remote join failed");
-                    Err(ErrorCode::Unavailable)
+                    Err(ErrorCode::Unavailable.into())
                 }
             }
         };
         match outcome {
             // That node holds its share of the room: another node of the room (or a new
-            // sibling) serves this client.
-            Err(ErrorCode::RoomFull) if ask.full.len() < MAX_SHARE_REFUSALS => {
+            // sibling) serves this client. A room at its own `max_participants` is full on
+            // every node: no other is asked.
+            Err(Refused {
+                code: ErrorCode::RoomFull,
+                settled: false,
+            }) if ask.full.len() < MAX_SHARE_REFUSALS => {
                 tracing::info!(%room, node = %serve, "room node refused the join; asking for another");
                 ask.full.push(serve);
             }
-            other => return other,
+            other => return other.map_err(|r| r.code),
         }
     }
 }
@@ -243,7 +259,7 @@ pub(super) async fn join_anywhere(
 async fn allocate(
     cluster: &crate::cluster::Cluster,
     ask: &AllocateRequest,
-) -> Result<(wire::RoomAssignment, NodeId), ErrorCode> {
+) -> Result<Allocated, ErrorCode> {
     let started = Instant::now();
     let mut pauses = protocol::backoff::delays(Duration::from_millis(100), Duration::from_secs(1));
     loop {
@@ -267,10 +283,13 @@ async fn allocate(
 const TRANSIENT_PATIENCE: Duration = Duration::from_secs(8);
 
 /// One allocation; a refusal comes with whether it is transient.
+/// The room's assignment, the node serving the client, and the room's settings.
+type Allocated = (wire::RoomAssignment, NodeId, Option<RoomSettings>);
+
 async fn allocate_once(
     cluster: &crate::cluster::Cluster,
     ask: &AllocateRequest,
-) -> Result<(wire::RoomAssignment, NodeId), (ErrorCode, bool)> {
+) -> Result<Allocated, (ErrorCode, bool)> {
     let subject = || wire::ALLOCATE.to_owned();
     let mut reply = cluster
         .request::<_, AllocateReply>(subject(), ask, CLUSTER_JOIN_TIMEOUT / 2)
@@ -285,8 +304,10 @@ async fn allocate_once(
     }
     match reply {
         Ok(AllocateReply::Assigned {
-            assignment, serve, ..
-        }) => Ok((assignment, serve)),
+            assignment,
+            serve,
+            settings,
+        }) => Ok((assignment, serve, settings)),
         Ok(AllocateReply::Error {
             code,
             message,

@@ -648,8 +648,22 @@ impl Worker {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        if c.spec.kind != PcKind::Publisher || c.inbound.contains_key(&init.track_id) {
+        if c.spec.kind != PcKind::Publisher {
             return;
+        }
+        match c.inbound.get(&init.track_id) {
+            Some(old) if old.source.media_ssrc == init.ssrc => return,
+            // The same track again with another SSRC: a relay link's sender removed it
+            // and added it back (its publisher lost and regained `can_publish`, or this
+            // node stopped and resumed wanting it). The old one has ended.
+            Some(_) => {
+                if let Some(old) = c.inbound.remove(&init.track_id) {
+                    let track = old.source.id.clone();
+                    old.finish();
+                    c.spec.events.do_send(TransportEvent::TrackEnded(track));
+                }
+            }
+            None => {}
         }
         let Some(receiver) = c.pc.rtp_receiver(init.receiver_id) else {
             return;
