@@ -142,9 +142,18 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         };
         scope = scope.route(path, route);
     }
-    cfg.service(scope.default_service(web::to(|| async {
-        Fail::new(ErrorCode::NotFound, "no such route").response()
-    })));
+    // A path segment that is not UTF-8 once decoded: JSON 400 like any other bad id.
+    let path_config = web::PathConfig::default().error_handler(|e, _| {
+        let fail = Fail::new(ErrorCode::BadRequest, format!("path: {e}"));
+        actix_web::error::InternalError::from_response(e, fail.response()).into()
+    });
+    cfg.service(
+        scope
+            .app_data(path_config)
+            .default_service(web::to(|| async {
+                Fail::new(ErrorCode::NotFound, "no such route").response()
+            })),
+    );
 }
 
 /// A refused call: the code (which gives the status) and why.

@@ -115,6 +115,8 @@ pub(crate) async fn run(shared: Arc<Shared>, client: async_nats::Client, url: St
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(POST_TIMEOUT))
         .http_status_as_error(false)
+        // A redirect is not a delivery: the receiver's URL is what was configured.
+        .max_redirects(0)
         .build()
         .into();
     let js = async_nats::jetstream::new(client);
