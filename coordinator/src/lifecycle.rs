@@ -20,11 +20,15 @@ use protocol::cluster::{AllocateRequest, RoomAssignment};
 use protocol::room_api::{CreatedBy, RoomSettings, StoredRoom, DEFAULT_EMPTY_TIMEOUT_SECS};
 use protocol::webhook::EventKind;
 use protocol::RoomId;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How often the sweep looks for created rooms past their empty timeout.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// A room the sweep found live is not looked at again for this long (a live room with
+/// settings finishes through its entry's deletion anyway; this only catches leftovers).
+pub const LIVE_RECHECK: Duration = Duration::from_secs(30);
 /// Version of [`StoredRoom`] this coordinator writes.
 pub const STORED_VERSION: u32 = 1;
 
@@ -185,6 +189,8 @@ pub fn expired(stored: &StoredRoom, now_ms: u64) -> bool {
 pub(crate) async fn sweep(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Rooms found live, and when to look at them again.
+    let mut live: HashMap<RoomId, Instant> = HashMap::new();
     loop {
         tick.tick().await;
         let (Some(store), Some(dir)) = (shared.settings.get(), shared.directory.get()) else {
@@ -202,10 +208,20 @@ pub(crate) async fn sweep(shared: Arc<Shared>) {
                 .map(|v| v.stored.room.clone())
                 .collect()
         };
+        let now = Instant::now();
+        let due_set: std::collections::HashSet<&RoomId> = due.iter().collect();
+        live.retain(|room, until| *until > now && due_set.contains(room));
+        drop(due_set);
         for room in due {
+            if live.contains_key(&room) {
+                continue;
+            }
             // Exact from here on: the entry and the settings as KV has them now.
             match dir.read(&room).await {
-                Ok(RoomRecord::Assigned { .. }) => continue,
+                Ok(RoomRecord::Assigned { .. }) => {
+                    live.insert(room, Instant::now() + LIVE_RECHECK);
+                    continue;
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(%room, error = %e, "sweep: directory not read");
