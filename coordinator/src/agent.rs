@@ -5,6 +5,7 @@
 use crate::directory::{Left, RoomDirectory};
 use crate::metrics::LeaveOutcome;
 use crate::registry::{Heard, Liveness};
+use crate::settings::SettingsStore;
 use crate::Shared;
 use async_nats::connection::State;
 use async_nats::{Client, Event, Subscriber};
@@ -62,8 +63,25 @@ pub(crate) async fn run(
         dir = open_directory(&shared, &client) => Some(dir),
         _ = stop.wait_for(|s| *s) => None,
     };
-    if let Some(dir) = opened {
+    let opened = match opened {
+        Some(dir) => tokio::select! {
+            settings = open_settings(&shared, &client) => Some((dir, settings)),
+            _ = stop.wait_for(|s| *s) => None,
+        },
+        None => None,
+    };
+    if let Some((dir, settings)) = opened {
         let _ = shared.directory.set(dir);
+        tasks.spawn(settings.clone().watch());
+        let _ = shared.settings.set(settings);
+        tasks.spawn(crate::lifecycle::sweep(shared.clone()));
+        for url in shared.config.webhook_urls.clone() {
+            tasks.spawn(crate::webhooks::delivery::run(
+                shared.clone(),
+                client.clone(),
+                url,
+            ));
+        }
         tracing::info!(coordinator = %shared.config.id, "room directory open, serving allocations");
         let own = cluster::coord_allocate(&shared.config.id);
         match client.queue_subscribe(ALLOCATE, COORD_QUEUE.into()).await {
@@ -156,6 +174,25 @@ async fn open_directory(shared: &Shared, client: &Client) -> RoomDirectory {
                     // Expected while JetStream starts; loud only if it persists.
                     if attempt % 20 == 1 {
                         tracing::warn!(error = %e, attempt, "room directory not available yet");
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(OPEN_RETRY).await;
+    }
+}
+
+/// Opens (or creates) the `room_settings` bucket, retrying until it works.
+async fn open_settings(shared: &Shared, client: &Client) -> SettingsStore {
+    let mut attempt = 0u64;
+    loop {
+        if client.connection_state() == State::Connected {
+            match SettingsStore::open(client, shared.config.kv_replicas).await {
+                Ok(s) => return s,
+                Err(e) => {
+                    attempt += 1;
+                    if attempt % 20 == 1 {
+                        tracing::warn!(error = %e, attempt, "room settings not available yet");
                     }
                 }
             }
@@ -345,9 +382,10 @@ async fn rooms_closed(shared: Arc<Shared>, client: Client) {
                 tracing::debug!(%room, %node, epoch, "node left a room it is not listed in");
                 LeaveOutcome::Unchanged
             }
-            Ok(Left::Closed { epoch }) => {
+            Ok(Left::Closed { epoch, assigned_ms }) => {
                 shared.metrics.room_closed();
                 tracing::info!(%room, %node, epoch, "last node left, room closed");
+                crate::lifecycle::finished_live(&shared, room, epoch, assigned_ms).await;
                 LeaveOutcome::Closed
             }
             Ok(Left::Updated {
@@ -365,6 +403,27 @@ async fn rooms_closed(shared: Arc<Shared>, client: Client) {
                     origin_moved,
                     "node left room"
                 );
+                // A draining node leaves rooms that live on elsewhere: they moved.
+                if shared.nodes().is_draining(node) {
+                    let id = crate::webhooks::EventId::Moved {
+                        room,
+                        revision,
+                        from: node,
+                    };
+                    let mut e = crate::webhooks::room_event(
+                        &shared,
+                        protocol::webhook::EventKind::RoomMoved,
+                        room,
+                        id,
+                    );
+                    e.moved = Some(protocol::webhook::RoomMoved {
+                        reason: protocol::webhook::MoveReason::Drain,
+                        from: node.clone(),
+                        to: Some(assignment.node.clone()),
+                        epoch: assignment.epoch,
+                    });
+                    crate::webhooks::emit(&shared, &e).await;
+                }
                 if origin_moved {
                     LeaveOutcome::OriginMoved
                 } else {

@@ -7,10 +7,11 @@
 use crate::decide::{decide, Change, Decision, Join, RoomRecord, Stamp};
 use crate::directory::Write;
 use crate::metrics::AllocResult;
-use crate::Shared;
+use crate::{lifecycle, webhooks, Shared};
 use async_nats::{Client, Message};
 use bytes::Bytes;
 use protocol::cluster::{self, AllocateReply, AllocateRequest, VERSION};
+use protocol::webhook::MoveReason;
 use protocol::ErrorCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -148,8 +149,8 @@ pub(crate) async fn decide_and_write(
                 RoomRecord::Assigned { assignment, .. } => (
                     AllocateReply::Assigned {
                         serve: assignment.node.clone(),
+                        settings: lifecycle::cached_settings(shared, &assignment.room),
                         assignment,
-                        settings: None,
                     },
                     AllocResult::Existing,
                 ),
@@ -163,6 +164,10 @@ pub(crate) async fn decide_and_write(
                 ),
             };
         }
+        let before = match &record {
+            RoomRecord::Assigned { assignment, .. } => Some(assignment.clone()),
+            _ => None,
+        };
         let decision = {
             let join = Join {
                 room: &req.room,
@@ -181,9 +186,9 @@ pub(crate) async fn decide_and_write(
             Decision::Keep { assignment, serve } => {
                 return (
                     AllocateReply::Assigned {
+                        settings: lifecycle::cached_settings(shared, &assignment.room),
                         assignment,
                         serve,
-                        settings: None,
                     },
                     AllocResult::Existing,
                 )
@@ -223,11 +228,32 @@ pub(crate) async fn decide_and_write(
                     result = result.as_str(),
                     "room assigned"
                 );
+                // Events and settings before the answer: `room_started` is in the stream
+                // before the node can report anyone joining.
+                let settings = match result {
+                    AllocResult::Created | AllocResult::Reopened => {
+                        lifecycle::opened(shared, req, &assignment).await
+                    }
+                    AllocResult::Reassigned => {
+                        if let Some(before) = &before {
+                            let moved = webhooks::moved_events(
+                                shared,
+                                MoveReason::Failover,
+                                before,
+                                &assignment,
+                                revision,
+                            );
+                            webhooks::emit_all(shared, &moved).await;
+                        }
+                        lifecycle::cached_settings(shared, &assignment.room)
+                    }
+                    _ => lifecycle::cached_settings(shared, &assignment.room),
+                };
                 return (
                     AllocateReply::Assigned {
                         assignment,
                         serve,
-                        settings: None,
+                        settings,
                     },
                     result,
                 );

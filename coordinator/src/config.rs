@@ -36,7 +36,28 @@ pub struct Config {
     pub pending_settle: Duration,
     /// Timeout of a request forwarded to the room's deciding coordinator.
     pub forward_timeout: Duration,
+    /// The room API's key: the `iss` of every call token (README "Room API").
+    pub api_key: String,
+    /// The room API's HS256 secret (the one the nodes sign join tokens with), also the
+    /// webhooks' HMAC key. Without one the room API answers 503 and no webhook is sent.
+    pub api_secret: Option<String>,
+    /// Where webhook events are POSTed (README "Webhooks"); none: this coordinator delivers
+    /// nothing (it still publishes its events when the stream exists).
+    pub webhook_urls: Vec<String>,
+    /// Deliveries of one event to one URL before it is dropped.
+    pub webhook_max_attempts: u32,
+    /// How long the webhook stream keeps an event (its `max_age`).
+    pub webhook_retention: Duration,
 }
+
+/// The API key of [`Config::local`], for tests and development.
+pub const DEV_API_KEY: &str = "devkey";
+/// The API secret of [`Config::local`] (32 bytes), for tests and development only.
+pub const DEV_API_SECRET: &str = "dev-api-secret-not-for-production";
+/// Default of [`Config::webhook_max_attempts`].
+pub const DEFAULT_WEBHOOK_MAX_ATTEMPTS: u32 = 50;
+/// Default of [`Config::webhook_retention`].
+pub const DEFAULT_WEBHOOK_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 impl Config {
     /// A coordinator on loopback with a random id and port, for development and tests.
@@ -55,6 +76,11 @@ impl Config {
             kv_replicas: 1,
             pending_settle: Duration::from_secs(2),
             forward_timeout: Duration::from_secs(1),
+            api_key: DEV_API_KEY.into(),
+            api_secret: Some(DEV_API_SECRET.into()),
+            webhook_urls: Vec::new(),
+            webhook_max_attempts: DEFAULT_WEBHOOK_MAX_ATTEMPTS,
+            webhook_retention: DEFAULT_WEBHOOK_RETENTION,
         }
     }
 
@@ -79,6 +105,51 @@ impl Config {
         }
         if !(1..=5).contains(&self.kv_replicas) {
             return Err(Error::Config("kv replicas must be 1 to 5".into()));
+        }
+        self.validate_api()
+    }
+
+    /// The room API and webhooks: a secret long enough for HS256 (the dev secret of
+    /// [`Config::local`] is 33 bytes), a key with it, and a secret to sign webhooks with.
+    fn validate_api(&self) -> Result<()> {
+        let min = protocol::token::MIN_SECRET_LEN;
+        if let Some(secret) = &self.api_secret {
+            if secret.len() < min {
+                return Err(Error::Config(format!(
+                    "api secret must be at least {min} bytes (e.g. `openssl rand -hex 32`)"
+                )));
+            }
+            if self.api_key.is_empty() {
+                return Err(Error::Config("an api secret needs an api key".into()));
+            }
+            if *secret == self.admin_token {
+                return Err(Error::Config(
+                    "the admin token must differ from the api secret".into(),
+                ));
+            }
+        }
+        if !self.webhook_urls.is_empty() && self.api_secret.is_none() {
+            return Err(Error::Config(
+                "webhooks are signed with the api secret: set one".into(),
+            ));
+        }
+        for url in &self.webhook_urls {
+            let ok = url.starts_with("http://") || url.starts_with("https://");
+            if !ok || url.parse::<ureq::http::Uri>().is_err() {
+                return Err(Error::Config(format!(
+                    "webhook url {url:?} is not an http(s) url"
+                )));
+            }
+        }
+        if self.webhook_max_attempts == 0 {
+            return Err(Error::Config(
+                "webhook max attempts must be at least 1".into(),
+            ));
+        }
+        if self.webhook_retention < Duration::from_secs(60) {
+            return Err(Error::Config(
+                "webhook retention must be at least a minute".into(),
+            ));
         }
         Ok(())
     }
@@ -126,6 +197,26 @@ pub struct CoordArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "COORD_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Room API key: the `iss` of call tokens (with --api-secret).
+    #[arg(long, env = "COORD_API_KEY")]
+    pub api_key: Option<String>,
+    /// Room API secret, at least 32 bytes: the HS256 key of call tokens (the nodes' join
+    /// token secret) and of webhook signatures. Without it the room API answers 503.
+    #[arg(long, env = "COORD_API_SECRET", hide_env_values = true)]
+    pub api_secret: Option<String>,
+    /// Webhook receiver (repeat the flag, or separate by commas): events are POSTed there.
+    #[arg(
+        long = "webhook-url",
+        env = "COORD_WEBHOOK_URLS",
+        value_delimiter = ','
+    )]
+    pub webhook_urls: Vec<String>,
+    /// Deliveries of one event to one URL before it is dropped.
+    #[arg(long, env = "COORD_WEBHOOK_MAX_ATTEMPTS", default_value_t = DEFAULT_WEBHOOK_MAX_ATTEMPTS)]
+    pub webhook_max_attempts: u32,
+    /// How long undelivered events are kept (the webhook stream's max age), e.g. `24h`.
+    #[arg(long, env = "COORD_WEBHOOK_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub webhook_retention: Duration,
 }
 
 impl CoordArgs {
@@ -167,6 +258,23 @@ impl CoordArgs {
             (None, None) => None,
             _ => return Err(Error::Config("--tls-cert and --tls-key go together".into())),
         };
+        // No dev secret from the command line: a coordinator without one serves no room API.
+        c.api_secret = self.api_secret;
+        c.api_key = match (self.api_key, &c.api_secret) {
+            (Some(k), _) => k,
+            (None, Some(_)) => {
+                return Err(Error::Config("--api-secret needs --api-key".into()));
+            }
+            (None, None) => String::new(),
+        };
+        c.webhook_urls = self
+            .webhook_urls
+            .into_iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        c.webhook_max_attempts = self.webhook_max_attempts;
+        c.webhook_retention = self.webhook_retention;
         c.validate()?;
         Ok(c)
     }
@@ -197,11 +305,89 @@ mod tests {
                 kv_replicas: 0,
                 ..ok.clone()
             },
+            Config {
+                api_secret: Some("short".into()),
+                ..ok.clone()
+            },
+            Config {
+                api_key: String::new(),
+                ..ok.clone()
+            },
+            Config {
+                api_secret: None,
+                webhook_urls: vec!["http://127.0.0.1:9/hook".into()],
+                ..ok.clone()
+            },
+            Config {
+                webhook_urls: vec!["ftp://example.com/hook".into()],
+                ..ok.clone()
+            },
+            Config {
+                webhook_max_attempts: 0,
+                ..ok.clone()
+            },
         ] {
             assert!(
                 matches!(broken.validate(), Err(Error::Config(_))),
                 "{broken:?}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod args_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: CoordArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<Config> {
+        let mut argv = vec!["coordinator", "--admin-token", "t"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv)
+            .map_err(|e| Error::Config(e.to_string()))?
+            .args
+            .into_config()
+    }
+
+    #[test]
+    fn without_api_flags_the_room_api_is_off_and_the_coordinator_starts() {
+        let c = parse(&[]).unwrap();
+        assert!(c.api_secret.is_none() && c.webhook_urls.is_empty());
+        assert_eq!(c.webhook_max_attempts, DEFAULT_WEBHOOK_MAX_ATTEMPTS);
+        assert_eq!(c.webhook_retention, DEFAULT_WEBHOOK_RETENTION);
+    }
+
+    #[test]
+    fn api_and_webhook_flags() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let c = parse(&[
+            "--api-key",
+            "app",
+            "--api-secret",
+            secret,
+            "--webhook-url",
+            "http://a/h,https://b/h",
+            "--webhook-url",
+            "http://c/h",
+            "--webhook-retention",
+            "2h",
+        ])
+        .unwrap();
+        assert_eq!(c.api_key, "app");
+        assert_eq!(c.api_secret.as_deref(), Some(secret));
+        assert_eq!(c.webhook_urls, ["http://a/h", "https://b/h", "http://c/h"]);
+        assert_eq!(c.webhook_retention, Duration::from_secs(7200));
+        assert!(parse(&["--api-secret", secret]).is_err(), "key required");
+        assert!(parse(&["--api-key", "k", "--api-secret", "short"]).is_err());
+        assert!(
+            parse(&["--webhook-url", "http://a/h"]).is_err(),
+            "secret required"
+        );
     }
 }

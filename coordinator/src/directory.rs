@@ -40,8 +40,9 @@ pub enum Write {
 pub enum Left {
     /// Nothing to write: no entry, the node not in it, or a stale message.
     Unchanged,
-    /// The node was the room's last: the entry is deleted.
-    Closed { epoch: u64 },
+    /// The node was the room's last: the entry is deleted. `assigned_ms`: of its last
+    /// version (with the epoch, it names this ending of the room).
+    Closed { epoch: u64, assigned_ms: u64 },
     /// The entry without the node, written at `revision`.
     Updated {
         assignment: RoomAssignment,
@@ -237,6 +238,7 @@ impl RoomDirectory {
             Edited::Unchanged => Left::Unchanged,
             Edited::Deleted { before } => Left::Closed {
                 epoch: before.epoch,
+                assigned_ms: before.assigned_ms,
             },
             Edited::Written {
                 before,

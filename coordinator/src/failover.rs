@@ -450,6 +450,14 @@ async fn fail_over(shared: &Shared, dir: &RoomDirectory, room: RoomId) -> Failov
                 "room failed over"
             );
             shared.metrics.failover(outcome);
+            let moved = crate::webhooks::moved_events(
+                shared,
+                protocol::webhook::MoveReason::Failover,
+                &before,
+                &after,
+                revision,
+            );
+            crate::webhooks::emit_all(shared, &moved).await;
             return outcome;
         }
         Ok(Edited::Unchanged) if matches!(planned, FailoverPlan::Stranded) => {

@@ -8,6 +8,8 @@
 //! | `POST /nodes/{id}/drain` | mark a node draining and tell it (`node.<id>.drain`): it moves its participants away and exits |
 //! | `DELETE /nodes/{id}/drain` | clear the mark (a drain the node started runs to its end) |
 //! | `GET /debug/snapshot` | the coordinator's own view: readiness, live coordinators, nodes |
+//!
+//! The room API (`/v1`, call tokens rather than the admin token) is [`crate::api`].
 
 use crate::registry::Liveness;
 use crate::Shared;
@@ -66,7 +68,8 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .route("/rooms", web::get().to(rooms))
         .route("/nodes/{id}/drain", web::post().to(drain))
         .route("/nodes/{id}/drain", web::delete().to(undrain))
-        .route("/debug/snapshot", web::get().to(snapshot));
+        .route("/debug/snapshot", web::get().to(snapshot))
+        .configure(crate::api::configure);
 }
 
 /// The 401 response, unless the request carries the admin token.
@@ -124,33 +127,33 @@ async fn snapshot(req: HttpRequest, shared: Data) -> HttpResponse {
 
 /// One room of `GET /rooms`.
 #[derive(Debug, Serialize)]
-struct RoomRow {
-    room: RoomId,
+pub(crate) struct RoomRow {
+    pub(crate) room: RoomId,
     /// The origin.
-    node: NodeId,
-    epoch: u64,
-    coordinator: String,
-    assigned_ms: u64,
+    pub(crate) node: NodeId,
+    pub(crate) epoch: u64,
+    pub(crate) coordinator: String,
+    pub(crate) assigned_ms: u64,
     /// Members over the room's nodes that list the room; `null` when none does.
-    members: Option<u32>,
+    pub(crate) members: Option<u32>,
     /// Whether the origin answered the member count request.
-    node_answered: bool,
+    pub(crate) node_answered: bool,
     /// Every node of the room, the origin first when the entry lists none.
-    nodes: Vec<RoomNodeRow>,
+    pub(crate) nodes: Vec<RoomNodeRow>,
 }
 
 /// One node of a room, with what it reported on `node.<n>.rooms`.
 #[derive(Debug, Serialize)]
-struct RoomNodeRow {
-    node: NodeId,
-    region: String,
-    origin: bool,
-    liveness: Liveness,
+pub(crate) struct RoomNodeRow {
+    pub(crate) node: NodeId,
+    pub(crate) region: String,
+    pub(crate) origin: bool,
+    pub(crate) liveness: Liveness,
     /// Participants on this node; `null` when it did not answer or does not list the room.
-    members: Option<u32>,
-    answered: bool,
+    pub(crate) members: Option<u32>,
+    pub(crate) answered: bool,
     /// Nodes this node has a relay link with for the room.
-    links: Vec<NodeId>,
+    pub(crate) links: Vec<NodeId>,
 }
 
 async fn rooms(req: HttpRequest, shared: Data) -> HttpResponse {
@@ -169,7 +172,7 @@ async fn rooms(req: HttpRequest, shared: Data) -> HttpResponse {
 
 /// The directory's rooms, each node with what it says on `node.<n>.rooms`. Every live node
 /// is asked once, concurrently, whatever the number of rooms.
-async fn list_rooms(shared: Arc<Shared>) -> crate::Result<Vec<RoomRow>> {
+pub(crate) async fn list_rooms(shared: Arc<Shared>) -> crate::Result<Vec<RoomRow>> {
     let (Some(dir), Some(client)) = (shared.directory.get(), shared.client.get()) else {
         return Err(crate::Error::NotConnected);
     };

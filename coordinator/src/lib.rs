@@ -30,11 +30,16 @@
 //! | `allocate` | serving `coord.allocate`: forward or decide, then write |
 //! | `failover` | suspicions, probes, deaths: `cluster.node.down`, rooms moved off dead nodes |
 //! | `http` | admin API |
+//! | [`api`] | room API (`/v1`, README "Room API", `docs/openapi.yaml`) |
+//! | [`settings`] | the `room_settings` KV bucket, watched into memory |
+//! | `lifecycle` | rooms opening and finishing: settings, `room_started`/`room_finished`, the empty-room sweep |
+//! | `webhooks` | the coordinator's webhook events and their delivery |
 //! | [`metrics`] | Prometheus exposition |
 #![forbid(unsafe_code)]
 
 mod agent;
 mod allocate;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod decide;
@@ -42,10 +47,13 @@ pub mod directory;
 pub mod error;
 mod failover;
 mod http;
+mod lifecycle;
 pub mod metrics;
 pub mod registry;
+pub mod settings;
+mod webhooks;
 
-pub use config::Config;
+pub use config::{Config, DEV_API_KEY, DEV_API_SECRET};
 pub use directory::RoomDirectory;
 pub use error::{Error, Result};
 
@@ -66,6 +74,7 @@ pub(crate) struct Shared {
     coords: Mutex<CoordRegistry>,
     client: OnceLock<async_nats::Client>,
     directory: OnceLock<RoomDirectory>,
+    settings: OnceLock<settings::SettingsStore>,
     probes: Mutex<failover::ProbeGate<failover::Probe>>,
     metrics: metrics::Metrics,
     inflight: Arc<Semaphore>,
@@ -95,6 +104,9 @@ impl Shared {
         }
         if self.directory.get().is_none() {
             return Err("room directory not open");
+        }
+        if self.settings.get().is_none() {
+            return Err("room settings not open");
         }
         Ok(())
     }
@@ -147,6 +159,7 @@ pub fn spawn(config: Config) -> Result<CoordinatorHandle> {
         coords: Mutex::new(CoordRegistry::new(config.id.clone(), config.node_timeout)),
         client: OnceLock::new(),
         directory: OnceLock::new(),
+        settings: OnceLock::new(),
         probes: Mutex::new(failover::ProbeGate::new(failover::PROBE_GAP)),
         metrics: metrics::Metrics::new(),
         inflight: Arc::new(Semaphore::new(MAX_INFLIGHT as usize)),

@@ -259,6 +259,7 @@ pub struct Metrics {
 
 const LATENCY: &str = "coord_allocation_latency_seconds";
 const PROBE_LATENCY: &str = "coord_probe_latency_seconds";
+const WEBHOOK_LATENCY: &str = "webhook_delivery_seconds";
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -273,7 +274,13 @@ impl Metrics {
         ];
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(LATENCY.into()), &buckets)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PROBE_LATENCY.into()), &buckets));
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(PROBE_LATENCY.into()), &buckets))
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full(WEBHOOK_LATENCY.into()),
+                    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0],
+                )
+            });
         let recorder = match builder {
             Ok(b) => b.build_recorder(),
             // Only fails on an empty bucket list; fall back to summaries.
@@ -347,7 +354,30 @@ impl Metrics {
                 "coord_failover_failures_total",
                 "rooms of dead nodes left as they were, by reason"
             );
+            metrics::describe_counter!(
+                "webhook_deliveries_total",
+                "webhook POST attempts, by result (ok, retry, dropped)"
+            );
+            metrics::describe_histogram!(
+                WEBHOOK_LATENCY,
+                metrics::Unit::Seconds,
+                "time of one webhook POST, whatever its answer"
+            );
+            metrics::describe_counter!(
+                "webhook_events_emitted_total",
+                "webhook events this coordinator published to the stream, by event"
+            );
+            metrics::describe_counter!(
+                "api_requests_total",
+                "room API requests, by route and status"
+            );
             // Series exist from the start, at zero, so rates and alerts see them.
+            for d in crate::webhooks::delivery::Delivery::ALL {
+                metrics::counter!("webhook_deliveries_total", "result" => d.as_str()).increment(0);
+            }
+            for e in ["room_started", "room_finished", "room_moved"] {
+                metrics::counter!("webhook_events_emitted_total", "event" => e).increment(0);
+            }
             for r in AllocResult::ALL {
                 metrics::counter!("coord_allocations_total", "result" => r.as_str()).increment(0);
             }
@@ -449,6 +479,29 @@ impl Metrics {
                 metrics::counter!("coord_failover_failures_total", "reason" => outcome.as_str())
                     .increment(1);
             }
+        });
+    }
+
+    /// One webhook event published (`event`: its kind).
+    pub fn webhook_emitted(&self, event: &'static str) {
+        self.with(|| {
+            metrics::counter!("webhook_events_emitted_total", "event" => event).increment(1)
+        });
+    }
+
+    /// One webhook POST and what became of its event.
+    pub fn webhook_delivery(&self, result: crate::webhooks::delivery::Delivery, took: Duration) {
+        self.with(|| {
+            metrics::counter!("webhook_deliveries_total", "result" => result.as_str()).increment(1);
+            metrics::histogram!(WEBHOOK_LATENCY).record(took.as_secs_f64());
+        });
+    }
+
+    /// One room API request: `route` is its pattern (`GET /v1/rooms/{room}`).
+    pub fn api_request(&self, route: String, status: u16) {
+        self.with(|| {
+            metrics::counter!("api_requests_total", "route" => route, "status" => status.to_string())
+                .increment(1)
         });
     }
 
