@@ -404,7 +404,7 @@ async fn rooms_closed(shared: Arc<Shared>, client: Client) {
                     "node left room"
                 );
                 // A draining node leaves rooms that live on elsewhere: they moved.
-                if shared.nodes().is_draining(node) {
+                if closed.draining || shared.nodes().is_draining(node) {
                     let id = crate::webhooks::EventId::Moved {
                         room,
                         revision,

@@ -313,6 +313,10 @@ pub struct RoomClosed {
     pub room: RoomId,
     pub node: NodeId,
     pub epoch: u64,
+    /// The node leaves because it drains (its participants moved on), not because its
+    /// last participant left: a room that lives on elsewhere moved (webhook `room_moved`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// What a node tells the other nodes of a room about its own participants, on

@@ -313,6 +313,7 @@ impl FakeNode {
             room: room.clone(),
             node: self.id.clone(),
             epoch,
+            draining: false,
         };
         self.client
             .publish(cluster::ROOM_CLOSED, serde_json::to_vec(&left)?.into())

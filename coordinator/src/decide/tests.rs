@@ -436,6 +436,7 @@ fn a_leaving_node_leaves_the_entry_and_a_later_epoch_is_ignored() {
         room: room(),
         node: id(node),
         epoch,
+        draining: false,
     };
     // A node that learnt an older epoch still leaves.
     assert_eq!(

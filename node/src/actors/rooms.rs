@@ -243,6 +243,10 @@ impl RoomRegistry {
                 room: room.clone(),
                 node: self.node.config.node_id.clone(),
                 epoch: h.epoch,
+                draining: self
+                    .node
+                    .draining
+                    .load(std::sync::atomic::Ordering::Relaxed),
             };
             c.publish(wire::ROOM_CLOSED.to_owned(), &closed);
         }

@@ -193,6 +193,7 @@ async fn a_closed_room_leaves_the_directory_and_reopens_at_the_next_epoch() -> a
         room: first.room.clone(),
         node: first.node.clone(),
         epoch,
+        draining: false,
     };
     // A stale close (wrong epoch) changes nothing; the right one deletes the record.
     for msg in [closed(7), closed(1)] {

@@ -130,6 +130,7 @@ async fn nodes_leaving_shrink_the_room_move_its_origin_and_close_it_last() -> an
         room: room_id.clone(),
         node: NodeId::new("gone")?,
         epoch: 1,
+        draining: false,
     };
     let client = nodes[1].client();
     client
