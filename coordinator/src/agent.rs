@@ -433,23 +433,13 @@ async fn rooms_closed(shared: Arc<Shared>, client: Client) {
                 );
                 // A draining node leaves rooms that live on elsewhere: they moved.
                 if shared.nodes().is_draining(node) {
-                    let id = crate::webhooks::EventId::Moved {
-                        room,
-                        revision,
-                        from: node,
-                    };
-                    let mut e = crate::webhooks::room_event(
+                    let e = crate::webhooks::moved_event(
                         &shared,
-                        protocol::webhook::EventKind::RoomMoved,
-                        room,
-                        id,
+                        protocol::webhook::MoveReason::Drain,
+                        node,
+                        &assignment,
+                        revision,
                     );
-                    e.moved = Some(protocol::webhook::RoomMoved {
-                        reason: protocol::webhook::MoveReason::Drain,
-                        from: node.clone(),
-                        to: Some(assignment.node.clone()),
-                        epoch: assignment.epoch,
-                    });
                     crate::webhooks::emit(&shared, &e).await;
                 }
                 if origin_moved {
