@@ -432,16 +432,12 @@ async fn rooms_closed(shared: Arc<Shared>, client: Client) {
                     "node left room"
                 );
                 // A draining node leaves rooms that live on elsewhere: they moved.
-                if shared.nodes().is_draining(node) {
-                    let e = crate::webhooks::moved_event(
-                        &shared,
-                        protocol::webhook::MoveReason::Drain,
-                        node,
-                        &assignment,
-                        revision,
-                    );
-                    crate::webhooks::emit(&shared, &e).await;
-                }
+                tokio::spawn(crate::lifecycle::left_room(
+                    shared.clone(),
+                    node.clone(),
+                    assignment.clone(),
+                    revision,
+                ));
                 if origin_moved {
                     LeaveOutcome::OriginMoved
                 } else {

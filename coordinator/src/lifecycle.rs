@@ -11,15 +11,18 @@
 //!   ([`sweep`], run for each room by its deciding coordinator). Either way its settings are
 //!   deleted (conditional on the revision read, so a concurrent create or join wins) and
 //!   `room_finished` is emitted.
+//! - **Moving by drain** ([`left_room`]): a draining node that leaves a room that lives on
+//!   elsewhere moved it (`room_moved`, reason `drain`).
 
 use crate::decide::RoomRecord;
+use crate::registry::Liveness;
 use crate::settings::{Created, SettingsStore, Versioned};
 use crate::webhooks::{self, EventId};
 use crate::Shared;
 use protocol::cluster::{AllocateRequest, RoomAssignment};
 use protocol::room_api::{CreatedBy, RoomSettings, StoredRoom, DEFAULT_EMPTY_TIMEOUT_SECS};
-use protocol::webhook::EventKind;
-use protocol::RoomId;
+use protocol::webhook::{EventKind, MoveReason};
+use protocol::{NodeId, RoomId};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -167,6 +170,43 @@ pub(crate) async fn finish_unjoined(shared: &Shared, v: &Versioned) -> crate::Re
     let event = webhooks::room_event(shared, EventKind::RoomFinished, room, id);
     webhooks::emit(shared, &event).await;
     Ok(true)
+}
+
+/// How often [`left_room`] looks at the node again.
+const DRAIN_CHECK: Duration = Duration::from_millis(100);
+
+/// A node left `after`'s room (entry written at `revision`) while the room lives on: if the
+/// node drains, the room moved (`room_moved`, `drain`). A node drained by SIGTERM moves its
+/// participants and leaves within a heartbeat interval, before any heartbeat says it
+/// drains, and then exits: so a node that reports draining, or dies within the
+/// death timeout plus a heartbeat interval of leaving, counts as drained; one that lives on
+/// without draining just had its last participant leave.
+pub(crate) async fn left_room(
+    shared: Arc<Shared>,
+    node: NodeId,
+    after: RoomAssignment,
+    revision: u64,
+) {
+    let window = shared.config.node_timeout + shared.config.heartbeat_interval;
+    let deadline = Instant::now() + window;
+    loop {
+        let now = Instant::now();
+        let drained = {
+            let nodes = shared.nodes();
+            // A node this coordinator never heard of proves nothing.
+            nodes.knows(&node)
+                && (nodes.is_draining(&node) || nodes.liveness(&node, now) == Liveness::Dead)
+        };
+        if drained {
+            let e = webhooks::moved_event(&shared, MoveReason::Drain, &node, &after, revision);
+            webhooks::emit(&shared, &e).await;
+            return;
+        }
+        if now >= deadline {
+            return;
+        }
+        tokio::time::sleep(DRAIN_CHECK).await;
+    }
 }
 
 /// How long a created room waits for its first participant.
