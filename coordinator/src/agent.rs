@@ -65,7 +65,15 @@ pub(crate) async fn run(
     };
     let opened = match opened {
         Some(dir) => tokio::select! {
-            settings = open_settings(&shared, &client) => Some((dir, settings)),
+            // With webhook URLs the stream exists before this coordinator is ready, so no
+            // event it emits meets a missing stream.
+            settings = async {
+                let settings = open_settings(&shared, &client).await;
+                if !shared.config.webhook_urls.is_empty() {
+                    open_webhook_stream(&shared, &client).await;
+                }
+                settings
+            } => Some((dir, settings)),
             _ = stop.wait_for(|s| *s) => None,
         },
         None => None,
@@ -193,6 +201,26 @@ async fn open_settings(shared: &Shared, client: &Client) -> SettingsStore {
                     attempt += 1;
                     if attempt % 20 == 1 {
                         tracing::warn!(error = %e, attempt, "room settings not available yet");
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(OPEN_RETRY).await;
+    }
+}
+
+/// Creates (or updates) the webhook stream, retrying until it works.
+async fn open_webhook_stream(shared: &Shared, client: &Client) {
+    let js = async_nats::jetstream::new(client.clone());
+    let mut attempt = 0u64;
+    loop {
+        if client.connection_state() == State::Connected {
+            match crate::webhooks::delivery::ensure_stream(shared, &js).await {
+                Ok(_) => return,
+                Err(e) => {
+                    attempt += 1;
+                    if attempt % 20 == 1 {
+                        tracing::warn!(error = %e, attempt, "webhook stream not available yet");
                     }
                 }
             }
@@ -404,24 +432,16 @@ async fn rooms_closed(shared: Arc<Shared>, client: Client) {
                     "node left room"
                 );
                 // A draining node leaves rooms that live on elsewhere: they moved.
+                // The node says whether it drains (`RoomClosed::draining`): a node drained by
+                // SIGTERM leaves its rooms before any heartbeat of it says so.
                 if closed.draining || shared.nodes().is_draining(node) {
-                    let id = crate::webhooks::EventId::Moved {
-                        room,
-                        revision,
-                        from: node,
-                    };
-                    let mut e = crate::webhooks::room_event(
+                    let e = crate::webhooks::moved_event(
                         &shared,
-                        protocol::webhook::EventKind::RoomMoved,
-                        room,
-                        id,
+                        protocol::webhook::MoveReason::Drain,
+                        node,
+                        &assignment,
+                        revision,
                     );
-                    e.moved = Some(protocol::webhook::RoomMoved {
-                        reason: protocol::webhook::MoveReason::Drain,
-                        from: node.clone(),
-                        to: Some(assignment.node.clone()),
-                        epoch: assignment.epoch,
-                    });
                     crate::webhooks::emit(&shared, &e).await;
                 }
                 if origin_moved {

@@ -1,7 +1,10 @@
 //! `docs/openapi.yaml`, the room API's description, checked by a real validator
 //! (`openapi-spec-validator`, PyPI, installed by `scripts/install-deps`) and against the
 //! routes the coordinator registers (`coordinator::api::routes`), both ways, so the file
-//! cannot drift from the code. Python (with the validator's PyYAML) reads the YAML.
+//! cannot drift from the code; and every body the API and the webhooks send, serialized from
+//! the protocol's types, validates against the file's schema for it (responses are closed:
+//! a field the file does not name fails). Python (with the validator's PyYAML and
+//! jsonschema) reads the YAML.
 
 use anyhow::{ensure, Context, Result};
 use std::collections::BTreeSet;
@@ -142,5 +145,227 @@ fn every_operation_documents_its_errors() -> Result<()> {
         doc["webhooks"]["roomEvent"]["post"].is_object(),
         "the webhook is described"
     );
+    Ok(())
+}
+
+/// Validates `samples` (`[[schema name, value], …]`) against the file's component schemas
+/// (JSON Schema 2020-12, as OpenAPI 3.1 has them); returns one line per sample that fails.
+fn schema_failures(samples: &serde_json::Value) -> Result<Vec<String>> {
+    const CHECK: &str = r##"
+import json, sys, yaml
+from jsonschema import Draft202012Validator
+doc = yaml.safe_load(open(sys.argv[1]))
+for name, value in json.load(sys.stdin):
+    root = dict(doc)
+    root["$ref"] = "#/components/schemas/" + name
+    errors = [e.message for e in Draft202012Validator(root).iter_errors(value)]
+    if errors:
+        print(name + ": " + "; ".join(errors) + " in " + json.dumps(value))
+"##;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(CHECK)
+        .arg(spec())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running python3 (scripts/install-deps openapi installs jsonschema)")?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(serde_json::to_string(samples)?.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "schema check failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Every error code (the match fails to compile when a code is added: add it here and to
+/// `ApiError.code` in the file).
+fn every_error_code() -> Vec<protocol::ErrorCode> {
+    use protocol::ErrorCode::*;
+    let all = [
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        RoomFull,
+        RateLimited,
+        Unavailable,
+        Internal,
+        AlreadyExists,
+    ];
+    for c in all {
+        match c {
+            BadRequest | Unauthorized | Forbidden | NotFound | RoomFull | RateLimited
+            | Unavailable | Internal | AlreadyExists => {}
+        }
+    }
+    all.to_vec()
+}
+
+#[test]
+fn the_bodies_match_their_schemas() -> Result<()> {
+    use protocol::room_api::*;
+    use protocol::signal::{TrackInfo, TrackKind};
+    use protocol::webhook::*;
+    use protocol::{NodeId, RoomId, TrackId, UserId};
+    use serde_json::{json, to_value};
+
+    let room = RoomId::new("standup")?;
+    let alice = UserId::new("alice")?;
+    let n1 = NodeId::new("eu-1")?;
+    let full_settings = RoomSettings {
+        max_participants: 10,
+        empty_timeout_secs: 600,
+        metadata: "daily".into(),
+        private: true,
+        allowed_users: vec![alice.clone()],
+    };
+    let view = RoomView {
+        room: room.clone(),
+        settings: full_settings.clone(),
+        created_ms: Some(1),
+        active: true,
+        nodes: vec![n1.clone()],
+        num_participants: 3,
+    };
+    let bare_view = RoomView {
+        settings: RoomSettings::default(),
+        created_ms: None,
+        active: false,
+        nodes: vec![],
+        num_participants: 0,
+        ..view.clone()
+    };
+    let participant = ParticipantDetail {
+        id: alice.clone(),
+        name: "Alice".into(),
+        metadata: Some("{}".into()),
+        node: n1.clone(),
+        region: "eu".into(),
+        joined_ms: 5,
+        can_publish: true,
+        can_subscribe: false,
+        tracks: vec![TrackDetail {
+            id: TrackId::new("cam")?,
+            kind: TrackKind::Video,
+            muted: true,
+        }],
+    };
+    let mut event = WebhookEvent::new(
+        "room_moved:standup:3:eu-1".into(),
+        EventKind::RoomMoved,
+        room.clone(),
+        "coordinator:c1",
+        7,
+    );
+    event.participant = Some(EventParticipant {
+        id: alice.clone(),
+        name: "Alice".into(),
+    });
+    event.track = Some(TrackInfo {
+        id: TrackId::new("mic")?,
+        kind: TrackKind::Audio,
+        muted: true,
+    });
+    event.moved = Some(RoomMoved {
+        reason: MoveReason::Drain,
+        from: n1.clone(),
+        to: Some(NodeId::new("eu-2")?),
+        epoch: 2,
+    });
+    let bare_event = WebhookEvent::new(
+        "room_started:standup:1".into(),
+        EventKind::RoomStarted,
+        room.clone(),
+        "eu-1",
+        1,
+    );
+    let claims = ApiClaims {
+        nbf: Some(1),
+        grants: ApiGrants {
+            room: Some(room.clone()),
+            ..ApiGrants::all()
+        },
+        ..ApiClaims::new("devkey", ApiGrants::all(), 1, 60)
+    };
+    let mut samples = vec![
+        json!(["RoomView", to_value(&view)?]),
+        json!(["RoomView", to_value(&bare_view)?]),
+        json!(["ParticipantDetail", to_value(&participant)?]),
+        json!(["DataSent", to_value(DataSent { delivered: 2 })?]),
+        json!(["RoomClosed", {"room": "standup", "removed": 2}]),
+        json!(["WebhookEvent", to_value(&event)?]),
+        json!(["WebhookEvent", to_value(&bare_event)?]),
+        json!(["ApiClaims", to_value(&claims)?]),
+        json!([
+            "ApiClaims",
+            to_value(ApiClaims::new("k", ApiGrants::default(), 1, 60))?
+        ]),
+        json!([
+            "CreateRoom",
+            to_value(CreateRoom {
+                room: room.clone(),
+                settings: full_settings
+            })?
+        ]),
+        json!([
+            "UpdateParticipant",
+            to_value(UpdateParticipant {
+                can_publish: Some(false),
+                can_subscribe: None
+            })?
+        ]),
+        json!(["MuteTrack", to_value(MuteTrack { muted: true })?]),
+        json!([
+            "SendData",
+            to_value(SendData {
+                data: json!({"a": [1]}),
+                to: vec![alice],
+                topic: Some("t".into())
+            })?
+        ]),
+    ];
+    for kind in [
+        EventKind::RoomStarted,
+        EventKind::RoomFinished,
+        EventKind::ParticipantJoined,
+        EventKind::ParticipantLeft,
+        EventKind::TrackPublished,
+        EventKind::TrackUnpublished,
+        EventKind::RoomMoved,
+    ] {
+        let e = WebhookEvent::new("x".into(), kind, room.clone(), "n", 1);
+        samples.push(json!(["WebhookEvent", to_value(&e)?]));
+    }
+    for code in every_error_code() {
+        let e = ApiError {
+            code,
+            message: "why".into(),
+        };
+        samples.push(json!(["ApiError", to_value(&e)?]));
+    }
+    let failures = schema_failures(&serde_json::Value::Array(samples))?;
+    ensure!(
+        failures.is_empty(),
+        "bodies the file does not describe:\n{}",
+        failures.join("\n")
+    );
+
+    // The check catches a field the file does not know and a missing required one.
+    let drifted = json!([
+        ["RoomView", {"room": "r", "settings": {}, "active": true, "nodes": [], "num_participants": 0, "new_field": 1}],
+        ["ParticipantDetail", {"id": "a"}],
+    ]);
+    ensure!(schema_failures(&drifted)?.len() == 2, "drift is caught");
     Ok(())
 }

@@ -57,7 +57,7 @@ pub struct Route {
     pub op: Op,
 }
 
-/// Every route of the API: what the server registers ([`configure`]) and what
+/// Every route of the API: what the server registers (`configure`) and what
 /// `docs/openapi.yaml` must describe (`tests/tests/openapi.rs`).
 pub static ROUTES: [Route; 10] = [
     Route {

@@ -97,7 +97,7 @@ pub fn stream_config(retention: Duration, replicas: usize) -> stream::Config {
 pub fn consumer_config(url: &str) -> pull::Config {
     pull::Config {
         durable_name: Some(consumer_name(url)),
-        description: Some(format!("webhook delivery to {url}")),
+        description: Some(format!("webhook delivery to {}", shown(url))),
         ack_policy: AckPolicy::Explicit,
         ack_wait: ACK_WAIT,
         max_ack_pending: 1,
@@ -107,8 +107,24 @@ pub fn consumer_config(url: &str) -> pull::Config {
     }
 }
 
+/// `url` as it may be logged: without credentials or query (which may hold a secret).
+pub fn shown(url: &str) -> String {
+    match url.parse::<ureq::http::Uri>() {
+        Ok(u) => {
+            format!(
+                "{}://{}{}",
+                u.scheme_str().unwrap_or("?"),
+                u.host().unwrap_or("?"),
+                u.port().map(|p| format!(":{p}")).unwrap_or_default()
+            ) + u.path()
+        }
+        Err(_) => "<unparsable url>".into(),
+    }
+}
+
 /// Delivers to `url` for ever (sets the stream and consumer up again when they fail).
 pub(crate) async fn run(shared: Arc<Shared>, client: async_nats::Client, url: String) {
+    let shown = shown(&url);
     let Some(secret) = shared.config.api_secret.clone() else {
         return;
     };
@@ -122,7 +138,7 @@ pub(crate) async fn run(shared: Arc<Shared>, client: async_nats::Client, url: St
     let js = async_nats::jetstream::new(client);
     loop {
         if let Err(e) = deliver(&shared, &js, &agent, &url, secret.as_bytes()).await {
-            tracing::warn!(%url, error = %e, "webhook delivery interrupted");
+            tracing::warn!(url = %shown, error = %e, "webhook delivery interrupted");
         }
         tokio::time::sleep(RESTART).await;
     }
@@ -159,7 +175,8 @@ async fn deliver(
             Ok(c) => c,
             Err(_) => stream.get_consumer(&name).await?,
         };
-    tracing::info!(%url, consumer = %name, "delivering webhooks");
+    let url_shown = shown(url);
+    tracing::info!(url = %url_shown, consumer = %name, "delivering webhooks");
     let mut messages = consumer.messages().await?;
     while let Some(msg) = messages.next().await {
         let msg = msg?;
@@ -177,16 +194,16 @@ async fn deliver(
             Delivery::Ok => msg.ack().await,
             Delivery::Retry => {
                 let delay = retry_delay(attempt);
-                tracing::debug!(%url, %id, attempt, error = ?posted.err(), delay_ms = delay.as_millis() as u64, "webhook delivery failed, retrying");
+                tracing::debug!(url = %url_shown, %id, attempt, error = ?posted.err(), delay_ms = delay.as_millis() as u64, "webhook delivery failed, retrying");
                 msg.ack_with(AckKind::Nak(Some(delay))).await
             }
             Delivery::Dropped => {
-                tracing::warn!(%url, %id, attempt, error = ?posted.err(), "webhook dropped after its last attempt");
+                tracing::warn!(url = %url_shown, %id, attempt, error = ?posted.err(), "webhook dropped after its last attempt");
                 msg.ack_with(AckKind::Term).await
             }
         };
         if let Err(e) = acked {
-            tracing::debug!(%url, %id, error = %e, "webhook ack not sent");
+            tracing::debug!(url = %url_shown, %id, error = %e, "webhook ack not sent");
         }
         shared.metrics.webhook_delivery(outcome, took);
     }
@@ -261,6 +278,15 @@ mod tests {
         assert_eq!(a.len(), "webhook-delivery-".len() + 12);
         // A valid consumer name: no dots, spaces or wildcards.
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    }
+
+    #[test]
+    fn urls_are_logged_without_credentials_or_query() {
+        assert_eq!(
+            shown("https://app:s3cret@hooks.example.com:8443/in?token=x"),
+            "https://hooks.example.com:8443/in"
+        );
+        assert_eq!(shown("http://127.0.0.1/h"), "http://127.0.0.1/h");
     }
 
     #[test]

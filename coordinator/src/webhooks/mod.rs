@@ -84,6 +84,29 @@ pub(crate) fn room_event(
     )
 }
 
+/// `room_moved`: `from` left the room, whose entry is `after`, written at `revision`.
+pub(crate) fn moved_event(
+    shared: &Shared,
+    reason: MoveReason,
+    from: &NodeId,
+    after: &RoomAssignment,
+    revision: u64,
+) -> WebhookEvent {
+    let id = EventId::Moved {
+        room: &after.room,
+        revision,
+        from,
+    };
+    let mut e = room_event(shared, EventKind::RoomMoved, &after.room, id);
+    e.moved = Some(RoomMoved {
+        reason,
+        from: from.clone(),
+        to: Some(after.node.clone()),
+        epoch: after.epoch,
+    });
+    e
+}
+
 /// One `room_moved` per node that left between `before` and `after`, written at `revision`.
 pub(crate) fn moved_events(
     shared: &Shared,
@@ -97,21 +120,7 @@ pub(crate) fn moved_events(
         .members()
         .into_iter()
         .filter(|n| !remaining.contains(n))
-        .map(|from| {
-            let id = EventId::Moved {
-                room: &after.room,
-                revision,
-                from: &from,
-            };
-            let mut e = room_event(shared, EventKind::RoomMoved, &after.room, id);
-            e.moved = Some(RoomMoved {
-                reason,
-                from,
-                to: Some(after.node.clone()),
-                epoch: after.epoch,
-            });
-            e
-        })
+        .map(|from| moved_event(shared, reason, &from, after, revision))
         .collect()
 }
 
