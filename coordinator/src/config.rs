@@ -48,6 +48,9 @@ pub struct Config {
     pub webhook_max_attempts: u32,
     /// How long the webhook stream keeps an event (its `max_age`).
     pub webhook_retention: Duration,
+    /// Development only: accept an API secret shorter than 32 bytes (as the nodes'
+    /// `--dev-tokens` does), so a local cluster's short dev secret serves the room API.
+    pub dev_tokens: bool,
 }
 
 /// The API key of [`Config::local`], for tests and development.
@@ -81,6 +84,7 @@ impl Config {
             webhook_urls: Vec::new(),
             webhook_max_attempts: DEFAULT_WEBHOOK_MAX_ATTEMPTS,
             webhook_retention: DEFAULT_WEBHOOK_RETENTION,
+            dev_tokens: false,
         }
     }
 
@@ -114,7 +118,7 @@ impl Config {
     fn validate_api(&self) -> Result<()> {
         let min = protocol::token::MIN_SECRET_LEN;
         if let Some(secret) = &self.api_secret {
-            if secret.len() < min {
+            if secret.len() < min && !self.dev_tokens {
                 return Err(Error::Config(format!(
                     "api secret must be at least {min} bytes (e.g. `openssl rand -hex 32`)"
                 )));
@@ -214,6 +218,9 @@ pub struct CoordArgs {
     /// Deliveries of one event to one URL before it is dropped.
     #[arg(long, env = "COORD_WEBHOOK_MAX_ATTEMPTS", default_value_t = DEFAULT_WEBHOOK_MAX_ATTEMPTS)]
     pub webhook_max_attempts: u32,
+    /// Development only: accept an API secret shorter than 32 bytes.
+    #[arg(long, env = "COORD_DEV_TOKENS")]
+    pub dev_tokens: bool,
     /// How long undelivered events are kept (the webhook stream's max age), e.g. `24h`.
     #[arg(long, env = "COORD_WEBHOOK_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub webhook_retention: Duration,
@@ -275,6 +282,7 @@ impl CoordArgs {
             .collect();
         c.webhook_max_attempts = self.webhook_max_attempts;
         c.webhook_retention = self.webhook_retention;
+        c.dev_tokens = self.dev_tokens;
         c.validate()?;
         Ok(c)
     }
@@ -385,6 +393,8 @@ mod args_tests {
         assert_eq!(c.webhook_retention, Duration::from_secs(7200));
         assert!(parse(&["--api-secret", secret]).is_err(), "key required");
         assert!(parse(&["--api-key", "k", "--api-secret", "short"]).is_err());
+        let dev = parse(&["--api-key", "k", "--api-secret", "short", "--dev-tokens"]).unwrap();
+        assert_eq!(dev.api_secret.as_deref(), Some("short"));
         assert!(
             parse(&["--webhook-url", "http://a/h"]).is_err(),
             "secret required"
