@@ -425,3 +425,48 @@ async fn a_drain_moves_the_room_without_anyone_leaving() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A node killed under a room that lives on elsewhere: the application hears `room_moved`
+/// (failover, from the dead node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_moves_the_room() -> anyhow::Result<()> {
+    let receiver = Receiver::new()?;
+    let mut procs = Procs::start(
+        ProcSpec::new(NODE, COORDINATOR, &[("n1", "eu"), ("n2", "us")])
+            .coordinator_flag("--webhook-url")
+            .coordinator_flag(&receiver.url()),
+    )
+    .await?;
+    let room = room_name("hookdead");
+    let _alice = join(&procs, "n1", "eu", &room, "alice").await?;
+    let bob = join(&procs, "n2", "us", &room, "bob").await?;
+    anyhow::ensure!(bob.joined().map(|j| j.node.to_string()).as_deref() == Some("n2"));
+    wait_until(WAIT, "both joins delivered", || async {
+        let got = receiver.events();
+        let joins = got
+            .iter()
+            .filter(|e| e.event == EventKind::ParticipantJoined)
+            .count();
+        if joins == 2 {
+            Ok(())
+        } else {
+            Err(format!("{:?}", kinds(&got)))
+        }
+    })
+    .await?;
+    procs.signal("n2", "KILL")?;
+    wait_until(WAIT, "room_moved delivered", || async {
+        let got = receiver.events();
+        let moved = got.iter().filter_map(|e| e.moved.as_ref()).find(|m| {
+            m.reason == webhook::MoveReason::Failover
+                && m.from.as_str() == "n2"
+                && m.to.as_ref().map(|n| n.as_str()) == Some("n1")
+        });
+        match moved {
+            Some(_) => Ok(()),
+            None => Err(format!("{:?}", kinds(&got))),
+        }
+    })
+    .await?;
+    Ok(())
+}
