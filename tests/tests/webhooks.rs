@@ -398,8 +398,8 @@ async fn a_drain_moves_the_room_without_anyone_leaving() -> anyhow::Result<()> {
     anyhow::ensure!(
         moved
             .iter()
-            .any(|m| m.reason == webhook::MoveReason::Drain && m.from.as_str() == "n2"),
-        "a drain of n2: {moved:?}"
+            .any(|m| m.reason == webhook::MoveReason::Drain && m.from.as_str() == first),
+        "a drain of {first}: {moved:?}"
     );
     assert_eq!(
         position(&events, EventKind::ParticipantJoined, "bob").len(),
