@@ -176,13 +176,7 @@ pub fn decide(
         full: &full,
         ..join
     };
-    let plan = plan_join(
-        join.room,
-        &next.nodes,
-        join.region,
-        join.full,
-        nodes.views(now),
-    );
+    let plan = plan_join(&next.nodes, join.region, join.full, &nodes.pool(now));
     let plan = match plan {
         JoinPlan::Serve(n) => JoinPlan::Serve(n),
         // Not around a node whose state this coordinator cannot judge yet.
@@ -238,9 +232,7 @@ fn fresh(
     stamp: Stamp<'_>,
 ) -> Decision {
     // Nobody is in the room yet, so nobody can be full.
-    let JoinPlan::Extend(origin) =
-        plan_join(join.room, &[], join.region, &[], nodes.views(stamp.now))
-    else {
+    let JoinPlan::Extend(origin) = plan_join(&[], join.region, &[], &nodes.pool(stamp.now)) else {
         return Decision::NoNode;
     };
     nodes.assigned(&origin.node, stamp.now);
@@ -300,7 +292,8 @@ pub fn failover(
     if dead.is_empty() {
         return FailoverPlan::Unchanged;
     }
-    match plan_failover(entry, |n| dead.contains(n), nodes.views(now)) {
+    let plan = plan_failover(entry, |n| dead.contains(n), &nodes.pool(now));
+    match plan {
         FailoverPlan::Shrunk(next) => FailoverPlan::Shrunk(restamp(entry, next, stamp)),
         FailoverPlan::Replaced(next) => {
             nodes.assigned(&next.node, now);

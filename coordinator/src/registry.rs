@@ -9,7 +9,7 @@
 //! announces it and moves the node's rooms once; a later heartbeat makes the node alive again.
 
 use protocol::cluster::NodeHeartbeat;
-use protocol::placement::{self, NodeView};
+use protocol::placement::{self, IndexedPool, NodeView, PlacementIndex, Pool};
 use protocol::{NodeId, RoomId};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -107,6 +107,8 @@ pub struct NodeRegistry {
     entries: Vec<NodeEntry>,
     /// Operators' drain requests, kept apart so a drain can precede a node's first heartbeat.
     drain_requests: BTreeSet<NodeId>,
+    /// The open views in placement order, updated with every change of a view.
+    index: PlacementIndex,
 }
 
 impl NodeRegistry {
@@ -118,6 +120,7 @@ impl NodeRegistry {
             views: Vec::new(),
             entries: Vec::new(),
             drain_requests: BTreeSet::new(),
+            index: PlacementIndex::default(),
         }
     }
 
@@ -192,6 +195,10 @@ impl NodeRegistry {
         view.load = hb.load;
         view.draining = hb.draining || self.drain_requests.contains(&view.id);
         view.pending_rooms = pending_rooms;
+        // Heard from: healthy until a probe proves otherwise or it falls silent (which
+        // placement checks by the clock).
+        view.healthy = true;
+        self.index.update(view);
         heard
     }
 
@@ -205,6 +212,7 @@ impl NodeRegistry {
         let entry = &mut self.entries[i];
         entry.probed_dead.get_or_insert(now);
         self.views[i].healthy = false;
+        self.index.remove(&self.views[i].id);
         !std::mem::replace(&mut entry.death_reported, true)
     }
 
@@ -219,6 +227,7 @@ impl NodeRegistry {
                 continue;
             }
             self.entries[i].death_reported = true;
+            self.index.remove(&self.views[i].id);
             dead.push(self.views[i].id.clone());
         }
         dead
@@ -291,6 +300,7 @@ impl NodeRegistry {
         match self.find(id) {
             Ok(i) => {
                 self.views[i].draining = draining || self.entries[i].draining_reported;
+                self.index.update(&self.views[i]);
                 true
             }
             Err(_) => false,
@@ -302,6 +312,7 @@ impl NodeRegistry {
         if let Ok(i) = self.find(id) {
             self.entries[i].recent.push_back(now);
             self.views[i].pending_rooms = pending(&self.entries[i]);
+            self.index.update(&self.views[i]);
         }
     }
 
@@ -310,6 +321,7 @@ impl NodeRegistry {
         if let Ok(i) = self.find(id) {
             self.entries[i].recent.pop_back();
             self.views[i].pending_rooms = pending(&self.entries[i]);
+            self.index.update(&self.views[i]);
         }
     }
 
@@ -323,9 +335,20 @@ impl NodeRegistry {
         &self.views
     }
 
+    /// What placement chooses from at `now`: the views in load order ([`PlacementIndex`]),
+    /// a node counting as healthy while it is [`Liveness::Alive`]. A choice costs a few
+    /// ordered-set steps and lookups, whatever the number of nodes.
+    pub fn pool(&self, now: Instant) -> impl Pool + '_ {
+        IndexedPool {
+            views: &self.views,
+            index: &self.index,
+            alive: move |v: &NodeView| self.liveness(&v.id, now) == Liveness::Alive,
+        }
+    }
+
     /// Picks a node for a new room and counts it as pending there.
-    pub fn place(&mut self, room: &RoomId, region: Option<&str>, now: Instant) -> Option<NodeId> {
-        let chosen = placement::place(room, region, self.views(now))?;
+    pub fn place(&mut self, region: Option<&str>, now: Instant) -> Option<NodeId> {
+        let chosen = placement::place(region, &self.pool(now))?;
         self.assigned(&chosen, now);
         Some(chosen)
     }
@@ -377,6 +400,11 @@ impl NodeRegistry {
             .iter()
             .map(|e| now.saturating_duration_since(e.seen) < keep)
             .collect();
+        for (v, keep) in self.views.iter().zip(&kept) {
+            if !keep {
+                self.index.remove(&v.id);
+            }
+        }
         let mut keep_view = kept.iter();
         self.views
             .retain(|_| keep_view.next().copied().unwrap_or(true));
@@ -541,10 +569,7 @@ pub(crate) mod tests {
         assert_eq!(r.statuses(died)[0].liveness, Liveness::Dead);
         assert!(!r.views(died)[0].healthy);
         assert_eq!(r.live_nodes(died), vec![id("b")]);
-        assert_eq!(
-            r.place(&RoomId::new("r").unwrap(), None, died),
-            Some(id("b"))
-        );
+        assert_eq!(r.place(None, died), Some(id("b")));
         // A heartbeat sent before the kill that arrives after the probe changes nothing.
         let late = died + STALE_HEARTBEAT - ms(1);
         assert_eq!(r.heartbeat(hb("a", "eu"), late), Heard::Stale);
@@ -627,10 +652,7 @@ pub(crate) mod tests {
                 // Heartbeats during the burst settle nothing younger than `settle`.
                 r.heartbeat(hb("b", "eu"), now);
             }
-            let room = RoomId::new(format!("room-{i}")).unwrap();
-            *counts
-                .entry(r.place(&room, None, now).unwrap())
-                .or_default() += 1;
+            *counts.entry(r.place(None, now).unwrap()).or_default() += 1;
         }
         assert!(
             counts.values().all(|c| (99..=101).contains(c)),
@@ -650,14 +672,13 @@ pub(crate) mod tests {
         r.heartbeat(hb("c", "eu"), t0 + T);
         assert!(r.request_drain(&id("c"), true));
         assert!(!r.request_drain(&id("later"), true));
-        let room = RoomId::new("r").unwrap();
-        assert_eq!(r.place(&room, None, t0 + T), None);
+        assert_eq!(r.place(None, t0 + T), None);
         let s = r.statuses(t0 + T);
         assert!(!s[0].healthy && s[0].liveness == Liveness::Dead);
         assert!(s[1].draining && s[1].draining_reported && !s[1].draining_requested);
         assert!(s[2].draining && s[2].draining_requested && !s[2].draining_reported);
         r.request_drain(&id("c"), false);
-        assert_eq!(r.place(&room, None, t0 + T).unwrap().as_str(), "c");
+        assert_eq!(r.place(None, t0 + T).unwrap().as_str(), "c");
         r.prune(t0 + T + Duration::from_secs(1), Duration::from_secs(2));
         assert_eq!(r.statuses(t0 + T).len(), 2);
     }

@@ -6,8 +6,8 @@
 //! a node of that region joins the room. A node that holds its share of a big room (it says
 //! so by refusing the join, see [`crate::cluster::AllocateRequest::full`]) gets a sibling in
 //! the same region. A region without any eligible node is served by the room's least-loaded
-//! node elsewhere, or failing that by a new node of any region. Each decision is one pass
-//! over the nodes.
+//! node elsewhere, or failing that by a new node of any region. A decision looks up the
+//! room's nodes and walks a [`Pool`]'s load order a few steps, never the whole cluster.
 //!
 //! Failover (DESIGN.md "Failover, fencing, drain") is the same arithmetic on the entry:
 //! [`survivors`] drops a room's dead nodes (a dead origin's role moving to the earliest
@@ -15,8 +15,8 @@
 //! ([`plan_leave`]) and a coordinator reacting to a death ([`plan_failover`]) all share.
 
 use crate::cluster::{RoomAssignment, RoomNode};
-use crate::placement::{self, eligible, least_loaded, NodeView};
-use crate::{NodeId, RoomId};
+use crate::placement::{self, best, NodeView, Pool};
+use crate::NodeId;
 
 /// Which node serves a joining client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,51 +29,45 @@ pub enum JoinPlan {
     NoNode,
 }
 
-/// Plans a join of `room`, whose entry lists `members`, for a client of `region`.
+/// Plans a join of a room whose entry lists `members`, for a client of `region`.
 ///
 /// `full` names room nodes that refused this join for holding their share of the room. A
-/// room node missing from `views` (dead, or not heard from) serves nobody.
+/// room node the pool does not know (dead, or not heard from) serves nobody. The cost is a
+/// lookup per member and a few ordered walks of the pool, not a pass over the cluster.
 pub fn plan_join(
-    room: &RoomId,
     members: &[RoomNode],
     region: Option<&str>,
     full: &[NodeId],
-    views: &[NodeView],
+    pool: &(impl Pool + ?Sized),
 ) -> JoinPlan {
-    let key = room.as_str();
-    let in_room = |n: &NodeView| members.iter().any(|m| m.node == n.id);
-    let has_headroom = |n: &NodeView| eligible(n) && !full.contains(&n.id);
+    let in_room = |id: &NodeId| members.iter().any(|m| &m.node == id);
     let in_region = |n: &NodeView| region.is_none_or(|r| n.region == r);
-    let region_has_nodes = views.iter().any(|n| eligible(n) && in_region(n));
+    let room_nodes = || {
+        members
+            .iter()
+            .filter_map(|m| pool.view(&m.node))
+            .filter(|n| pool.open(n) && !full.contains(&n.id))
+    };
 
     // 1. A room node of the client's region with headroom.
-    if let Some(n) = least_loaded(
-        key,
-        views
-            .iter()
-            .filter(|n| in_room(n) && has_headroom(n) && in_region(n)),
-    ) {
+    if let Some(n) = best(room_nodes().filter(|n| in_region(n))) {
         return JoinPlan::Serve(n.id.clone());
     }
     // 2. A node of the client's region joins the room (a sibling when the room's nodes there
     //    are full).
+    let region_has_nodes = pool.least_loaded(region, &mut |_| true).is_some();
     if region_has_nodes {
-        if let Some(n) = least_loaded(
-            key,
-            views
-                .iter()
-                .filter(|n| !in_room(n) && eligible(n) && in_region(n)),
-        ) {
+        if let Some(n) = pool.least_loaded(region, &mut |n| !in_room(&n.id)) {
             return extend(n);
         }
     }
     // 3. The region has no node that can take the client: any room node with headroom,
     //    before widening the room to yet another region.
-    if let Some(n) = least_loaded(key, views.iter().filter(|n| in_room(n) && has_headroom(n))) {
+    if let Some(n) = best(room_nodes()) {
         return JoinPlan::Serve(n.id.clone());
     }
     // 4. Any node joins the room.
-    match least_loaded(key, views.iter().filter(|n| !in_room(n) && eligible(n))) {
+    match pool.least_loaded(None, &mut |n| !in_room(&n.id)) {
         Some(n) => extend(n),
         None => JoinPlan::NoNode,
     }
@@ -175,26 +169,21 @@ pub enum FailoverPlan {
 pub fn plan_failover(
     entry: &RoomAssignment,
     is_dead: impl Fn(&NodeId) -> bool,
-    views: &[NodeView],
+    pool: &(impl Pool + ?Sized),
 ) -> FailoverPlan {
     let origin_region = entry
         .nodes
         .iter()
         .find(|n| n.node == entry.node)
         .map(|n| n.region.as_str())
-        .or_else(|| {
-            views
-                .iter()
-                .find(|v| v.id == entry.node)
-                .map(|v| v.region.as_str())
-        })
+        .or_else(|| pool.view(&entry.node).map(|v| v.region.as_str()))
         .unwrap_or_default();
     match survivors(entry, origin_region, &is_dead) {
         Survivors::Intact(_) => FailoverPlan::Unchanged,
         Survivors::Shrunk(next) => FailoverPlan::Shrunk(next),
         Survivors::Orphaned => {
             let region = Some(origin_region).filter(|r| !r.is_empty());
-            let chosen = placement::place_among(&entry.room, region, views, |v| !is_dead(&v.id));
+            let chosen = placement::place_among(region, pool, |v| !is_dead(&v.id));
             let Some(origin) = chosen else {
                 return FailoverPlan::Stranded;
             };
@@ -231,6 +220,8 @@ pub fn with_node(entry: &RoomAssignment, node: RoomNode) -> RoomAssignment {
 mod tests {
     use super::*;
     use crate::cluster::{NodeLoad, VERSION};
+    use crate::placement::eligible;
+    use crate::RoomId;
     use proptest::prelude::*;
 
     fn view(id: &str, region: &str, cpu: f64) -> NodeView {
@@ -286,12 +277,12 @@ mod tests {
         ];
         let members = [member("eu-1", "eu")];
         assert_eq!(
-            plan_join(&room(), &members, Some("eu"), &[], &views),
+            plan_join(&members, Some("eu"), &[], &views),
             JoinPlan::Serve(id("eu-1"))
         );
         // A client in `us` gets a `us` node added to the room.
         assert_eq!(
-            plan_join(&room(), &members, Some("us"), &[], &views),
+            plan_join(&members, Some("us"), &[], &views),
             JoinPlan::Extend(member("us-1", "us"))
         );
     }
@@ -305,7 +296,7 @@ mod tests {
         ];
         let members = [member("eu-1", "eu")];
         assert_eq!(
-            plan_join(&room(), &members, Some("eu"), &[id("eu-1")], &views),
+            plan_join(&members, Some("eu"), &[id("eu-1")], &views),
             JoinPlan::Extend(member("eu-2", "eu"))
         );
         // Both eu nodes in the room and full: the room's other region serves.
@@ -315,13 +306,7 @@ mod tests {
             member("us-1", "us"),
         ];
         assert_eq!(
-            plan_join(
-                &room(),
-                &members,
-                Some("eu"),
-                &[id("eu-1"), id("eu-2")],
-                &views
-            ),
+            plan_join(&members, Some("eu"), &[id("eu-1"), id("eu-2")], &views),
             JoinPlan::Serve(id("us-1"))
         );
     }
@@ -331,12 +316,12 @@ mod tests {
         let views = [view("eu-1", "eu", 0.9), view("us-1", "us", 0.0)];
         let members = [member("eu-1", "eu")];
         assert_eq!(
-            plan_join(&room(), &members, Some("ap"), &[], &views),
+            plan_join(&members, Some("ap"), &[], &views),
             JoinPlan::Serve(id("eu-1"))
         );
         // A new room (no members) goes to the least-loaded node anywhere.
         assert_eq!(
-            plan_join(&room(), &[], Some("ap"), &[], &views),
+            plan_join(&[], Some("ap"), &[], &views),
             JoinPlan::Extend(member("us-1", "us"))
         );
     }
@@ -347,12 +332,12 @@ mod tests {
         views[0].draining = true;
         let members = [member("eu-1", "eu"), member("gone", "eu")];
         assert_eq!(
-            plan_join(&room(), &members, Some("eu"), &[], &views),
+            plan_join(&members, Some("eu"), &[], &views),
             JoinPlan::NoNode
         );
         views.push(view("us-1", "us", 0.2));
         assert_eq!(
-            plan_join(&room(), &members, Some("eu"), &[], &views),
+            plan_join(&members, Some("eu"), &[], &views),
             JoinPlan::Extend(member("us-1", "us"))
         );
     }
@@ -482,9 +467,9 @@ mod tests {
                 .map(|(_, v)| v.id.clone())
                 .collect();
             let region = ask.map(|a| format!("r{a}"));
-            let plan = plan_join(&room(), &members, region.as_deref(), &full, &views);
+            let plan = plan_join(&members, region.as_deref(), &full, &views);
             // Deterministic for equal inputs.
-            prop_assert_eq!(&plan, &plan_join(&room(), &members, region.as_deref(), &full, &views));
+            prop_assert_eq!(&plan, &plan_join(&members, region.as_deref(), &full, &views));
             let is_member = |v: &NodeView| members.iter().any(|m| m.node == v.id);
             let headroom = |v: &NodeView| eligible(v) && !full.contains(&v.id);
             let in_region = |v: &NodeView| region.as_deref().is_none_or(|r| v.region == r);
