@@ -131,9 +131,10 @@ pub trait Pool {
     ) -> Option<&NodeView>;
 }
 
-impl Pool for [NodeView] {
+/// Views held any way (a slice, an array, a `Vec`) are a pool that scans: the reference.
+impl<T: AsRef<[NodeView]> + ?Sized> Pool for T {
     fn view(&self, id: &NodeId) -> Option<&NodeView> {
-        self.iter().find(|n| &n.id == id)
+        self.as_ref().iter().find(|n| &n.id == id)
     }
 
     fn open(&self, n: &NodeView) -> bool {
@@ -146,42 +147,11 @@ impl Pool for [NodeView] {
         accept: &mut dyn FnMut(&NodeView) -> bool,
     ) -> Option<&NodeView> {
         best(
-            self.iter()
+            self.as_ref()
+                .iter()
                 .filter(|n| eligible(n) && region.is_none_or(|r| n.region == r))
                 .filter(|n| accept(n)),
         )
-    }
-}
-
-impl<const N: usize> Pool for [NodeView; N] {
-    fn view(&self, id: &NodeId) -> Option<&NodeView> {
-        self.as_slice().view(id)
-    }
-    fn open(&self, n: &NodeView) -> bool {
-        self.as_slice().open(n)
-    }
-    fn least_loaded(
-        &self,
-        region: Option<&str>,
-        accept: &mut dyn FnMut(&NodeView) -> bool,
-    ) -> Option<&NodeView> {
-        self.as_slice().least_loaded(region, accept)
-    }
-}
-
-impl Pool for Vec<NodeView> {
-    fn view(&self, id: &NodeId) -> Option<&NodeView> {
-        self.as_slice().view(id)
-    }
-    fn open(&self, n: &NodeView) -> bool {
-        self.as_slice().open(n)
-    }
-    fn least_loaded(
-        &self,
-        region: Option<&str>,
-        accept: &mut dyn FnMut(&NodeView) -> bool,
-    ) -> Option<&NodeView> {
-        self.as_slice().least_loaded(region, accept)
     }
 }
 

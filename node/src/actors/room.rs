@@ -124,11 +124,7 @@ impl Room {
         self.tracks
             .values()
             .filter(|t| &t.owner == user && t.relayed_from.is_none())
-            .map(|t| TrackInfo {
-                id: t.id.clone(),
-                kind: t.kind,
-                muted: t.is_muted(),
-            })
+            .map(|t| t.info())
             .collect()
     }
 
@@ -209,11 +205,7 @@ impl Room {
         };
         source.clear_fanout();
         if source.relayed_from.is_none() {
-            let track = TrackInfo {
-                id: source.id.clone(),
-                kind: source.kind,
-                muted: source.is_muted(),
-            };
+            let track = source.info();
             let owner = self.info_of(&source.owner);
             self.node
                 .webhooks
@@ -576,11 +568,7 @@ impl Room {
             source.clear_fanout();
             return;
         }
-        let track = TrackInfo {
-            id: source.id.clone(),
-            kind: source.kind,
-            muted: source.is_muted(),
-        };
+        let track = source.info();
         let owner = self.info_of(&source.owner);
         self.node
             .webhooks

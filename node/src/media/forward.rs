@@ -94,6 +94,15 @@ impl TrackSource {
         }
     }
 
+    /// The track as clients see it.
+    pub fn info(&self) -> protocol::signal::TrackInfo {
+        protocol::signal::TrackInfo {
+            id: self.id.clone(),
+            kind: self.kind,
+            muted: self.is_muted(),
+        }
+    }
+
     pub fn is_muted(&self) -> bool {
         self.muted.load(Ordering::Relaxed)
     }
