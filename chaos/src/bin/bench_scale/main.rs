@@ -1,0 +1,313 @@
+//! `bench_scale`: the control plane with many nodes (issue 13), part one — heartbeats and
+//! allocations.
+//!
+//! Starts a nats-server (JetStream, free port) and two real coordinators (`c1`, `c2`) from
+//! the release binaries with [`chaos::sandbox`], and no real node. Fake nodes are this
+//! program: for each size in `--nodes` (growing, on the same cluster), it publishes every
+//! fake node's real `cluster.node.heartbeat` once a second, spread over the second, and
+//! waits (bounded) until both coordinators count them all alive. Then:
+//!
+//! 1. **Heartbeats**: each coordinator's CPU over `--idle-secs` with nothing else to do.
+//! 2. **Allocations**: `--allocations` `coord.allocate` requests for fresh rooms (a random
+//!    region each) with `--inflight` in flight, standing in for fake node 0: allocations/s,
+//!    latency p50/p99, and the coordinators' CPU over the burst less the heartbeats' share,
+//!    per allocation (both coordinators together: the deciding one decides and writes KV,
+//!    the other forwards half the requests to it).
+//!
+//! Every loop is bounded; traffic goes to 127.0.0.1 only. `--write FILE` replaces the
+//! `bench_scale` section. Not yet measured (issue 13's other parts): 100,000 user
+//! subscriptions and cross-node messages, a `rooms` bucket of 100,000 entries.
+
+use anyhow::{bail, Context, Result};
+use chaos::bench::{self, CpuUse, MachineFacts};
+use chaos::sandbox::{Cluster, ClusterSpec};
+use clap::Parser;
+use futures::StreamExt;
+use protocol::cluster::{self as wire, AllocateReply, AllocateRequest, NodeHeartbeat, NodeLoad};
+use protocol::{NodeId, RoomId};
+use rand::Rng;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const REGIONS: [&str; 4] = ["eu", "us", "ap", "sa"];
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bench_scale",
+    about = "Coordinator cost of heartbeats and allocations by node count"
+)]
+struct Args {
+    #[command(flatten)]
+    bins: bench::Binaries,
+    /// Fake node counts, growing.
+    #[arg(long, value_delimiter = ',', default_value = "3,1000,5000,10000")]
+    nodes: Vec<usize>,
+    #[arg(long, default_value_t = 2000)]
+    allocations: usize,
+    #[arg(long, default_value_t = 64)]
+    inflight: usize,
+    /// Seconds of heartbeats alone, for their CPU.
+    #[arg(long, default_value_t = 5)]
+    idle_secs: u64,
+    /// Replace the `bench_scale` section of this file.
+    #[arg(long)]
+    write: Option<PathBuf>,
+    #[arg(long)]
+    note: Option<String>,
+}
+
+fn node_id(i: usize) -> NodeId {
+    NodeId::new(format!("fake-{i:05}")).expect("node id")
+}
+
+fn heartbeat(i: usize, cpu: f64) -> NodeHeartbeat {
+    NodeHeartbeat {
+        v: wire::VERSION,
+        node: node_id(i),
+        region: REGIONS[i % REGIONS.len()].into(),
+        ws_url: format!("ws://127.0.0.1:1/ws/{i}"),
+        draining: false,
+        load: NodeLoad {
+            cpu,
+            rooms: 0,
+            peers: 0,
+            tracks: 0,
+            egress_bps: 0,
+            max_rooms: 100_000,
+            max_peers: 1_000_000,
+            max_egress_bps: 10_000_000_000,
+        },
+        sent_ms: 0,
+    }
+}
+
+/// Publishes the heartbeats of fake nodes `0..count` (read each round) once a second each,
+/// spread over the second in 20 slices, until `stop`.
+async fn heartbeats(
+    client: async_nats::Client,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<tokio::sync::Notify>,
+) {
+    let cpus: Vec<f64> = {
+        let mut rng = rand::thread_rng();
+        (0..100_000).map(|_| rng.gen_range(0.0..0.6)).collect()
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut slice = 0usize;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.notified() => return,
+        }
+        let n = count.load(std::sync::atomic::Ordering::Relaxed);
+        for i in (slice..n).step_by(20) {
+            let Ok(body) = serde_json::to_vec(&heartbeat(i, cpus[i % cpus.len()])) else {
+                continue;
+            };
+            let _ = client.publish(wire::NODE_HEARTBEAT, body.into()).await;
+        }
+        slice = (slice + 1) % 20;
+    }
+}
+
+async fn live_nodes(cluster: &Cluster) -> Vec<f64> {
+    let mut out = Vec::new();
+    for c in cluster.coordinators() {
+        let n = match c.http_get("/metrics").await {
+            Ok(text) => bench::metric(&text, "coord_live_nodes", None).unwrap_or(0.0),
+            Err(_) => 0.0,
+        };
+        out.push(n);
+    }
+    out
+}
+
+fn coord_cpu(cpu: &CpuUse) -> f64 {
+    cpu.procs
+        .iter()
+        .filter(|(id, _)| id.starts_with('c'))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+struct Row {
+    nodes: usize,
+    heartbeat_pct: f64,
+    allocs_per_sec: f64,
+    cpu_per_alloc_us: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    failed: usize,
+}
+
+async fn burst(
+    client: &async_nats::Client,
+    cluster: &Cluster,
+    step: usize,
+    args: &Args,
+    heartbeat_pct: f64,
+) -> Result<(f64, f64, f64, f64, usize)> {
+    let from = node_id(0);
+    let before = cluster.cpu_snapshot();
+    let started = Instant::now();
+    let results: Vec<(Duration, bool)> = futures::stream::iter(0..args.allocations)
+        .map(|i| {
+            let client = client.clone();
+            let from = from.clone();
+            async move {
+                let req = AllocateRequest {
+                    v: wire::VERSION,
+                    room: RoomId::new(format!("scale-{step}-{i}")).expect("room id"),
+                    region: Some(REGIONS[i % REGIONS.len()].into()),
+                    from,
+                    forwarded: false,
+                    lookup: false,
+                    full: Vec::new(),
+                    suspects: Vec::new(),
+                    settings: None,
+                };
+                let t0 = Instant::now();
+                let ok = match serde_json::to_vec(&req) {
+                    Ok(body) => {
+                        let ask = async_nats::Request::new()
+                            .payload(body.into())
+                            .timeout(Some(Duration::from_secs(10)));
+                        match client.send_request(wire::ALLOCATE, ask).await {
+                            Ok(m) => matches!(
+                                serde_json::from_slice::<AllocateReply>(&m.payload),
+                                Ok(AllocateReply::Assigned { .. })
+                            ),
+                            Err(_) => false,
+                        }
+                    }
+                    Err(_) => false,
+                };
+                (t0.elapsed(), ok)
+            }
+        })
+        .buffer_unordered(args.inflight)
+        .collect()
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    let after = cluster.cpu_snapshot();
+    let cpu = CpuUse::between(&before, &after);
+    let mut lat: Vec<Duration> = results.iter().filter(|r| r.1).map(|r| r.0).collect();
+    lat.sort();
+    let failed = results.len() - lat.len();
+    let pct = |q: f64| {
+        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+    };
+    // Core-seconds of both coordinators over the burst, less what heartbeats took.
+    let busy = (coord_cpu(&cpu) - 2.0 * heartbeat_pct).max(0.0) / 100.0 * secs;
+    let per_alloc_us = busy * 1e6 / lat.len().max(1) as f64;
+    Ok((
+        lat.len() as f64 / secs,
+        per_alloc_us,
+        pct(0.5),
+        pct(0.99),
+        failed,
+    ))
+}
+
+async fn run(args: Args) -> Result<Vec<Row>> {
+    let dir = bench::run_dir("bench_scale", None)?;
+    let mut spec = args.bins.apply(ClusterSpec::new(&dir));
+    spec = spec.coordinator("c1").coordinator("c2");
+    spec.ready_timeout = Duration::from_secs(60);
+    let cluster = Cluster::start(spec)
+        .await
+        .context("start nats and the coordinators")?;
+    let client = cluster.nats_client().await?;
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let beating = tokio::spawn(heartbeats(client.clone(), count.clone(), stop.clone()));
+    let mut rows = Vec::new();
+    for (step, &n) in args.nodes.iter().enumerate() {
+        count.store(n, std::sync::atomic::Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let live = live_nodes(&cluster).await;
+            if live.iter().all(|l| *l as usize == n) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!("coordinators count {live:?} live nodes, not {n}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let before = cluster.cpu_snapshot();
+        tokio::time::sleep(Duration::from_secs(args.idle_secs)).await;
+        let idle = CpuUse::between(&before, &cluster.cpu_snapshot());
+        let heartbeat_pct = coord_cpu(&idle) / 2.0;
+        let (allocs_per_sec, cpu_per_alloc_us, p50_ms, p99_ms, failed) =
+            burst(&client, &cluster, step, &args, heartbeat_pct).await?;
+        eprintln!(
+            "{n} nodes: heartbeats {heartbeat_pct:.2} % of a core per coordinator; {allocs_per_sec:.0} allocations/s, {cpu_per_alloc_us:.0} µs CPU each, p50 {p50_ms:.1} ms, p99 {p99_ms:.1} ms, {failed} failed"
+        );
+        rows.push(Row {
+            nodes: n,
+            heartbeat_pct,
+            allocs_per_sec,
+            cpu_per_alloc_us,
+            p50_ms,
+            p99_ms,
+            failed,
+        });
+    }
+    stop.notify_waiters();
+    let _ = beating.await;
+    Ok(rows)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let facts = MachineFacts::collect();
+    let write = args.write.clone();
+    let note = args.note.clone();
+    let (allocations, inflight) = (args.allocations, args.inflight);
+    let rows = bench::run_until_ctrl_c(run(args))?;
+    let mut table = String::from(
+        "| live nodes | coordinator CPU for heartbeats (% of a core, each) | CPU per allocation (both coordinators) | allocations/s | p50 | p99 | failed |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in &rows {
+        let _ = writeln!(
+            table,
+            "| {} | {:.2} % | {:.0} µs | {:.0} | {:.1} ms | {:.1} ms | {} |",
+            r.nodes,
+            r.heartbeat_pct,
+            r.cpu_per_alloc_us,
+            r.allocs_per_sec,
+            r.p50_ms,
+            r.p99_ms,
+            r.failed
+        );
+    }
+    let verdict = format!(
+        "{allocations} allocations per size, {inflight} in flight, through nats-server and two \
+         coordinators on this machine (the fake nodes' heartbeats and the requests come from \
+         this program, on the same cores). CPU per allocation is both coordinators' CPU over the \
+         burst less their heartbeat share, divided by the allocations.\n"
+    );
+    bench::print_and_write(
+        "bench_scale",
+        write.as_deref(),
+        &table,
+        &verdict,
+        |begin, end| {
+            let mut s = bench::section_head(
+                begin,
+                "Control plane by node count (bench_scale: heartbeats, allocations)",
+                "cargo build --release -p node -p coordinator -p chaos",
+                &facts,
+            );
+            s.push('\n');
+            s.push_str(&table);
+            s.push('\n');
+            s.push_str(&bench::section_tail(&verdict, note.as_deref(), &[], end));
+            s
+        },
+    )
+}
