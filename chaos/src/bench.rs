@@ -87,7 +87,12 @@ pub fn command_output(cmd: &str, args: &[&str]) -> Option<String> {
 
 /// This process's command line, shell-quoted where needed.
 pub fn command_line() -> String {
-    std::env::args()
+    quote_args(std::env::args())
+}
+
+/// Arguments as a shell would need them: quoted when they hold whitespace or quotes.
+fn quote_args(args: impl IntoIterator<Item = String>) -> String {
+    args.into_iter()
         .map(|a| {
             if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'') {
                 format!("'{}'", a.replace('\'', "'\\''"))
@@ -102,25 +107,26 @@ pub fn command_line() -> String {
 /// This process's command line without `flag` and its value (`--note FILE` or
 /// `--note=FILE`): for a section that already holds what the flag brought in.
 pub fn command_line_without(flag: &str) -> String {
-    let line = command_line();
-    let mut out: Vec<&str> = Vec::new();
-    let mut skip = false;
+    quote_args(without(std::env::args(), flag))
+}
+
+/// `args` without `flag` and its value, taken argument by argument (a value with spaces is
+/// one argument).
+fn without(args: impl IntoIterator<Item = String>, flag: &str) -> Vec<String> {
     let joined = format!("{flag}=");
-    for w in line.split(' ') {
-        if skip {
-            skip = false;
+    let mut out = Vec::new();
+    let mut skip = false;
+    for a in args {
+        if std::mem::take(&mut skip) {
             continue;
         }
-        if w == flag {
+        if a == flag {
             skip = true;
-            continue;
+        } else if !a.starts_with(&joined) {
+            out.push(a);
         }
-        if w.starts_with(&joined) {
-            continue;
-        }
-        out.push(w);
     }
-    out.join(" ")
+    out
 }
 
 pub fn unix_secs() -> u64 {
@@ -680,6 +686,30 @@ pub fn section_tail(verdict: &str, note: Option<&str>, health: &[String], end: &
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flag_goes_with_its_whole_value_however_many_words() {
+        let args = [
+            "bench",
+            "--write",
+            "B.md",
+            "--note",
+            "Issue 13's table: a, b",
+            "--x",
+            "1",
+        ]
+        .map(String::from);
+        assert_eq!(
+            quote_args(without(args.clone(), "--note")),
+            "bench --write B.md --x 1"
+        );
+        let joined = ["bench", "--note=two words", "--x"].map(String::from);
+        assert_eq!(without(joined, "--note"), ["bench", "--x"]);
+        assert_eq!(
+            quote_args(args),
+            "bench --write B.md --note 'Issue 13'\\''s table: a, b' --x 1"
+        );
+    }
 
     #[test]
     fn metrics_are_found_by_name_and_label() {
