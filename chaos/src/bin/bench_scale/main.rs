@@ -14,9 +14,15 @@
 //!    per allocation (both coordinators together: the deciding one decides and writes KV,
 //!    the other forwards half the requests to it).
 //!
+//! 3. **User routing** ([`users`], measured first, before any fake node): `--users`
+//!    `user.<id>` subscriptions over `--user-conns` connections, and cross-node message
+//!    deliveries to random users through them.
+//!
 //! Every loop is bounded; traffic goes to 127.0.0.1 only. `--write FILE` replaces the
-//! `bench_scale` section. Not yet measured (issue 13's other parts): 100,000 user
-//! subscriptions and cross-node messages, a `rooms` bucket of 100,000 entries.
+//! `bench_scale` section. Not yet measured (issue 13's last part): a `rooms` bucket of
+//! 100,000 entries.
+
+mod users;
 
 use anyhow::{bail, Context, Result};
 use chaos::bench::{self, CpuUse, MachineFacts};
@@ -51,6 +57,17 @@ struct Args {
     /// Seconds of heartbeats alone, for their CPU.
     #[arg(long, default_value_t = 5)]
     idle_secs: u64,
+    /// Sessions, each with its `user.<id>` subscription (0 skips part three).
+    #[arg(long, default_value_t = 100_000)]
+    users: usize,
+    /// Connections the user subscriptions are spread over (the nodes).
+    #[arg(long, default_value_t = 100)]
+    user_conns: usize,
+    /// Deliveries sent to random users.
+    #[arg(long, default_value_t = 20_000)]
+    messages: usize,
+    #[arg(long, default_value_t = 16)]
+    message_inflight: usize,
     /// Replace the `bench_scale` section of this file.
     #[arg(long)]
     write: Option<PathBuf>,
@@ -212,7 +229,7 @@ async fn burst(
     ))
 }
 
-async fn run(args: Args) -> Result<Vec<Row>> {
+async fn run(args: Args) -> Result<(Vec<Row>, Option<users::UserRow>)> {
     let dir = bench::run_dir("bench_scale", None)?;
     let mut spec = args.bins.apply(ClusterSpec::new(&dir));
     spec = spec.coordinator("c1").coordinator("c2");
@@ -220,6 +237,25 @@ async fn run(args: Args) -> Result<Vec<Row>> {
     let cluster = Cluster::start(spec)
         .await
         .context("start nats and the coordinators")?;
+    // User routing first, on a quiet cluster: once the fake nodes stop heartbeating the
+    // coordinators would be failing all of them over.
+    let routed = if args.users > 0 {
+        let r = users::run(
+            &cluster,
+            args.users,
+            args.user_conns,
+            args.messages,
+            args.message_inflight,
+        )
+        .await?;
+        eprintln!(
+            "{} users over {} connections: subscribed in {:.1} s, nats-server {:.0} MiB; {:.0} deliveries/s, p50 {:.2} ms, p99 {:.2} ms, {} failed",
+            r.users, r.conns, r.subscribe_secs, r.nats_rss_mib, r.per_sec, r.p50_ms, r.p99_ms, r.failed
+        );
+        Some(r)
+    } else {
+        None
+    };
     let client = cluster.nats_client().await?;
     let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -257,9 +293,9 @@ async fn run(args: Args) -> Result<Vec<Row>> {
             failed,
         });
     }
-    stop.notify_waiters();
+    stop.notify_one();
     let _ = beating.await;
-    Ok(rows)
+    Ok((rows, routed))
 }
 
 fn main() -> Result<()> {
@@ -268,7 +304,8 @@ fn main() -> Result<()> {
     let write = args.write.clone();
     let note = args.note.clone();
     let (allocations, inflight) = (args.allocations, args.inflight);
-    let rows = bench::run_until_ctrl_c(run(args))?;
+    let (messages, inflight_msgs) = (args.messages, args.message_inflight);
+    let (rows, routed) = bench::run_until_ctrl_c(run(args))?;
     let mut table = String::from(
         "| live nodes | coordinator CPU for heartbeats (% of a core, each) | CPU per allocation (both coordinators) | allocations/s | p50 | p99 | failed |\n|---:|---:|---:|---:|---:|---:|---:|\n",
     );
@@ -285,11 +322,21 @@ fn main() -> Result<()> {
             r.failed
         );
     }
+    if let Some(r) = &routed {
+        let _ = write!(
+            table,
+            "\n| user subscriptions | connections | subscribed in | nats-server RSS | deliveries/s | p50 | p99 | failed |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n| {} | {} | {:.1} s | {:.0} MiB | {:.0} | {:.2} ms | {:.2} ms | {} |\n",
+            r.users, r.conns, r.subscribe_secs, r.nats_rss_mib, r.per_sec, r.p50_ms, r.p99_ms, r.failed
+        );
+    }
     let verdict = format!(
         "{allocations} allocations per size, {inflight} in flight, through nats-server and two \
          coordinators on this machine (the fake nodes' heartbeats and the requests come from \
          this program, on the same cores). CPU per allocation is both coordinators' CPU over the \
-         burst less their heartbeat share, divided by the allocations.\n"
+         burst less their heartbeat share, divided by the allocations. User routing: \
+         {messages} deliveries ({inflight_msgs} in flight) from one connection to random \
+         `user.<id>` subjects, each answered by the connection holding the user's \
+         subscription, as a node's router does.\n"
     );
     bench::print_and_write(
         "bench_scale",
