@@ -149,6 +149,43 @@ fn coord_cpu(cpu: &CpuUse) -> f64 {
         .sum()
 }
 
+/// One request of `body` on `subject`: how long it took, and whether the reply, read as `R`,
+/// is what `good` wants. A timeout, a refusal or an unreadable reply is a failure.
+pub(crate) async fn timed_request<R: serde::de::DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: String,
+    body: &impl serde::Serialize,
+    good: impl Fn(&R) -> bool,
+) -> (Duration, bool) {
+    let t0 = Instant::now();
+    let ok = match serde_json::to_vec(body) {
+        Ok(body) => {
+            let ask = async_nats::Request::new()
+                .payload(body.into())
+                .timeout(Some(Duration::from_secs(10)));
+            match client.send_request(subject, ask).await {
+                Ok(m) => serde_json::from_slice::<R>(&m.payload).is_ok_and(|r| good(&r)),
+                Err(_) => false,
+            }
+        }
+        Err(_) => false,
+    };
+    (t0.elapsed(), ok)
+}
+
+/// The successful requests' latencies, sorted, and how many failed.
+pub(crate) fn latencies(results: &[(Duration, bool)]) -> (Vec<Duration>, usize) {
+    let mut ok: Vec<Duration> = results.iter().filter(|r| r.1).map(|r| r.0).collect();
+    ok.sort();
+    let failed = results.len() - ok.len();
+    (ok, failed)
+}
+
+/// The `p`th percentile of sorted latencies, ms (NaN when there are none).
+pub(crate) fn pct_ms(sorted: &[Duration], p: f64) -> f64 {
+    bench::percentile_sorted(sorted, p).map_or(f64::NAN, bench::ms)
+}
+
 struct Row {
     nodes: usize,
     heartbeat_pct: f64,
@@ -185,23 +222,13 @@ async fn burst(
                     suspects: Vec::new(),
                     settings: None,
                 };
-                let t0 = Instant::now();
-                let ok = match serde_json::to_vec(&req) {
-                    Ok(body) => {
-                        let ask = async_nats::Request::new()
-                            .payload(body.into())
-                            .timeout(Some(Duration::from_secs(10)));
-                        match client.send_request(wire::ALLOCATE, ask).await {
-                            Ok(m) => matches!(
-                                serde_json::from_slice::<AllocateReply>(&m.payload),
-                                Ok(AllocateReply::Assigned { .. })
-                            ),
-                            Err(_) => false,
-                        }
-                    }
-                    Err(_) => false,
-                };
-                (t0.elapsed(), ok)
+                timed_request(
+                    &client,
+                    wire::ALLOCATE.to_owned(),
+                    &req,
+                    |r: &AllocateReply| matches!(r, AllocateReply::Assigned { .. }),
+                )
+                .await
             }
         })
         .buffer_unordered(args.inflight)
@@ -210,21 +237,15 @@ async fn burst(
     let secs = started.elapsed().as_secs_f64();
     let after = cluster.cpu_snapshot();
     let cpu = CpuUse::between(&before, &after);
-    let mut lat: Vec<Duration> = results.iter().filter(|r| r.1).map(|r| r.0).collect();
-    lat.sort();
-    let failed = results.len() - lat.len();
-    let pct = |q: f64| {
-        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
-            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
-    };
+    let (lat, failed) = latencies(&results);
     // Core-seconds of both coordinators over the burst, less what heartbeats took.
     let busy = (coord_cpu(&cpu) - 2.0 * heartbeat_pct).max(0.0) / 100.0 * secs;
     let per_alloc_us = busy * 1e6 / lat.len().max(1) as f64;
     Ok((
         lat.len() as f64 / secs,
         per_alloc_us,
-        pct(0.5),
-        pct(0.99),
+        pct_ms(&lat, 50.0),
+        pct_ms(&lat, 99.0),
         failed,
     ))
 }

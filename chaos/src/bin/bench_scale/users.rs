@@ -90,23 +90,10 @@ pub async fn run(
                     },
                     host: None,
                 };
-                let t0 = Instant::now();
-                let ok = match serde_json::to_vec(&delivery) {
-                    Ok(body) => {
-                        let ask = async_nats::Request::new()
-                            .payload(body.into())
-                            .timeout(Some(Duration::from_secs(5)));
-                        match sender.send_request(wire::user(&to), ask).await {
-                            Ok(m) => matches!(
-                                serde_json::from_slice::<DeliveryAck>(&m.payload),
-                                Ok(DeliveryAck::Delivered)
-                            ),
-                            Err(_) => false,
-                        }
-                    }
-                    Err(_) => false,
-                };
-                (t0.elapsed(), ok)
+                super::timed_request(&sender, wire::user(&to), &delivery, |a: &DeliveryAck| {
+                    *a == DeliveryAck::Delivered
+                })
+                .await
             }
         })
         .buffer_unordered(inflight.max(1))
@@ -116,20 +103,15 @@ pub async fn run(
     for t in tasks {
         t.abort();
     }
-    let mut lat: Vec<Duration> = results.iter().filter(|r| r.1).map(|r| r.0).collect();
-    lat.sort();
-    let pct = |q: f64| {
-        lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
-            .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
-    };
+    let (lat, failed) = super::latencies(&results);
     Ok(UserRow {
         users,
         conns,
         subscribe_secs,
         nats_rss_mib,
         per_sec: lat.len() as f64 / secs,
-        p50_ms: pct(0.5),
-        p99_ms: pct(0.99),
-        failed: results.len() - lat.len(),
+        p50_ms: super::pct_ms(&lat, 50.0),
+        p99_ms: super::pct_ms(&lat, 99.0),
+        failed,
     })
 }
