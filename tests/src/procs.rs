@@ -150,6 +150,20 @@ impl Procs {
         token::mint(self.secret().as_bytes(), claims)
     }
 
+    /// A client joined with `claims` through `node`'s socket, saying it is in `region`.
+    pub async fn join_as(
+        &self,
+        node: &str,
+        region: &str,
+        claims: &Claims,
+    ) -> anyhow::Result<chaos::Client> {
+        let client = chaos::Client::connect(&self.ws_url(node)).await?;
+        client
+            .join_in_region(claims.room.as_str(), &self.claims_token(claims), region)
+            .await?;
+        Ok(client)
+    }
+
     /// Sends a signal (`KILL`, `STOP`, `CONT`, `TERM`) to a process of the cluster.
     pub fn signal(&mut self, id: &str, signal: &str) -> anyhow::Result<()> {
         eprintln!("   signal {signal} to {id}");

@@ -127,12 +127,9 @@ async fn join(
     user: &str,
     can_publish: bool,
 ) -> anyhow::Result<Client> {
-    let client = Client::connect(&procs.ws_url(node)).await?;
     let mut claims = tests::claims(room, user, 600);
     claims.can_publish = can_publish;
-    client
-        .join_in_region(room, &procs.claims_token(&claims), region)
-        .await?;
+    let client = procs.join_as(node, region, &claims).await?;
     if can_publish {
         client.publish(PublishOpts::default()).await?;
     }
@@ -672,12 +669,9 @@ async fn room_settings_are_enforced_across_nodes() -> anyhow::Result<()> {
     let _alice = join(&procs, "n1", "eu", &private, "alice", false).await?;
     let bob = join(&procs, "n2", "us", &private, "bob", false).await;
     assert_eq!(refusal(&bob), Some(ErrorCode::Forbidden), "{:?}", bob.err());
-    let guest = Client::connect(&procs.ws_url("n2")).await?;
     let mut claims = tests::claims(&private, "bob", 600);
     claims.admit_private = true;
-    guest
-        .join_in_region(&private, &procs.claims_token(&claims), "us")
-        .await?;
+    let _guest = procs.join_as("n2", "us", &claims).await?;
 
     // A created room nobody joins closes after its empty timeout; so does a room that
     // emptied.
@@ -714,9 +708,7 @@ async fn room_settings_are_enforced_across_nodes() -> anyhow::Result<()> {
         max_participants: 1,
         ..Default::default()
     });
-    let erin = Client::connect(&procs.ws_url("n1")).await?;
-    erin.join_in_region(&by_token, &procs.claims_token(&claims), "eu")
-        .await?;
+    let _erin = procs.join_as("n1", "eu", &claims).await?;
     let view = api
         .ok("GET", &format!("/v1/rooms/{by_token}"), None)
         .await?;

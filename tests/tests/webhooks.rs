@@ -124,9 +124,8 @@ async fn join(
     room: &str,
     user: &str,
 ) -> anyhow::Result<Client> {
-    let client = Client::connect(&procs.ws_url(node)).await?;
-    client
-        .join_in_region(room, &procs.token(room, user), region)
+    let client = procs
+        .join_as(node, region, &tests::claims(room, user, 600))
         .await?;
     client.publish(PublishOpts::default()).await?;
     Ok(client)
