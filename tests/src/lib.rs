@@ -203,3 +203,22 @@ impl Drop for RunDir {
         }
     }
 }
+
+/// Runs a tool that must succeed and returns its standard output; a tool that is not
+/// installed is a failure naming the fix (`scripts/install-deps` installs every tool the
+/// tests run).
+pub fn succeed(cmd: &mut std::process::Command) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let what = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {what} (scripts/install-deps installs it)"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

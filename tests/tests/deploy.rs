@@ -35,19 +35,7 @@ fn run(cmd: &mut Command) -> Result<Output> {
         .with_context(|| format!("running {name} (scripts/install-deps installs it)"))
 }
 
-/// Runs a tool that must succeed, and returns its standard output.
-fn succeed(cmd: &mut Command) -> Result<String> {
-    let what = format!("{cmd:?}");
-    let out = run(cmd)?;
-    ensure!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use tests::succeed;
 
 /// `docker-compose -f deploy/compose.yaml <args>` with the secrets the file requires.
 fn compose(args: &[&str], secrets: bool) -> Command {

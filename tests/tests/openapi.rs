@@ -22,22 +22,7 @@ fn spec() -> PathBuf {
         .join("docs/openapi.yaml")
 }
 
-/// Runs a tool that must succeed and returns its standard output; a tool that is not
-/// installed is a failure naming the fix.
-fn succeed(cmd: &mut Command) -> Result<String> {
-    let what = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {what} (scripts/install-deps openapi installs it)"))?;
-    ensure!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use tests::succeed;
 
 /// The file as JSON.
 fn document() -> Result<serde_json::Value> {
