@@ -46,6 +46,17 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in the order above.
+    pub const ALL: [EventKind; 7] = [
+        EventKind::RoomStarted,
+        EventKind::RoomFinished,
+        EventKind::ParticipantJoined,
+        EventKind::ParticipantLeft,
+        EventKind::TrackPublished,
+        EventKind::TrackUnpublished,
+        EventKind::RoomMoved,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::RoomStarted => "room_started",
@@ -257,15 +268,7 @@ mod tests {
             r#"{"id":"id1","event":"participant_joined","created_ms":5,"room":"r","source":"n1","participant":{"id":"u","name":"U"}}"#
         );
         assert_eq!(serde_json::from_str::<WebhookEvent>(&text).unwrap(), e);
-        for k in [
-            EventKind::RoomStarted,
-            EventKind::RoomFinished,
-            EventKind::ParticipantJoined,
-            EventKind::ParticipantLeft,
-            EventKind::TrackPublished,
-            EventKind::TrackUnpublished,
-            EventKind::RoomMoved,
-        ] {
+        for k in EventKind::ALL {
             assert_eq!(serde_json::json!(k), serde_json::json!(k.as_str()));
         }
         assert_eq!(subject(&RoomId::new("a.b").unwrap()), "webhook.a=2Eb");

@@ -320,15 +320,7 @@ fn the_bodies_match_their_schemas() -> Result<()> {
             })?
         ]),
     ];
-    for kind in [
-        EventKind::RoomStarted,
-        EventKind::RoomFinished,
-        EventKind::ParticipantJoined,
-        EventKind::ParticipantLeft,
-        EventKind::TrackPublished,
-        EventKind::TrackUnpublished,
-        EventKind::RoomMoved,
-    ] {
+    for kind in EventKind::ALL {
         let e = WebhookEvent::new("x".into(), kind, room.clone(), "n", 1);
         samples.push(json!(["WebhookEvent", to_value(&e)?]));
     }
