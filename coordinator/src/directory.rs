@@ -91,10 +91,23 @@ pub struct RoomDirectory {
     kv: Store,
 }
 
+/// Opens a KV bucket, creating it with `config` if missing; one that exists with another
+/// configuration (say, other replicas) is used as it is.
+pub(crate) async fn open_bucket(client: &async_nats::Client, config: kv::Config) -> Result<Store> {
+    let js = async_nats::jetstream::new(client.clone());
+    let bucket = config.bucket.clone();
+    match js.create_key_value(config).await {
+        Ok(kv) => Ok(kv),
+        Err(create) => js.get_key_value(&bucket).await.map_err(|get| {
+            tracing::debug!(error = %create, %bucket, "create bucket");
+            Error::directory("open", get)
+        }),
+    }
+}
+
 impl RoomDirectory {
     /// Opens the bucket, creating it if missing (`history` [`HISTORY`], `replicas` copies).
     pub async fn open(client: &async_nats::Client, replicas: usize) -> Result<Self> {
-        let js = async_nats::jetstream::new(client.clone());
         let config = kv::Config {
             bucket: ROOMS_BUCKET.into(),
             description: "room -> its nodes with their regions, origin and epoch".into(),
@@ -102,14 +115,7 @@ impl RoomDirectory {
             num_replicas: replicas,
             ..Default::default()
         };
-        let kv = match js.create_key_value(config).await {
-            Ok(kv) => kv,
-            // Exists with another configuration (say, other replicas): use it as it is.
-            Err(create) => js.get_key_value(ROOMS_BUCKET).await.map_err(|get| {
-                tracing::debug!(error = %create, "create rooms bucket");
-                Error::directory("open", get)
-            })?,
-        };
+        let kv = open_bucket(client, config).await?;
         Ok(Self { kv })
     }
 

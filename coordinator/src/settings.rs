@@ -83,7 +83,6 @@ pub enum Created {
 impl SettingsStore {
     /// Opens the bucket, creating it if missing (`replicas` copies, like `rooms`).
     pub async fn open(client: &async_nats::Client, replicas: usize) -> Result<Self> {
-        let js = async_nats::jetstream::new(client.clone());
         let config = kv::Config {
             bucket: SETTINGS_BUCKET.into(),
             description: "room -> settings stored through the room API or a join token".into(),
@@ -91,13 +90,7 @@ impl SettingsStore {
             num_replicas: replicas,
             ..Default::default()
         };
-        let kv = match js.create_key_value(config).await {
-            Ok(kv) => kv,
-            Err(create) => js.get_key_value(SETTINGS_BUCKET).await.map_err(|get| {
-                tracing::debug!(error = %create, "create settings bucket");
-                Error::directory("open settings", get)
-            })?,
-        };
+        let kv = crate::directory::open_bucket(client, config).await?;
         Ok(Self {
             kv,
             cache: Arc::default(),
