@@ -79,6 +79,7 @@ pub(crate) async fn run(
         None => None,
     };
     if let Some((dir, settings)) = opened {
+        tasks.spawn(crate::mirror::run(shared.clone(), dir.store().clone()));
         let _ = shared.directory.set(dir);
         tasks.spawn(settings.clone().watch());
         let _ = shared.settings.set(settings);

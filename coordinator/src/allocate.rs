@@ -1,16 +1,20 @@
-//! Serving `coord.allocate`: forward to the room's deciding coordinator, or decide here and
-//! write the decision to the directory with compare-and-swap. The deciding coordinator first
-//! probes the nodes the request suspects ([`crate::failover::probe_suspects`]). The reply names the room's
+//! Serving `coord.allocate`: whichever coordinator the request reaches decides, from its
+//! mirror of the directory, and writes the decision with compare-and-swap (the only arbiter
+//! between coordinators; a lost race reads KV and decides again). It first probes the nodes
+//! the request suspects ([`crate::failover::probe_suspects`]). The reply names the room's
 //! entry as written and the node that serves the client (`serve`); a `lookup` only reads,
 //! and answers with the origin.
+//!
+//! Requests marked `forwarded` (sent by a coordinator of an earlier version to a room's
+//! deciding coordinator) are served the same way.
 
 use crate::decide::{decide, Change, Decision, Join, RoomRecord, Stamp};
-use crate::directory::Write;
+use crate::directory::{RoomDirectory, Write};
 use crate::metrics::AllocResult;
 use crate::{lifecycle, webhooks, Shared};
 use async_nats::{Client, Message};
 use bytes::Bytes;
-use protocol::cluster::{self, AllocateReply, AllocateRequest, VERSION};
+use protocol::cluster::{AllocateReply, AllocateRequest, VERSION};
 use protocol::webhook::MoveReason;
 use protocol::ErrorCode;
 use std::sync::Arc;
@@ -65,22 +69,7 @@ async fn allocate(
     client: &Client,
     req: AllocateRequest,
 ) -> (Bytes, AllocResult) {
-    if !req.forwarded {
-        let decider = shared.coords().decider(&req.room, Instant::now());
-        if decider != shared.config.id {
-            match forward(shared, client, &decider, &req).await {
-                Ok(body) => {
-                    shared.metrics.forward("relayed");
-                    return (body, AllocResult::Forwarded);
-                }
-                Err(e) => {
-                    shared.metrics.forward("failed");
-                    tracing::debug!(room = %req.room, %decider, error = %e, "forward failed, deciding here");
-                }
-            }
-        }
-    }
-    // Deciding here: a suspect found dead now leaves the room's entry in this decision.
+    // A suspect found dead now leaves the room's entry in this decision.
     if !req.suspects.is_empty() {
         crate::failover::probe_suspects(shared, client, &req.suspects).await;
     }
@@ -88,21 +77,38 @@ async fn allocate(
     reply(answer, result)
 }
 
-async fn forward(
+/// The room's record to decide from: on the first round the mirror's, when it is synced
+/// and holds what is needed; otherwise (and after a lost race) KV's.
+///
+/// - An allocation takes the mirror's live entry (a write that follows is conditional on
+///   its revision) or its absence (a create that follows fails on any history of the key).
+/// - A lookup only takes a live entry from the mirror: absent there may be just created.
+async fn record(
     shared: &Shared,
-    client: &Client,
-    decider: &str,
+    dir: &RoomDirectory,
     req: &AllocateRequest,
-) -> Result<Bytes, crate::Error> {
-    let mut fwd = req.clone();
-    fwd.forwarded = true;
-    let request = async_nats::Request::new()
-        .payload(serde_json::to_vec(&fwd)?.into())
-        .timeout(Some(shared.config.forward_timeout));
-    let msg = client
-        .send_request(cluster::coord_allocate(decider), request)
-        .await?;
-    Ok(msg.payload)
+    round: usize,
+) -> crate::Result<RoomRecord> {
+    if round == 0 {
+        let mirrored = {
+            let m = shared.mirror();
+            match m.get(&req.room) {
+                _ if !m.synced() => None,
+                Some(held) => Some(RoomRecord::Assigned {
+                    assignment: held.assignment.clone(),
+                    revision: held.revision,
+                }),
+                None if req.lookup => None,
+                None => Some(RoomRecord::Missing),
+            }
+        };
+        if let Some(record) = mirrored {
+            shared.metrics.directory_read("mirror");
+            return Ok(record);
+        }
+    }
+    shared.metrics.directory_read("kv");
+    dir.read(&req.room).await
 }
 
 /// Decides for the room here: read the record, decide, write conditionally; on a lost race
@@ -136,8 +142,8 @@ pub(crate) async fn decide_and_write(
     let Some(dir) = shared.directory.get() else {
         return unavailable("room directory not open".into(), AllocResult::Error);
     };
-    for _ in 0..MAX_ROUNDS {
-        let record = match dir.read(&req.room).await {
+    for round in 0..MAX_ROUNDS {
+        let record = match record(shared, dir, req, round).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(room = %req.room, error = %e, "directory read failed");
@@ -182,7 +188,8 @@ pub(crate) async fn decide_and_write(
             decide(join, record, &mut shared.nodes(), stamp)
         };
         let added = decision.new_node().cloned();
-        let (written, assignment, serve, result) = match decision {
+        // What to write, on condition that the key is at `expected` (0: never written).
+        let (assignment, expected, serve, result) = match decision {
             Decision::Keep { assignment, serve } => {
                 return (
                     AllocateReply::Assigned {
@@ -198,7 +205,7 @@ pub(crate) async fn decide_and_write(
             }
             Decision::Create(a) => {
                 let serve = a.node.clone();
-                (dir.create(&a).await, a, serve, AllocResult::Created)
+                (a, 0, serve, AllocResult::Created)
             }
             Decision::Update {
                 assignment,
@@ -212,10 +219,18 @@ pub(crate) async fn decide_and_write(
                     Change::Reopen => AllocResult::Reopened,
                     Change::Extend => AllocResult::Extended,
                 };
-                let written = dir.update(&assignment, revision).await;
-                (written, assignment, serve, result)
+                (assignment, revision, serve, result)
             }
         };
+        // A room that opens needs its stored settings: read while the entry is written.
+        let opens = matches!(result, AllocResult::Created | AllocResult::Reopened);
+        let settings = async {
+            match opens {
+                true => Some(lifecycle::read_settings(shared, &req.room).await),
+                false => None,
+            }
+        };
+        let (written, prefetched) = tokio::join!(dir.update(&assignment, expected), settings);
         match written {
             Ok(Write::Done(revision)) => {
                 tracing::info!(
@@ -232,7 +247,7 @@ pub(crate) async fn decide_and_write(
                 // before the node can report anyone joining.
                 let settings = match result {
                     AllocResult::Created | AllocResult::Reopened => {
-                        lifecycle::opened(shared, req, &assignment).await
+                        lifecycle::opened(shared, req, &assignment, prefetched).await
                     }
                     AllocResult::Reassigned => {
                         if let Some(before) = &before {

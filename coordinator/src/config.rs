@@ -34,8 +34,6 @@ pub struct Config {
     /// How long an assignment counts as pending load on its node after a heartbeat arrives
     /// (see [`crate::registry::NodeRegistry`]).
     pub pending_settle: Duration,
-    /// Timeout of a request forwarded to the room's deciding coordinator.
-    pub forward_timeout: Duration,
     /// The room API's key: the `iss` of every call token (README "Room API").
     pub api_key: String,
     /// The room API's HS256 secret (the one the nodes sign join tokens with), also the
@@ -78,7 +76,6 @@ impl Config {
             heartbeat_interval: Duration::from_secs(1),
             kv_replicas: 1,
             pending_settle: Duration::from_secs(2),
-            forward_timeout: Duration::from_secs(1),
             api_key: DEV_API_KEY.into(),
             api_secret: Some(DEV_API_SECRET.into()),
             webhook_urls: Vec::new(),

@@ -1,14 +1,14 @@
 //! The room directory: JetStream KV bucket [`ROOMS_BUCKET`], key
 //! [`protocol::cluster::token`] of the room id, value a JSON [`RoomAssignment`].
 //!
-//! Every write is conditional on the key's last revision (`create` = "no live value",
+//! Every write is conditional on the key's last revision (`update` at 0 = "never written",
 //! `update` = "still at revision r", `delete` = "still at revision r"), so the history of a
 //! key is a single line: each epoch is written once, by one coordinator, and a node joins
 //! or leaves a room's entry only on top of the version it was planned from.
 
 use crate::decide::{self, RoomRecord, Stamp};
 use crate::error::{Error, Result};
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, Store, UpdateErrorKind};
+use async_nats::jetstream::kv::{self, Operation, Store, UpdateErrorKind};
 use futures::{StreamExt, TryStreamExt};
 use protocol::cascade::LeavePlan;
 use protocol::cluster::{token, untoken, RoomAssignment, RoomClosed, ROOMS_BUCKET};
@@ -105,6 +105,58 @@ pub(crate) async fn open_bucket(client: &async_nats::Client, config: kv::Config)
     }
 }
 
+/// Pause before watching a bucket again after its watch ended or failed.
+const REWATCH: Duration = Duration::from_millis(500);
+
+/// Feeds `apply` with a bucket's changes for ever: every key's latest value first, then each
+/// change as it happens. `caught_up` is called once those latest values have all been
+/// delivered (at once for an empty bucket), the first time only. A watch that ends or fails
+/// starts again from the latest values, which `apply` must take as a replay.
+pub(crate) async fn follow(
+    kv: Store,
+    what: &'static str,
+    mut apply: impl FnMut(&kv::Entry),
+    caught_up: impl FnOnce(),
+) {
+    let mut caught_up = Some(caught_up);
+    loop {
+        // Asked before the watch starts: a bucket empty then has nothing to replay.
+        let empty = kv
+            .stream
+            .clone()
+            .info()
+            .await
+            .map(|i| i.state.messages == 0)
+            .unwrap_or(false);
+        match kv.watch_with_history(">").await {
+            Ok(mut watch) => {
+                if empty {
+                    if let Some(f) = caught_up.take() {
+                        f();
+                    }
+                }
+                while let Some(next) = watch.next().await {
+                    let entry = match next {
+                        Ok(e) => e,
+                        Err(e) => {
+                            tracing::debug!(error = %e, bucket = what, "watch");
+                            break;
+                        }
+                    };
+                    apply(&entry);
+                    if entry.seen_current {
+                        if let Some(f) = caught_up.take() {
+                            f();
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, bucket = what, "watch not started"),
+        }
+        tokio::time::sleep(REWATCH).await;
+    }
+}
+
 impl RoomDirectory {
     /// Opens the bucket, creating it if missing (`history` [`HISTORY`], `replicas` copies).
     pub async fn open(client: &async_nats::Client, replicas: usize) -> Result<Self> {
@@ -159,17 +211,14 @@ impl RoomDirectory {
         })
     }
 
-    /// Writes a new room's first assignment unless the key holds a live value.
+    /// Writes a room's first entry: [`RoomDirectory::update`] at revision 0.
     pub async fn create(&self, a: &RoomAssignment) -> Result<Write> {
-        let key = token(a.room.as_str());
-        match self.kv.create(key, serde_json::to_vec(a)?.into()).await {
-            Ok(rev) => Ok(Write::Done(rev)),
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(Write::Conflict),
-            Err(e) => Err(Error::directory("create", e)),
-        }
+        self.update(a, 0).await
     }
 
-    /// Replaces the record at `revision` (compare-and-swap).
+    /// Replaces the record at `revision` (compare-and-swap). Revision 0 creates a room's
+    /// first entry: a key with any history (a live value, or a closed room's delete marker)
+    /// is then a conflict, so a closed room reopens only from its record (its epochs go on).
     pub async fn update(&self, a: &RoomAssignment, revision: u64) -> Result<Write> {
         let key = token(a.room.as_str());
         match self

@@ -372,21 +372,33 @@ async fn move_rooms(shared: &Shared, node: &NodeId) {
         tracing::warn!(%node, "room directory not open: the dead node's rooms move on their next join");
         return;
     };
-    let listed = match dir.list().await {
-        Ok(list) => list,
-        Err(e) => {
-            tracing::warn!(%node, error = %e, "rooms of a dead node not listed");
-            shared.metrics.failover(FailoverOutcome::Error);
-            return;
-        }
+    // The node's rooms from the mirror (each is then edited from KV); before the mirror has
+    // caught up, from a listing of the bucket (bounded by `directory::LIST_LIMIT`).
+    let mirrored = {
+        let m = shared.mirror();
+        m.synced().then(|| m.rooms_of(node))
+    };
+    let candidates = match mirrored {
+        Some(rooms) => rooms,
+        None => match dir.list().await {
+            Ok(list) => list
+                .into_iter()
+                .filter(|a| a.serves(node))
+                .map(|a| a.room)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(%node, error = %e, "rooms of a dead node not listed");
+                shared.metrics.failover(FailoverOutcome::Error);
+                return;
+            }
+        },
     };
     let now = Instant::now();
     let rooms: Vec<RoomId> = {
         let coords = shared.coords();
-        listed
+        candidates
             .into_iter()
-            .filter(|a| a.serves(node) && coords.decider(&a.room, now) == shared.config.id)
-            .map(|a| a.room)
+            .filter(|room| coords.decider(room, now) == shared.config.id)
             .collect()
     };
     let outcomes: Vec<FailoverOutcome> = futures::stream::iter(rooms)

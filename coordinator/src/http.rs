@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 /// How long `/rooms` waits for the nodes' member counts.
 const MEMBERS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a listing waits for the mirror of the directory to hold every earlier write.
+const MIRROR_WAIT: Duration = Duration::from_secs(2);
 
 type Data = web::Data<Arc<Shared>>;
 
@@ -103,6 +105,8 @@ async fn metrics(shared: Data) -> HttpResponse {
     let now = Instant::now();
     let nodes = shared.nodes().statuses(now);
     let coords = shared.coords().live(now).len();
+    let rooms = shared.mirror().len();
+    shared.metrics.directory_rooms(rooms);
     let body = shared
         .metrics
         .render(&nodes, coords, shared.readiness().is_ok());
@@ -176,7 +180,13 @@ pub(crate) async fn list_rooms(shared: Arc<Shared>) -> crate::Result<Vec<RoomRow
     let (Some(dir), Some(client)) = (shared.directory.get(), shared.client.get()) else {
         return Err(crate::Error::NotConnected);
     };
-    let assignments = dir.list().await?;
+    // From the mirror once it holds every write made before this request; from a listing
+    // of the bucket (bounded by `directory::LIST_LIMIT`) if it does not catch up in time.
+    let mirrored = crate::mirror::entries_caught_up(&shared, dir.store(), MIRROR_WAIT).await;
+    let assignments = match mirrored {
+        Some(a) => a,
+        None => dir.list().await?,
+    };
     let live = shared.nodes().live_nodes(Instant::now());
     let asks = live.iter().map(|node| async move {
         let req = async_nats::Request::new()

@@ -1,11 +1,13 @@
 //! The coordinator: node registry from heartbeats, room placement with compare-and-swap in
 //! JetStream KV, sharding of decisions among live coordinators, admin HTTP API and metrics.
 //!
-//! Run two or more; all are active. Each room has one deciding coordinator (rendezvous hash
-//! of the room id over the live coordinators); a coordinator that receives an allocation for
-//! a room it does not decide forwards it there, and decides itself if that fails. Safety does
-//! not rest on the sharding: every directory write is conditional on the key's revision, so
-//! two coordinators with different views still install at most one origin per epoch.
+//! Run two or more; all are active. Whichever coordinator an allocation reaches decides it,
+//! from its in-memory mirror of the directory ([`mirror`]); every directory write is
+//! conditional on the key's revision, so two coordinators deciding for one room still install
+//! at most one origin per epoch (the loser reads KV and decides again). Work nobody asked
+//! for (moving a dead node's rooms, finishing created rooms nobody joined) is sharded: each
+//! room has one deciding coordinator, by rendezvous hash of the room id over the live
+//! coordinators.
 //!
 //! A room spans nodes (DESIGN.md "Placement and cascading"): its entry lists them with their
 //! regions. An allocation is served by the room's node in the client's region, or extends
@@ -26,8 +28,9 @@
 //! | [`registry`] | live nodes and coordinators, pending rooms (pure) |
 //! | [`decide`] | the allocation and leave decisions given the directory's record (pure) |
 //! | [`directory`] | the `rooms` KV bucket |
+//! | [`mirror`] | the `rooms` bucket's live entries, watched into memory, by room and by node |
 //! | `agent` | NATS: connection, heartbeats, subscriptions |
-//! | `allocate` | serving `coord.allocate`: forward or decide, then write |
+//! | `allocate` | serving `coord.allocate`: decide, then write |
 //! | `failover` | suspicions, probes, deaths: `cluster.node.down`, rooms moved off dead nodes |
 //! | `http` | admin API |
 //! | [`api`] | room API (`/v1`, README "Room API", `docs/openapi.yaml`) |
@@ -49,6 +52,7 @@ mod failover;
 mod http;
 mod lifecycle;
 pub mod metrics;
+pub mod mirror;
 pub mod registry;
 pub mod settings;
 mod webhooks;
@@ -74,6 +78,10 @@ pub(crate) struct Shared {
     coords: Mutex<CoordRegistry>,
     client: OnceLock<async_nats::Client>,
     directory: OnceLock<RoomDirectory>,
+    /// The directory's live entries, as of a moment ago.
+    mirror: Mutex<mirror::DirectoryMirror>,
+    /// The mirror's revision, for waiting until it has caught up.
+    mirror_revision: watch::Sender<u64>,
     settings: OnceLock<settings::SettingsStore>,
     probes: Mutex<failover::ProbeGate<failover::Probe>>,
     metrics: metrics::Metrics,
@@ -88,6 +96,10 @@ impl Shared {
 
     fn coords(&self) -> MutexGuard<'_, CoordRegistry> {
         self.coords.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn mirror(&self) -> MutexGuard<'_, mirror::DirectoryMirror> {
+        self.mirror.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn probes(&self) -> MutexGuard<'_, failover::ProbeGate<failover::Probe>> {
@@ -159,6 +171,8 @@ pub fn spawn(config: Config) -> Result<CoordinatorHandle> {
         coords: Mutex::new(CoordRegistry::new(config.id.clone(), config.node_timeout)),
         client: OnceLock::new(),
         directory: OnceLock::new(),
+        mirror: Mutex::default(),
+        mirror_revision: watch::Sender::new(0),
         settings: OnceLock::new(),
         probes: Mutex::new(failover::ProbeGate::new(failover::PROBE_GAP)),
         metrics: metrics::Metrics::new(),

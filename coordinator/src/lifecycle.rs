@@ -43,16 +43,19 @@ pub(crate) fn cached_settings(shared: &Shared, room: &RoomId) -> Option<RoomSett
 
 /// A join just opened `assignment`'s room (a new entry, or a closed room opened again):
 /// its settings (stored, or the token's, now stored), after `room_started` was emitted.
+/// `prefetched`: the room's settings as [`read_settings`] read them while the entry was
+/// written (read here when `None`).
 pub(crate) async fn opened(
     shared: &Shared,
     req: &AllocateRequest,
     assignment: &RoomAssignment,
+    prefetched: Option<crate::Result<Option<Versioned>>>,
 ) -> Option<RoomSettings> {
     let room = &assignment.room;
     let mut api_created = false;
     let settings = match shared.settings.get() {
         None => None,
-        Some(store) => match read_and_hold(store, room).await {
+        Some(store) => match read_and_hold(store, room, prefetched).await {
             Ok(Some(v)) => {
                 api_created = v.stored.created_by == CreatedBy::Api;
                 Some(v.stored.settings)
@@ -75,12 +78,32 @@ pub(crate) async fn opened(
     settings
 }
 
+/// The room's stored settings as KV has them (`None` without any, or before the settings
+/// bucket is open).
+pub(crate) async fn read_settings(
+    shared: &Shared,
+    room: &RoomId,
+) -> crate::Result<Option<Versioned>> {
+    match shared.settings.get() {
+        Some(store) => store.read(room).await,
+        None => Ok(None),
+    }
+}
+
 /// The room's stored settings, written again at a new revision so that a sweep that read
 /// the old one can no longer finish the room; `None` when it has none (or the sweep
 /// finished it first).
-async fn read_and_hold(store: &SettingsStore, room: &RoomId) -> crate::Result<Option<Versioned>> {
+async fn read_and_hold(
+    store: &SettingsStore,
+    room: &RoomId,
+    mut prefetched: Option<crate::Result<Option<Versioned>>>,
+) -> crate::Result<Option<Versioned>> {
     for _ in 0..3 {
-        let Some(v) = store.read(room).await? else {
+        let read = match prefetched.take() {
+            Some(read) => read,
+            None => store.read(room).await,
+        };
+        let Some(v) = read? else {
             return Ok(None);
         };
         if store.touch(&v).await? {

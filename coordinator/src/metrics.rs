@@ -29,8 +29,6 @@ pub enum AllocResult {
     /// A node joined the room to serve the client (another region, or a full node's
     /// sibling).
     Extended,
-    /// Answered by the room's deciding coordinator, relayed.
-    Forwarded,
     /// No live node could take the room.
     NoNode,
     BadRequest,
@@ -39,13 +37,12 @@ pub enum AllocResult {
 }
 
 impl AllocResult {
-    pub const ALL: [AllocResult; 9] = [
+    pub const ALL: [AllocResult; 8] = [
         AllocResult::Existing,
         AllocResult::Created,
         AllocResult::Reopened,
         AllocResult::Reassigned,
         AllocResult::Extended,
-        AllocResult::Forwarded,
         AllocResult::NoNode,
         AllocResult::BadRequest,
         AllocResult::Error,
@@ -58,7 +55,6 @@ impl AllocResult {
             AllocResult::Reopened => "reopened",
             AllocResult::Reassigned => "reassigned",
             AllocResult::Extended => "extended",
-            AllocResult::Forwarded => "forwarded",
             AllocResult::NoNode => "no_node",
             AllocResult::BadRequest => "bad_request",
             AllocResult::Error => "error",
@@ -310,8 +306,20 @@ impl Metrics {
                 "time from an allocation request to its reply"
             );
             metrics::describe_counter!(
-                "coord_forwards_total",
-                "requests forwarded to the room's deciding coordinator, by outcome"
+                "coord_directory_reads_total",
+                "room entries read to decide an allocation, by source (mirror: memory, kv: a JetStream read)"
+            );
+            metrics::describe_gauge!(
+                "coord_directory_rooms",
+                "live room entries in this coordinator's mirror of the directory"
+            );
+            metrics::describe_gauge!(
+                "coord_directory_synced",
+                "1 once the directory's mirror has caught up with the bucket"
+            );
+            metrics::describe_gauge!(
+                "coord_directory_replay_seconds",
+                "time from starting the directory's watch to having every live entry"
             );
             metrics::describe_counter!(
                 "coord_directory_conflicts_total",
@@ -381,10 +389,11 @@ impl Metrics {
             for r in AllocResult::ALL {
                 metrics::counter!("coord_allocations_total", "result" => r.as_str()).increment(0);
             }
-            for outcome in ["relayed", "failed"] {
-                metrics::counter!("coord_forwards_total", "outcome" => outcome).increment(0);
-            }
             metrics::counter!("coord_directory_conflicts_total").increment(0);
+            for source in ["mirror", "kv"] {
+                metrics::counter!("coord_directory_reads_total", "source" => source).increment(0);
+            }
+            metrics::gauge!("coord_directory_synced").set(0.0);
             metrics::counter!("coord_rooms_closed_total").increment(0);
             for o in LeaveOutcome::ALL {
                 metrics::counter!("coord_room_leaves_total", "outcome" => o.as_str()).increment(0);
@@ -425,9 +434,24 @@ impl Metrics {
         });
     }
 
-    /// `outcome`: `relayed` or `failed` (the forwarder then decided itself).
-    pub fn forward(&self, outcome: &'static str) {
-        self.with(|| metrics::counter!("coord_forwards_total", "outcome" => outcome).increment(1));
+    /// `source`: `mirror` or `kv`.
+    pub fn directory_read(&self, source: &'static str) {
+        self.with(|| {
+            metrics::counter!("coord_directory_reads_total", "source" => source).increment(1)
+        });
+    }
+
+    /// The mirror caught up with the bucket, `took` after its watch started.
+    pub fn directory_synced(&self, took: Duration) {
+        self.with(|| {
+            metrics::gauge!("coord_directory_synced").set(1.0);
+            metrics::gauge!("coord_directory_replay_seconds").set(took.as_secs_f64());
+        });
+    }
+
+    /// The mirror's size now (set at scrape time).
+    pub fn directory_rooms(&self, rooms: usize) {
+        self.with(|| metrics::gauge!("coord_directory_rooms").set(rooms as f64));
     }
 
     pub fn conflict(&self) {
@@ -593,7 +617,7 @@ mod tests {
         let a = Metrics::new();
         let b = Metrics::new();
         a.allocation(AllocResult::Created, Duration::from_millis(2));
-        a.forward("relayed");
+        a.directory_read("mirror");
         let text = a.render(&[], 1, true);
         assert!(
             text.contains("coord_allocations_total{result=\"created\"} 1"),
@@ -610,7 +634,7 @@ mod tests {
             "{other}"
         );
         assert!(
-            other.contains("coord_forwards_total{outcome=\"failed\"} 0"),
+            other.contains("coord_directory_reads_total{source=\"kv\"} 0"),
             "{other}"
         );
     }

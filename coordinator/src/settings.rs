@@ -9,16 +9,12 @@
 
 use crate::error::{Error, Result};
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, Store, UpdateErrorKind};
-use futures::StreamExt;
 use protocol::cluster::{token, untoken};
 use protocol::room_api::{StoredRoom, SETTINGS_BUCKET};
 use protocol::RoomId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-/// Pause before watching again after the watch ended or failed.
-const REWATCH: Duration = Duration::from_millis(500);
 /// History kept per key (a room's settings are written once and deleted once).
 const HISTORY: i64 = 2;
 
@@ -183,29 +179,18 @@ impl SettingsStore {
 
     /// Keeps the cache in step with the bucket, for ever (restarting a watch that ends).
     pub async fn watch(self) {
-        loop {
-            match self.kv.watch_with_history(">").await {
-                Ok(mut watch) => {
-                    while let Some(next) = watch.next().await {
-                        let entry = match next {
-                            Ok(e) => e,
-                            Err(e) => {
-                                tracing::debug!(error = %e, "settings watch");
-                                break;
-                            }
-                        };
-                        let Some(room) = untoken(&entry.key).and_then(|k| RoomId::new(k).ok())
-                        else {
-                            continue;
-                        };
-                        let found = decode(&entry);
-                        self.cache().apply(room, found, entry.revision);
-                    }
-                }
-                Err(e) => tracing::debug!(error = %e, "settings watch not started"),
-            }
-            tokio::time::sleep(REWATCH).await;
-        }
+        let cache = self.cache.clone();
+        let apply = move |entry: &kv::Entry| {
+            let Some(room) = untoken(&entry.key).and_then(|k| RoomId::new(k).ok()) else {
+                return;
+            };
+            let found = decode(entry);
+            cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .apply(room, found, entry.revision);
+        };
+        crate::directory::follow(self.kv.clone(), SETTINGS_BUCKET, apply, || {}).await;
     }
 }
 

@@ -268,3 +268,74 @@ async fn allocations_succeed_again_within_five_seconds_of_nats_coming_back() -> 
     assert_eq!(status, 200);
     Ok(())
 }
+
+/// A coordinator decides from its in-memory mirror of the directory. One started after rooms
+/// were written mirrors them all; a join to one of them is answered as written, from memory,
+/// with no KV read or write. A room whose key has only history (closed behind the mirror's
+/// back) is not created afresh: the create conflicts, KV is read, and the room reopens at the
+/// next epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_decides_from_its_mirror_and_a_closed_room_still_reopens_from_kv(
+) -> anyhow::Result<()> {
+    let nats = NatsServer::start()?;
+    let nodes = fake_nodes(&nats, &[("a", "eu")]).await;
+    let client = fake_node::connect(&nats.url()).await?;
+    let dir = RoomDirectory::open(&client, 1).await?;
+    let written = |room: &str| RoomAssignment {
+        v: VERSION,
+        room: RoomId::new(room).unwrap(),
+        node: nodes[0].id().clone(),
+        epoch: 3,
+        coordinator: "elsewhere".into(),
+        assigned_ms: 1,
+        nodes: vec![room_node(&nodes[0])],
+    };
+    let rooms: Vec<String> = (0..20).map(|i| room_name(&format!("mirror{i}"))).collect();
+    for room in &rooms {
+        let w = dir.update(&written(room), 0).await?;
+        anyhow::ensure!(
+            w != coordinator::directory::Write::Conflict,
+            "{room} exists"
+        );
+    }
+    let c = start_coordinator(&nats, "c1");
+    wait_cluster(&[&c], 1).await?;
+    let coords = [c];
+    wait_counts(
+        &coords,
+        &[("coord_directory_synced", 1), ("coord_directory_rooms", 20)],
+    )
+    .await?;
+
+    let (served, _) = allocate(&client, &rooms[7]).await?;
+    assert_eq!(served, written(&rooms[7]), "answered as written");
+    assert_eq!(checked_history(&dir, &rooms[7]).await?.len(), 1, "no write");
+    wait_counts(
+        &coords,
+        &[
+            ("coord_directory_reads_total{source=\"mirror\"}", 1),
+            ("coord_directory_reads_total{source=\"kv\"}", 0),
+        ],
+    )
+    .await?;
+
+    // Closed behind the mirror's back: only a delete marker is left of it.
+    let closed = RoomId::new(&rooms[3])?;
+    dir.store()
+        .delete(protocol::cluster::token(closed.as_str()))
+        .await?;
+    wait_counts(&coords, &[("coord_directory_rooms", 19)]).await?;
+    let (reopened, _) = allocate(&client, &rooms[3]).await?;
+    assert_eq!(reopened.epoch, 4, "the epochs go on: {reopened:?}");
+    wait_counts(
+        &coords,
+        &[
+            ("coord_directory_reads_total{source=\"mirror\"}", 2),
+            ("coord_directory_reads_total{source=\"kv\"}", 1),
+            ("coord_directory_conflicts_total", 1),
+            ("coord_directory_rooms", 20),
+        ],
+    )
+    .await?;
+    Ok(())
+}

@@ -90,20 +90,6 @@ async fn next_down(sub: &mut async_nats::Subscriber, node: &NodeId) -> anyhow::R
     }
 }
 
-/// Waits until the series, summed over the coordinators, have these values.
-async fn wait_counts(coords: &[CoordinatorHandle], want: &[(&str, u64)]) -> anyhow::Result<()> {
-    wait_until(WAIT, "the counters", || async {
-        for (series, n) in want {
-            let got = counted(coords, series).await?;
-            if got != *n {
-                return Err(format!("{series}: {got}, want {n}"));
-            }
-        }
-        Ok(())
-    })
-    .await
-}
-
 /// Like [`wait_counts`] for counters that late heartbeats on a busy machine may also bump
 /// (a probe of a live node).
 async fn wait_at_least(coords: &[CoordinatorHandle], series: &str, n: u64) -> anyhow::Result<()> {

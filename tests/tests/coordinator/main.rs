@@ -206,3 +206,17 @@ async fn counted(coords: &[CoordinatorHandle], series: &str) -> Result<u64, Stri
     }
     Ok(total)
 }
+
+/// Waits until each series, summed over the coordinators, is exactly its count.
+async fn wait_counts(coords: &[CoordinatorHandle], want: &[(&str, u64)]) -> anyhow::Result<()> {
+    wait_until(WAIT, "the counters", || async {
+        for (series, n) in want {
+            let got = counted(coords, series).await?;
+            if got != *n {
+                return Err(format!("{series}: {got}, want {n}"));
+            }
+        }
+        Ok(())
+    })
+    .await
+}

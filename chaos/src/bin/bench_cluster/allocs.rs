@@ -20,9 +20,9 @@ pub(super) struct AllocResults {
 pub(super) struct CoordCounters {
     pub(super) created: f64,
     pub(super) existing: f64,
-    pub(super) forwarded: f64,
-    pub(super) relayed: f64,
-    pub(super) forward_failed: f64,
+    /// Records decided from a coordinator's mirror of the directory, and read from KV.
+    pub(super) mirror_reads: f64,
+    pub(super) kv_reads: f64,
     pub(super) conflicts: f64,
 }
 
@@ -35,9 +35,8 @@ impl CoordCounters {
                 |name: &str, label: Option<&str>| bench::metric(&text, name, label).unwrap_or(0.0);
             c.created += get("coord_allocations_total", Some("result=\"created\""));
             c.existing += get("coord_allocations_total", Some("result=\"existing\""));
-            c.forwarded += get("coord_allocations_total", Some("result=\"forwarded\""));
-            c.relayed += get("coord_forwards_total", Some("outcome=\"relayed\""));
-            c.forward_failed += get("coord_forwards_total", Some("outcome=\"failed\""));
+            c.mirror_reads += get("coord_directory_reads_total", Some("source=\"mirror\""));
+            c.kv_reads += get("coord_directory_reads_total", Some("source=\"kv\""));
             c.conflicts += get("coord_directory_conflicts_total", None);
         }
         Ok(c)
@@ -47,9 +46,8 @@ impl CoordCounters {
         CoordCounters {
             created: self.created - o.created,
             existing: self.existing - o.existing,
-            forwarded: self.forwarded - o.forwarded,
-            relayed: self.relayed - o.relayed,
-            forward_failed: self.forward_failed - o.forward_failed,
+            mirror_reads: self.mirror_reads - o.mirror_reads,
+            kv_reads: self.kv_reads - o.kv_reads,
             conflicts: self.conflicts - o.conflicts,
         }
     }

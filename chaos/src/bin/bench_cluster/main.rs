@@ -20,8 +20,8 @@
 //!    own check timer decides when media can start.
 //! 2. **Allocations**: `coord.allocate` requests for fresh rooms sent straight over NATS with
 //!    async-nats, standing in for node `n1`, with a fixed number in flight; allocations/s and
-//!    exact latency percentiles, plus the coordinators' own counters (created / forwarded to
-//!    the room's deciding coordinator / CAS conflicts).
+//!    exact latency percentiles, plus the coordinators' own counters (created / decided
+//!    from the mirror of the directory / CAS conflicts).
 //! 3. **Cross-node messages**: P pairs of users, each pair in its own room; every sender's
 //!    socket is on `--msg-from` (n1), every receiver's on `--msg-to` (n2), so the first
 //!    node routes every message to the second over NATS. Open-loop steps of offered load:

@@ -199,7 +199,7 @@ pub(super) fn render_tables(r: &Report) -> String {
         t.push_str("### Allocations (`coord.allocate` over NATS, fresh rooms)\n\n");
         match a {
             Ok(a) => {
-                t.push_str("| requests | in flight | ok | errors | allocations/s | p50 ms | p99 ms | max ms | rooms per node | forwarded to the deciding coordinator | CAS conflicts |\n");
+                t.push_str("| requests | in flight | ok | errors | allocations/s | p50 ms | p99 ms | max ms | rooms per node | decided from the mirror | CAS conflicts |\n");
                 t.push_str("|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|\n");
                 let p = |q: f64| percentile_sorted(&a.lat, q).map_or(f64::NAN, ms);
                 let _ = writeln!(
@@ -226,8 +226,9 @@ pub(super) fn render_tables(r: &Report) -> String {
                         .map(|(k, v)| format!("{k} {v}"))
                         .collect::<Vec<_>>()
                         .join(", "),
-                    a.coord.relayed,
-                    100.0 * a.coord.relayed / (a.requests as f64).max(1.0),
+                    a.coord.mirror_reads,
+                    100.0 * a.coord.mirror_reads
+                        / (a.coord.mirror_reads + a.coord.kv_reads).max(1.0),
                     a.coord.conflicts,
                 );
                 t.push('\n');
@@ -404,8 +405,8 @@ times run from just before the WebSocket connect (TCP + upgrade included) to `jo
 Exact nearest-rank percentiles of the measured joins (warm-up joins excluded).\n\
 - *allocations*: requests for fresh room names sent to `coord.allocate` (the coordinators' queue group) as node n1 would, \
 a fixed number in flight; allocations/s = successful replies / wall time of the whole batch; latency from request to reply \
-in this process; *forwarded* = requests the receiving coordinator relayed to the room's deciding coordinator \
-(rendezvous shard), from the coordinators' `coord_forwards_total`.\n\
+in this process; *decided from the mirror* = records the receiving coordinator took from its in-memory mirror of the \
+directory rather than reading KV, from the coordinators' `coord_directory_reads_total` (the share is of all records read).\n\
 - *messages*: open loop; every sender paces its share of the offered rate (catching up in bursts when its socket blocks); \
 *sent* and *delivered* are per second of the sending window; *lost* = sent − received after up to 10 s of draining; \
 latency = arrival at the receiving client's reader − the send time written into the message just before the WebSocket write (one clock), \

@@ -1,5 +1,4 @@
-//! `bench_scale`: the control plane with many nodes (issue 13), part one — heartbeats and
-//! allocations.
+//! `bench_scale`: the control plane with many nodes (issue 13).
 //!
 //! Starts a nats-server (JetStream, free port) and two real coordinators (`c1`, `c2`) from
 //! the release binaries with [`chaos::sandbox`], and no real node. Fake nodes are this
@@ -18,10 +17,15 @@
 //!    `user.<id>` subscriptions over `--user-conns` connections, and cross-node message
 //!    deliveries to random users through them.
 //!
-//! Every loop is bounded; traffic goes to 127.0.0.1 only. `--write FILE` replaces the
-//! `bench_scale` section. Not yet measured (issue 13's last part): a `rooms` bucket of
-//! 100,000 entries.
+//! 4. **The directory** ([`rooms`], last, with the largest node count still heartbeating):
+//!    `--rooms` entries in the `rooms` bucket; a coordinator's mirror memory, a restarted
+//!    coordinator's time to ready and to a complete mirror, and allocations of existing rooms.
+//!
+//! `--nats-servers 3` runs it all on a three-server JetStream cluster (buckets with three
+//! replicas). Every loop is bounded; traffic goes to 127.0.0.1 only. `--write FILE` replaces
+//! the `bench_scale` section.
 
+mod rooms;
 mod users;
 
 use anyhow::{bail, Context, Result};
@@ -68,6 +72,12 @@ struct Args {
     messages: usize,
     #[arg(long, default_value_t = 16)]
     message_inflight: usize,
+    /// Entries written into the `rooms` bucket for part four (0 skips it).
+    #[arg(long, default_value_t = 100_000)]
+    rooms: usize,
+    /// nats-servers: 1, or 3 (a JetStream cluster; the buckets get three replicas).
+    #[arg(long, default_value_t = 1)]
+    nats_servers: usize,
     /// Replace the `bench_scale` section of this file.
     #[arg(long)]
     write: Option<PathBuf>,
@@ -250,12 +260,19 @@ async fn burst(
     ))
 }
 
-async fn run(args: Args) -> Result<(Vec<Row>, Option<users::UserRow>)> {
+struct Measured {
+    rows: Vec<Row>,
+    routed: Option<users::UserRow>,
+    rooms: Option<rooms::RoomsRow>,
+}
+
+async fn run(args: Args) -> Result<Measured> {
     let dir = bench::run_dir("bench_scale", None)?;
     let mut spec = args.bins.apply(ClusterSpec::new(&dir));
     spec = spec.coordinator("c1").coordinator("c2");
+    spec.nats.servers = args.nats_servers;
     spec.ready_timeout = Duration::from_secs(60);
-    let cluster = Cluster::start(spec)
+    let mut cluster = Cluster::start(spec)
         .await
         .context("start nats and the coordinators")?;
     // User routing first, on a quiet cluster: once the fake nodes stop heartbeating the
@@ -314,9 +331,33 @@ async fn run(args: Args) -> Result<(Vec<Row>, Option<users::UserRow>)> {
             failed,
         });
     }
+    // The directory part with every fake node still heartbeating: none of the entries'
+    // nodes is dead, so nothing is failed over.
+    let rooms = if args.rooms > 0 {
+        let largest = args.nodes.iter().copied().max().unwrap_or(1);
+        let r = rooms::run(
+            &mut cluster,
+            args.rooms,
+            largest,
+            args.allocations,
+            args.inflight,
+        )
+        .await?;
+        eprintln!(
+            "{} rooms: filled at {:.0}/s; mirror {:.0} B/room; c2 ready {:.2} s after restart, mirror synced after {:.2} s (replay {:.2} s, {} rooms), RSS {:.0} MiB; nats-server {:.0} MiB; existing-room allocations {:.0}/s, p99 {:.1} ms",
+            r.rooms, r.fill_per_sec, r.mirror_bytes_per_room, r.restart_ready_secs, r.synced_secs, r.replay_secs, r.mirrored, r.c2_rss_mib, r.nats_rss_mib, r.existing_per_sec, r.existing_p99_ms
+        );
+        Some(r)
+    } else {
+        None
+    };
     stop.notify_one();
     let _ = beating.await;
-    Ok((rows, routed))
+    Ok(Measured {
+        rows,
+        routed,
+        rooms,
+    })
 }
 
 fn main() -> Result<()> {
@@ -326,7 +367,12 @@ fn main() -> Result<()> {
     let note = args.note.clone();
     let (allocations, inflight) = (args.allocations, args.inflight);
     let (messages, inflight_msgs) = (args.messages, args.message_inflight);
-    let (rows, routed) = bench::run_until_ctrl_c(run(args))?;
+    let servers = args.nats_servers;
+    let Measured {
+        rows,
+        routed,
+        rooms,
+    } = bench::run_until_ctrl_c(run(args))?;
     let mut table = String::from(
         "| live nodes | coordinator CPU for heartbeats (% of a core, each) | CPU per allocation (both coordinators) | allocations/s | p50 | p99 | failed |\n|---:|---:|---:|---:|---:|---:|---:|\n",
     );
@@ -350,8 +396,15 @@ fn main() -> Result<()> {
             r.users, r.conns, r.subscribe_secs, r.nats_rss_mib, r.per_sec, r.p50_ms, r.p99_ms, r.failed
         );
     }
+    if let Some(r) = &rooms {
+        let _ = write!(
+            table,
+            "\n| rooms in the directory | written at | mirror memory | restarted coordinator ready | its mirror complete (replay) | nats-server RSS | allocations of existing rooms | p99 |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n| {} | {:.0}/s | {:.0} B/room | {:.2} s | {:.2} s ({:.2} s) | {:.0} MiB | {:.0}/s | {:.1} ms |\n",
+            r.rooms, r.fill_per_sec, r.mirror_bytes_per_room, r.restart_ready_secs, r.synced_secs, r.replay_secs, r.nats_rss_mib, r.existing_per_sec, r.existing_p99_ms
+        );
+    }
     let verdict = format!(
-        "{allocations} allocations per size, {inflight} in flight, through nats-server and two \
+        "{servers} nats-server(s). {allocations} allocations per size, {inflight} in flight, through nats-server and two \
          coordinators on this machine (the fake nodes' heartbeats and the requests come from \
          this program, on the same cores). CPU per allocation is both coordinators' CPU over the \
          burst less their heartbeat share, divided by the allocations. User routing: \
