@@ -1,9 +1,11 @@
 //! A node watches the directory entries of the rooms it hosts, not the whole `rooms`
 //! bucket (`node::actors::rooms::watch`), with real processes: a stored write that moves a
 //! room on without the node fences it there; a write the stream refused, though published
-//! on the key's subject, does not; and the node's watches end with its rooms.
+//! on the key's subject, does not; a write missed while the node was disconnected is read
+//! once it is back; and the node's watches end with its rooms.
 
 use async_nats::jetstream;
+use chaos::impair::{Impairment, Link, TcpProxy};
 use chaos::Client;
 use protocol::cluster::{self as wire, RoomAssignment, RoomNode};
 use protocol::signal::ServerMessage;
@@ -40,6 +42,17 @@ async fn wait_metric(
     .await
 }
 
+/// The room's entry and its revision, read as the admin.
+async fn entry_of(p: &Procs, room: &str) -> anyhow::Result<(RoomAssignment, u64)> {
+    let admin = chaos::sandbox::nats_connect(p.cluster.nats_url()).await?;
+    let kv = jetstream::new(admin)
+        .get_key_value(wire::ROOMS_BUCKET)
+        .await?;
+    let e = kv.entry(wire::token(room)).await?;
+    let e = e.ok_or_else(|| anyhow::anyhow!("{room} has no entry"))?;
+    Ok((serde_json::from_slice(&e.value)?, e.revision))
+}
+
 /// The room's entry moved to `to` (in `region`) alone, one epoch on.
 fn moved(a: &RoomAssignment, to: &str, region: &str) -> anyhow::Result<Vec<u8>> {
     let to = NodeId::new(to)?;
@@ -62,6 +75,8 @@ async fn a_stored_write_fences_a_room_a_refused_one_does_not() -> anyhow::Result
     let mut spec = ProcSpec::new(NODE, COORDINATOR, &[("n1", "eu"), ("n2", "us")])
         .node_flag("--room-empty-grace-secs=0");
     spec.coordinators = 1;
+    // nextest runs each test in a process of its own: media ports apart from the other's.
+    spec.udp_base = 29_000;
     let p = Procs::start(spec).await?;
     let (kept, fenced) = (room_name("kept"), room_name("fenced"));
     let a = Client::connect(&p.ws_url("n1")).await?;
@@ -76,22 +91,14 @@ async fn a_stored_write_fences_a_room_a_refused_one_does_not() -> anyhow::Result
     wait_metric(&p, "n1", "node_room_watches", None, 2.0).await?;
 
     let admin = chaos::sandbox::nats_connect(p.cluster.nats_url()).await?;
-    let js = jetstream::new(admin.clone());
+    let js = jetstream::new(admin);
     let kv = js.get_key_value(wire::ROOMS_BUCKET).await?;
-    let entry_of = |room: &str| {
-        let (kv, key) = (kv.clone(), wire::token(room));
-        async move {
-            let e = kv.entry(key).await?.expect("the room has an entry");
-            let a: RoomAssignment = serde_json::from_slice(&e.value)?;
-            anyhow::Ok((a, e.revision))
-        }
-    };
 
     // A coordinator's compare-and-swap that lost: a newer epoch without n1, expecting a
     // revision the key is no longer at. The stream refuses it; the message still reaches
     // whoever listens on the key's subject, n1 included. Before it, a body that is no
     // entry, refused likewise.
-    let (kept_entry, kept_revision) = entry_of(&kept).await?;
+    let (kept_entry, kept_revision) = entry_of(&p, &kept).await?;
     assert!(kept_entry.serves(&NodeId::new("n1")?), "{kept_entry:?}");
     let subject = format!("$KV.rooms.{}", wire::token(&kept));
     let mut stale = async_nats::HeaderMap::new();
@@ -105,7 +112,7 @@ async fn a_stored_write_fences_a_room_a_refused_one_does_not() -> anyhow::Result
             .await;
         assert!(ack.is_err(), "the stream stored a losing write: {ack:?}");
     }
-    assert_eq!(entry_of(&kept).await?.1, kept_revision, "the key moved");
+    assert_eq!(entry_of(&p, &kept).await?.1, kept_revision, "the key moved");
     // n1 reads the entry back and finds the write refused (or, wrongly, fences the room).
     wait_until(WAIT, "n1 to settle the refused write", || async {
         let refused = Some("outcome=\"refused\"");
@@ -125,7 +132,7 @@ async fn a_stored_write_fences_a_room_a_refused_one_does_not() -> anyhow::Result
     );
 
     // A stored write moving the other room to n2: n1 fences that one.
-    let (fenced_entry, fenced_revision) = entry_of(&fenced).await?;
+    let (fenced_entry, fenced_revision) = entry_of(&p, &fenced).await?;
     let body = moved(&fenced_entry, "n2", "us")?;
     kv.update(wire::token(&fenced), body.into(), fenced_revision)
         .await?;
@@ -161,5 +168,58 @@ async fn a_stored_write_fences_a_room_a_refused_one_does_not() -> anyhow::Result
         }
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_missed_while_disconnected_is_read_after_the_reconnection() -> anyhow::Result<()> {
+    // n1 reaches NATS through a proxy that can hold and cut its connection.
+    let nats_port = chaos::bench::free_port()?;
+    let link = Link::new(Impairment::default());
+    let to = ([127, 0, 0, 1], nats_port).into();
+    let proxy = TcpProxy::start("127.0.0.1:0".parse()?, to, link.clone()).await?;
+    let mut spec = ProcSpec::new(NODE, COORDINATOR, &[("n1", "eu"), ("n2", "us")])
+        .node_flag("--room-empty-grace-secs=0");
+    spec.coordinators = 1;
+    spec.udp_base = 29_400;
+    spec.nats_port = Some(nats_port);
+    spec.node_nats = vec![("n1".into(), format!("nats://{}", proxy.local_addr()))];
+    let p = Procs::start(spec).await?;
+    let room = room_name("missed");
+    let a = Client::connect(&p.ws_url("n1")).await?;
+    a.join_in_region(&room, &p.token(&room, "a"), "eu").await?;
+    assert_eq!(a.joined().expect("joined").node.as_str(), "n1");
+    wait_metric(&p, "n1", "node_room_watches", None, 1.0).await?;
+
+    // The room moves to n2 while n1's connection is held; then the connection is cut, and
+    // the write never reaches n1 on the key's subject. Far shorter than the node timeout:
+    // no coordinator finds n1 dead, and n1 does not find itself cut off.
+    let (entry, revision) = entry_of(&p, &room).await?;
+    let admin = chaos::sandbox::nats_connect(p.cluster.nats_url()).await?;
+    let kv = jetstream::new(admin)
+        .get_key_value(wire::ROOMS_BUCKET)
+        .await?;
+    link.partition(true);
+    kv.update(
+        wire::token(&room),
+        moved(&entry, "n2", "us")?.into(),
+        revision,
+    )
+    .await?;
+    link.cut();
+    link.partition(false);
+
+    // Back, n1 reads its rooms' entries again and fences this one.
+    let superseded = Some("cause=\"superseded\"");
+    wait_metric(&p, "n1", "node_fenced_total", superseded, 1.0).await?;
+    let told = a
+        .wait_for(WAIT, |m| matches!(m, ServerMessage::Reconnect { .. }))
+        .await?;
+    assert!(
+        matches!(&told, ServerMessage::Reconnect { reason, .. } if reason == "fenced"),
+        "{told:?}"
+    );
+    wait_metric(&p, "n1", "node_room_watches", None, 0.0).await?;
+    drop(proxy);
     Ok(())
 }
