@@ -33,6 +33,8 @@ pub struct Cluster {
     pub rt: tokio::runtime::Handle,
     pub node: NodeId,
     outbox: tokio::sync::mpsc::Sender<Out>,
+    /// How many times the connection came back after a disconnect.
+    reconnects: tokio::sync::watch::Receiver<u64>,
 }
 
 /// What the publishing task is handed, in order.
@@ -69,6 +71,9 @@ impl Cluster {
         let credentials = credentials.or_else(|| url_credentials(&servers));
         let inbox = protocol::nats_auth::node_inbox_prefix(&node);
         let node_for_log = node.clone();
+        let (reconnected, reconnects) = tokio::sync::watch::channel(0u64);
+        let reconnected = std::sync::Arc::new(reconnected);
+        let was_disconnected = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         crate::process_metrics::nats_connected(false);
         let client = rt
             .spawn(async move {
@@ -99,13 +104,20 @@ impl Cluster {
                     })
                     .event_callback(move |event| {
                         let node = node_for_log.clone();
+                        let (reconnected, was_disconnected) =
+                            (reconnected.clone(), was_disconnected.clone());
                         async move {
+                            use std::sync::atomic::Ordering::SeqCst;
                             match event {
                                 async_nats::Event::Connected => {
-                                    crate::process_metrics::nats_connected(true)
+                                    crate::process_metrics::nats_connected(true);
+                                    if was_disconnected.swap(false, SeqCst) {
+                                        reconnected.send_modify(|n| *n += 1);
+                                    }
                                 }
                                 async_nats::Event::Disconnected => {
-                                    crate::process_metrics::nats_connected(false)
+                                    crate::process_metrics::nats_connected(false);
+                                    was_disconnected.store(true, SeqCst);
                                 }
                                 _ => {}
                             }
@@ -144,6 +156,7 @@ impl Cluster {
             rt,
             node,
             outbox,
+            reconnects,
         })
     }
 
@@ -160,6 +173,13 @@ impl Cluster {
         if queued.await.is_err() {
             tracing::warn!(?timeout, "nats flush did not finish in time");
         }
+    }
+
+    /// Changes each time the connection comes back after a disconnect. The client restores
+    /// its subscriptions before it sends anything else, so a read made after the change
+    /// sees what was missed meanwhile, and later writes reach the subscriptions.
+    pub fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reconnects.clone()
     }
 
     pub fn connected(&self) -> bool {

@@ -17,6 +17,8 @@ pub struct Counters {
     /// Media tasks: publisher read loops and subscriber RTCP loops.
     pub forwarding_tasks: AtomicI64,
     pub sessions: AtomicI64,
+    /// Subscriptions to the directory entries of rooms hosted here (one per room).
+    pub room_watches: AtomicI64,
     pub packets_in: AtomicU64,
     pub packets_forwarded: AtomicU64,
     pub bytes_forwarded: AtomicU64,
@@ -64,6 +66,7 @@ pub struct CountersSnapshot {
     pub downtracks: i64,
     pub forwarding_tasks: i64,
     pub sessions: i64,
+    pub room_watches: i64,
     pub packets_in: u64,
     pub packets_forwarded: u64,
     pub bytes_forwarded: u64,
@@ -97,6 +100,7 @@ impl Counters {
             downtracks: g(&self.downtracks),
             forwarding_tasks: g(&self.forwarding_tasks),
             sessions: g(&self.sessions),
+            room_watches: g(&self.room_watches),
             packets_in: c(&self.packets_in),
             packets_forwarded: c(&self.packets_forwarded),
             bytes_forwarded: c(&self.bytes_forwarded),
@@ -130,6 +134,7 @@ pub enum Kind {
     DownTrack,
     ForwardingTask,
     Session,
+    RoomWatch,
 }
 
 /// Increments a live count on creation and decrements it on drop.
@@ -157,6 +162,7 @@ impl Live {
             Kind::DownTrack => &c.downtracks,
             Kind::ForwardingTask => &c.forwarding_tasks,
             Kind::Session => &c.sessions,
+            Kind::RoomWatch => &c.room_watches,
         }
     }
 }

@@ -93,6 +93,7 @@ pub fn publish(c: &Counters) {
     metrics::gauge!("sfu_downtracks").set(s.downtracks as f64);
     metrics::gauge!("sfu_forwarding_tasks").set(s.forwarding_tasks as f64);
     metrics::gauge!("signaling_sessions").set(s.sessions as f64);
+    metrics::gauge!("node_room_watches").set(s.room_watches as f64);
     metrics::counter!("sfu_packets_received_total").absolute(s.packets_in);
     metrics::counter!("sfu_packets_forwarded_total").absolute(s.packets_forwarded);
     metrics::counter!("sfu_bytes_forwarded_total").absolute(s.bytes_forwarded);

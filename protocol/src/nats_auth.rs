@@ -13,8 +13,11 @@
 //!   closed, allocation and status requests). It never publishes a coordinator's subjects
 //!   (`cluster.coord.heartbeat`, `cluster.node.down`, `coord.<coordinator>.allocate`) nor
 //!   the coordinators' commands to nodes (`node.*.drain`, `node.*.rooms`, `node.*.ping`).
-//!   JetStream: it reads the `rooms` bucket (stream info and an ordered consumer for its
-//!   watch) and never writes it (`$KV.rooms.>` and every other `$JS.API` call are denied).
+//!   The room directory: it subscribes to the subjects of the `rooms` bucket's keys
+//!   (`$KV.rooms.*`, where each write to a key is published; it listens on the keys of the
+//!   rooms it hosts) and reads entries through JetStream (stream info, direct and message
+//!   get). It never writes the bucket (publishing on `$KV.rooms.>` is denied) and makes no
+//!   other `$JS.API` call: no consumers.
 //!   Replies go through `allow_responses`: a node may answer a request it received, once,
 //!   and publish to no other inbox (including JetStream flow-control replies).
 //! - **coordinator**: the coordinators' shared identity (they are interchangeable and all
@@ -94,9 +97,8 @@ fn strings(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// The JetStream API calls that read the `rooms` bucket: opening it (stream info), reading
-/// an entry (direct or message get) and the ordered consumer of a watch (create, and its
-/// info and deletion when it is recreated).
+/// The JetStream API calls that read the `rooms` bucket: opening it (stream info) and
+/// reading an entry (direct or message get).
 fn rooms_read_api() -> Vec<String> {
     let stream = format!("KV_{ROOMS_BUCKET}");
     vec![
@@ -104,11 +106,12 @@ fn rooms_read_api() -> Vec<String> {
         format!("$JS.API.STREAM.INFO.{stream}"),
         format!("$JS.API.DIRECT.GET.{stream}.>"),
         format!("$JS.API.STREAM.MSG.GET.{stream}"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
-        format!("$JS.API.CONSUMER.INFO.{stream}.*"),
-        format!("$JS.API.CONSUMER.DELETE.{stream}.*"),
     ]
+}
+
+/// The subjects of the `rooms` bucket's keys, where each write to a key is published.
+fn rooms_key_subjects() -> String {
+    format!("$KV.{ROOMS_BUCKET}.*")
 }
 
 /// The node `node`'s permissions. See the module documentation.
@@ -143,6 +146,7 @@ pub fn node_permissions(node: &NodeId) -> Permissions {
                 "room.*.events".to_owned(),
                 "user.*".to_owned(),
                 format!("{}.>", node_inbox_prefix(node)),
+                rooms_key_subjects(),
             ],
             deny: Vec::new(),
         },
@@ -272,6 +276,8 @@ mod tests {
             "$JS.API.STREAM.PURGE.KV_rooms".to_owned(),
             "$JS.API.STREAM.DELETE.KV_rooms".to_owned(),
             "$JS.API.STREAM.MSG.DELETE.KV_rooms".to_owned(),
+            "$JS.API.CONSUMER.CREATE.KV_rooms".to_owned(),
+            "$JS.API.CONSUMER.CREATE.KV_rooms.c1.$KV.rooms.>".to_owned(),
             "_INBOX.abc".to_owned(),
         ] {
             assert!(!may(&p.publish, &denied), "{denied}");
@@ -282,6 +288,22 @@ mod tests {
         assert!(!may(&p.subscribe, "_INBOX.x"));
         assert!(!may(&p.subscribe, "_INBOX_n2.x"));
         assert!(!may(&p.subscribe, cluster::ALLOCATE));
+    }
+
+    #[test]
+    fn a_node_listens_to_the_room_directory_keys_and_reads_entries() {
+        let p = node_permissions(&NodeId::new("n1").unwrap());
+        let key = token("room.1");
+        assert!(may(&p.subscribe, &format!("$KV.rooms.{key}")));
+        assert!(!may(&p.subscribe, "$KV.room_settings.r1"));
+        assert!(!may(&p.publish, &format!("$KV.rooms.{key}")));
+        for read in [
+            "$JS.API.STREAM.INFO.KV_rooms".to_owned(),
+            format!("$JS.API.DIRECT.GET.KV_rooms.$KV.rooms.{key}"),
+            "$JS.API.STREAM.MSG.GET.KV_rooms".to_owned(),
+        ] {
+            assert!(may(&p.publish, &read), "{read}");
+        }
     }
 
     #[test]

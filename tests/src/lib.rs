@@ -61,7 +61,8 @@ pub fn room_name(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
 }
 
-/// Waits until the node holds no room, peer, transport, track or media task.
+/// Waits until the node holds no room, peer, transport, track, media task or watch of a
+/// room's directory entry.
 pub async fn wait_node_idle(node: &NodeHandle, timeout: Duration) -> anyhow::Result<()> {
     wait_until(timeout, "node to release everything", || async {
         let c = node.counters();
@@ -71,6 +72,7 @@ pub async fn wait_node_idle(node: &NodeHandle, timeout: Duration) -> anyhow::Res
             && c.tracks == 0
             && c.downtracks == 0
             && c.forwarding_tasks == 0
+            && c.room_watches == 0
         {
             Ok(())
         } else {

@@ -198,17 +198,23 @@ async fn a_node_reads_the_room_directory_and_cannot_write_it() -> anyhow::Result
     let js = jetstream::ContextBuilder::new()
         .timeout(Duration::from_millis(500))
         .build(n1.clone());
-    // Reading works: the bucket opens, and a watch (what the node does) delivers the
-    // coordinators' writes.
+    // Reading works as the node reads: it listens on a key's subject, where the
+    // coordinators' writes to that key are published, and reads the key back.
     let store = js.get_key_value(ROOMS_BUCKET).await?;
-    let mut watch = store.watch_all().await?;
+    let mut key_b = n1.subscribe("$KV.rooms.room-b").await?;
+    n1.flush().await?;
     rooms.put("room-b", "by a coordinator".into()).await?;
-    let first = tokio::time::timeout(WAIT, watch.next()).await?;
-    assert_eq!(first.expect("an entry")?.key, "room-b");
+    let heard = tokio::time::timeout(WAIT, key_b.next()).await?;
+    assert_eq!(
+        heard.expect("a message").payload.as_ref(),
+        b"by a coordinator"
+    );
     assert_eq!(
         store.get("room-a").await?.as_deref(),
         Some(&b"by a coordinator"[..])
     );
+    // Consumers are not for nodes: a watch of the whole bucket is refused.
+    assert!(store.watch_all().await.is_err(), "a node opened a watch");
 
     // Writing does not: put, delete, purge and the stream's own purge and deletion.
     let admin = tests::nats::connect(&nats.url()).await?;
@@ -247,7 +253,7 @@ async fn a_node_reads_the_room_directory_and_cannot_write_it() -> anyhow::Result
         forged.is_empty(),
         "node writes reached JetStream: {forged:?}"
     );
-    wait_violations(&errors, 5).await?;
+    wait_violations(&errors, 6).await?;
     let entry = rooms
         .get("room-a")
         .await?

@@ -4,8 +4,8 @@
 
 use super::room::{JoinedInfo, Refused, REFUSED_BY_SETTINGS};
 use super::rooms::{
-    AdminRoom, Assigned, Fence, JoinRoom, ListRooms, NodeGone, RemotePeerCommand,
-    RemoteRelayMessage, ResumeRefused, ResumeRoom, RoomRegistry, StateOfRoom,
+    AdminRoom, Fence, JoinRoom, ListRooms, NodeGone, RemotePeerCommand, RemoteRelayMessage,
+    ResumeRefused, ResumeRoom, RoomRegistry, StateOfRoom,
 };
 use super::router::{Broadcast, Routed};
 use super::{NodeCtx, NodeEntry, Observe};
@@ -242,7 +242,6 @@ impl NodeAgent {
                 Err(e) => tracing::debug!(error = %e, "bad node down message"),
             },
         );
-        self.watch_assignments();
         let (node, rooms) = (self.node.clone(), self.rooms.clone());
         serve_in_order(c, wire::node_drain(id), move |payload| {
             match serde_json::from_slice::<wire::Drain>(&payload) {
@@ -261,48 +260,6 @@ impl NodeAgent {
 }
 
 impl NodeAgent {
-    /// Watches the room directory (KV `rooms`): a room hosted here whose entry moved to
-    /// other nodes with a newer epoch has a new owner, and this node stops serving it
-    /// (fencing; DESIGN "Failover, fencing, drain").
-    fn watch_assignments(&self) {
-        let (client, rooms) = (self.cluster.client.clone(), self.rooms.clone());
-        self.cluster.rt.spawn(async move {
-            let js = async_nats::jetstream::new(client);
-            let mut from: Option<u64> = None;
-            // Bounded by the process's life; each round waits for the bucket or the stream.
-            loop {
-                let store = match js.get_key_value(wire::ROOMS_BUCKET).await {
-                    Ok(s) => s,
-                    Err(_) => {
-                        tokio::time::sleep(WATCH_RETRY).await;
-                        continue;
-                    }
-                };
-                let watch = match from {
-                    Some(rev) => store.watch_all_from_revision(rev + 1).await,
-                    None => store.watch_all().await,
-                };
-                let Ok(mut watch) = watch else {
-                    tokio::time::sleep(WATCH_RETRY).await;
-                    continue;
-                };
-                while let Some(Ok(entry)) = watch.next().await {
-                    from = Some(entry.revision);
-                    if entry.operation != async_nats::jetstream::kv::Operation::Put {
-                        continue;
-                    }
-                    match serde_json::from_slice::<wire::RoomAssignment>(&entry.value) {
-                        Ok(a) => rooms.do_send(Assigned(a)),
-                        Err(e) => {
-                            tracing::debug!(key = %entry.key, error = %e, "unreadable room entry")
-                        }
-                    }
-                }
-                tokio::time::sleep(WATCH_RETRY).await;
-            }
-        });
-    }
-
     /// Cut off from the cluster (its own heartbeat not heard back) for longer than the
     /// coordinators' death timeout, this node has been declared dead and its rooms moved: it
     /// stops serving them, and every client here is sent to another node.
@@ -392,8 +349,6 @@ async fn http_get(hostport: String, path: String, timeout: Duration) -> Option<S
     ask.await.ok()?.ok()
 }
 
-/// Pause before the directory watch is opened again.
-const WATCH_RETRY: Duration = Duration::from_millis(500);
 /// How often the NATS connection's state is checked for a cut.
 const CUT_CHECK: Duration = Duration::from_millis(100);
 

@@ -32,7 +32,9 @@
 //! Messages an actor receives are defined in its own module. A lower actor talks back up
 //! only through an output type of its own, sent to a [`actix::Recipient`] its owner gave it
 //! at construction: [`transport::TransportEvent`] to the peer, [`peer::PeerEvent`] to the
-//! room, [`room::RoomReport`] to the registry, [`router::Routed`] to a session.
+//! room, [`room::RoomReport`] to the registry, [`router::Routed`] to a session. The
+//! registry's watches of the rooms' directory entries report likewise
+//! ([`rooms::watch::WatchReport`]).
 //!
 //! [`NodeCtx`] names no actor above the router, so every module may hold it; the room
 //! registry is reached from the entry points only, through [`NodeEntry`].

@@ -2,6 +2,11 @@
 //! shuts it down when its last member leaves. It counts members itself, from joins it
 //! forwarded and departures rooms report, so "empty" is decided in one place and a join can
 //! never land in a room that is shutting down.
+//!
+//! Each hosted room holds a watch of its directory entry ([`watch`]); the room stops being
+//! watched when it stops being hosted, whatever the path (closed, fenced, emptied).
+
+pub mod watch;
 
 use super::room::{
     AdminRequest, AdmitMember, FenceRoom, JoinedInfo, ListLinks, LocalState, MemberCommand,
@@ -17,6 +22,7 @@ use protocol::room_api::{AdminOp, AdminReply, RoomAdmin, RoomSettings};
 use protocol::token::{Claims, ResumeClaims};
 use protocol::{ErrorCode, NodeId, RoomId, UserId};
 use std::collections::HashMap;
+use watch::{RoomWatch, Verdict, WatchReport, Watches};
 
 struct Hosted {
     addr: Addr<Room>,
@@ -28,11 +34,15 @@ struct Hosted {
     /// The room's `empty_timeout_secs` (room API settings), when it names one: how long the
     /// room lives on here once empty, instead of the node's `room_empty_grace`.
     empty_timeout: Option<std::time::Duration>,
+    /// Held for its lifetime: the room's entry is watched while the room is hosted here.
+    _watch: Option<RoomWatch>,
 }
 
 pub struct RoomRegistry {
     node: NodeCtx,
     rooms: HashMap<RoomId, Hosted>,
+    /// Starts each hosted room's watch; `None` standalone.
+    watches: Option<Watches>,
     /// Joins per room per second (`limits.room_joins_per_sec`).
     join_rate: crate::limits::KeyedRate<RoomId>,
 }
@@ -41,9 +51,14 @@ impl RoomRegistry {
     pub fn new(node: NodeCtx) -> Self {
         let join_rate =
             crate::limits::KeyedRate::new(node.config.limits.room_joins_per_sec, 10_000);
+        let watches = node
+            .cluster
+            .as_ref()
+            .map(|c| Watches::new(c, node.counters.clone()));
         RoomRegistry {
             node,
             rooms: HashMap::new(),
+            watches,
             join_rate,
         }
     }
@@ -116,16 +131,19 @@ impl Handler<JoinRoom> for RoomRegistry {
             ))));
         }
         let node = self.node.clone();
-        let registry = ctx.address().recipient();
         let nodes = msg.nodes.clone();
+        let watches = self.watches.as_ref();
         let hosted = self.rooms.entry(msg.room.clone()).or_insert_with(|| {
             tracing::info!(room = %msg.room, "room created");
+            let registry = ctx.address();
             Hosted {
-                addr: Room::new(msg.room.clone(), node, registry, nodes).start(),
+                addr: Room::new(msg.room.clone(), node, registry.clone().recipient(), nodes)
+                    .start(),
                 members: 0,
                 epoch: msg.epoch,
                 generation: 0,
                 empty_timeout: None,
+                _watch: watches.map(|w| w.watch(msg.room.clone(), registry.recipient())),
             }
         });
         hosted.epoch = hosted.epoch.max(msg.epoch);
@@ -403,30 +421,29 @@ impl Handler<CloseAll> for RoomRegistry {
     }
 }
 
-/// The directory's entry for a room changed (KV watch).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Assigned(pub wire::RoomAssignment);
-
-impl Handler<Assigned> for RoomRegistry {
-    type Result = ();
-    fn handle(&mut self, msg: Assigned, _: &mut Context<Self>) {
-        let a = msg.0;
+impl Handler<WatchReport> for RoomRegistry {
+    type Result = bool;
+    fn handle(&mut self, msg: WatchReport, _: &mut Context<Self>) -> bool {
         let me = &self.node.config.node_id;
-        let Some(h) = self.rooms.get_mut(&a.room) else {
-            return;
+        let room = &msg.assignment().room;
+        let Some(h) = self.rooms.get_mut(room) else {
+            return false;
         };
-        if a.serves(me) {
-            h.epoch = h.epoch.max(a.epoch);
-            return;
-        }
-        // An entry of an epoch this node was told about (or an older one) may be a write
-        // from before this node joined the room, read late; only a newer epoch that leaves
-        // this node out proves the room moved on without it.
-        if a.epoch > h.epoch {
-            tracing::warn!(room = %a.room, epoch = a.epoch, was = h.epoch, origin = %a.node, "room superseded: fencing it here");
-            metrics::counter!("node_fenced_total", "cause" => "superseded").increment(1);
-            self.fence(&a.room, "fenced");
+        match watch::judge(me, h.epoch, &msg) {
+            Verdict::Nothing => false,
+            Verdict::Confirm => true,
+            Verdict::Adopt(epoch) => {
+                h.epoch = epoch;
+                false
+            }
+            Verdict::Fence => {
+                let a = msg.assignment();
+                tracing::warn!(room = %a.room, epoch = a.epoch, was = h.epoch, origin = %a.node, "room superseded: fencing it here");
+                metrics::counter!("node_fenced_total", "cause" => "superseded").increment(1);
+                let room = a.room.clone();
+                self.fence(&room, "fenced");
+                false
+            }
         }
     }
 }
