@@ -84,6 +84,12 @@ pub(crate) async fn run(
         tasks.spawn(settings.clone().watch());
         let _ = shared.settings.set(settings);
         tasks.spawn(crate::lifecycle::sweep(shared.clone()));
+        if shared.config.webhook_urls.is_empty() {
+            tasks.spawn(crate::webhooks::stream_presence(
+                shared.clone(),
+                client.clone(),
+            ));
+        }
         for url in shared.config.webhook_urls.clone() {
             tasks.spawn(crate::webhooks::delivery::run(
                 shared.clone(),

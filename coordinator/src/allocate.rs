@@ -1,5 +1,6 @@
-//! Serving `coord.allocate`: whichever coordinator the request reaches decides, from its
-//! mirror of the directory, and writes the decision with compare-and-swap (the only arbiter
+//! Serving `coord.allocate`: whichever coordinator the request reaches decides (a new room
+//! from its mirror of the directory, without a read) and writes the decision with
+//! compare-and-swap (the only arbiter
 //! between coordinators; a lost race reads KV and decides again). It first probes the nodes
 //! the request suspects ([`crate::failover::probe_suspects`]). The reply names the room's
 //! entry as written and the node that serves the client (`serve`); a `lookup` only reads,
@@ -77,35 +78,26 @@ async fn allocate(
     reply(answer, result)
 }
 
-/// The room's record to decide from: on the first round the mirror's, when it is synced
-/// and holds what is needed; otherwise (and after a lost race) KV's.
-///
-/// - An allocation takes the mirror's live entry (a write that follows is conditional on
-///   its revision) or its absence (a create that follows fails on any history of the key).
-/// - A lookup only takes a live entry from the mirror: absent there may be just created.
+/// The room's record to decide from. On the first round, a room the mirror (synced) holds
+/// no live entry for is taken as never written, without a read: the create that follows
+/// fails on any history of the key (a live entry the mirror has not heard of yet, or a
+/// closed room), and the next round reads KV. Every other record is read from KV, so an
+/// answer about an existing room is never older than a write that finished before the
+/// request (a join answered after an extension sees the extension, whichever coordinator
+/// answers).
 async fn record(
     shared: &Shared,
     dir: &RoomDirectory,
     req: &AllocateRequest,
     round: usize,
 ) -> crate::Result<RoomRecord> {
-    if round == 0 {
-        let mirrored = {
-            let m = shared.mirror();
-            match m.get(&req.room) {
-                _ if !m.synced() => None,
-                Some(held) => Some(RoomRecord::Assigned {
-                    assignment: held.assignment.clone(),
-                    revision: held.revision,
-                }),
-                None if req.lookup => None,
-                None => Some(RoomRecord::Missing),
-            }
-        };
-        if let Some(record) = mirrored {
-            shared.metrics.directory_read("mirror");
-            return Ok(record);
-        }
+    let unheard = round == 0 && !req.lookup && {
+        let m = shared.mirror();
+        m.synced() && m.get(&req.room).is_none()
+    };
+    if unheard {
+        shared.metrics.directory_read("mirror");
+        return Ok(RoomRecord::Missing);
     }
     shared.metrics.directory_read("kv");
     dir.read(&req.room).await

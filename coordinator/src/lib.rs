@@ -1,8 +1,9 @@
 //! The coordinator: node registry from heartbeats, room placement with compare-and-swap in
 //! JetStream KV, sharding of decisions among live coordinators, admin HTTP API and metrics.
 //!
-//! Run two or more; all are active. Whichever coordinator an allocation reaches decides it,
-//! from its in-memory mirror of the directory ([`mirror`]); every directory write is
+//! Run two or more; all are active. Whichever coordinator an allocation reaches decides it
+//! (a new room without reading KV, from its in-memory mirror of the directory, [`mirror`]);
+//! every directory write is
 //! conditional on the key's revision, so two coordinators deciding for one room still install
 //! at most one origin per epoch (the loser reads KV and decides again). Work nobody asked
 //! for (moving a dead node's rooms, finishing created rooms nobody joined) is sharded: each
@@ -19,7 +20,7 @@
 //! round trip, and heartbeat silence is the backstop; each death is announced on
 //! `cluster.node.down` and the dead node's rooms move at once (see `failover`).
 //!
-//! Threads: one multi-thread tokio runtime per coordinator runs the NATS client and its
+//! Threads: one multi-thread tokio runtime per coordinator (`--worker-threads`, one by default) runs the NATS client and its
 //! tasks and drives the actix-web server (whose single worker runs on its own thread). Tests
 //! start several coordinators in one process.
 //!
@@ -83,6 +84,9 @@ pub(crate) struct Shared {
     /// The mirror's revision, for waiting until it has caught up.
     mirror_revision: watch::Sender<u64>,
     settings: OnceLock<settings::SettingsStore>,
+    /// Whether the webhook stream may exist (false once an event met none; see
+    /// `webhooks::stream_presence`).
+    webhook_stream: std::sync::atomic::AtomicBool,
     probes: Mutex<failover::ProbeGate<failover::Probe>>,
     metrics: metrics::Metrics,
     inflight: Arc<Semaphore>,
@@ -159,7 +163,7 @@ pub struct CoordinatorHandle {
 pub fn spawn(config: Config) -> Result<CoordinatorHandle> {
     config.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(config.worker_threads)
         .thread_name(format!("coord-{}", config.id))
         .enable_all()
         .build()?;
@@ -174,6 +178,7 @@ pub fn spawn(config: Config) -> Result<CoordinatorHandle> {
         mirror: Mutex::default(),
         mirror_revision: watch::Sender::new(0),
         settings: OnceLock::new(),
+        webhook_stream: std::sync::atomic::AtomicBool::new(true),
         probes: Mutex::new(failover::ProbeGate::new(failover::PROBE_GAP)),
         metrics: metrics::Metrics::new(),
         inflight: Arc::new(Semaphore::new(MAX_INFLIGHT as usize)),

@@ -5,12 +5,13 @@
 //! order, and nothing else writes to it), so reading it is reading KV a moment ago. It serves
 //! where such a read is safe:
 //!
-//! - an allocation decides from it on its first round: every write that follows is
-//!   conditional on the revision it holds (and a room it does not hold is created only if the
-//!   key has no history at all), so a stale view costs a lost race and a real read, never a
-//!   wrong write;
+//! - an allocation for a room it holds no live entry for skips the read and creates the
+//!   entry on condition that the key was never written, so a stale view costs a lost race
+//!   and a real read, never a wrong write (a room it holds is read from KV: answers about
+//!   existing rooms stay exact);
 //! - failover finds a dead node's rooms in it instead of listing the bucket, then edits each
-//!   from KV.
+//!   from KV;
+//! - listings of every room read it once it holds every write made before they were asked.
 //!
 //! Only live entries are held: a closed room's key is forgotten (its delete marker stays in
 //! KV, where an allocation that reopens it reads it). Memory is bounded by the live rooms.

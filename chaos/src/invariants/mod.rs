@@ -349,8 +349,9 @@ fn opt_ms<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> 
 
 /// The live object counts of a node's `counters` (`node::counters::CountersSnapshot`);
 /// the totals beside them are not read.
-pub const LIVE_COUNTS: [&str; 7] = [
+pub const LIVE_COUNTS: [&str; 8] = [
     "rooms",
+    "room_watches",
     "peers",
     "transports",
     "tracks",

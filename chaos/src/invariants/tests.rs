@@ -293,7 +293,7 @@ fn snapshot(id: &str, members: &[&str], peers: i64) -> NodeSnapshot {
         "node": id,
         "region": "eu",
         "counters": {
-            "rooms": 0, "peers": peers, "transports": 0, "tracks": 0, "downtracks": 0,
+            "rooms": 0, "room_watches": 0, "peers": peers, "transports": 0, "tracks": 0, "downtracks": 0,
             "forwarding_tasks": 0, "sessions": 0, "packets_in": 17, "relay_link_failures": 1,
         },
         "router": {},

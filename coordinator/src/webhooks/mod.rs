@@ -9,7 +9,11 @@
 //! publisher awaits the stream's acknowledgement (bounded by [`EMIT_TIMEOUT`]), so a
 //! `room_started` is in the stream before the allocation that opened the room is answered,
 //! and thus before any of its `participant_joined`. Without the stream (no coordinator has a
-//! webhook URL) the publish fails at once and the event is dropped: nobody listens.
+//! webhook URL) the publish fails at once and the event is dropped: nobody listens. A
+//! coordinator without webhook URLs that met the missing stream stops publishing until it
+//! sees the stream again ([`stream_presence`], every [`STREAM_RECHECK`]): a publish that
+//! fails costs a NATS round trip, a sixth of an allocation's CPU (BENCHMARKS.md
+//! `bench_scale`).
 //!
 //! **Delivery** ([`delivery`]): see there.
 
@@ -21,10 +25,14 @@ use async_nats::jetstream::message::PublishMessage;
 use protocol::cluster::RoomAssignment;
 use protocol::webhook::{self, EventKind, MoveReason, RoomMoved, WebhookEvent};
 use protocol::{NodeId, RoomId};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Bound on waiting for the stream's acknowledgement of one event.
 pub const EMIT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a coordinator that found no webhook stream looks for it again.
+pub const STREAM_RECHECK: Duration = Duration::from_secs(5);
 
 /// Deterministic ids of the coordinator's events: the same fact gives the same id, so the
 /// stream drops a repeated publish.
@@ -130,6 +138,11 @@ pub(crate) async fn emit(shared: &Shared, event: &WebhookEvent) -> bool {
     let Some(client) = shared.client.get() else {
         return false;
     };
+    let delivers = !shared.config.webhook_urls.is_empty();
+    if !delivers && !shared.webhook_stream.load(Ordering::Relaxed) {
+        tracing::debug!(id = %event.id, "no webhook stream: event not kept");
+        return false;
+    }
     let body = match serde_json::to_vec(event) {
         Ok(b) => b,
         Err(e) => {
@@ -153,10 +166,8 @@ pub(crate) async fn emit(shared: &Shared, event: &WebhookEvent) -> bool {
             tracing::debug!(id = %event.id, duplicate = ack.duplicate, "webhook event published");
             true
         }
-        Ok(Err(e))
-            if e.kind() == PublishErrorKind::StreamNotFound
-                && shared.config.webhook_urls.is_empty() =>
-        {
+        Ok(Err(e)) if e.kind() == PublishErrorKind::StreamNotFound && !delivers => {
+            shared.webhook_stream.store(false, Ordering::Relaxed);
             tracing::debug!(id = %event.id, "no webhook stream: event not kept");
             false
         }
@@ -167,6 +178,24 @@ pub(crate) async fn emit(shared: &Shared, event: &WebhookEvent) -> bool {
         Err(_) => {
             tracing::warn!(id = %event.id, "webhook event not acknowledged in time");
             false
+        }
+    }
+}
+
+/// For a coordinator without webhook URLs: while its events meet no stream, looks for the
+/// stream every [`STREAM_RECHECK`], and publishes again once it is there.
+pub(crate) async fn stream_presence(shared: Arc<Shared>, client: async_nats::Client) {
+    let js = async_nats::jetstream::new(client);
+    let mut tick = tokio::time::interval(STREAM_RECHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if shared.webhook_stream.load(Ordering::Relaxed) {
+            continue;
+        }
+        if js.get_stream(webhook::STREAM).await.is_ok() {
+            tracing::info!("webhook stream found: publishing events again");
+            shared.webhook_stream.store(true, Ordering::Relaxed);
         }
     }
 }

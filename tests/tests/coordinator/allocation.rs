@@ -269,13 +269,13 @@ async fn allocations_succeed_again_within_five_seconds_of_nats_coming_back() -> 
     Ok(())
 }
 
-/// A coordinator decides from its in-memory mirror of the directory. One started after rooms
-/// were written mirrors them all; a join to one of them is answered as written, from memory,
-/// with no KV read or write. A room whose key has only history (closed behind the mirror's
-/// back) is not created afresh: the create conflicts, KV is read, and the room reopens at the
-/// next epoch.
+/// A coordinator mirrors the directory in memory. One started after rooms were written
+/// mirrors them all. A join to a room it holds is read from KV and answered as stored; a
+/// new room is created without a read. A room whose key has only history (closed behind the
+/// mirror's back) is not created afresh: the create conflicts, KV is read, and the room
+/// reopens at the next epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_coordinator_decides_from_its_mirror_and_a_closed_room_still_reopens_from_kv(
+async fn a_coordinator_mirrors_the_directory_and_a_closed_room_still_reopens_from_kv(
 ) -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
     let nodes = fake_nodes(&nats, &[("a", "eu")]).await;
@@ -292,7 +292,7 @@ async fn a_coordinator_decides_from_its_mirror_and_a_closed_room_still_reopens_f
     };
     let rooms: Vec<String> = (0..20).map(|i| room_name(&format!("mirror{i}"))).collect();
     for room in &rooms {
-        let w = dir.update(&written(room), 0).await?;
+        let w = dir.create(&written(room)).await?;
         anyhow::ensure!(
             w != coordinator::directory::Write::Conflict,
             "{room} exists"
@@ -308,13 +308,18 @@ async fn a_coordinator_decides_from_its_mirror_and_a_closed_room_still_reopens_f
     .await?;
 
     let (served, _) = allocate(&client, &rooms[7]).await?;
-    assert_eq!(served, written(&rooms[7]), "answered as written");
+    assert_eq!(served, written(&rooms[7]), "answered as stored");
     assert_eq!(checked_history(&dir, &rooms[7]).await?.len(), 1, "no write");
+    let fresh = room_name("mirror-new");
+    let (created, _) = allocate(&client, &fresh).await?;
+    assert_eq!(created.epoch, 1);
     wait_counts(
         &coords,
         &[
             ("coord_directory_reads_total{source=\"mirror\"}", 1),
-            ("coord_directory_reads_total{source=\"kv\"}", 0),
+            ("coord_directory_reads_total{source=\"kv\"}", 1),
+            ("coord_directory_conflicts_total", 0),
+            ("coord_directory_rooms", 21),
         ],
     )
     .await?;
@@ -324,16 +329,16 @@ async fn a_coordinator_decides_from_its_mirror_and_a_closed_room_still_reopens_f
     dir.store()
         .delete(protocol::cluster::token(closed.as_str()))
         .await?;
-    wait_counts(&coords, &[("coord_directory_rooms", 19)]).await?;
+    wait_counts(&coords, &[("coord_directory_rooms", 20)]).await?;
     let (reopened, _) = allocate(&client, &rooms[3]).await?;
     assert_eq!(reopened.epoch, 4, "the epochs go on: {reopened:?}");
     wait_counts(
         &coords,
         &[
             ("coord_directory_reads_total{source=\"mirror\"}", 2),
-            ("coord_directory_reads_total{source=\"kv\"}", 1),
+            ("coord_directory_reads_total{source=\"kv\"}", 2),
             ("coord_directory_conflicts_total", 1),
-            ("coord_directory_rooms", 20),
+            ("coord_directory_rooms", 21),
         ],
     )
     .await?;

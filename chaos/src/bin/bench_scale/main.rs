@@ -54,7 +54,8 @@ struct Args {
     /// Fake node counts, growing.
     #[arg(long, value_delimiter = ',', default_value = "3,1000,5000,10000")]
     nodes: Vec<usize>,
-    #[arg(long, default_value_t = 2000)]
+    /// Allocations per burst (fresh rooms per node count; existing rooms in part four).
+    #[arg(long, default_value_t = 20_000)]
     allocations: usize,
     #[arg(long, default_value_t = 64)]
     inflight: usize,
