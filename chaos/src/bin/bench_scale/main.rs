@@ -3,7 +3,7 @@
 //! Starts a nats-server (JetStream, free port) and two real coordinators (`c1`, `c2`) from
 //! the release binaries with [`chaos::sandbox`], and no real node. Fake nodes are this
 //! program: for each size in `--nodes` (growing, on the same cluster), it publishes every
-//! fake node's real `cluster.node.heartbeat` once a second, spread over the second, and
+//! fake node's real `cluster.node.heartbeat` once a second, spread evenly over the second, and
 //! waits (bounded) until both coordinators count them all alive. Then:
 //!
 //! 1. **Heartbeats**: each coordinator's CPU over `--idle-secs` with nothing else to do.
@@ -111,8 +111,12 @@ fn heartbeat(i: usize, cpu: f64) -> NodeHeartbeat {
     }
 }
 
+/// Slices a second of heartbeats is spread over: real nodes beat on their own clocks, so
+/// a coordinator meets them evenly, not in bursts.
+const HEARTBEAT_SLICES: usize = 100;
+
 /// Publishes the heartbeats of fake nodes `0..count` (read each round) once a second each,
-/// spread over the second in 20 slices, until `stop`.
+/// spread over the second in [`HEARTBEAT_SLICES`] slices, until `stop`.
 async fn heartbeats(
     client: async_nats::Client,
     count: Arc<std::sync::atomic::AtomicUsize>,
@@ -122,7 +126,8 @@ async fn heartbeats(
         let mut rng = rand::thread_rng();
         (0..100_000).map(|_| rng.gen_range(0.0..0.6)).collect()
     };
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / HEARTBEAT_SLICES as u32);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut slice = 0usize;
     loop {
         tokio::select! {
@@ -130,13 +135,13 @@ async fn heartbeats(
             _ = stop.notified() => return,
         }
         let n = count.load(std::sync::atomic::Ordering::Relaxed);
-        for i in (slice..n).step_by(20) {
+        for i in (slice..n).step_by(HEARTBEAT_SLICES) {
             let Ok(body) = serde_json::to_vec(&heartbeat(i, cpus[i % cpus.len()])) else {
                 continue;
             };
             let _ = client.publish(wire::NODE_HEARTBEAT, body.into()).await;
         }
-        slice = (slice + 1) % 20;
+        slice = (slice + 1) % HEARTBEAT_SLICES;
     }
 }
 
