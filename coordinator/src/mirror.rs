@@ -196,28 +196,14 @@ pub(crate) async fn entries_caught_up(
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use protocol::cluster::{RoomNode, VERSION};
 
     fn node(i: u8) -> NodeId {
         NodeId::new(format!("n{i}")).unwrap()
     }
 
     fn entry(room: &str, nodes: &[u8], epoch: u64) -> RoomAssignment {
-        RoomAssignment {
-            v: VERSION,
-            room: RoomId::new(room).unwrap(),
-            node: node(nodes[0]),
-            epoch,
-            coordinator: "c1".into(),
-            assigned_ms: 1,
-            nodes: nodes
-                .iter()
-                .map(|i| RoomNode {
-                    node: node(*i),
-                    region: "eu".into(),
-                })
-                .collect(),
-        }
+        let ids: Vec<NodeId> = nodes.iter().map(|i| node(*i)).collect();
+        RoomAssignment::on_nodes(RoomId::new(room).unwrap(), epoch, &ids[0], &ids, "eu")
     }
 
     #[test]

@@ -291,6 +291,32 @@ pub struct RoomAssignment {
 }
 
 impl RoomAssignment {
+    /// An entry of `room` at `epoch` with origin `origin` and `nodes`, all of `region`,
+    /// stamped by coordinator `c1` at time 0: for tests and tools.
+    pub fn on_nodes(
+        room: RoomId,
+        epoch: u64,
+        origin: &NodeId,
+        nodes: &[NodeId],
+        region: &str,
+    ) -> RoomAssignment {
+        RoomAssignment {
+            v: VERSION,
+            room,
+            node: origin.clone(),
+            epoch,
+            coordinator: "c1".into(),
+            assigned_ms: 0,
+            nodes: nodes
+                .iter()
+                .map(|n| RoomNode {
+                    node: n.clone(),
+                    region: region.into(),
+                })
+                .collect(),
+        }
+    }
+
     /// The room's nodes, the origin included even in an entry that lists none.
     pub fn members(&self) -> Vec<NodeId> {
         let mut out: Vec<NodeId> = self.nodes.iter().map(|n| n.node.clone()).collect();

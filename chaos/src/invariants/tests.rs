@@ -2,7 +2,7 @@
 //! pass vacuously.
 
 use super::*;
-use protocol::cluster::{RoomNode, VERSION};
+use protocol::cluster::RoomNode;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -19,21 +19,14 @@ fn room() -> RoomId {
 }
 
 fn put(origin: &str, epoch: u64, nodes: &[&str]) -> Option<RoomAssignment> {
-    Some(RoomAssignment {
-        v: VERSION,
-        room: room(),
-        node: node(origin),
+    let ids: Vec<NodeId> = nodes.iter().map(|n| node(n)).collect();
+    Some(RoomAssignment::on_nodes(
+        room(),
         epoch,
-        coordinator: "c1".into(),
-        assigned_ms: 0,
-        nodes: nodes
-            .iter()
-            .map(|n| RoomNode {
-                node: node(n),
-                region: "eu".into(),
-            })
-            .collect(),
-    })
+        &node(origin),
+        &ids,
+        "eu",
+    ))
 }
 
 fn secs(s: u64) -> Duration {

@@ -389,30 +389,15 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::cluster::RoomNode;
 
     fn node(id: &str) -> NodeId {
         NodeId::new(id).unwrap()
     }
 
     fn entry(room: &str, epoch: u64, nodes: &[&str]) -> RoomAssignment {
-        RoomAssignment {
-            v: wire::VERSION,
-            room: RoomId::new(room).unwrap(),
-            node: node(nodes[0]),
-            epoch,
-            coordinator: "c1".into(),
-            assigned_ms: 0,
-            nodes: nodes
-                .iter()
-                .map(|n| RoomNode {
-                    node: node(n),
-                    region: "eu".into(),
-                })
-                .collect(),
-        }
+        let nodes: Vec<NodeId> = nodes.iter().map(|n| node(n)).collect();
+        RoomAssignment::on_nodes(RoomId::new(room).unwrap(), epoch, &nodes[0], &nodes, "eu")
     }
-
     #[test]
     fn a_heard_write_is_read_only_when_its_epoch_is_newer() {
         let me = node("n1");
