@@ -12,7 +12,7 @@ use protocol::cluster::NodeHeartbeat;
 use protocol::placement::{self, IndexedPool, NodeView, PlacementIndex, Pool};
 use protocol::{NodeId, RoomId};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// What the coordinator can say about a node.
@@ -109,7 +109,17 @@ pub struct NodeRegistry {
     drain_requests: BTreeSet<NodeId>,
     /// The open views in placement order, updated with every change of a view.
     index: PlacementIndex,
+    /// Each view's position by id, for the heartbeats' lookup: a binary search over 10,000
+    /// views misses the cache at nearly every step (perf: most of a heartbeat's cost at that
+    /// size). Stale once views were inserted or removed; rebuilt by a heartbeat at most once
+    /// per [`REINDEX_EVERY`], so registering many nodes at once stays linear per node.
+    slots: HashMap<NodeId, usize>,
+    slots_valid: bool,
+    slots_built: Option<Instant>,
 }
+
+/// Least time between two rebuilds of [`NodeRegistry`]'s positions by id.
+const REINDEX_EVERY: Duration = Duration::from_secs(1);
 
 impl NodeRegistry {
     pub fn new(timeout: Duration, settle: Duration) -> Self {
@@ -121,6 +131,9 @@ impl NodeRegistry {
             entries: Vec::new(),
             drain_requests: BTreeSet::new(),
             index: PlacementIndex::default(),
+            slots: HashMap::new(),
+            slots_valid: true,
+            slots_built: None,
         }
     }
 
@@ -142,10 +155,35 @@ impl NodeRegistry {
         self.views.binary_search_by(|v| v.id.cmp(id))
     }
 
+    /// [`NodeRegistry::find`] through the positions by id when they are current (rebuilt
+    /// here when stale and not rebuilt within [`REINDEX_EVERY`]).
+    fn position(&mut self, id: &NodeId, now: Instant) -> Result<usize, usize> {
+        if !self.slots_valid
+            && self
+                .slots_built
+                .is_none_or(|t| now.saturating_duration_since(t) >= REINDEX_EVERY)
+        {
+            self.slots.clear();
+            self.slots.extend(
+                self.views
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (v.id.clone(), i)),
+            );
+            self.slots_valid = true;
+            self.slots_built = Some(now);
+        }
+        match self.slots_valid.then(|| self.slots.get(id)).flatten() {
+            Some(&i) => Ok(i),
+            None => self.find(id),
+        }
+    }
+
     pub fn heartbeat(&mut self, hb: NodeHeartbeat, now: Instant) -> Heard {
-        let (i, mut heard) = match self.find(&hb.node) {
+        let (i, mut heard) = match self.position(&hb.node, now) {
             Ok(i) => (i, Heard::Alive),
             Err(i) => {
+                self.slots_valid = false;
                 self.views.insert(
                     i,
                     NodeView {
@@ -405,6 +443,9 @@ impl NodeRegistry {
                 self.index.remove(&v.id);
             }
         }
+        if kept.iter().any(|k| !k) {
+            self.slots_valid = false;
+        }
         let mut keep_view = kept.iter();
         self.views
             .retain(|_| keep_view.next().copied().unwrap_or(true));
@@ -474,6 +515,55 @@ impl CoordRegistry {
 pub(crate) mod tests {
     use super::*;
     use protocol::cluster::{NodeLoad, VERSION};
+
+    /// Heartbeats land on their own node whether the positions by id are current, stale
+    /// (many nodes registered at once), rebuilt, or stale again after a prune.
+    #[test]
+    fn heartbeats_find_their_node_through_every_state_of_the_positions() {
+        let t0 = Instant::now();
+        let mut r = NodeRegistry::new(Duration::from_secs(3), Duration::from_secs(2));
+        let rooms_of = |r: &NodeRegistry, now| -> Vec<(String, u32)> {
+            r.statuses(now)
+                .into_iter()
+                .map(|s| (s.id.to_string(), s.load.rooms))
+                .collect()
+        };
+        let beat = |r: &mut NodeRegistry, i: u32, rooms: u32, now| {
+            let mut h = hb(&format!("n{i:03}"), "eu");
+            h.load.rooms = rooms;
+            r.heartbeat(h, now);
+        };
+        // Registered in reverse order at one instant: each insert shifts the others.
+        for i in (0..60).rev() {
+            beat(&mut r, i, i, t0);
+        }
+        let want = |k: u32| -> Vec<(String, u32)> {
+            (0..60).map(|i| (format!("n{i:03}"), i * k)).collect()
+        };
+        assert_eq!(rooms_of(&r, t0), want(1));
+        for (step, k) in [(1, 2), (2, 3)] {
+            let now = t0 + REINDEX_EVERY * step;
+            for i in 0..60 {
+                beat(&mut r, i, i * k, now);
+            }
+            assert!(r.slots_valid, "rebuilt");
+            assert_eq!(rooms_of(&r, now), want(k));
+        }
+        // Half fall silent and are forgotten; the rest keep beating.
+        let later = t0 + REINDEX_EVERY * 20;
+        for i in (0..60).step_by(2) {
+            beat(&mut r, i, i * 5, later);
+        }
+        r.prune(later, Duration::from_secs(5));
+        for i in (0..60).step_by(2) {
+            beat(&mut r, i, i * 7, later);
+        }
+        let left: Vec<(String, u32)> = (0..60)
+            .step_by(2)
+            .map(|i| (format!("n{i:03}"), i * 7))
+            .collect();
+        assert_eq!(rooms_of(&r, later), left);
+    }
 
     pub(crate) fn hb(id: &str, region: &str) -> NodeHeartbeat {
         NodeHeartbeat {
