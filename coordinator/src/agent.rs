@@ -103,6 +103,7 @@ pub(crate) async fn run(
             Ok(sub) => drop(tasks.spawn(allocations(shared.clone(), client.clone(), sub))),
             Err(e) => tracing::error!(error = %e, "subscribe coord.allocate"),
         }
+        // Still served: coordinators of an earlier version forward here during an upgrade.
         match client.subscribe(own).await {
             Ok(sub) => drop(tasks.spawn(allocations(shared.clone(), client.clone(), sub))),
             Err(e) => tracing::error!(error = %e, "subscribe own allocate subject"),

@@ -219,8 +219,9 @@ pub struct AllocateRequest {
     pub region: Option<String>,
     /// The node asking (where the client's socket is).
     pub from: NodeId,
-    /// Set when one coordinator forwards to the room's deciding coordinator: never forward
-    /// twice.
+    /// Set by coordinators of an earlier version when they forwarded the request to the
+    /// room's deciding coordinator (on `coord.<id>.allocate`). Coordinators now decide
+    /// wherever a request arrives and ignore it; kept for mixed-version clusters.
     #[serde(default)]
     pub forwarded: bool,
     /// Only look the room up: answer its current assignment, or `not_found`, and never
