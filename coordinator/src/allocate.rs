@@ -1,7 +1,7 @@
 //! Serving `coord.allocate`: whichever coordinator the request reaches decides (a new room
 //! from its mirror of the directory, without a read) and writes the decision with
-//! compare-and-swap (the only arbiter
-//! between coordinators; a lost race reads KV and decides again). It first probes the nodes
+//! compare-and-swap, the only arbiter between coordinators (a lost race reads KV and decides
+//! again). It first probes the nodes
 //! the request suspects ([`crate::failover::probe_suspects`]). The reply names the room's
 //! entry as written and the node that serves the client (`serve`); a `lookup` only reads,
 //! and answers with the origin.

@@ -1,8 +1,9 @@
 //! The room directory as this coordinator last heard it: every live entry of the `rooms`
 //! bucket, kept in memory by a watch, with the rooms of each node.
 //!
-//! The mirror is always the directory as of one revision (the watch applies changes in
-//! order, and nothing else writes to it), so reading it is reading KV a moment ago. It serves
+//! Once synced, the mirror is the directory as of one revision (the watch applies changes
+//! in order, and nothing else writes to it), so reading it is reading KV a moment ago (a
+//! watch that restarts replays the latest values over it: entries stay newest-wins). It serves
 //! where such a read is safe:
 //!
 //! - an allocation for a room it holds no live entry for skips the read and creates the
@@ -38,8 +39,8 @@ pub struct DirectoryMirror {
     by_node: HashMap<NodeId, HashSet<RoomId>>,
     /// The highest revision applied.
     revision: u64,
-    /// Since when the watch has delivered everything the bucket held when it started.
-    synced_at: Option<Instant>,
+    /// Whether the watch has delivered everything the bucket held when it started.
+    synced: bool,
 }
 
 impl DirectoryMirror {
@@ -77,11 +78,11 @@ impl DirectoryMirror {
     /// Whether the mirror has caught up with the bucket since it started; before that it
     /// must not be read as the directory.
     pub fn synced(&self) -> bool {
-        self.synced_at.is_some()
+        self.synced
     }
 
-    pub fn mark_synced(&mut self, now: Instant) {
-        self.synced_at.get_or_insert(now);
+    pub fn mark_synced(&mut self) {
+        self.synced = true;
     }
 
     /// Applies one change of the bucket: the room's new entry, or `None` when it was
@@ -156,7 +157,7 @@ pub(crate) async fn run(shared: Arc<Shared>, kv: Store) {
         let took = started.elapsed();
         let rooms = {
             let mut m = shared.mirror();
-            m.mark_synced(Instant::now());
+            m.mark_synced();
             m.len()
         };
         shared.metrics.directory_synced(took);
